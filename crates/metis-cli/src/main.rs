@@ -1,0 +1,33 @@
+//! `metis`: the command-line front end of the Metis toolkit. Each subcommand is a thin layer
+//! over a library crate; see `metis --help`.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "metis",
+    version,
+    about = "Build, evaluate and serve native-reasoning cybersecurity models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score CVSS vectors (v2.0, v3.0, v3.1, v4.0) given as arguments or one per line on stdin.
+    Cvss(commands::cvss::Args),
+    /// Grade one model response against a gold answer.
+    Score(commands::score::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Cvss(args) => commands::cvss::run(args),
+        Command::Score(args) => commands::score::run(args),
+    }
+}

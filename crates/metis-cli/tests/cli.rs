@@ -1,0 +1,194 @@
+//! End-to-end tests of the `metis` binary's verifier commands.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn metis() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_metis"))
+}
+
+fn data_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"))
+}
+
+fn run_with_stdin(mut cmd: Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start metis");
+    // Write from another thread: the child's output may fill its pipe before it has read
+    // all of its input.
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("metis output");
+    writer.join().expect("writer thread").expect("write stdin");
+    out
+}
+
+fn num(cell: &str) -> Option<f64> {
+    (!cell.is_empty()).then(|| cell.parse().expect("number"))
+}
+
+#[test]
+fn cvss_json_bulk_matches_every_reference_vector() {
+    let tsv = std::fs::read_to_string(data_dir().join("cvss/cvss-test-vectors.tsv"))
+        .expect("reference vectors");
+    let rows: Vec<Vec<&str>> = tsv
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect())
+        .collect();
+    assert_eq!(rows.len(), 7667);
+    // A bad vector in the middle must not stop the run.
+    let mut input: Vec<&str> = rows.iter().map(|r| r[2]).collect();
+    input.insert(100, "CVSS:3.1/AV:Q");
+    let mut cmd = metis();
+    cmd.args(["cvss", "--json"]);
+    let out = run_with_stdin(cmd, &(input.join("\n") + "\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), input.len());
+    assert_eq!(lines[100]["vector"], "CVSS:3.1/AV:Q");
+    assert!(lines[100]["error"].as_str().unwrap().contains("AV"));
+    let scored: Vec<&serde_json::Value> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 100)
+        .map(|(_, l)| l)
+        .collect();
+    let mut mismatches = 0;
+    for (row, got) in rows.iter().zip(scored) {
+        assert_eq!(got["vector"], row[2]);
+        assert_eq!(got["version"], row[1]);
+        let base = got["base"].as_f64();
+        if base != num(row[3]) {
+            mismatches += 1;
+        }
+        // Temporal/environmental are given exactly when the vector has such metrics; when
+        // given they equal the reference.
+        for (field, col) in [("temporal", 4), ("environmental", 5)] {
+            if let Some(x) = got[field].as_f64() {
+                assert_eq!(Some(x), num(row[col]), "{} {field}", row[2]);
+            }
+        }
+        let sev = got["severity"].as_str().unwrap();
+        assert!(["None", "Low", "Medium", "High", "Critical"].contains(&sev));
+    }
+    assert_eq!(mismatches, 0);
+}
+
+#[test]
+fn cvss_null_groups_and_human_output() {
+    let out = metis()
+        .args([
+            "cvss",
+            "--json",
+            "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+            "AV:N/AC:L/Au:N/C:C/I:C/A:C/E:F/RL:OF/RC:C",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let l: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(l[0]["base"], 9.8);
+    assert!(l[0]["temporal"].is_null() && l[0]["environmental"].is_null());
+    assert_eq!(l[0]["severity"], "Critical");
+    assert_eq!(l[1]["version"], "2.0");
+    assert_eq!(l[1]["base"], 10.0);
+    assert!(l[1]["temporal"].is_number() && l[1]["environmental"].is_null());
+
+    let human = metis().args(["cvss", "nonsense"]).output().unwrap();
+    assert!(human.status.success());
+    assert!(String::from_utf8_lossy(&human.stdout).contains("error:"));
+}
+
+#[test]
+fn usage_errors_exit_non_zero() {
+    let out = metis().args(["cvss", "--no-such-flag"]).output().unwrap();
+    assert!(!out.status.success());
+    let out = metis()
+        .args(["score", "--task", "nope", "--gold", "B", "--response", "-"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn score_grades_a_response() {
+    let dir = std::env::temp_dir().join(format!("metis-cli-score-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("response.txt");
+    std::fs::write(
+        &file,
+        "<think>\nReflected input in a page without encoding is cross-site scripting.\n</think>\nCWE\u{2011}79",
+    )
+    .unwrap();
+    let out = metis()
+        .args([
+            "score",
+            "--task",
+            "cwe",
+            "--gold",
+            "CWE-79",
+            "--json",
+            "--response",
+        ])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"]["correct"], true);
+    assert_eq!(v["verdict"]["extracted"], "CWE-79");
+    assert_eq!(v["verdict"]["metrics"]["hierarchy_accuracy"], 1.0);
+    assert_eq!(v["format"]["penalty"], 0.0);
+
+    // From stdin, a wrong MCQ answer, human-readable.
+    let mut cmd = metis();
+    cmd.args(["score", "--task", "mcq", "--gold", "C", "--response", "-"]);
+    let out = run_with_stdin(cmd, "Answer: **B**");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("extracted:  B"), "{text}");
+    assert!(text.contains("correct:    false"), "{text}");
+    assert!(
+        text.contains("missing reasoning") || text.contains("no reasoning block"),
+        "{text}"
+    );
+
+    // A bad gold answer is an error naming the problem.
+    let mut cmd = metis();
+    cmd.args([
+        "score",
+        "--task",
+        "cvss",
+        "--gold",
+        "CVSS:3.1/AV:Z",
+        "--response",
+        "-",
+    ]);
+    let out = run_with_stdin(cmd, "x");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad gold answer"));
+    std::fs::remove_dir_all(&dir).ok();
+}

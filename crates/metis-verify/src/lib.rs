@@ -1,0 +1,26 @@
+//! Answer extraction and verifiers for Metis.
+//!
+//! One library grades model answers for both callers: the benchmark harness (`metis eval`)
+//! scores responses with it and the GRPO trainer turns the same verdicts into rewards, so a
+//! benchmark score and an RL reward can never disagree about what a correct answer is.
+//!
+//! The pieces, from raw text to a score:
+//! - [`reasoning`] separates `<think>…</think>` reasoning from the final answer;
+//! - [`extract`] finds the answer in the answer part (last-line or FAITH-compatible protocol);
+//! - [`mcq`], [`cwe`], [`cvss`], [`attack`] parse, validate and compare task-specific answers;
+//! - [`format`] scores the shape of a response (the guard against reward hacking);
+//! - [`verifier`] ties them together behind one [`Verifier`] interface and aggregates
+//!   item verdicts into benchmark metrics.
+
+pub mod attack;
+pub mod cvss;
+pub mod cwe;
+pub mod extract;
+pub mod format;
+pub mod mcq;
+pub mod reasoning;
+pub mod verifier;
+
+pub use extract::{AnswerFormat, Extraction, InvalidReason, Protocol};
+pub use reasoning::{Delimiters, ThinkStatus};
+pub use verifier::{Gold, GoldError, Task, Verdict, Verifier, VerifyOptions};
