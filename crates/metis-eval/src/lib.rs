@@ -1,0 +1,12 @@
+//! The Metis benchmark harness: the cyber benchmarks (CTIBench, CyberMetric, MMLU computer
+//! security, SecBench, SecEval) each declared once as data + prompt + verifier + metrics,
+//! queried through any OpenAI-compatible endpoint, every response committed to a SQLite store
+//! as it arrives (so runs resume), graded with `metis-verify`, and summarised across trials
+//! with mean ± std, standard error and bootstrap confidence intervals.
+
+pub mod benchmarks;
+pub mod client;
+pub mod fake_server;
+pub mod report;
+pub mod stats;
+pub mod store;
