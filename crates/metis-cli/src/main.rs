@@ -22,6 +22,10 @@ enum Command {
     Cvss(commands::cvss::Args),
     /// Grade one model response against a gold answer.
     Score(commands::score::Args),
+    /// Run the cyber benchmarks against an OpenAI-compatible endpoint, or grade given answers.
+    Eval(Box<commands::eval::Args>),
+    /// Tables and charts from evaluation results.
+    Report(commands::report::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +33,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Cvss(args) => commands::cvss::run(args),
         Command::Score(args) => commands::score::run(args),
+        Command::Eval(args) => commands::eval::run(*args),
+        Command::Report(args) => commands::report::run(args),
     }
 }

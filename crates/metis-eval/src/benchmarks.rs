@@ -1,0 +1,724 @@
+//! Every benchmark Metis evaluates, declared once: data file(s) + prompt + verifier + metrics.
+//!
+//! A [`BenchmarkSpec`] names the data file(s) in the layout of `shared/data` (relative paths
+//! such as `ctibench/cti-mcq.tsv`), the public source they come from pinned to a revision, the
+//! task whose [`Verifier`] grades the answers, and the metrics to report. [`load`] reads the
+//! data from a [`DataSource`] (downloading missing files into the cache first), builds one
+//! [`Item`] per question with its prompt and gold answer, checks every gold answer with the
+//! verifier, and fingerprints the data with SHA-256.
+//!
+//! Prompts (see [`prompts`]): CTIBench ships its own zero-shot prompt per row, which already
+//! asks for the answer on the last line, and is used as is. The MCQ datasets without a prompt
+//! use FAITH's chat MCQA template, asking for `Answer: $LETTER` on the last line.
+
+pub mod fetch;
+mod parse;
+pub mod prompts;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use metis_verify::attack::{AttackCatalog, Domain, SetMatchOptions};
+use metis_verify::cvss;
+use metis_verify::cwe::CweCatalog;
+use metis_verify::mcq::ChoiceSpec;
+use metis_verify::verifier::{AttackVerifier, CvssVerifier, CweVerifier, McqVerifier};
+use metis_verify::{Protocol, Task, Verifier, VerifyOptions};
+use sha2::{Digest, Sha256};
+
+pub use fetch::{remote_url, RemoteSource};
+
+/// One question of a benchmark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// Unique within the benchmark: the dataset's own id where it has one (SecEval's `id`,
+    /// the CVE id of CTIBench-RCM/VSP, the ATT&CK software id of CTIBench-ATE), else the
+    /// 0-based row index in the data file.
+    pub id: String,
+    /// The full user message sent to the model.
+    pub prompt: String,
+    /// The gold answer as the verifier parses it (`B`, `AC`, `CWE-79`, a CVSS vector,
+    /// `T1071, T1573`).
+    pub gold: String,
+    /// A category for per-subject breakdowns (CTIBench-ATE: the platform, which also selects
+    /// the verifier; SecBench: the domain; MMLU: `computer_security`; ...).
+    pub subject: Option<String>,
+    /// The question text alone (question or CVE/software description), as in the data file.
+    pub question: String,
+}
+
+/// How a benchmark's data file is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    CtiMcq,
+    CtiRcm,
+    CtiVsp,
+    CtiAte,
+    CyberMetric,
+    MmluCsv,
+    SecBenchJsonl,
+    SecEvalJsonl,
+}
+
+/// How a downloaded upstream file becomes the file in the data layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// Byte-identical copy.
+    None,
+    /// SecBench: keep the lines of `MCQs_2730.jsonl` whose `language` is `English`,
+    /// byte-identical, in order.
+    SecBenchEnglish,
+    /// SecEval: the JSON array assigned in `questions-data.js`, one object per line.
+    SecEvalJsArray,
+    /// MMLU: drop the header row and the 7th (`ChatGPT Response`) column of the GitHub copy.
+    MmluDropHeaderAndExtraColumn,
+}
+
+impl Transform {
+    /// Whether the transform reproduces the data-layout file byte for byte (so a checksum
+    /// mismatch after download is an error rather than a warning).
+    pub fn is_exact(self) -> bool {
+        matches!(self, Transform::None | Transform::SecBenchEnglish)
+    }
+}
+
+/// A data file of a benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataFile {
+    /// Path relative to the data directory (`ctibench/cti-mcq.tsv`).
+    pub path: &'static str,
+    /// Path of the upstream file inside the remote source at its pinned revision.
+    pub remote_path: &'static str,
+    /// How the upstream file is turned into `path`.
+    pub transform: Transform,
+    /// SHA-256 of the file as laid out in `shared/data` (the pinned content).
+    pub sha256: &'static str,
+}
+
+/// A benchmark declared once.
+#[derive(Debug)]
+pub struct BenchmarkSpec {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub task: Task,
+    /// The metric (a key of [`metis_verify::verifier::aggregate`]'s output) reported first.
+    pub primary_metric: &'static str,
+    pub secondary_metrics: &'static [&'static str],
+    /// The public source of the data, pinned to a revision.
+    pub source: RemoteSource,
+    files: &'static [DataFile],
+    format: Format,
+}
+
+impl BenchmarkSpec {
+    /// The data file(s), relative to the data directory.
+    pub fn files(&self) -> &'static [DataFile] {
+        self.files
+    }
+
+    /// The benchmark's single data file.
+    pub fn data_file(&self) -> &'static DataFile {
+        &self.files[0]
+    }
+
+    /// Whether several options may be correct together (exact-set match).
+    pub fn multi_answer(&self) -> bool {
+        self.format == Format::SecEvalJsonl
+    }
+}
+
+const CTIBENCH: RemoteSource = RemoteSource::GitHub {
+    repo: "xashru/cti-bench",
+    commit: "57ce8c246e5fc66a16c6cef743f3a983831b90f0",
+};
+const CYBERMETRIC: RemoteSource = RemoteSource::GitHub {
+    repo: "cybermetric/CyberMetric",
+    commit: "2f5818bd2c19350cd6cfae028b75499ebe4ffd29",
+};
+/// MMLU's own distribution is a tarball from the authors' site and `cais/mmlu` has no pinned
+/// revision here, so the GitHub copy `shared/data` was derived from is the source.
+const MMLU: RemoteSource = RemoteSource::GitHub {
+    repo: "gavinluc/ITEC4020",
+    commit: "c6e4c3e6e78bd541f98b4929f20c8ee55e052aee",
+};
+const SECBENCH: RemoteSource = RemoteSource::GitHub {
+    repo: "secbench-git/SecBench",
+    commit: "3a148abb6383c8e6be7863dd5c65b57ee2d59436",
+};
+/// The canonical HF copy (`XuanwuAI/SecEval`) has no known revision; the GitHub copy is used.
+const SECEVAL: RemoteSource = RemoteSource::GitHub {
+    repo: "XuanwuAI/SecEval",
+    commit: "7aef3176a1a095b40bbfa806a7a2d6c5e203d5b7",
+};
+
+const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str) -> DataFile {
+    DataFile {
+        path,
+        remote_path,
+        transform: Transform::None,
+        sha256,
+    }
+}
+
+static SPECS: [BenchmarkSpec; 11] = [
+    BenchmarkSpec {
+        id: "ctibench-mcqa",
+        title: "CTIBench CTI-MCQ (2,500 CTI knowledge MCQs)",
+        task: Task::Mcq,
+        primary_metric: "accuracy",
+        secondary_metrics: &[],
+        source: CTIBENCH,
+        files: &[cti(
+            "ctibench/cti-mcq.tsv",
+            "data/cti-mcq.tsv",
+            "11e0af8db2dae9706c6e79901d2390bcdf9746e8feccbd9ba10682df649bcc6a",
+        )],
+        format: Format::CtiMcq,
+    },
+    BenchmarkSpec {
+        id: "ctibench-rcm",
+        title: "CTIBench CTI-RCM (CVE description → CWE, 2023–2024 CVEs)",
+        task: Task::Cwe,
+        primary_metric: "accuracy",
+        secondary_metrics: &["hierarchy_accuracy"],
+        source: CTIBENCH,
+        files: &[cti(
+            "ctibench/cti-rcm.tsv",
+            "data/cti-rcm.tsv",
+            "ed7d7fa79fc912c627f96e229eaa38b3c4b6be813d834d434580be6d4703d700",
+        )],
+        format: Format::CtiRcm,
+    },
+    BenchmarkSpec {
+        id: "ctibench-rcm-2021",
+        title: "CTIBench CTI-RCM-2021 (CVE description → CWE, older CVEs)",
+        task: Task::Cwe,
+        primary_metric: "accuracy",
+        secondary_metrics: &["hierarchy_accuracy"],
+        source: CTIBENCH,
+        files: &[cti(
+            "ctibench/cti-rcm-2021.tsv",
+            "data/cti-rcm-2021.tsv",
+            "a1fc5348b4bc181778dd98055f267b584755215580dd8a18896134e2670d43d3",
+        )],
+        format: Format::CtiRcm,
+    },
+    BenchmarkSpec {
+        id: "ctibench-vsp",
+        title: "CTIBench CTI-VSP (CVE description → CVSS v3.1 base vector)",
+        task: Task::Cvss,
+        primary_metric: "cvss_score",
+        secondary_metrics: &["mad", "exact_vector"],
+        source: CTIBENCH,
+        files: &[cti(
+            "ctibench/cti-vsp.tsv",
+            "data/cti-vsp.tsv",
+            "43d4ceefe042236a7d0885cb8506bf6537426cf2359eddb2450dd151864a498b",
+        )],
+        format: Format::CtiVsp,
+    },
+    BenchmarkSpec {
+        id: "ctibench-ate",
+        title: "CTIBench CTI-ATE (malware description → ATT&CK techniques)",
+        task: Task::Attack,
+        primary_metric: "micro_f1",
+        secondary_metrics: &["exact_set", "jaccard"],
+        source: CTIBENCH,
+        files: &[cti(
+            "ctibench/cti-ate.tsv",
+            "data/cti-ate.tsv",
+            "79e5354a5c6aae0c979389786853e768201f8d129fb0f0ca5af392555f238f28",
+        )],
+        format: Format::CtiAte,
+    },
+    BenchmarkSpec {
+        id: "cybermetric-80",
+        title: "CyberMetric-80",
+        task: Task::Mcq,
+        primary_metric: "accuracy",
+        secondary_metrics: &[],
+        source: CYBERMETRIC,
+        files: &[DataFile {
+            path: "cybermetric/CyberMetric-80-v1.json",
+            remote_path: "CyberMetric-80-v1.json",
+            transform: Transform::None,
+            sha256: "1624aeecc54761198bff4828442ce4a10de6cb87c9da3298088b34ae11e15ba0",
+        }],
+        format: Format::CyberMetric,
+    },
+    BenchmarkSpec {
+        id: "cybermetric-500",
+        title: "CyberMetric-500",
+        task: Task::Mcq,
+        primary_metric: "accuracy",
+        secondary_metrics: &[],
+        source: CYBERMETRIC,
+        files: &[DataFile {
+            path: "cybermetric/CyberMetric-500-v1.json",
+            remote_path: "CyberMetric-500-v1.json",
+            transform: Transform::None,
+            sha256: "036747c989da9f38f39a6b33fa2d5ab14147c928df0274217bbecab20be88faa",
+        }],
+        format: Format::CyberMetric,
+    },
+    BenchmarkSpec {
+        id: "cybermetric-2000",
+        title: "CyberMetric-2000",
+        task: Task::Mcq,
+        primary_metric: "accuracy",
+        secondary_metrics: &[],
+        source: CYBERMETRIC,
+        files: &[DataFile {
+            path: "cybermetric/CyberMetric-2000-v1.json",
+            remote_path: "CyberMetric-2000-v1.json",
+            transform: Transform::None,
+            sha256: "3ccc4d425bc4e74d27e0e9790d62369e4626e325d2b661d851c61b1648a0cd4a",
+        }],
+        format: Format::CyberMetric,
+    },
+    BenchmarkSpec {
+        id: "mmlu-security",
+        title: "MMLU computer_security (test split)",
+        task: Task::Mcq,
+        primary_metric: "accuracy",
+        secondary_metrics: &[],
+        source: MMLU,
+        files: &[DataFile {
+            path: "mmlu-security/computer_security_test.csv",
+            remote_path: "computer_security_test.csv",
+            transform: Transform::MmluDropHeaderAndExtraColumn,
+            sha256: "8e40f809858db9dd8585036b53984e570b6101f72be2214b85e979c7fafa307f",
+        }],
+        format: Format::MmluCsv,
+    },
+    BenchmarkSpec {
+        id: "secbench-mcqa-eng",
+        title: "SecBench MCQs, English, single answer",
+        task: Task::Mcq,
+        primary_metric: "accuracy",
+        secondary_metrics: &[],
+        source: SECBENCH,
+        files: &[DataFile {
+            path: "secbench/MCQs_English_661.jsonl",
+            remote_path: "data/MCQs_2730.jsonl",
+            transform: Transform::SecBenchEnglish,
+            sha256: "bd2f21d9d2c2286897df1c746ac5b41ced3c295996b968979f00f54bf822461e",
+        }],
+        format: Format::SecBenchJsonl,
+    },
+    BenchmarkSpec {
+        id: "seceval",
+        title: "SecEval (multi-answer MCQs, exact set)",
+        task: Task::Mcq,
+        primary_metric: "accuracy",
+        secondary_metrics: &[],
+        source: SECEVAL,
+        files: &[DataFile {
+            path: "seceval/seceval-questions.jsonl",
+            remote_path: "docs/javascript/questions-data.js",
+            transform: Transform::SecEvalJsArray,
+            sha256: "a75527758d522ee6e92566ab88c6f040e0565b1c6ceaec5728d8ff490addc15c",
+        }],
+        format: Format::SecEvalJsonl,
+    },
+];
+
+/// Every benchmark, in presentation order.
+pub fn specs() -> &'static [BenchmarkSpec] {
+    &SPECS
+}
+
+/// The spec of benchmark `id`.
+pub fn spec(id: &str) -> Result<&'static BenchmarkSpec, BenchmarkError> {
+    specs()
+        .iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| BenchmarkError::UnknownBenchmark {
+            id: id.to_owned(),
+            valid: specs().iter().map(|s| s.id).collect::<Vec<_>>().join(", "),
+        })
+}
+
+/// Errors from resolving, fetching and loading benchmarks.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchmarkError {
+    #[error("unknown benchmark {id:?}; valid benchmarks: {valid}")]
+    UnknownBenchmark { id: String, valid: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A data file row that cannot be used; `line` is the 1-based physical line (the header
+    /// of a TSV is line 1), `field` the column or JSON key when one is to blame.
+    #[error("{} line {line}{}: {detail}", path.display(), field_suffix(field))]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        field: Option<String>,
+        detail: String,
+    },
+    #[error("{} line {line}: duplicate item id {id:?} (first on line {first_line})", path.display())]
+    DuplicateId {
+        path: PathBuf,
+        id: String,
+        first_line: usize,
+        line: usize,
+    },
+    #[error("fetching {url}: {detail}")]
+    Fetch { url: String, detail: String },
+    #[error("{url}: SHA-256 {actual} differs from the pinned {expected}")]
+    Checksum {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("catalog {}: {detail}", path.display())]
+    Catalog { path: PathBuf, detail: String },
+}
+
+fn field_suffix(field: &Option<String>) -> String {
+    field
+        .as_ref()
+        .map_or_else(String::new, |f| format!(", field {f:?}"))
+}
+
+/// Where benchmark data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSource {
+    /// A data directory laid out like `shared/data`; nothing is downloaded.
+    Dir(PathBuf),
+    /// The download cache, same layout; missing files are fetched from their pinned source.
+    Cache(PathBuf),
+}
+
+impl DataSource {
+    /// `--data-dir` if given, else `METIS_DATA_DIR`, else the cache dir
+    /// `$XDG_CACHE_HOME/metis/data` (or `~/.cache/metis/data`).
+    pub fn resolve(cli: Option<PathBuf>) -> DataSource {
+        Self::resolve_from(
+            cli,
+            std::env::var_os("METIS_DATA_DIR").map(PathBuf::from),
+            std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from),
+            std::env::var_os("HOME").map(PathBuf::from),
+        )
+    }
+
+    /// [`DataSource::resolve`] with the environment given explicitly; empty values count as
+    /// unset (as XDG asks), and a relative `XDG_CACHE_HOME` is ignored.
+    pub fn resolve_from(
+        cli: Option<PathBuf>,
+        metis_data_dir: Option<PathBuf>,
+        xdg_cache_home: Option<PathBuf>,
+        home: Option<PathBuf>,
+    ) -> DataSource {
+        let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        if let Some(dir) = set(cli).or_else(|| set(metis_data_dir)) {
+            return DataSource::Dir(dir);
+        }
+        let cache = set(xdg_cache_home)
+            .filter(|p| p.is_absolute())
+            .or_else(|| set(home).map(|h| h.join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"));
+        DataSource::Cache(cache.join("metis").join("data"))
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        match self {
+            DataSource::Dir(p) | DataSource::Cache(p) => p,
+        }
+    }
+}
+
+/// A loaded benchmark.
+pub struct Benchmark {
+    pub spec: &'static BenchmarkSpec,
+    pub items: Vec<Item>,
+    /// SHA-256 (hex) of the data file.
+    pub data_sha256: String,
+    /// The data file read.
+    pub data_path: PathBuf,
+    /// SHA-256 of each catalog used for grading, by path relative to the data directory.
+    pub catalog_sha256: BTreeMap<String, String>,
+    /// What the loader did beyond reading rows (dropped rows, catalogs used or missing).
+    pub notes: Vec<String>,
+    pub protocol: Protocol,
+    default_verifier: Box<dyn Verifier>,
+    /// Verifiers chosen by [`Item::subject`] (CTIBench-ATE: one per platform).
+    by_subject: HashMap<String, Box<dyn Verifier>>,
+    index: HashMap<String, usize>,
+}
+
+impl fmt::Debug for Benchmark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Benchmark")
+            .field("spec", &self.spec.id)
+            .field("items", &self.items.len())
+            .field("data_sha256", &self.data_sha256)
+            .field("data_path", &self.data_path)
+            .field("notes", &self.notes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Benchmark {
+    /// The verifier for an item (ATE picks by the item's platform; others one verifier).
+    pub fn verifier(&self, item: &Item) -> &dyn Verifier {
+        item.subject
+            .as_ref()
+            .and_then(|s| self.by_subject.get(s))
+            .unwrap_or(&self.default_verifier)
+            .as_ref()
+    }
+
+    /// The item with id `id`.
+    pub fn item(&self, id: &str) -> Option<&Item> {
+        self.index.get(id).map(|&i| &self.items[i])
+    }
+
+    pub fn id(&self) -> &'static str {
+        self.spec.id
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Loads a benchmark; `protocol` selects answer extraction. With [`DataSource::Cache`],
+/// files missing from the cache are first downloaded from the pinned public source.
+pub async fn load(
+    id: &str,
+    source: &DataSource,
+    protocol: Protocol,
+) -> Result<Benchmark, BenchmarkError> {
+    let spec = spec(id)?;
+    let root = source.root();
+    let file = spec.data_file();
+    let path = root.join(file.path);
+    let mut notes = Vec::new();
+    if matches!(source, DataSource::Cache(_)) && !path.exists() {
+        let sha = fetch::download(spec, file, &path).await?;
+        notes.push(format!(
+            "downloaded {} from {} (sha256 {sha})",
+            file.path,
+            remote_url(spec, file)
+        ));
+    }
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|source| BenchmarkError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    let data_sha256 = sha256_hex(&bytes);
+    if data_sha256 != file.sha256 {
+        tracing::warn!(
+            benchmark = spec.id,
+            path = %path.display(),
+            "data file differs from the pinned revision (sha256 {data_sha256}, pinned {})",
+            file.sha256
+        );
+        notes.push(format!(
+            "{} differs from the pinned revision (sha256 {data_sha256}, pinned {})",
+            file.path, file.sha256
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| BenchmarkError::Parse {
+        path: path.clone(),
+        line: 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
+        field: None,
+        detail: format!("not UTF-8: {}", e.utf8_error()),
+    })?;
+
+    let options = VerifyOptions {
+        protocol,
+        ..VerifyOptions::default()
+    };
+    let mut catalog_sha256 = BTreeMap::new();
+    let (default_verifier, by_subject) =
+        build_verifiers(spec, root, options, &mut catalog_sha256, &mut notes)?;
+
+    let parsed = parse::parse(spec.format, &text, &path)?;
+    notes.extend(parsed.notes);
+    let mut items = Vec::with_capacity(parsed.rows.len());
+    let mut first_line: HashMap<String, usize> = HashMap::new();
+    for row in parsed.rows {
+        if let Some(&first) = first_line.get(&row.item.id) {
+            return Err(BenchmarkError::DuplicateId {
+                path,
+                id: row.item.id,
+                first_line: first,
+                line: row.line,
+            });
+        }
+        let verifier = row
+            .item
+            .subject
+            .as_ref()
+            .and_then(|s| by_subject.get(s))
+            .unwrap_or(&default_verifier);
+        if let Err(e) = verifier.parse_gold(&row.item.gold) {
+            return Err(BenchmarkError::Parse {
+                path,
+                line: row.line,
+                field: Some(row.gold_field.to_owned()),
+                detail: e.to_string(),
+            });
+        }
+        first_line.insert(row.item.id.clone(), row.line);
+        items.push(row.item);
+    }
+    let index = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.id.clone(), i))
+        .collect();
+    Ok(Benchmark {
+        spec,
+        items,
+        data_sha256,
+        data_path: path,
+        catalog_sha256,
+        notes,
+        protocol,
+        default_verifier,
+        by_subject,
+        index,
+    })
+}
+
+type Verifiers = (Box<dyn Verifier>, HashMap<String, Box<dyn Verifier>>);
+
+/// The CWE weakness table used for hierarchy credit.
+const CWE_CATALOG: &str = "cwe/cwe-weaknesses.tsv";
+/// The ATT&CK release CTIBench-ATE was built on.
+const ATTACK_VERSION: &str = "v15.1";
+
+fn build_verifiers(
+    spec: &BenchmarkSpec,
+    root: &Path,
+    options: VerifyOptions,
+    catalog_sha256: &mut BTreeMap<String, String>,
+    notes: &mut Vec<String>,
+) -> Result<Verifiers, BenchmarkError> {
+    let by_subject = HashMap::new();
+    let verifier: Box<dyn Verifier> = match spec.task {
+        Task::Mcq => Box::new(McqVerifier {
+            options,
+            spec: if spec.multi_answer() {
+                ChoiceSpec::MULTI_ABCD
+            } else {
+                ChoiceSpec::SINGLE_ABCD
+            },
+        }),
+        Task::Cvss => Box::new(CvssVerifier {
+            options,
+            version: cvss::Version::V3_1,
+        }),
+        Task::Cwe => {
+            let path = root.join(CWE_CATALOG);
+            let catalog = if path.exists() {
+                let catalog =
+                    CweCatalog::from_data_dir(root).map_err(|e| BenchmarkError::Catalog {
+                        path: path.clone(),
+                        detail: e.to_string(),
+                    })?;
+                catalog_sha256.insert(CWE_CATALOG.to_owned(), file_sha256(&path)?);
+                notes.push(format!(
+                    "CWE catalog {CWE_CATALOG} ({} weaknesses) gives hierarchy credit",
+                    catalog.len()
+                ));
+                Some(Arc::new(catalog))
+            } else {
+                notes.push(format!(
+                    "no CWE catalog at {}: exact-id grading only, no hierarchy_accuracy",
+                    path.display()
+                ));
+                None
+            };
+            Box::new(CweVerifier { options, catalog })
+        }
+        Task::Attack => {
+            let set_options = SetMatchOptions {
+                credit_parent_for_sub: true,
+            };
+            let mut by_subject: HashMap<String, Box<dyn Verifier>> = HashMap::new();
+            for domain in [Domain::Enterprise, Domain::Mobile] {
+                let stem = format!("attack/{}-attack-{ATTACK_VERSION}", domain.as_str());
+                let files = [
+                    format!("{stem}-techniques.tsv"),
+                    format!("{stem}-revoked-map.tsv"),
+                ];
+                let catalog = if files.iter().all(|f| root.join(f).exists()) {
+                    let catalog = AttackCatalog::from_data_dir(root, domain, ATTACK_VERSION)
+                        .map_err(|e| BenchmarkError::Catalog {
+                            path: root.join(&files[0]),
+                            detail: e.to_string(),
+                        })?;
+                    for f in &files {
+                        catalog_sha256.insert(f.clone(), file_sha256(&root.join(f))?);
+                    }
+                    notes.push(format!(
+                        "ATT&CK {domain} {ATTACK_VERSION} catalog ({} techniques) maps revoked ids",
+                        catalog.len()
+                    ));
+                    Some(Arc::new(catalog))
+                } else {
+                    notes.push(format!(
+                        "no ATT&CK {domain} {ATTACK_VERSION} catalog under {}: ids compared as written",
+                        root.join("attack").display()
+                    ));
+                    None
+                };
+                by_subject.insert(
+                    domain.to_string(),
+                    Box::new(AttackVerifier {
+                        options: options.clone(),
+                        catalog,
+                        set_options,
+                    }),
+                );
+            }
+            let default = Box::new(AttackVerifier {
+                options,
+                catalog: None,
+                set_options,
+            });
+            return Ok((default, by_subject));
+        }
+    };
+    Ok((verifier, by_subject))
+}
+
+fn file_sha256(path: &Path) -> Result<String, BenchmarkError> {
+    std::fs::read(path)
+        .map(|b| sha256_hex(&b))
+        .map_err(|source| BenchmarkError::Io {
+            path: path.to_owned(),
+            source,
+        })
+}

@@ -1,0 +1,833 @@
+//! OpenAI-compatible chat-completions client (vLLM, llama.cpp `llama-server`, Ollama, OpenAI).
+//!
+//! One [`Client`] wraps a single pooled `reqwest::Client` (HTTP/1.1 keep-alive, large idle
+//! pool) and any number of data-parallel replica [`Endpoint`]s. Each request goes to the
+//! replica with the fewest requests in flight (ties broken round-robin); failed attempts are
+//! retried with capped, fully jittered exponential backoff (or the server's `Retry-After`),
+//! and a retry prefers a different replica than the one that just failed.
+//!
+//! Reasoning models: vLLM renamed `message.reasoning_content` to `message.reasoning`, and
+//! llama.cpp / DeepSeek use `reasoning_content`; the client reads `reasoning_content` first
+//! and falls back to `reasoning` (an empty string counts as absent), like the reference
+//! cookbook clients.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+
+/// Hard cap on how long a server-provided `Retry-After` may make us wait.
+pub const RETRY_AFTER_HARD_CAP: Duration = Duration::from_secs(120);
+/// Maximum number of characters of an error body kept in [`ClientError::Http`].
+pub const ERROR_BODY_MAX_CHARS: usize = 500;
+
+/// One chat message (`role` is `system`, `user`, `assistant`, ...).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+/// Sampling parameters sent with every request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GenParams {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_tokens: u32,
+    pub seed: Option<u64>,
+}
+
+/// A chat-completion request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub params: GenParams,
+}
+
+/// A parsed chat-completion response plus bookkeeping about how it was obtained.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChatResponse {
+    /// `choices[0].message.content`; `null` becomes `""`. Returned verbatim (an unclosed
+    /// `<think>` from a truncated generation is kept as is).
+    pub content: String,
+    /// `message.reasoning_content`, else `message.reasoning` (empty strings count as absent).
+    pub reasoning: Option<String>,
+    pub finish_reason: Option<String>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// Attempts used, including the successful one (1 = no retry).
+    pub attempts: u32,
+    /// Wall time of the whole call, retries and backoff included.
+    pub latency_ms: u64,
+    /// `base_url` of the endpoint that produced the response.
+    pub endpoint: String,
+}
+
+/// One OpenAI-compatible server (a data-parallel replica).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    /// Base URL including the API prefix, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer <key>` when set.
+    pub api_key: Option<String>,
+}
+
+impl Endpoint {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            api_key: None,
+        }
+    }
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+}
+
+/// Retry and timeout policy.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Total attempts, the first included (0 is treated as 1).
+    pub max_attempts: u32,
+    /// Backoff before retry `k` is uniform in `[0, min(max_delay, base_delay * 2^(k-1))]`.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// Timeout of one attempt (connect + request + full response body).
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Full-jitter exponential backoff before the retry that follows failed attempt
+    /// `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self.backoff_cap(attempt);
+        if cap.is_zero() {
+            return cap;
+        }
+        let nanos = cap.as_nanos().min(u64::MAX as u128) as u64;
+        Duration::from_nanos(rand::rng().random_range(0..=nanos))
+    }
+
+    fn backoff_cap(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(32);
+        self.base_delay
+            .checked_mul(1u32 << exp.min(31))
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
+    }
+
+    /// Delay honouring a server `Retry-After`: what the server asked for, but never more than
+    /// `max(max_delay, 120 s)`.
+    pub fn retry_after_delay(&self, asked: Duration) -> Duration {
+        asked.min(self.max_delay.max(RETRY_AFTER_HARD_CAP))
+    }
+}
+
+/// Errors of the client. `Clone` so a caller can keep / report the last error.
+#[derive(thiserror::Error, Debug, Clone, PartialEq)]
+pub enum ClientError {
+    #[error("no endpoints configured")]
+    NoEndpoints,
+    #[error("bad endpoint: {0}")]
+    BadUrl(String),
+    #[error("HTTP {status}: {body}")]
+    Http { status: u16, body: String },
+    #[error("request timed out")]
+    Timeout,
+    #[error("transport error: {0}")]
+    Transport(String),
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    #[error("gave up after {attempts} attempts; last error: {last}")]
+    GaveUp {
+        attempts: u32,
+        last: Box<ClientError>,
+    },
+}
+
+impl ClientError {
+    /// Whether another attempt may succeed: 408, 409, 425, 429, 5xx gateway/overload codes,
+    /// timeouts, connection errors and malformed bodies.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Http { status, .. } => is_retryable_status(*status),
+            ClientError::Timeout | ClientError::Transport(_) | ClientError::Malformed(_) => true,
+            ClientError::NoEndpoints | ClientError::BadUrl(_) | ClientError::GaveUp { .. } => false,
+        }
+    }
+}
+
+fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 409 | 425 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// Error of one attempt plus the server's requested wait, if any.
+struct AttemptError {
+    error: ClientError,
+    retry_after: Option<Duration>,
+}
+
+impl From<ClientError> for AttemptError {
+    fn from(error: ClientError) -> Self {
+        Self {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+struct EndpointState {
+    base_url: String,
+    chat_url: Url,
+    models_url: Url,
+    auth: Option<HeaderValue>,
+    in_flight: AtomicUsize,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoints: Vec<EndpointState>,
+    retry: RetryPolicy,
+    rr: AtomicUsize,
+}
+
+/// Cheap to clone (`Arc` inside); `Send + Sync`.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field(
+                "endpoints",
+                &self
+                    .inner
+                    .endpoints
+                    .iter()
+                    .map(|e| e.base_url.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("retry", &self.inner.retry)
+            .finish()
+    }
+}
+
+/// Decrements an endpoint's in-flight counter on drop (also when the future is cancelled).
+struct InFlightGuard<'a>(&'a AtomicUsize);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    temperature: f64,
+    top_p: f64,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    stream: bool,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    choices: Vec<WireChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    message: WireMessage,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct WireModels {
+    data: Vec<WireModel>,
+}
+
+#[derive(Deserialize)]
+struct WireModel {
+    id: String,
+}
+
+impl Client {
+    /// Builds the client. Fails with [`ClientError::NoEndpoints`] on an empty list and
+    /// [`ClientError::BadUrl`] on a URL that is not absolute `http(s)` (or an API key that
+    /// cannot be sent as a header).
+    pub fn new(endpoints: Vec<Endpoint>, retry: RetryPolicy) -> Result<Self, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let mut states = Vec::with_capacity(endpoints.len());
+        for ep in endpoints {
+            let base = ep.base_url.trim().trim_end_matches('/').to_string();
+            let parsed =
+                Url::parse(&base).map_err(|e| ClientError::BadUrl(format!("{base:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.cannot_be_a_base()
+                || parsed.host_str().is_none()
+            {
+                return Err(ClientError::BadUrl(format!(
+                    "{base:?}: expected an absolute http(s) URL such as http://127.0.0.1:8000/v1"
+                )));
+            }
+            let join = |suffix: &str| {
+                Url::parse(&format!("{base}/{suffix}"))
+                    .map_err(|e| ClientError::BadUrl(format!("{base:?}: {e}")))
+            };
+            let auth = match ep.api_key.as_deref() {
+                Some(key) if !key.is_empty() => {
+                    let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                        ClientError::BadUrl(format!(
+                            "{base:?}: API key contains characters not allowed in a header"
+                        ))
+                    })?;
+                    v.set_sensitive(true);
+                    Some(v)
+                }
+                _ => None,
+            };
+            states.push(EndpointState {
+                chat_url: join("chat/completions")?,
+                models_url: join("models")?,
+                base_url: base,
+                auth,
+                in_flight: AtomicUsize::new(0),
+            });
+        }
+        let mut default_headers = HeaderMap::new();
+        default_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let http = reqwest::Client::builder()
+            .default_headers(default_headers)
+            .pool_max_idle_per_host(4096)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .connect_timeout(retry.request_timeout.min(Duration::from_secs(30)))
+            .user_agent(concat!("metis-eval/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Transport(format!("building HTTP client: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                endpoints: states,
+                retry,
+                rr: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The configured endpoints' base URLs (normalised, without trailing `/`).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner
+            .endpoints
+            .iter()
+            .map(|e| e.base_url.clone())
+            .collect()
+    }
+
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.retry
+    }
+
+    /// POST `{base}/chat/completions` (non-streaming) with retries.
+    pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ClientError> {
+        let start = Instant::now();
+        let body = serde_json::to_vec(&WireRequest {
+            model: &req.model,
+            messages: &req.messages,
+            temperature: req.params.temperature,
+            top_p: req.params.top_p,
+            max_tokens: req.params.max_tokens,
+            seed: req.params.seed,
+            stream: false,
+        })
+        .map_err(|e| ClientError::Malformed(format!("serialising request: {e}")))?;
+        let timeout = self.inner.retry.request_timeout;
+        let http = &self.inner.http;
+        let body = &body;
+        let (mut resp, attempts, ep) = self
+            .with_retries(|ep| async move {
+                let mut rb = http
+                    .post(ep.chat_url.clone())
+                    .timeout(timeout)
+                    .body(body.clone());
+                if let Some(auth) = &ep.auth {
+                    rb = rb.header(AUTHORIZATION, auth.clone());
+                }
+                let bytes = send(rb).await?;
+                parse_chat_body(&bytes).map_err(AttemptError::from)
+            })
+            .await?;
+        resp.attempts = attempts;
+        resp.latency_ms = start.elapsed().as_millis().min(u64::MAX as u128) as u64;
+        resp.endpoint = ep.base_url.clone();
+        Ok(resp)
+    }
+
+    /// GET `{base}/models` (on the least-loaded endpoint, with retries); returns the model ids.
+    pub async fn list_models(&self) -> Result<Vec<String>, ClientError> {
+        let timeout = self.inner.retry.request_timeout;
+        let http = &self.inner.http;
+        let (models, _, _) = self
+            .with_retries(|ep| async move {
+                let mut rb = http.get(ep.models_url.clone()).timeout(timeout);
+                if let Some(auth) = &ep.auth {
+                    rb = rb.header(AUTHORIZATION, auth.clone());
+                }
+                let bytes = send(rb).await?;
+                let parsed: WireModels = serde_json::from_slice(&bytes)
+                    .map_err(|e| ClientError::Malformed(malformed_msg(&e, &bytes)))?;
+                Ok(parsed.data.into_iter().map(|m| m.id).collect())
+            })
+            .await?;
+        Ok(models)
+    }
+
+    /// Least in-flight endpoint, ties broken round-robin; `avoid` (the endpoint that just
+    /// failed) is skipped when there is another one.
+    fn pick(&self, avoid: Option<usize>) -> usize {
+        let eps = &self.inner.endpoints;
+        let n = eps.len();
+        if n == 1 {
+            return 0;
+        }
+        let start = self.inner.rr.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best = usize::MAX;
+        let mut best_load = usize::MAX;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if Some(i) == avoid {
+                continue;
+            }
+            let load = eps[i].in_flight.load(Ordering::Relaxed);
+            if load < best_load {
+                best = i;
+                best_load = load;
+            }
+        }
+        best
+    }
+
+    async fn with_retries<'s, T, F, Fut>(
+        &'s self,
+        mut attempt_fn: F,
+    ) -> Result<(T, u32, &'s EndpointState), ClientError>
+    where
+        F: FnMut(&'s EndpointState) -> Fut,
+        Fut: Future<Output = Result<T, AttemptError>>,
+    {
+        let policy = &self.inner.retry;
+        let max_attempts = policy.max_attempts.max(1);
+        let mut avoid = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let idx = self.pick(avoid);
+            let ep = &self.inner.endpoints[idx];
+            ep.in_flight.fetch_add(1, Ordering::Relaxed);
+            let result = {
+                let _guard = InFlightGuard(&ep.in_flight);
+                attempt_fn(ep).await
+            };
+            let err = match result {
+                Ok(v) => return Ok((v, attempt, ep)),
+                Err(e) => e,
+            };
+            if !err.error.is_retryable() {
+                return Err(err.error);
+            }
+            if attempt >= max_attempts {
+                return Err(ClientError::GaveUp {
+                    attempts: attempt,
+                    last: Box::new(err.error),
+                });
+            }
+            let delay = match err.retry_after {
+                Some(asked) => policy.retry_after_delay(asked),
+                None => policy.backoff(attempt),
+            };
+            tracing::debug!(
+                endpoint = %ep.base_url,
+                attempt,
+                error = %err.error,
+                delay_ms = delay.as_millis() as u64,
+                "retrying request"
+            );
+            avoid = Some(idx);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Sends one request; returns the body of a 2xx response or the classified error.
+async fn send(rb: reqwest::RequestBuilder) -> Result<Vec<u8>, AttemptError> {
+    let resp = rb.send().await.map_err(classify_reqwest)?;
+    let status = resp.status();
+    if status.is_success() {
+        let bytes = resp.bytes().await.map_err(classify_reqwest)?;
+        return Ok(bytes.to_vec());
+    }
+    let retry_after = if is_retryable_status(status.as_u16()) {
+        retry_after(resp.headers(), SystemTime::now())
+    } else {
+        None
+    };
+    // Best effort: a failure reading an error body still reports the status.
+    let body = match resp.bytes().await {
+        Ok(b) => truncate_chars(&String::from_utf8_lossy(&b), ERROR_BODY_MAX_CHARS),
+        Err(e) => format!("<error body unreadable: {e}>"),
+    };
+    Err(AttemptError {
+        error: ClientError::Http {
+            status: status.as_u16(),
+            body,
+        },
+        retry_after,
+    })
+}
+
+fn classify_reqwest(e: reqwest::Error) -> AttemptError {
+    if e.is_timeout() {
+        return ClientError::Timeout.into();
+    }
+    if let Some(status) = e.status() {
+        return ClientError::Http {
+            status: status.as_u16(),
+            body: String::new(),
+        }
+        .into();
+    }
+    // Include the source chain: reqwest's top-level message is often just "error sending
+    // request".
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    ClientError::Transport(msg).into()
+}
+
+fn malformed_msg(e: &serde_json::Error, body: &[u8]) -> String {
+    format!(
+        "{e}; body starts: {:?}",
+        truncate_chars(&String::from_utf8_lossy(body), 200)
+    )
+}
+
+/// Parses a chat-completions response body (without the bookkeeping fields, which the
+/// caller fills in).
+fn parse_chat_body(bytes: &[u8]) -> Result<ChatResponse, ClientError> {
+    let wire: WireResponse = serde_json::from_slice(bytes)
+        .map_err(|e| ClientError::Malformed(malformed_msg(&e, bytes)))?;
+    let choice = wire.choices.into_iter().next().ok_or_else(|| {
+        ClientError::Malformed(format!(
+            "no choices in response; body starts: {:?}",
+            truncate_chars(&String::from_utf8_lossy(bytes), 200)
+        ))
+    })?;
+    let WireMessage {
+        content,
+        reasoning_content,
+        reasoning,
+    } = choice.message;
+    let reasoning = reasoning_content
+        .filter(|s| !s.is_empty())
+        .or(reasoning.filter(|s| !s.is_empty()));
+    let (prompt_tokens, completion_tokens) = wire
+        .usage
+        .map(|u| (u.prompt_tokens, u.completion_tokens))
+        .unwrap_or((None, None));
+    Ok(ChatResponse {
+        content: content.unwrap_or_default(),
+        reasoning,
+        finish_reason: choice.finish_reason,
+        prompt_tokens,
+        completion_tokens,
+        attempts: 0,
+        latency_ms: 0,
+        endpoint: String::new(),
+    })
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Reads `retry-after-ms` (OpenAI) or `Retry-After` (delta-seconds or HTTP-date).
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+    {
+        return Some(Duration::from_secs_f64((ms / 1000.0).min(1e9)));
+    }
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    parse_retry_after(value, now)
+}
+
+/// Parses a `Retry-After` value: delta-seconds (fractions tolerated) or an HTTP-date
+/// (IMF-fixdate, RFC 850 or asctime). A date in the past means "retry now".
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs.min(1e9)));
+        }
+        return None;
+    }
+    let target = parse_http_date(value)?;
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
+    Some(Duration::from_secs(target.saturating_sub(now).max(0) as u64))
+}
+
+/// Unix seconds of an HTTP-date.
+fn parse_http_date(s: &str) -> Option<i64> {
+    // Drop the weekday ("Sun," / "Sunday," / "Sun ").
+    let rest = match s.split_once(',') {
+        Some((_, r)) => r.trim(),
+        None => s.split_once(' ')?.1.trim(),
+    };
+    let parts: Vec<&str> = rest.split_whitespace().collect();
+    let (day, month, year, time) = match parts.as_slice() {
+        // IMF-fixdate: 06 Nov 1994 08:49:37 GMT
+        [d, m, y, t, "GMT"] => (*d, *m, y.parse::<i64>().ok()?, *t),
+        // RFC 850: 06-Nov-94 08:49:37 GMT
+        [dmy, t, "GMT"] => {
+            let mut it = dmy.split('-');
+            let (d, m, y) = (it.next()?, it.next()?, it.next()?.parse::<i64>().ok()?);
+            let y = if y < 100 {
+                if y < 70 {
+                    2000 + y
+                } else {
+                    1900 + y
+                }
+            } else {
+                y
+            };
+            (d, m, y, *t)
+        }
+        // asctime: Nov  6 08:49:37 1994
+        [m, d, t, y] => (*d, *m, y.parse::<i64>().ok()?, *t),
+        _ => return None,
+    };
+    let day: i64 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m.eq_ignore_ascii_case(month))? as i64
+        + 1;
+    let mut hms = time.split(':');
+    let h: i64 = hms.next()?.parse().ok()?;
+    let mi: i64 = hms.next()?.parse().ok()?;
+    let se: i64 = hms.next()?.parse().ok()?;
+    if !(1..=31).contains(&day) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+const _: () = {
+    const fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+    assert_traits::<Client>();
+    assert_traits::<ClientError>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_reasoning_fields() {
+        let a = parse_chat_body(
+            br#"{"choices":[{"message":{"content":"x","reasoning_content":"rc","reasoning":"r"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.reasoning.as_deref(), Some("rc"));
+        assert_eq!((a.prompt_tokens, a.completion_tokens), (Some(3), Some(4)));
+        let b = parse_chat_body(
+            br#"{"choices":[{"message":{"content":null,"reasoning_content":null,"reasoning":"r"},"finish_reason":"length"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(b.content, "");
+        assert_eq!(b.reasoning.as_deref(), Some("r"));
+        assert_eq!(b.finish_reason.as_deref(), Some("length"));
+        assert!(matches!(
+            parse_chat_body(br#"{"choices":[]}"#),
+            Err(ClientError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_chat_body(b"{not json"),
+            Err(ClientError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn retry_after_formats() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:49:40 GMT", now),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            parse_retry_after("Sun Nov  6 08:49:42 1994", now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[test]
+    fn backoff_is_capped_and_retry_after_bounded() {
+        let p = RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(p.backoff_cap(1), Duration::from_millis(500));
+        assert_eq!(p.backoff_cap(3), Duration::from_secs(2));
+        assert_eq!(p.backoff_cap(60), Duration::from_secs(30));
+        for k in 1..10 {
+            assert!(p.backoff(k) <= p.backoff_cap(k));
+        }
+        assert_eq!(
+            p.retry_after_delay(Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            p.retry_after_delay(Duration::from_secs(1000)),
+            RETRY_AFTER_HARD_CAP
+        );
+    }
+
+    #[test]
+    fn new_validates() {
+        assert_eq!(
+            Client::new(vec![], RetryPolicy::default()).unwrap_err(),
+            ClientError::NoEndpoints
+        );
+        for bad in ["", "localhost:8000", "ftp://x/v1", "http://"] {
+            assert!(
+                matches!(
+                    Client::new(vec![Endpoint::new(bad)], RetryPolicy::default()),
+                    Err(ClientError::BadUrl(_))
+                ),
+                "{bad}"
+            );
+        }
+        let c = Client::new(
+            vec![Endpoint::new("http://127.0.0.1:8000/v1/")],
+            RetryPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(c.endpoints(), vec!["http://127.0.0.1:8000/v1".to_string()]);
+    }
+
+    #[test]
+    fn truncation_is_char_safe() {
+        let s = "é".repeat(600);
+        let t = truncate_chars(&s, ERROR_BODY_MAX_CHARS);
+        assert_eq!(t.chars().count(), ERROR_BODY_MAX_CHARS + 1);
+        assert_eq!(truncate_chars("abc", 5), "abc");
+    }
+}

@@ -1,0 +1,418 @@
+//! An in-process fake OpenAI-compatible server for tests and benches.
+//!
+//! Binds `127.0.0.1:0` and serves `POST /v1/chat/completions` and `GET /v1/models`. Every
+//! chat request is handed to a [`Responder`] together with its attempt number (1-based,
+//! counted per identical `(messages, seed)`), so a script can fail the first attempt of a
+//! prompt and answer the retry. Faults reproduce what real servers do under load: 429 with
+//! `Retry-After`, 500, hanging connections, malformed bodies and truncated `<think>` output.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::client::ChatMessage;
+
+/// How long [`Fault::Hang`] sleeps: far longer than any sane client timeout.
+const HANG_FOR: Duration = Duration::from_secs(3600);
+/// Model id advertised by `GET /v1/models`.
+pub const FAKE_MODEL_ID: &str = "fake-model";
+
+/// A scripted failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// 429 with `Retry-After: <retry_after_s>`.
+    TooManyRequests { retry_after_s: u64 },
+    /// 500 Internal Server Error.
+    ServerError,
+    /// Never answers (sleeps an hour, or until the server shuts down).
+    Hang,
+    /// 200 with the body `{not json`.
+    MalformedJson,
+    /// 200 with content `<think>reasoning that never closes` and finish_reason `length`.
+    TruncatedThink,
+    /// Any other status with the given body, e.g. 400 "context too long" or 401.
+    /// (Extension beyond the original brief: needed to test non-retryable 4xx.)
+    Http { status: u16, body: String },
+}
+
+impl Fault {
+    /// Name recorded in [`FakeServer::request_log`].
+    pub fn name(&self) -> String {
+        match self {
+            Fault::TooManyRequests { .. } => "TooManyRequests".into(),
+            Fault::ServerError => "ServerError".into(),
+            Fault::Hang => "Hang".into(),
+            Fault::MalformedJson => "MalformedJson".into(),
+            Fault::TruncatedThink => "TruncatedThink".into(),
+            Fault::Http { status, .. } => format!("Http{status}"),
+        }
+    }
+}
+
+/// A successful scripted answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scripted {
+    pub content: String,
+    /// Returned in `message.reasoning_content` when `Some`.
+    pub reasoning: Option<String>,
+    pub finish_reason: String,
+    /// Wait this long before answering.
+    pub delay: Duration,
+}
+
+impl Scripted {
+    /// `content`, finish_reason `stop`, no reasoning, no delay.
+    pub fn text(content: impl Into<String>) -> Self {
+        Self {
+            content: content.into(),
+            reasoning: None,
+            finish_reason: "stop".into(),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Decides the answer to a request; the second argument is the attempt number of this same
+/// `(messages, seed)` (1-based). Called synchronously on arrival.
+pub type Responder = Arc<dyn Fn(&FakeRequest, u64) -> Result<Scripted, Fault> + Send + Sync>;
+
+/// A chat request as the fake server received it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct FakeRequest {
+    #[serde(default)]
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default = "one")]
+    pub temperature: f64,
+    #[serde(default = "one")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub max_tokens: u32,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl FakeRequest {
+    /// Content of the last `user` message ("" if none).
+    pub fn last_user(&self) -> &str {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| m.content.as_str())
+            .unwrap_or("")
+    }
+}
+
+type LogEntry = (FakeRequest, Result<(), String>);
+/// seed -> messages -> attempts so far.
+type AttemptMap = HashMap<Option<u64>, HashMap<Vec<ChatMessage>, u64>>;
+
+struct Shared {
+    responder: Responder,
+    total: AtomicU64,
+    attempts: Mutex<AttemptMap>,
+    log: Mutex<Vec<LogEntry>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The running fake server. Dropping it also stops it (without waiting).
+pub struct FakeServer {
+    /// `http://127.0.0.1:PORT/v1`
+    pub base_url: String,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FakeServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeServer")
+            .field("base_url", &self.base_url)
+            .field("total_requests", &self.total_requests())
+            .finish()
+    }
+}
+
+impl FakeServer {
+    /// Binds `127.0.0.1:0` and starts serving on the current Tokio runtime.
+    pub async fn start(responder: Responder) -> std::io::Result<FakeServer> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let (stop, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            responder,
+            total: AtomicU64::new(0),
+            attempts: Mutex::new(HashMap::new()),
+            log: Mutex::new(Vec::with_capacity(1024)),
+            shutdown: shutdown.clone(),
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/models", get(models))
+            .with_state(shared.clone());
+        let mut signal = shutdown;
+        let task = tokio::spawn(async move {
+            let stopped = async move {
+                // Err = sender dropped, which also means stop.
+                let _ = signal.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::warn!(error = %e, "fake server stopped with an error");
+            }
+        });
+        Ok(FakeServer {
+            base_url: format!("http://{addr}/v1"),
+            addr,
+            shared,
+            stop,
+            task,
+        })
+    }
+
+    /// Convenience responder: always answer `content` at once.
+    pub fn instant(content: &str) -> Responder {
+        let scripted = Scripted::text(content);
+        Arc::new(move |_, _| Ok(scripted.clone()))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Chat-completion requests received, faulted ones included (unparseable bodies too;
+    /// `GET /v1/models` is not counted).
+    pub fn total_requests(&self) -> u64 {
+        self.shared.total.load(Ordering::Relaxed)
+    }
+
+    /// Parsed chat requests in arrival order, with `Err(fault name)` if faulted.
+    pub fn request_log(&self) -> Vec<(FakeRequest, Result<(), String>)> {
+        lock(&self.shared.log).clone()
+    }
+
+    /// Requests per (last user message, seed).
+    pub fn counts_by_key(&self) -> HashMap<(String, Option<u64>), u64> {
+        let log = lock(&self.shared.log);
+        let mut out: HashMap<(String, Option<u64>), u64> = HashMap::new();
+        for (req, _) in log.iter() {
+            *out.entry((req.last_user().to_string(), req.seed))
+                .or_default() += 1;
+        }
+        out
+    }
+
+    /// Stops accepting, releases hanging handlers and waits (up to 5 s) for the server task.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn words(s: &str) -> u64 {
+    s.split_whitespace().count() as u64
+}
+
+#[derive(Serialize)]
+struct WireResponse<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [WireChoice<'a>; 1],
+    usage: WireUsage,
+}
+
+#[derive(Serialize)]
+struct WireChoice<'a> {
+    index: u32,
+    message: WireMessage<'a>,
+    finish_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct WireUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(status: StatusCode, message: &str, kind: &str) -> Response {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": kind, "code": status.as_u16() }
+    });
+    json_response(status, body.to_string().into_bytes())
+}
+
+async fn models() -> Response {
+    let body = serde_json::json!({
+        "object": "list",
+        "data": [{ "id": FAKE_MODEL_ID, "object": "model", "created": 0, "owned_by": "metis" }]
+    });
+    json_response(StatusCode::OK, body.to_string().into_bytes())
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let n = shared.total.fetch_add(1, Ordering::Relaxed) + 1;
+    let req: FakeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid request body: {e}"),
+                "invalid_request_error",
+            )
+        }
+    };
+    let attempt = {
+        let mut map = lock(&shared.attempts);
+        let by_msgs = map.entry(req.seed).or_default();
+        match by_msgs.get_mut(req.messages.as_slice()) {
+            Some(c) => {
+                *c += 1;
+                *c
+            }
+            None => {
+                by_msgs.insert(req.messages.clone(), 1);
+                1
+            }
+        }
+    };
+    let outcome = (shared.responder)(&req, attempt);
+    let prompt_tokens: u64 = req.messages.iter().map(|m| words(&m.content)).sum();
+    let model = req.model.clone();
+    lock(&shared.log).push((
+        req,
+        match &outcome {
+            Ok(_) => Ok(()),
+            Err(f) => Err(f.name()),
+        },
+    ));
+
+    let scripted = match outcome {
+        Ok(s) => s,
+        Err(Fault::TooManyRequests { retry_after_s }) => {
+            let mut resp = error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate limit exceeded",
+                "rate_limit_error",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            return resp;
+        }
+        Err(Fault::ServerError) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error",
+                "server_error",
+            )
+        }
+        Err(Fault::Hang) => {
+            let mut stop = shared.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(HANG_FOR) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server shutting down",
+                "server_error",
+            );
+        }
+        Err(Fault::MalformedJson) => {
+            return json_response(StatusCode::OK, b"{not json".to_vec());
+        }
+        Err(Fault::Http { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return error_response(status, &body, "invalid_request_error");
+        }
+        Err(Fault::TruncatedThink) => Scripted {
+            content: "<think>reasoning that never closes".into(),
+            reasoning: None,
+            finish_reason: "length".into(),
+            delay: Duration::ZERO,
+        },
+    };
+
+    if !scripted.delay.is_zero() {
+        tokio::time::sleep(scripted.delay).await;
+    }
+    let completion_tokens =
+        words(&scripted.content) + scripted.reasoning.as_deref().map(words).unwrap_or(0);
+    let wire = WireResponse {
+        id: format!("chatcmpl-fake-{n}"),
+        object: "chat.completion",
+        created: 0,
+        model: &model,
+        choices: [WireChoice {
+            index: 0,
+            message: WireMessage {
+                role: "assistant",
+                content: &scripted.content,
+                reasoning_content: scripted.reasoning.as_deref(),
+            },
+            finish_reason: &scripted.finish_reason,
+        }],
+        usage: WireUsage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        },
+    };
+    match serde_json::to_vec(&wire) {
+        Ok(b) => json_response(StatusCode::OK, b),
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("serialising response: {e}"),
+            "server_error",
+        ),
+    }
+}

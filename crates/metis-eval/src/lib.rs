@@ -8,5 +8,6 @@ pub mod benchmarks;
 pub mod client;
 pub mod fake_server;
 pub mod report;
+pub mod run;
 pub mod stats;
 pub mod store;

@@ -1,0 +1,481 @@
+//! Result reports: a Markdown table in the layout of the published results (one row per
+//! benchmark, one column per model, "mean ± std" of the primary metric in percent), long-format
+//! CSV, JSON, and a grouped bar chart (PNG or SVG) with ± std error bars.
+//!
+//! Benchmarks and models appear in the order they first occur in the rows, so callers control
+//! the layout by ordering the rows.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Summary;
+
+/// One benchmark × model result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub benchmark: String,
+    pub model: String,
+    /// Number of items scored.
+    pub n_items: usize,
+    /// Number of trials (repeats over the items).
+    pub n_trials: usize,
+    /// Responses whose answer could not be extracted (summed over trials).
+    pub invalid: usize,
+    /// Requests that failed after all retries (summed over trials).
+    pub failed: usize,
+    /// Name of the metric shown in the table and chart (a key of `metrics`).
+    pub primary_metric: String,
+    /// Every metric, summarised over trials; values are fractions (0.692 = 69.20 %).
+    pub metrics: BTreeMap<String, Summary>,
+}
+
+impl ResultRow {
+    fn primary(&self) -> Option<&Summary> {
+        self.metrics.get(&self.primary_metric)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("chart {path}: unsupported extension (use .png or .svg)")]
+    UnsupportedExtension { path: String },
+    #[error("chart {path}: cannot create directory: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("chart {path}: {message}")]
+    Draw { path: String, message: String },
+}
+
+/// Distinct values in order of first appearance.
+fn ordered<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for v in values {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+fn find<'a>(rows: &'a [ResultRow], benchmark: &str, model: &str) -> Option<&'a ResultRow> {
+    rows.iter()
+        .find(|r| r.benchmark == benchmark && r.model == model)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}", 100.0 * x)
+}
+
+/// Markdown report: the main table (one row per benchmark, first column "Benchmark (metric)",
+/// one column per model, cells "mean ± std" of the primary metric in percent with 2 decimals,
+/// the best model of each row in bold when at least two models have a value; ties are all
+/// bold), a one-line legend, then a smaller table of invalid / failed response counts. Missing
+/// results show as "–".
+pub fn markdown(rows: &[ResultRow]) -> String {
+    let benchmarks = ordered(rows.iter().map(|r| r.benchmark.as_str()));
+    let models = ordered(rows.iter().map(|r| r.model.as_str()));
+    let mut out = String::new();
+    if rows.is_empty() {
+        return out;
+    }
+    let header = |out: &mut String, first: &str| {
+        let _ = write!(out, "| {first} |");
+        for m in &models {
+            let _ = write!(out, " {} |", md_escape(m));
+        }
+        out.push_str("\n|:---|");
+        for _ in &models {
+            out.push_str("---:|");
+        }
+        out.push('\n');
+    };
+
+    header(&mut out, "Benchmark (metric)");
+    for b in &benchmarks {
+        let metric = rows
+            .iter()
+            .find(|r| r.benchmark == *b)
+            .map(|r| r.primary_metric.as_str())
+            .unwrap_or_default();
+        let cells: Vec<Option<(String, String)>> = models
+            .iter()
+            .map(|m| {
+                let s = find(rows, b, m)?.primary()?;
+                if s.mean.is_nan() {
+                    return None;
+                }
+                let std = if s.std.is_nan() {
+                    "n/a".to_string()
+                } else {
+                    pct(s.std)
+                };
+                Some((pct(s.mean), std))
+            })
+            .collect();
+        let best = cells
+            .iter()
+            .flatten()
+            .filter_map(|(m, _)| m.parse::<f64>().ok())
+            .fold(f64::NEG_INFINITY, f64::max);
+        let bold = cells.iter().flatten().count() >= 2;
+        let _ = write!(out, "| {} ({}) |", md_escape(b), md_escape(metric));
+        for cell in &cells {
+            match cell {
+                None => out.push_str(" – |"),
+                Some((m, s)) => {
+                    let text = format!("{m} ± {s}");
+                    if bold && m.parse::<f64>().ok() == Some(best) {
+                        let _ = write!(out, " **{text}** |");
+                    } else {
+                        let _ = write!(out, " {text} |");
+                    }
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out.push_str(
+        "\nMean ± std over trials of the primary metric, in percent; best model per benchmark \
+         in bold.\n\n",
+    );
+
+    header(&mut out, "Invalid / failed");
+    for b in &benchmarks {
+        let _ = write!(out, "| {} |", md_escape(b));
+        for m in &models {
+            match find(rows, b, m) {
+                Some(r) => {
+                    let _ = write!(out, " {} / {} |", r.invalid, r.failed);
+                }
+                None => out.push_str(" – |"),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Long-format CSV: one line per row and metric (metrics in name order), header
+/// `benchmark,model,metric,mean,std,stderr,ci_low,ci_high,n_items,n_trials,invalid,failed`.
+/// Values are fractions, printed with Rust's shortest round-trip formatting; `NaN` as "NaN".
+pub fn csv(rows: &[ResultRow]) -> String {
+    let mut w = ::csv::Writer::from_writer(Vec::new());
+    let header = [
+        "benchmark",
+        "model",
+        "metric",
+        "mean",
+        "std",
+        "stderr",
+        "ci_low",
+        "ci_high",
+        "n_items",
+        "n_trials",
+        "invalid",
+        "failed",
+    ];
+    // Writing to a Vec cannot fail.
+    let _ = w.write_record(header);
+    for r in rows {
+        for (metric, s) in &r.metrics {
+            let _ = w.write_record([
+                r.benchmark.clone(),
+                r.model.clone(),
+                metric.clone(),
+                s.mean.to_string(),
+                s.std.to_string(),
+                s.stderr.to_string(),
+                s.ci_low.to_string(),
+                s.ci_high.to_string(),
+                r.n_items.to_string(),
+                r.n_trials.to_string(),
+                r.invalid.to_string(),
+                r.failed.to_string(),
+            ]);
+        }
+    }
+    let bytes = w.into_inner().unwrap_or_default();
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
+/// Pretty-printed JSON array of the rows (`NaN` summaries become `null` and read back as `NaN`).
+pub fn json(rows: &[ResultRow]) -> String {
+    serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// Font family name under which the embedded DejaVu Sans is registered.
+const FONT: &str = "sans-serif";
+static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+static REGISTER_FONT: Once = Once::new();
+
+fn register_font() {
+    REGISTER_FONT.call_once(|| {
+        if plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES).is_err() {
+            tracing::error!("embedded DejaVuSans.ttf could not be parsed; charts will lack text");
+        }
+    });
+}
+
+/// Tableau 10 palette.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(78, 121, 167),
+    RGBColor(242, 142, 43),
+    RGBColor(225, 87, 89),
+    RGBColor(118, 183, 178),
+    RGBColor(89, 161, 79),
+    RGBColor(237, 201, 72),
+    RGBColor(176, 122, 161),
+    RGBColor(255, 157, 167),
+    RGBColor(156, 117, 95),
+    RGBColor(186, 176, 172),
+];
+
+const CHART_SIZE: (u32, u32) = (1200, 600);
+
+/// Grouped bar chart of the primary metric (mean in percent) with ± std error bars:
+/// benchmarks on the x axis, one colour per model with a legend. The format follows the
+/// extension of `path`: `.png` (1200×600 bitmap, text rendered with the embedded DejaVu Sans)
+/// or `.svg`. Parent directories are created.
+pub fn chart(rows: &[ResultRow], path: &Path) -> Result<(), ReportError> {
+    let display = path.display().to_string();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase());
+    if !matches!(ext.as_deref(), Some("png") | Some("svg")) {
+        return Err(ReportError::UnsupportedExtension { path: display });
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+            path: display.clone(),
+            source,
+        })?;
+    }
+    register_font();
+    let result = if ext.as_deref() == Some("png") {
+        let root = BitMapBackend::new(path, CHART_SIZE).into_drawing_area();
+        draw_chart(rows, &root).and_then(|()| root.present().map_err(|e| e.to_string()))
+    } else {
+        let root = SVGBackend::new(path, CHART_SIZE).into_drawing_area();
+        draw_chart(rows, &root).and_then(|()| root.present().map_err(|e| e.to_string()))
+    };
+    result.map_err(|message| ReportError::Draw {
+        path: display,
+        message,
+    })
+}
+
+/// X axis of the grouped bars: `[0, n)`, group `i` spans `[i, i + 1)`, ticks at the centres.
+struct GroupAxis {
+    n: usize,
+}
+
+impl Ranged for GroupAxis {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let frac = value / self.n as f64;
+        limit.0 + (frac * f64::from(limit.1 - limit.0)).round() as i32
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, _hint: Hint) -> Vec<f64> {
+        (0..self.n).map(|i| i as f64 + 0.5).collect()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        0.0..self.n as f64
+    }
+}
+
+fn draw_chart<DB: DrawingBackend>(
+    rows: &[ResultRow],
+    root: &DrawingArea<DB, Shift>,
+) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let benchmarks = ordered(rows.iter().map(|r| r.benchmark.as_str()));
+    let models = ordered(rows.iter().map(|r| r.model.as_str()));
+    root.fill(&WHITE).map_err(err)?;
+
+    // Title, then a legend row (wrapping) above the plot.
+    let title_font = TextStyle::from((FONT, 26).into_font());
+    let legend_font = TextStyle::from((FONT, 16).into_font());
+    let (width, _) = root.dim_in_pixel();
+    let title = "Primary metric by benchmark (mean ± std over trials)";
+    let (tw, th) = root.estimate_text_size(title, &title_font).map_err(err)?;
+    let mut y = 12i32;
+    root.draw(&Text::new(
+        title,
+        ((width as i32 - tw as i32) / 2, y),
+        title_font.color(&BLACK),
+    ))
+    .map_err(err)?;
+    y += th as i32 + 14;
+
+    let swatch = 14i32;
+    let gap = 24i32;
+    let mut entries = Vec::new();
+    for (i, m) in models.iter().enumerate() {
+        let (w, _) = root.estimate_text_size(m, &legend_font).map_err(err)?;
+        entries.push((i, *m, swatch + 6 + w as i32));
+    }
+    // Lay the entries out in centred lines.
+    let max_line = width as i32 - 80;
+    let mut lines: Vec<Vec<(usize, &str, i32)>> = vec![Vec::new()];
+    let mut line_w = 0;
+    for e in entries {
+        let last = lines.last_mut().expect("non-empty");
+        if !last.is_empty() && line_w + gap + e.2 > max_line {
+            lines.push(vec![e]);
+            line_w = e.2;
+        } else {
+            line_w += if last.is_empty() { e.2 } else { gap + e.2 };
+            last.push(e);
+        }
+    }
+    for line in lines.iter().filter(|l| !l.is_empty()) {
+        let total: i32 = line.iter().map(|e| e.2).sum::<i32>() + gap * (line.len() as i32 - 1);
+        let mut x = (width as i32 - total) / 2;
+        for &(i, name, w) in line {
+            let color = PALETTE[i % PALETTE.len()];
+            root.draw(&Rectangle::new(
+                [(x, y + 2), (x + swatch, y + 2 + swatch)],
+                color.filled(),
+            ))
+            .map_err(err)?;
+            root.draw(&Text::new(
+                name.to_string(),
+                (x + swatch + 6, y + 2 + swatch / 2),
+                legend_font
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            ))
+            .map_err(err)?;
+            x += w + gap;
+        }
+        y += 24;
+    }
+    let (_, plot_area) = root.split_vertically(y + 4);
+
+    // Bars: (benchmark index, model index, mean %, std %).
+    let bars: Vec<(usize, usize, f64, f64)> = benchmarks
+        .iter()
+        .enumerate()
+        .flat_map(|(bi, b)| {
+            models.iter().enumerate().filter_map(move |(mi, m)| {
+                let s = find(rows, b, m)?.primary()?;
+                s.mean.is_finite().then(|| {
+                    let std = if s.std.is_finite() { s.std } else { 0.0 };
+                    (bi, mi, 100.0 * s.mean, 100.0 * std)
+                })
+            })
+        })
+        .collect();
+    let top = bars.iter().map(|b| b.2 + b.3).fold(100.0f64, f64::max);
+    let bottom = bars.iter().map(|b| b.2 - b.3).fold(0.0f64, f64::min);
+    let y_max = if top > 100.0 { top * 1.05 } else { 100.0 };
+    let y_min = if bottom < 0.0 { bottom * 1.05 } else { 0.0 };
+
+    let n_bench = benchmarks.len().max(1);
+    let x_labels: Vec<String> = benchmarks
+        .iter()
+        .map(|b| {
+            let metric = rows
+                .iter()
+                .find(|r| r.benchmark == *b)
+                .map(|r| r.primary_metric.as_str())
+                .unwrap_or_default();
+            format!("{b} ({metric})")
+        })
+        .collect();
+    let label_of = |v: &f64| -> String {
+        let i = v.floor();
+        if i >= 0.0 && (i as usize) < x_labels.len() {
+            x_labels[i as usize].clone()
+        } else {
+            String::new()
+        }
+    };
+
+    let mut chart = ChartBuilder::on(&plot_area)
+        .margin_left(10)
+        .margin_right(20)
+        .margin_bottom(10)
+        .x_label_area_size(60)
+        .y_label_area_size(70)
+        .build_cartesian_2d(GroupAxis { n: n_bench }, y_min..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc("Score (%)")
+        .x_desc("Benchmark")
+        .x_label_formatter(&label_of)
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 17))
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(RGBColor(220, 220, 220))
+        .draw()
+        .map_err(err)?;
+
+    let n_models = models.len().max(1) as f64;
+    let group = 0.8;
+    let bar_w = group / n_models;
+    let bar_px = (plot_area.dim_in_pixel().0 as f64 - 90.0) / n_bench as f64 * bar_w;
+    let value_font = TextStyle::from((FONT, 12).into_font());
+    for &(bi, mi, mean, std) in &bars {
+        let color = PALETTE[mi % PALETTE.len()];
+        let x0 = bi as f64 + (1.0 - group) / 2.0 + mi as f64 * bar_w;
+        let x1 = x0 + bar_w * 0.92;
+        let xc = (x0 + x1) / 2.0;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(x0, 0.0), (x1, mean)],
+                color.filled(),
+            )))
+            .map_err(err)?;
+        if std > 0.0 {
+            // Error bar drawn in pixels: a vertical line with whiskers (no mean marker).
+            let half = ((bar_px * 0.18) as i32).clamp(3, 10);
+            let (px, lo) = chart.backend_coord(&(xc, mean - std));
+            let (_, hi) = chart.backend_coord(&(xc, mean + std));
+            let style = BLACK.stroke_width(2);
+            for path in [
+                vec![(px, lo), (px, hi)],
+                vec![(px - half, lo), (px + half, lo)],
+                vec![(px - half, hi), (px + half, hi)],
+            ] {
+                root.draw(&PathElement::new(path, style)).map_err(err)?;
+            }
+        }
+        if bar_px >= 30.0 {
+            let text = format!("{mean:.1}");
+            let (px, py) = chart.backend_coord(&(xc, mean.max(0.0) + std));
+            let (w, h) = root.estimate_text_size(&text, &value_font).map_err(err)?;
+            // `backend_coord` is in absolute pixels, which is the root area's frame.
+            root.draw(&Text::new(
+                text,
+                (px - w as i32 / 2, py - h as i32 - 4),
+                value_font.color(&RGBColor(60, 60, 60)),
+            ))
+            .map_err(err)?;
+        }
+    }
+    Ok(())
+}

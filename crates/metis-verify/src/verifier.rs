@@ -208,13 +208,18 @@ pub fn gold_text(gold: &serde_json::Value) -> Result<String, GoldError> {
     }
 }
 
-/// The verdict for an answer that cannot be graded because the reasoning never closed.
-fn truncated(task: Task) -> Verdict {
-    Verdict::new::<String>(
-        task,
-        ThinkStatus::Unterminated,
-        &Extraction::invalid(InvalidReason::Truncated),
-    )
+/// Extraction unless the reasoning never closed: a truncated response has no answer to
+/// extract, and goes through the same grading path as any other invalid answer so that every
+/// item reports the same metrics.
+fn extract_unless_truncated<T>(
+    think: ThinkStatus,
+    extract: impl FnOnce() -> Extraction<T>,
+) -> Extraction<T> {
+    if think == ThinkStatus::Unterminated {
+        Extraction::invalid(InvalidReason::Truncated)
+    } else {
+        extract()
+    }
 }
 
 fn wrong_kind(task: Task, think: ThinkStatus) -> Verdict {
@@ -264,10 +269,9 @@ impl Verifier for McqVerifier {
         let Gold::Letters(gold) = gold else {
             return wrong_kind(Task::Mcq, think);
         };
-        if think == ThinkStatus::Unterminated {
-            return truncated(Task::Mcq);
-        }
-        let ex = extract::mcq(answer, self.options.protocol, &self.spec);
+        let ex = extract_unless_truncated(think, || {
+            extract::mcq(answer, self.options.protocol, &self.spec)
+        });
         let mut v = Verdict::new(Task::Mcq, think, &ex);
         v.exact(ex.value() == Some(gold));
         v
@@ -303,10 +307,7 @@ impl Verifier for CweVerifier {
         let Gold::Cwe(gold) = gold else {
             return wrong_kind(Task::Cwe, think);
         };
-        if think == ThinkStatus::Unterminated {
-            return truncated(Task::Cwe);
-        }
-        let ex = extract::cwe(answer, self.options.protocol);
+        let ex = extract_unless_truncated(think, || extract::cwe(answer, self.options.protocol));
         let mut v = Verdict::new(Task::Cwe, think, &ex);
         v.exact(ex.value() == Some(gold));
         if let Some(catalog) = &self.catalog {
@@ -365,16 +366,14 @@ impl Verifier for CvssVerifier {
         let Gold::Cvss(gold) = gold else {
             return wrong_kind(Task::Cvss, think);
         };
-        if think == ThinkStatus::Unterminated {
-            let mut v = truncated(Task::Cvss);
-            v.metric("cvss_score", 0.0);
-            return v;
-        }
-        let ex = extract::cvss(answer, self.options.protocol, self.version);
+        let ex = extract_unless_truncated(think, || {
+            extract::cvss(answer, self.options.protocol, self.version)
+        });
         let mut v = Verdict::new(Task::Cvss, think, &ex);
         let Some(pred) = ex.value() else {
             v.metric("cvss_score", 0.0);
             v.metric("exact_vector", 0.0);
+            v.metric("metric_accuracy", 0.0);
             return v;
         };
         let (p, g) = (pred.base_score(), gold.base_score());
@@ -444,16 +443,8 @@ impl Verifier for AttackVerifier {
             return wrong_kind(Task::Attack, think);
         };
         let empty = BTreeSet::new();
-        let (ex, mut v) = if think == ThinkStatus::Unterminated {
-            (
-                Extraction::invalid(InvalidReason::Truncated),
-                truncated(Task::Attack),
-            )
-        } else {
-            let ex = extract::attack(answer, self.options.protocol);
-            let v = Verdict::new(Task::Attack, think, &ex);
-            (ex, v)
-        };
+        let ex = extract_unless_truncated(think, || extract::attack(answer, self.options.protocol));
+        let mut v = Verdict::new(Task::Attack, think, &ex);
         let raw: Vec<_> = ex
             .value()
             .map_or(Vec::new(), |s| s.0.iter().copied().collect());
@@ -633,6 +624,25 @@ mod tests {
         let j = c.parse_gold_json(&serde_json::json!("CWE-79")).unwrap();
         assert_eq!(j, Gold::Cwe("CWE-79".parse().unwrap()));
         assert!(c.parse_gold_json(&serde_json::json!(79)).is_err());
+    }
+
+    #[test]
+    fn truncated_answers_report_the_same_metrics_as_others() {
+        let golds = [
+            "B",
+            "CWE-79",
+            "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+            "T1059",
+        ];
+        for (task, gold) in Task::ALL.into_iter().zip(golds) {
+            let ver = v(task);
+            let cut = ver.grade("<think>cut off", gold).unwrap();
+            let wrong = ver.grade("nothing useful", gold).unwrap();
+            assert_eq!(cut.invalid, Some(InvalidReason::Truncated), "{task}");
+            let names = |v: &Verdict| v.metrics.keys().cloned().collect::<Vec<_>>();
+            assert_eq!(names(&cut), names(&wrong), "{task}");
+            assert_eq!(cut.score, 0.0);
+        }
     }
 
     #[test]

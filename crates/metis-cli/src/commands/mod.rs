@@ -1,4 +1,6 @@
 //! One module per subcommand.
 
 pub mod cvss;
+pub mod eval;
+pub mod report;
 pub mod score;

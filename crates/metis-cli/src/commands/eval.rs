@@ -1,0 +1,447 @@
+//! `metis eval`: run the cyber benchmarks against an OpenAI-compatible endpoint (or grade
+//! answers produced elsewhere), resumably, and report mean ± std over trials with CIs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args as ClapArgs, Subcommand};
+use metis_eval::benchmarks::{self, Benchmark, DataSource};
+use metis_eval::client::{Client, Endpoint, RetryPolicy};
+use metis_eval::report::{self, ResultRow};
+use metis_eval::run::{self, RunConfig, Sampling};
+use metis_eval::stats;
+use metis_eval::store::{Status, Store};
+use metis_verify::Protocol;
+
+#[derive(ClapArgs)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<EvalCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// List the benchmarks.
+    List,
+    /// Print the item ids of a benchmark, one per line, in data-file order.
+    Items {
+        benchmark: String,
+        #[arg(long, env = "METIS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Paired comparison of two models on the benchmarks both have in the store.
+    Compare {
+        model_a: String,
+        model_b: String,
+        #[arg(long, default_value = "metis-eval.sqlite")]
+        store: PathBuf,
+        /// Benchmarks to compare (default: every benchmark both models have).
+        #[arg(long = "bench", value_delimiter = ',')]
+        benchmarks: Vec<String>,
+        #[arg(long, env = "METIS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "last-line")]
+        protocol: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(ClapArgs)]
+struct RunArgs {
+    /// Benchmarks to run, comma-separated or repeated (default: all; see `metis eval list`).
+    #[arg(long = "bench", value_delimiter = ',')]
+    benchmarks: Vec<String>,
+    /// Model name sent to the endpoint and used as the key in the store.
+    #[arg(long)]
+    model: Option<String>,
+    /// Base URL of an OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1); repeat for
+    /// data-parallel replicas.
+    #[arg(long = "base-url", env = "OPENAI_BASE_URL", value_delimiter = ',')]
+    base_urls: Vec<String>,
+    /// Environment variable holding the API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    api_key_env: String,
+    /// Sampling defaults of the report: reasoning (T 0.6, top-p 0.95) or instruct (T 0.3, top-p 1.0).
+    #[arg(long, default_value = "reasoning", value_parser = ["reasoning", "instruct"])]
+    kind: String,
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Base seed; trial t uses seed + t.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 5)]
+    trials: u32,
+    /// Requests in flight at once (over all endpoints).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// File holding a system prompt (recorded with the run).
+    #[arg(long)]
+    system_prompt: Option<PathBuf>,
+    /// SQLite store of responses; rerunning the same command resumes from it.
+    #[arg(long, default_value = "metis-eval.sqlite")]
+    store: PathBuf,
+    /// Data directory in the layout of the shared data; default: METIS_DATA_DIR, else a
+    /// cache filled from the pinned public sources.
+    #[arg(long, env = "METIS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Answer extraction: last-line, faith or faith-strict.
+    #[arg(long, default_value = "last-line")]
+    protocol: String,
+    /// Only the first N items of each benchmark.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    #[arg(long, default_value_t = 6)]
+    max_attempts: u32,
+    /// Grade answers produced elsewhere (JSONL: benchmark, item, trial, response, optional
+    /// reasoning and model) instead of querying a model.
+    #[arg(long)]
+    responses: Option<PathBuf>,
+    /// Re-grade stored responses without querying.
+    #[arg(long)]
+    rescore: bool,
+    /// Print the final metrics as JSON (one object per benchmark × model).
+    #[arg(long)]
+    json: bool,
+    /// Also write results.{json,md,csv} and chart.png into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match args.command {
+            Some(EvalCommand::List) => {
+                for s in benchmarks::specs() {
+                    println!(
+                        "{:<20} {:<8} {:<12} {}",
+                        s.id, s.task, s.primary_metric, s.title
+                    );
+                }
+                Ok(())
+            }
+            Some(EvalCommand::Items {
+                benchmark,
+                data_dir,
+            }) => {
+                let b = benchmarks::load(
+                    &benchmark,
+                    &DataSource::resolve(data_dir),
+                    Protocol::LastLine,
+                )
+                .await?;
+                for item in &b.items {
+                    println!("{}", item.id);
+                }
+                Ok(())
+            }
+            Some(EvalCommand::Compare {
+                model_a,
+                model_b,
+                store,
+                benchmarks,
+                data_dir,
+                protocol,
+                json,
+            }) => {
+                compare(
+                    &model_a, &model_b, &store, benchmarks, data_dir, &protocol, json,
+                )
+                .await
+            }
+            None => evaluate(args.run).await,
+        }
+    })
+}
+
+fn all_benchmark_ids() -> Vec<String> {
+    benchmarks::specs()
+        .iter()
+        .map(|s| s.id.to_owned())
+        .collect()
+}
+
+fn sampling(a: &RunArgs) -> Sampling {
+    let mut s = if a.kind == "instruct" {
+        Sampling::instruct()
+    } else {
+        Sampling::reasoning()
+    };
+    if let Some(t) = a.temperature {
+        s.temperature = t;
+    }
+    if let Some(p) = a.top_p {
+        s.top_p = p;
+    }
+    if let Some(m) = a.max_tokens {
+        s.max_tokens = m;
+    }
+    if let Some(seed) = a.seed {
+        s.seed = seed;
+    }
+    s
+}
+
+async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
+    let protocol: Protocol = a.protocol.parse().map_err(anyhow::Error::msg)?;
+    let ids = if a.benchmarks.is_empty() {
+        all_benchmark_ids()
+    } else {
+        a.benchmarks.clone()
+    };
+    let data = DataSource::resolve(a.data_dir.clone());
+    let benches = run::load_benchmarks(&ids, &data, protocol, a.limit).await?;
+    let system_prompt = match &a.system_prompt {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the system prompt {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let sampling = sampling(&a);
+
+    let rows = if let Some(path) = &a.responses {
+        grade_imported(path, &benches, a.model.as_deref(), &a.store)?
+    } else {
+        let Some(model) = a.model.clone() else {
+            bail!("--model is required (or give --responses FILE to grade answers produced elsewhere)");
+        };
+        let config = RunConfig {
+            benchmarks: ids.clone(),
+            model: model.clone(),
+            sampling: sampling.clone(),
+            trials: a.trials,
+            system_prompt: system_prompt.clone(),
+            concurrency: a.concurrency,
+            protocol,
+            data,
+            store: a.store.clone(),
+            limit: a.limit,
+            progress: !a.json,
+        };
+        if !a.rescore {
+            if a.base_urls.is_empty() {
+                bail!("--base-url (or OPENAI_BASE_URL) is required to query a model; use --rescore to grade stored responses only");
+            }
+            let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
+            let endpoints = a
+                .base_urls
+                .iter()
+                .map(|u| Endpoint {
+                    base_url: u.clone(),
+                    api_key: api_key.clone(),
+                })
+                .collect();
+            let client = Client::new(
+                endpoints,
+                RetryPolicy {
+                    max_attempts: a.max_attempts.max(1),
+                    base_delay: Duration::from_millis(500),
+                    max_delay: Duration::from_secs(30),
+                    request_timeout: Duration::from_secs(a.timeout.max(1)),
+                },
+            )?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("\ninterrupt: finishing up; rerun the same command to resume");
+                    flag.store(true, Ordering::Relaxed);
+                }
+            });
+            let q = run::query(&config, &benches, &client, stop).await?;
+            if !a.json {
+                eprintln!(
+                    "responses: {} reused from the store, {} new, {} failed",
+                    q.reused, q.answered, q.failed
+                );
+            }
+        }
+        let mut store = Store::open(&a.store)?;
+        let mut rows = Vec::new();
+        for b in &benches {
+            let records = store.records(b.spec.id, &model, None)?;
+            let graded = run::grade(b, &model, a.trials, records, |item, trial, r| {
+                r.key.params_hash
+                    == run::params_hash(system_prompt.as_deref(), &item.prompt, &sampling, trial)
+            });
+            let row = run::summarize(&graded, b.spec.primary_metric);
+            let run_hash = run::params_hash(system_prompt.as_deref(), "", &sampling, 0);
+            store.save_run_info(
+                b.spec.id,
+                &model,
+                &run_hash,
+                &serde_json::json!({
+                    "sampling": sampling,
+                    "trials": a.trials,
+                    "system_prompt": system_prompt,
+                    "protocol": a.protocol,
+                    "data_sha256": b.data_sha256,
+                    "metis_version": env!("CARGO_PKG_VERSION"),
+                    "result": row,
+                }),
+            )?;
+            rows.push(row);
+        }
+        rows
+    };
+    output(&rows, a.json, a.out.as_deref())
+}
+
+/// Imports answers produced elsewhere into the store and grades them per model.
+fn grade_imported(
+    path: &Path,
+    benches: &[Benchmark],
+    default_model: Option<&str>,
+    store_path: &Path,
+) -> anyhow::Result<Vec<ResultRow>> {
+    let by_id: HashMap<String, &Benchmark> =
+        benches.iter().map(|b| (b.spec.id.to_owned(), b)).collect();
+    let records = run::read_responses(path, &by_id, default_model.unwrap_or("imported"))?;
+    let mut store = Store::open(store_path)?;
+    store.put_batch(&records)?;
+    let mut models: Vec<String> = records.iter().map(|r| r.key.model.clone()).collect();
+    models.sort();
+    models.dedup();
+    let mut rows = Vec::new();
+    for b in benches {
+        for model in &models {
+            let recs: Vec<_> = records
+                .iter()
+                .filter(|r| r.key.benchmark == b.spec.id && &r.key.model == model)
+                .cloned()
+                .collect();
+            if recs.is_empty() {
+                continue;
+            }
+            let trials = recs.iter().map(|r| r.key.trial + 1).max().unwrap_or(1);
+            let graded = run::grade(b, model, trials, recs, |_, _, _| true);
+            rows.push(run::summarize(&graded, b.spec.primary_metric));
+        }
+    }
+    Ok(rows)
+}
+
+fn output(rows: &[ResultRow], json: bool, out: Option<&Path>) -> anyhow::Result<()> {
+    if json {
+        for r in rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!("{}", report::markdown(rows));
+        for r in rows {
+            let ci = r.metrics.get(&r.primary_metric);
+            if let Some(s) = ci {
+                println!(
+                    "{} / {}: {} = {:.4} ± {:.4} (stderr {:.4}, 95% CI [{:.4}, {:.4}]); {} items × {} trials, {} invalid, {} failed",
+                    r.benchmark, r.model, r.primary_metric, s.mean, s.std, s.stderr, s.ci_low, s.ci_high,
+                    r.n_items, r.n_trials, r.invalid, r.failed
+                );
+            }
+        }
+    }
+    if let Some(dir) = out {
+        write_reports(rows, dir)?;
+    }
+    Ok(())
+}
+
+/// Writes results.json, results.md, results.csv and chart.png into `dir`.
+pub fn write_reports(rows: &[ResultRow], dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+    };
+    write("results.json", report::json(rows))?;
+    write("results.md", report::markdown(rows))?;
+    write("results.csv", report::csv(rows))?;
+    report::chart(rows, &dir.join("chart.png"))?;
+    Ok(())
+}
+
+async fn compare(
+    model_a: &str,
+    model_b: &str,
+    store_path: &Path,
+    ids: Vec<String>,
+    data_dir: Option<PathBuf>,
+    protocol: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let protocol: Protocol = protocol.parse().map_err(anyhow::Error::msg)?;
+    if !store_path.exists() {
+        bail!("no store at {}", store_path.display());
+    }
+    let store = Store::open(store_path)?;
+    let ids = if ids.is_empty() {
+        all_benchmark_ids()
+    } else {
+        ids
+    };
+    let data = DataSource::resolve(data_dir);
+    let mut any = false;
+    for id in ids {
+        let ra = store.records(&id, model_a, None)?;
+        let rb = store.records(&id, model_b, None)?;
+        let ok =
+            |r: &Vec<metis_eval::store::ResponseRecord>| r.iter().any(|x| x.status == Status::Ok);
+        if !ok(&ra) || !ok(&rb) {
+            continue;
+        }
+        any = true;
+        let b = benchmarks::load(&id, &data, protocol).await?;
+        let trials = |r: &Vec<metis_eval::store::ResponseRecord>| {
+            r.iter().map(|x| x.key.trial + 1).max().unwrap_or(1)
+        };
+        let (ta, tb) = (trials(&ra), trials(&rb));
+        let ga = run::grade(&b, model_a, ta, ra, |_, _, _| true);
+        let gb = run::grade(&b, model_b, tb, rb, |_, _, _| true);
+        let (sa, sb) = (run::item_scores(&ga), run::item_scores(&gb));
+        let mut a_vals = Vec::new();
+        let mut b_vals = Vec::new();
+        for item in &b.items {
+            if let (Some(x), Some(y)) = (sa.get(&item.id), sb.get(&item.id)) {
+                a_vals.push(*x);
+                b_vals.push(*y);
+            }
+        }
+        let d = stats::paired_diff(&a_vals, &b_vals, run::BOOTSTRAP_RESAMPLES, 0.95, 7);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "benchmark": id, "model_a": model_a, "model_b": model_b,
+                    "mean_diff": d.mean_diff, "ci_low": d.ci_low, "ci_high": d.ci_high,
+                    "n": d.n, "a_better": d.a_better, "b_better": d.b_better, "ties": d.ties,
+                })
+            );
+        } else {
+            println!(
+                "{id}: {model_a} − {model_b} = {:+.4} (95% CI [{:+.4}, {:+.4}]) over {} items; {} better on {}, {} better on {}, {} ties",
+                d.mean_diff, d.ci_low, d.ci_high, d.n, model_a, d.a_better, model_b, d.b_better, d.ties
+            );
+        }
+    }
+    if !any {
+        bail!("the store has no benchmark answered by both {model_a} and {model_b}");
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Downloading benchmark data from its pinned public source into the cache.
+//!
+//! Every file is fetched at a fixed revision (a GitHub commit or a Hugging Face dataset
+//! revision), turned into the file of the data layout if the upstream file differs
+//! ([`Transform`]), written to a temporary file next to its destination and renamed into
+//! place, so a cache never holds a partial file. Byte-exact files are checked against the
+//! pinned SHA-256; a mismatch is an error and nothing is written.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{sha256_hex, BenchmarkError, BenchmarkSpec, DataFile, Transform};
+
+/// Where a benchmark's data is published, pinned to a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteSource {
+    /// A GitHub repository (`owner/name`) at a commit; files come from
+    /// `raw.githubusercontent.com`.
+    GitHub {
+        repo: &'static str,
+        commit: &'static str,
+    },
+    /// A Hugging Face dataset repository at a revision (commit hash).
+    HuggingFace {
+        repo: &'static str,
+        revision: &'static str,
+    },
+}
+
+impl RemoteSource {
+    /// The download URL of `path` (relative to the repository root) at the pinned revision.
+    pub fn url(&self, path: &str) -> String {
+        let path = path.trim_start_matches('/');
+        match self {
+            RemoteSource::GitHub { repo, commit } => {
+                format!("https://raw.githubusercontent.com/{repo}/{commit}/{path}")
+            }
+            RemoteSource::HuggingFace { repo, revision } => {
+                format!("https://huggingface.co/datasets/{repo}/resolve/{revision}/{path}")
+            }
+        }
+    }
+}
+
+/// The pinned download URL of one of `spec`'s data files.
+pub fn remote_url(spec: &BenchmarkSpec, file: &DataFile) -> String {
+    spec.source.url(file.remote_path)
+}
+
+fn fetch_err(url: &str, detail: impl std::fmt::Display) -> BenchmarkError {
+    BenchmarkError::Fetch {
+        url: url.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Downloads `file` of `spec` to `dest` (atomically) and returns the SHA-256 of what was
+/// written.
+pub(crate) async fn download(
+    spec: &BenchmarkSpec,
+    file: &DataFile,
+    dest: &Path,
+) -> Result<String, BenchmarkError> {
+    let url = remote_url(spec, file);
+    tracing::info!(benchmark = spec.id, %url, dest = %dest.display(), "downloading benchmark data");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .map_err(|e| fetch_err(&url, e))?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| fetch_err(&url, e))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(fetch_err(&url, format!("HTTP {status}")));
+    }
+    let body = response.bytes().await.map_err(|e| fetch_err(&url, e))?;
+    let content = apply_transform(file.transform, &body).map_err(|e| fetch_err(&url, e))?;
+    let sha = sha256_hex(&content);
+    if sha != file.sha256 {
+        if file.transform.is_exact() {
+            return Err(BenchmarkError::Checksum {
+                url,
+                expected: file.sha256.to_owned(),
+                actual: sha,
+            });
+        }
+        // A re-serialised file (SecEval, MMLU) need not match the shared copy byte for byte.
+        tracing::warn!(%url, "converted file has sha256 {sha}, the reference copy {}", file.sha256);
+    }
+    write_atomically(dest, &content).await?;
+    tracing::info!(dest = %dest.display(), sha256 = %sha, "benchmark data cached");
+    Ok(sha)
+}
+
+/// Writes `content` to a temporary file beside `dest`, then renames it into place.
+pub(crate) async fn write_atomically(dest: &Path, content: &[u8]) -> Result<(), BenchmarkError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BenchmarkError::Io { path, source }
+    };
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+    let name = dest
+        .file_name()
+        .map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.{}.part", std::process::id()));
+    if let Err(e) = tokio::fs::write(&tmp, content).await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(io(&tmp)(e));
+    }
+    if let Err(e) = tokio::fs::rename(&tmp, dest).await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(io(dest)(e));
+    }
+    Ok(())
+}
+
+/// Turns an upstream file into the data-layout file.
+pub fn apply_transform(transform: Transform, body: &[u8]) -> Result<Vec<u8>, String> {
+    match transform {
+        Transform::None => Ok(body.to_vec()),
+        Transform::SecBenchEnglish => {
+            let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+            let mut out = String::new();
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let value: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| format!("line {}: invalid JSON: {e}", n + 1))?;
+                if value.get("language").and_then(|l| l.as_str()) == Some("English") {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            Ok(out.into_bytes())
+        }
+        Transform::SecEvalJsArray => {
+            let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+            // `problem_data = [ ... ];`: the right-hand side is plain JSON.
+            let start = text
+                .find('=')
+                .and_then(|eq| text[eq..].find('[').map(|i| eq + i))
+                .ok_or("no `= [` assignment found")?;
+            let end = text.rfind(']').ok_or("no closing `]` found")?;
+            if end < start {
+                return Err("no JSON array found".to_owned());
+            }
+            let items: Vec<serde_json::Value> = serde_json::from_str(&text[start..=end])
+                .map_err(|e| format!("invalid JSON array: {e}"))?;
+            let mut out = String::new();
+            for item in items {
+                out.push_str(&serde_json::to_string(&item).map_err(|e| e.to_string())?);
+                out.push('\n');
+            }
+            Ok(out.into_bytes())
+        }
+        Transform::MmluDropHeaderAndExtraColumn => {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .flexible(true)
+                .from_reader(body);
+            let mut writer = csv::WriterBuilder::new()
+                .terminator(csv::Terminator::Any(b'\n'))
+                .from_writer(Vec::new());
+            for record in reader.records() {
+                let record = record.map_err(|e| e.to_string())?;
+                if record.len() < 6 {
+                    return Err(format!(
+                        "row with {} fields, expected at least 6",
+                        record.len()
+                    ));
+                }
+                writer
+                    .write_record(record.iter().take(6))
+                    .map_err(|e| e.to_string())?;
+            }
+            writer.into_inner().map_err(|e| e.to_string())
+        }
+    }
+}

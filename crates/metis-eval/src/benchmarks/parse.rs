@@ -1,0 +1,691 @@
+//! Data-file parsers, one per layout. Each returns the items in file order with the 1-based
+//! physical line each came from, so that later checks (gold answers, unique ids) can name
+//! file and line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use metis_verify::attack::Domain;
+use metis_verify::mcq::{ChoiceSpec, LetterSet};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{prompts, BenchmarkError, Format, Item};
+
+pub(crate) struct Row {
+    pub item: Item,
+    /// 1-based physical line of the row (its first line if it spans several).
+    pub line: usize,
+    /// The column / key holding the gold answer, for error messages.
+    pub gold_field: &'static str,
+}
+
+#[derive(Default)]
+pub(crate) struct Parsed {
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+}
+
+pub(crate) fn parse(format: Format, text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    match format {
+        Format::CtiMcq => cti_mcq(text, path),
+        Format::CtiRcm | Format::CtiVsp => cti_cve(text, path),
+        Format::CtiAte => cti_ate(text, path),
+        Format::CyberMetric => cybermetric(text, path),
+        Format::MmluCsv => mmlu(text, path),
+        Format::SecBenchJsonl => secbench(text, path),
+        Format::SecEvalJsonl => seceval(text, path),
+    }
+}
+
+fn perr(
+    path: &Path,
+    line: usize,
+    field: Option<&str>,
+    detail: impl Into<String>,
+) -> BenchmarkError {
+    BenchmarkError::Parse {
+        path: path.to_owned(),
+        line,
+        field: field.map(str::to_owned),
+        detail: detail.into(),
+    }
+}
+
+/// Maps byte offsets to 1-based line numbers. (The csv crate's own line numbers are off by
+/// one on CRLF files, so lines are counted from byte offsets.) Offsets asked for in increasing
+/// order are counted incrementally.
+struct Lines<'t> {
+    bytes: &'t [u8],
+    pos: usize,
+    line: usize,
+}
+
+impl<'t> Lines<'t> {
+    fn new(text: &'t str) -> Self {
+        Lines {
+            bytes: text.as_bytes(),
+            pos: 0,
+            line: 1,
+        }
+    }
+
+    fn at(&mut self, byte: u64) -> usize {
+        let bytes = self.bytes;
+        let mut end = usize::try_from(byte).map_or(bytes.len(), |b| b.min(bytes.len()));
+        // On CRLF files the csv crate reports a record as starting at the previous line's `\n`.
+        while end < bytes.len() && matches!(bytes[end], b'\r' | b'\n') {
+            end += 1;
+        }
+        if end < self.pos {
+            (self.pos, self.line) = (0, 1);
+        }
+        self.line += bytes[self.pos..end].iter().filter(|&&b| b == b'\n').count();
+        self.pos = end;
+        self.line
+    }
+}
+
+fn csv_err(lines: &mut Lines, path: &Path, e: &csv::Error) -> BenchmarkError {
+    let line = e.position().map_or(0, |p| lines.at(p.byte()));
+    let detail = match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("{len} fields where the header has {expected_len}"),
+        _ => e.to_string(),
+    };
+    perr(path, line, None, detail)
+}
+
+// ---------------------------------------------------------------------------------------------
+// CTIBench TSVs: CRLF, tab-separated, header row, CSV-style quoting.
+
+struct Tsv {
+    columns: HashMap<String, usize>,
+    /// (0-based data row index, 1-based line, record)
+    rows: Vec<(usize, usize, csv::StringRecord)>,
+}
+
+impl Tsv {
+    fn read(text: &str, path: &Path, required: &[&str]) -> Result<Tsv, BenchmarkError> {
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(b'\t')
+            .has_headers(true)
+            // Ragged rows are rejected below, with the row's own line number (the csv crate's
+            // error for them points at the previous record).
+            .flexible(true)
+            .from_reader(text.as_bytes());
+        let mut lines = Lines::new(text);
+        let headers = reader
+            .headers()
+            .map_err(|e| csv_err(&mut lines, path, &e))?
+            .clone();
+        let mut columns = HashMap::new();
+        for (i, h) in headers.iter().enumerate() {
+            if columns.insert(h.trim().to_owned(), i).is_some() {
+                return Err(perr(path, 1, Some(h), "column appears twice in the header"));
+            }
+        }
+        for c in required {
+            if !columns.contains_key(*c) {
+                return Err(perr(path, 1, Some(c), "missing column in the header"));
+            }
+        }
+        let mut rows = Vec::new();
+        for (i, record) in reader.records().enumerate() {
+            let record = record.map_err(|e| csv_err(&mut lines, path, &e))?;
+            let line = record.position().map_or(0, |p| lines.at(p.byte()));
+            if record.len() != headers.len() {
+                let missing = headers.get(record.len()).map(str::trim);
+                return Err(perr(
+                    path,
+                    line,
+                    missing,
+                    format!(
+                        "{} fields where the header has {}",
+                        record.len(),
+                        headers.len()
+                    ),
+                ));
+            }
+            rows.push((i, line, record));
+        }
+        Ok(Tsv { columns, rows })
+    }
+
+    /// The trimmed, non-empty value of `column`.
+    fn get<'r>(
+        &self,
+        record: &'r csv::StringRecord,
+        column: &str,
+        path: &Path,
+        line: usize,
+    ) -> Result<&'r str, BenchmarkError> {
+        let value = record
+            .get(self.columns[column])
+            .map(str::trim)
+            .unwrap_or_default();
+        if value.is_empty() {
+            return Err(perr(path, line, Some(column), "empty value"));
+        }
+        Ok(value)
+    }
+
+    /// The raw value of `column` (the prompt, kept as is).
+    fn raw<'r>(
+        &self,
+        record: &'r csv::StringRecord,
+        column: &str,
+        path: &Path,
+        line: usize,
+    ) -> Result<&'r str, BenchmarkError> {
+        self.get(record, column, path, line)?;
+        Ok(record.get(self.columns[column]).unwrap_or_default())
+    }
+}
+
+/// Where a CTI-MCQ question was generated from, from its `URL` column.
+fn mcq_source_kind(url: &str) -> &'static str {
+    if url.contains("attack.mitre.org") {
+        "ATT&CK"
+    } else if url.contains("cwe.mitre.org") {
+        "CWE"
+    } else if url.contains("capec.mitre.org") {
+        "CAPEC"
+    } else if url.eq_ignore_ascii_case("manual") {
+        "Manual"
+    } else {
+        "Document"
+    }
+}
+
+fn cti_mcq(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let tsv = Tsv::read(
+        text,
+        path,
+        &[
+            "URL", "Question", "Option A", "Option B", "Option C", "Option D", "Prompt", "GT",
+        ],
+    )?;
+    let mut out = Parsed::default();
+    let mut lowercase = 0;
+    let mut empty_options = Vec::new();
+    for (i, line, rec) in &tsv.rows {
+        let (i, line) = (*i, *line);
+        let gt = tsv.get(rec, "GT", path, line)?;
+        if gt.chars().any(|c| c.is_ascii_lowercase()) {
+            lowercase += 1;
+        }
+        // Five rows have an empty option (pandas read a literal "None" as NaN when the
+        // dataset was built; their prompts show `nan`); the prompt is used as is, so they stay.
+        for opt in ["Option A", "Option B", "Option C", "Option D"] {
+            if rec
+                .get(tsv.columns[opt])
+                .is_none_or(|v| v.trim().is_empty())
+            {
+                empty_options.push(format!(
+                    "row {i} {opt}{}",
+                    if opt[7..].eq_ignore_ascii_case(gt) {
+                        " (the gold option)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        out.rows.push(Row {
+            item: Item {
+                id: i.to_string(),
+                prompt: prompts::ctibench(tsv.raw(rec, "Prompt", path, line)?),
+                gold: gt.to_ascii_uppercase(),
+                subject: Some(mcq_source_kind(tsv.get(rec, "URL", path, line)?).to_owned()),
+                question: tsv.get(rec, "Question", path, line)?.to_owned(),
+            },
+            line,
+            gold_field: "GT",
+        });
+    }
+    if !empty_options.is_empty() {
+        out.notes.push(format!(
+            "{} empty option(s), kept (the dataset prompt shows them as `nan`): {}",
+            empty_options.len(),
+            empty_options.join(", ")
+        ));
+    }
+    if lowercase > 0 {
+        out.notes.push(format!(
+            "{lowercase} GT letter(s) in lower case, read case-insensitively"
+        ));
+    }
+    Ok(out)
+}
+
+/// The last non-empty path segment of a URL (`CVE-2024-23848`, `S0066`).
+fn last_segment(url: &str) -> &str {
+    url.trim_end_matches('/').rsplit('/').next().unwrap_or(url)
+}
+
+/// CTI-RCM, CTI-RCM-2021 and CTI-VSP: `URL, Description, Prompt, GT`; the id is the CVE id.
+fn cti_cve(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let tsv = Tsv::read(text, path, &["URL", "Description", "Prompt", "GT"])?;
+    let mut out = Parsed::default();
+    for (_, line, rec) in &tsv.rows {
+        let line = *line;
+        let url = tsv.get(rec, "URL", path, line)?;
+        let cve = last_segment(url);
+        if !cve.starts_with("CVE-") {
+            return Err(perr(
+                path,
+                line,
+                Some("URL"),
+                format!("no CVE id in {url:?}"),
+            ));
+        }
+        out.rows.push(Row {
+            item: Item {
+                id: cve.to_owned(),
+                prompt: prompts::ctibench(tsv.raw(rec, "Prompt", path, line)?),
+                gold: tsv.get(rec, "GT", path, line)?.to_owned(),
+                subject: None,
+                question: tsv.get(rec, "Description", path, line)?.to_owned(),
+            },
+            line,
+            gold_field: "GT",
+        });
+    }
+    Ok(out)
+}
+
+/// CTI-ATE: `URL, Platform, Description, Prompt, GT`; the id is the ATT&CK software id, the
+/// subject the platform (`Enterprise` / `Mobile`), which selects the catalog.
+fn cti_ate(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let tsv = Tsv::read(
+        text,
+        path,
+        &["URL", "Platform", "Description", "Prompt", "GT"],
+    )?;
+    let mut out = Parsed::default();
+    for (_, line, rec) in &tsv.rows {
+        let line = *line;
+        let url = tsv.get(rec, "URL", path, line)?;
+        let software = last_segment(url);
+        if !(software.starts_with('S') && software.len() > 1) {
+            return Err(perr(
+                path,
+                line,
+                Some("URL"),
+                format!("no ATT&CK software id in {url:?}"),
+            ));
+        }
+        let platform: Domain = tsv
+            .get(rec, "Platform", path, line)?
+            .parse()
+            .map_err(|e| perr(path, line, Some("Platform"), format!("{e}")))?;
+        out.rows.push(Row {
+            item: Item {
+                id: software.to_owned(),
+                prompt: prompts::ctibench(tsv.raw(rec, "Prompt", path, line)?),
+                gold: tsv.get(rec, "GT", path, line)?.to_ascii_uppercase(),
+                subject: Some(platform.to_string()),
+                question: tsv.get(rec, "Description", path, line)?.to_owned(),
+            },
+            line,
+            gold_field: "GT",
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// CyberMetric: {"questions": [{question, answers: {A..D}, solution}, ...]}
+
+#[derive(Deserialize)]
+struct CmFile {
+    questions: Vec<CmQuestion>,
+}
+
+#[derive(Deserialize)]
+struct CmQuestion {
+    question: String,
+    answers: BTreeMap<String, String>,
+    solution: String,
+}
+
+/// The 1-based line on which each object of the top-level `questions` array opens.
+fn question_object_lines(text: &str) -> Vec<usize> {
+    let (mut line, mut depth) = (1usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut lines = Vec::new();
+    for c in text.chars() {
+        if c == '\n' {
+            line += 1;
+        }
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' | '[' => {
+                if c == '{' && depth == 2 {
+                    lines.push(line);
+                }
+                depth += 1;
+            }
+            '}' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    lines
+}
+
+fn cybermetric(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let file: CmFile =
+        serde_json::from_str(text).map_err(|e| perr(path, e.line(), None, e.to_string()))?;
+    let lines = question_object_lines(text);
+    let mut out = Parsed::default();
+    for (i, q) in file.questions.into_iter().enumerate() {
+        let line = lines.get(i).copied().unwrap_or(0);
+        let question = q.question.trim();
+        if question.is_empty() {
+            return Err(perr(path, line, Some("question"), "empty question"));
+        }
+        let keys: Vec<&str> = q.answers.keys().map(String::as_str).collect();
+        if keys != ["A", "B", "C", "D"] {
+            return Err(perr(
+                path,
+                line,
+                Some("answers"),
+                format!("expected options A, B, C, D, found {keys:?}"),
+            ));
+        }
+        let choices: Vec<String> = q.answers.into_values().collect();
+        out.rows.push(Row {
+            item: Item {
+                id: i.to_string(),
+                prompt: prompts::mcq_chat(question, &choices, false),
+                gold: q.solution.trim().to_ascii_uppercase(),
+                subject: None,
+                question: question.to_owned(),
+            },
+            line,
+            gold_field: "solution",
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// MMLU: no header, `question, A, B, C, D, answer`, RFC-4180 quoting.
+
+fn mmlu(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut lines = Lines::new(text);
+    let mut out = Parsed::default();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| csv_err(&mut lines, path, &e))?;
+        let line = record.position().map_or(0, |p| lines.at(p.byte()));
+        if record.len() != 6 {
+            return Err(perr(
+                path,
+                line,
+                None,
+                format!(
+                    "{} fields, expected 6 (question, A, B, C, D, answer)",
+                    record.len()
+                ),
+            ));
+        }
+        const NAMES: [&str; 6] = ["question", "A", "B", "C", "D", "answer"];
+        for (value, name) in record.iter().zip(NAMES) {
+            if value.trim().is_empty() {
+                return Err(perr(path, line, Some(name), "empty value"));
+            }
+        }
+        let question = record[0].trim();
+        let choices: Vec<String> = (1..5).map(|k| record[k].to_owned()).collect();
+        out.rows.push(Row {
+            item: Item {
+                id: i.to_string(),
+                prompt: prompts::mcq_chat(question, &choices, false),
+                gold: record[5].trim().to_ascii_uppercase(),
+                subject: Some("computer_security".to_owned()),
+                question: question.to_owned(),
+            },
+            line,
+            gold_field: "answer",
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON Lines (SecBench, SecEval)
+
+/// (0-based row index, 1-based line, object).
+type JsonRow = (usize, usize, serde_json::Map<String, Value>);
+
+/// The non-blank lines of a JSONL file as (0-based row index, 1-based line, object).
+fn jsonl(text: &str, path: &Path) -> Result<Vec<JsonRow>, BenchmarkError> {
+    let mut rows = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = n + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(raw) {
+            Ok(Value::Object(obj)) => rows.push((rows.len(), line, obj)),
+            Ok(other) => {
+                return Err(perr(
+                    path,
+                    line,
+                    None,
+                    format!("expected a JSON object, found {}", json_kind(&other)),
+                ))
+            }
+            Err(e) => return Err(perr(path, line, None, format!("invalid JSON: {e}"))),
+        }
+    }
+    Ok(rows)
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn json_str<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    key: &str,
+    path: &Path,
+    line: usize,
+) -> Result<&'a str, BenchmarkError> {
+    match obj.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(perr(
+            path,
+            line,
+            Some(key),
+            format!("expected a string, found {}", json_kind(other)),
+        )),
+        None => Err(perr(path, line, Some(key), "missing")),
+    }
+}
+
+/// Four option strings.
+fn json_choices(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    path: &Path,
+    line: usize,
+) -> Result<Vec<String>, BenchmarkError> {
+    let bad = |detail: String| perr(path, line, Some(key), detail);
+    let Some(value) = obj.get(key) else {
+        return Err(bad("missing".to_owned()));
+    };
+    let Value::Array(items) = value else {
+        return Err(bad(format!(
+            "expected an array, found {}",
+            json_kind(value)
+        )));
+    };
+    if items.len() != 4 {
+        return Err(bad(format!("{} options, expected 4", items.len())));
+    }
+    items
+        .iter()
+        .map(|v| match v {
+            Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+            other => Err(bad(format!(
+                "options must be non-empty strings, found {other}"
+            ))),
+        })
+        .collect()
+}
+
+/// SecBench's Chinese `domain` values → the README's English names.
+fn secbench_domain(domain: &str) -> &str {
+    match domain {
+        "安全管理" => "Security Management",
+        "数据安全" => "Data Security",
+        "网络与基础架构安全" => "Network and Infrastructure Security",
+        "安全标准与法规" => "Security Standards and Regulations",
+        "应用安全" => "Application Security",
+        "身份与访问控制" => "Identity and Access Control",
+        "基础软硬件与技术" => "Fundamental Software, Hardware and Technology",
+        "端点与主机安全" => "Endpoint and Host Security",
+        "云安全" => "Cloud Security",
+        other => other,
+    }
+}
+
+/// SecBench English MCQs, single answer: rows whose label is not one option letter A–D
+/// (SecBench's multi-letter labels, an out-of-range `E`) are dropped and counted in the notes.
+fn secbench(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let mut out = Parsed::default();
+    let mut dropped: Vec<String> = Vec::new();
+    for (i, line, obj) in jsonl(text, path)? {
+        let question = json_str(&obj, "question", path, line)?.trim();
+        if question.is_empty() {
+            return Err(perr(path, line, Some("question"), "empty question"));
+        }
+        let choices = json_choices(&obj, "answers", path, line)?;
+        let label = json_str(&obj, "label", path, line)?
+            .trim()
+            .to_ascii_uppercase();
+        let single = label.len() == 1 && label.chars().all(|c| ChoiceSpec::SINGLE_ABCD.allows(c));
+        if !single {
+            dropped.push(format!("line {line} ({label:?})"));
+            continue;
+        }
+        let subject = match obj.get("domain") {
+            Some(Value::String(d)) => Some(secbench_domain(d).to_owned()),
+            _ => None,
+        };
+        out.rows.push(Row {
+            item: Item {
+                id: i.to_string(),
+                prompt: prompts::mcq_chat(question, &choices, false),
+                gold: label,
+                subject,
+                question: question.to_owned(),
+            },
+            line,
+            gold_field: "label",
+        });
+    }
+    if !dropped.is_empty() {
+        out.notes.push(format!(
+            "dropped {} row(s) whose label is not a single option letter A–D: {}",
+            dropped.len(),
+            dropped.join(", ")
+        ));
+    }
+    Ok(out)
+}
+
+/// SecEval: multi-answer MCQs (exact set). Choices carry an `"A: "` prefix, removed here.
+/// Rows whose answer is not a set of distinct letters A–D (7 empty answers, 2 `"AA"`) are
+/// dropped and counted in the notes: they cannot be graded.
+fn seceval(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let mut out = Parsed::default();
+    let mut dropped: Vec<String> = Vec::new();
+    for (_, line, obj) in jsonl(text, path)? {
+        let id = json_str(&obj, "id", path, line)?.trim();
+        if id.is_empty() {
+            return Err(perr(path, line, Some("id"), "empty id"));
+        }
+        let question = json_str(&obj, "question", path, line)?.trim();
+        if question.is_empty() {
+            return Err(perr(path, line, Some("question"), "empty question"));
+        }
+        let choices: Vec<String> = json_choices(&obj, "choices", path, line)?
+            .into_iter()
+            .zip(['A', 'B', 'C', 'D'])
+            .map(|(c, letter)| {
+                let t = c.trim_start();
+                t.strip_prefix(letter)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .map_or_else(|| c.clone(), |r| r.trim().to_owned())
+            })
+            .collect();
+        let answer = json_str(&obj, "answer", path, line)?.trim();
+        let gold = answer
+            .parse::<LetterSet>()
+            .ok()
+            .filter(|s| s.first_outside(&ChoiceSpec::MULTI_ABCD).is_none());
+        let Some(gold) = gold else {
+            dropped.push(format!("{id} ({answer:?}, line {line})"));
+            continue;
+        };
+        let subject = match obj.get("source") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        };
+        out.rows.push(Row {
+            item: Item {
+                id: id.to_owned(),
+                prompt: prompts::mcq_chat(question, &choices, true),
+                gold: gold.to_string(),
+                subject,
+                question: question.to_owned(),
+            },
+            line,
+            gold_field: "answer",
+        });
+    }
+    if !dropped.is_empty() {
+        out.notes.push(format!(
+            "dropped {} row(s) whose answer is not a set of distinct letters A–D: {}",
+            dropped.len(),
+            dropped.join(", ")
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_lines_skip_strings() {
+        let text =
+            "{\n \"questions\": [\n{\"question\": \"a {b\\\" [\"},\n\n{\"question\": \"x\"}]}";
+        assert_eq!(question_object_lines(text), vec![3, 5]);
+    }
+}

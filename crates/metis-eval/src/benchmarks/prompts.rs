@@ -1,0 +1,133 @@
+//! Prompt building, one function per benchmark family.
+//!
+//! - [`ctibench`]: CTIBench rows carry their own zero-shot prompt (`Prompt` column), which
+//!   already asks for the answer on the last (or "final") line; it is used as is, and a
+//!   last-line instruction is appended only to a prompt that lacks one.
+//! - [`mcq_chat`]: MCQ datasets without a prompt of their own (CyberMetric, MMLU, SecBench,
+//!   SecEval) use FAITH's chat MCQA template (faith-protocol §2.2: instruction, blank line,
+//!   question, blank line, `A. …` lines), with the instruction asking for `Answer: $LETTER`
+//!   (or `Answer: $LETTERS` for multi-answer questions) on the last line.
+
+/// Option letters, in order.
+const LETTERS: [char; 26] = [
+    'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S',
+    'T', 'U', 'V', 'W', 'X', 'Y', 'Z',
+];
+
+/// The instruction appended to a CTIBench prompt that does not ask for a last-line answer.
+pub const LAST_LINE_INSTRUCTION: &str = "Put your final answer alone on the last line.";
+
+/// Whether `prompt` already asks for the answer on the last/final line.
+pub fn asks_for_last_line(prompt: &str) -> bool {
+    let lower = prompt.to_lowercase();
+    lower.contains("last line") || lower.contains("final line")
+}
+
+/// A CTIBench prompt: the dataset's `Prompt` column as is (including CTIBench's flattened
+/// layout and trailing space), plus [`LAST_LINE_INSTRUCTION`] only if it lacks one.
+pub fn ctibench(prompt_column: &str) -> String {
+    if asks_for_last_line(prompt_column) {
+        prompt_column.to_owned()
+    } else {
+        format!("{}\n\n{LAST_LINE_INSTRUCTION}", prompt_column.trim_end())
+    }
+}
+
+fn number_word(n: usize) -> String {
+    const WORDS: [&str; 9] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+    ];
+    WORDS
+        .get(n)
+        .map_or_else(|| n.to_string(), |w| (*w).to_owned())
+}
+
+/// `A, B, C and D` (`conj` = "and") or `A, B, C, or D` (`conj` = ", or", FAITH's spelling).
+fn letter_list(n: usize, last_sep: &str) -> String {
+    let letters: Vec<String> = LETTERS[..n.min(26)].iter().map(|c| c.to_string()).collect();
+    match letters.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{}{last_sep}{last}", rest.join(", ")),
+    }
+}
+
+/// FAITH's chat MCQA prompt, asking for the answer on the last line:
+///
+/// ```text
+/// Given the following question and four candidate answers (A, B, C and D), choose the best
+/// answer. The last line of your response should be of the following format: 'Answer: $LETTER'
+/// (without quotes) where $LETTER is one of A, B, C, or D.
+///
+/// <question>
+///
+/// A. <choice>
+/// B. <choice>
+/// ...
+/// ```
+///
+/// With `multi`, the model is asked for every correct option (`Answer: $LETTERS`, e.g.
+/// `Answer: A, C`). The question and the choices are trimmed.
+pub fn mcq_chat(question: &str, choices: &[String], multi: bool) -> String {
+    let n = choices.len().min(26);
+    let instruction = if multi {
+        format!(
+            "Given the following question and {} candidate answers ({}), choose all correct \
+             answers; one or more of them may be correct. The last line of your response should \
+             be of the following format: 'Answer: $LETTERS' (without quotes) where $LETTERS are \
+             all correct options, e.g. 'Answer: A, C'.",
+            number_word(n),
+            letter_list(n, " and "),
+        )
+    } else {
+        format!(
+            "Given the following question and {} candidate answers ({}), choose the best \
+             answer. The last line of your response should be of the following format: \
+             'Answer: $LETTER' (without quotes) where $LETTER is one of {}.",
+            number_word(n),
+            letter_list(n, " and "),
+            letter_list(n, ", or "),
+        )
+    };
+    let mut prompt = format!("{instruction}\n\n{}\n", question.trim());
+    for (letter, choice) in LETTERS.iter().zip(choices) {
+        prompt.push('\n');
+        prompt.push(*letter);
+        prompt.push_str(". ");
+        prompt.push_str(choice.trim());
+    }
+    prompt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faith_chat_template_with_last_line() {
+        let p = mcq_chat(
+            " What? ",
+            &["a".into(), "b".into(), "c".into(), "d".into()],
+            false,
+        );
+        assert_eq!(
+            p,
+            "Given the following question and four candidate answers (A, B, C and D), choose \
+             the best answer. The last line of your response should be of the following format: \
+             'Answer: $LETTER' (without quotes) where $LETTER is one of A, B, C, or D.\n\nWhat?\n\n\
+             A. a\nB. b\nC. c\nD. d"
+        );
+        let m = mcq_chat("Q", &["a".into(), "b".into(), "c".into(), "d".into()], true);
+        assert!(m.contains("'Answer: $LETTERS'") && m.contains("e.g. 'Answer: A, C'"));
+    }
+
+    #[test]
+    fn ctibench_prompt_kept_or_completed() {
+        let p = "Question ... The last line of your answer should contain only the letter. ";
+        assert_eq!(ctibench(p), p);
+        assert_eq!(
+            ctibench("Map it to a CWE. "),
+            format!("Map it to a CWE.\n\n{LAST_LINE_INSTRUCTION}")
+        );
+    }
+}

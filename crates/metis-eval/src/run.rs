@@ -1,0 +1,744 @@
+//! Running an evaluation: query every (benchmark, trial, item) not yet in the store, commit
+//! each response as it arrives, then grade everything stored with the benchmark's verifier and
+//! summarise across trials.
+//!
+//! Resumption is by construction: a response is looked up by (benchmark, item, trial, model,
+//! hash of prompt + generation parameters) before any request is sent, and the writer commits
+//! what arrived since its last commit in one transaction, so a run killed at any moment loses
+//! at most the requests in flight, and re-running the same command queries only what is
+//! missing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use metis_verify::verifier::aggregate;
+use metis_verify::{Protocol, Verdict};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::benchmarks::{self, Benchmark, DataSource, Item};
+use crate::client::{ChatMessage, ChatRequest, Client, GenParams};
+use crate::report::ResultRow;
+use crate::stats::{self, Summary};
+use crate::store::{ResponseKey, ResponseRecord, Status, Store};
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Benchmark(#[from] benchmarks::BenchmarkError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{path}:{line}: {detail}")]
+    Responses {
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the response writer stopped: {0}")]
+    Writer(String),
+    #[error("interrupted: {committed} responses are stored; run the same command again to resume")]
+    Interrupted { committed: u64 },
+}
+
+/// Generation settings of a run; the report's defaults are [`Sampling::reasoning`] and
+/// [`Sampling::instruct`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_tokens: u32,
+    /// Trial `t` is sampled with seed `seed + t`.
+    pub seed: u64,
+}
+
+impl Sampling {
+    /// Reasoning models: T = 0.6, top-p 0.95.
+    pub fn reasoning() -> Self {
+        Self {
+            temperature: 0.6,
+            top_p: 0.95,
+            max_tokens: 10_000,
+            seed: 373_363,
+        }
+    }
+
+    /// Instruct models: T = 0.3, top-p 1.0.
+    pub fn instruct() -> Self {
+        Self {
+            temperature: 0.3,
+            top_p: 1.0,
+            max_tokens: 5_000,
+            seed: 373_363,
+        }
+    }
+}
+
+/// What to evaluate and how.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub benchmarks: Vec<String>,
+    pub model: String,
+    pub sampling: Sampling,
+    pub trials: u32,
+    pub system_prompt: Option<String>,
+    pub concurrency: usize,
+    pub protocol: Protocol,
+    pub data: DataSource,
+    pub store: PathBuf,
+    /// Evaluate only the first N items of each benchmark (smoke runs).
+    pub limit: Option<usize>,
+    pub progress: bool,
+}
+
+/// The hash that keys a response: prompt (with system prompt) and generation parameters.
+pub fn params_hash(system: Option<&str>, prompt: &str, sampling: &Sampling, trial: u32) -> String {
+    let mut h = Sha256::new();
+    let fields = serde_json::json!({
+        "system": system,
+        "prompt": prompt,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "seed": sampling.seed.wrapping_add(u64::from(trial)),
+    });
+    h.update(fields.to_string().as_bytes());
+    let digest = h.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One request to make.
+struct Job {
+    key: ResponseKey,
+    request: ChatRequest,
+}
+
+fn messages(system: Option<&str>, item: &Item) -> Vec<ChatMessage> {
+    let mut m = Vec::with_capacity(2);
+    if let Some(s) = system {
+        m.push(ChatMessage {
+            role: "system".into(),
+            content: s.to_owned(),
+        });
+    }
+    m.push(ChatMessage {
+        role: "user".into(),
+        content: item.prompt.clone(),
+    });
+    m
+}
+
+/// Loads the configured benchmarks (first `limit` items each).
+pub async fn load_benchmarks(
+    ids: &[String],
+    data: &DataSource,
+    protocol: Protocol,
+    limit: Option<usize>,
+) -> Result<Vec<Benchmark>, RunError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mut b = benchmarks::load(id, data, protocol).await?;
+        if let Some(n) = limit {
+            b.items.truncate(n);
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// Commits records on a dedicated thread: everything that arrived since the last commit goes
+/// into one transaction, so throughput does not depend on one fsync per response.
+struct Writer {
+    tx: Option<mpsc::Sender<ResponseRecord>>,
+    handle: Option<std::thread::JoinHandle<Result<u64, String>>>,
+}
+
+impl Writer {
+    fn start(mut store: Store) -> Self {
+        let (tx, rx) = mpsc::channel::<ResponseRecord>();
+        let handle = std::thread::spawn(move || {
+            let mut committed = 0u64;
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while let Ok(r) = rx.try_recv() {
+                    batch.push(r);
+                }
+                store.put_batch(&batch).map_err(|e| e.to_string())?;
+                committed += batch.len() as u64;
+            }
+            Ok(committed)
+        });
+        Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    fn send(&self, rec: ResponseRecord) -> Result<(), RunError> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(rec).ok())
+            .ok_or_else(|| RunError::Writer("channel closed".into()))
+    }
+
+    fn finish(mut self) -> Result<u64, RunError> {
+        drop(self.tx.take());
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(Ok(n))) => Ok(n),
+            Some(Ok(Err(e))) => Err(RunError::Writer(e)),
+            Some(Err(_)) => Err(RunError::Writer("writer thread panicked".into())),
+            None => Ok(0),
+        }
+    }
+}
+
+/// Counts of one querying pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueryStats {
+    /// Responses already in the store.
+    pub reused: u64,
+    /// Requests that succeeded now.
+    pub answered: u64,
+    /// Requests that failed after all retries (stored as failed; retried on the next run).
+    pub failed: u64,
+}
+
+/// Queries every missing response and commits it. `stop` is polled between requests: when
+/// set, no new request starts, in-flight ones are abandoned, and what arrived is committed.
+pub async fn query(
+    config: &RunConfig,
+    benches: &[Benchmark],
+    client: &Client,
+    stop: Arc<AtomicBool>,
+) -> Result<QueryStats, RunError> {
+    let store = Store::open(&config.store)?;
+    let mut jobs = Vec::new();
+    let mut stats = QueryStats::default();
+    let system = config.system_prompt.as_deref();
+    for b in benches {
+        let done: HashSet<(String, String, u32)> = store
+            .records(b.spec.id, &config.model, None)?
+            .into_iter()
+            .filter(|r| r.status == Status::Ok)
+            .map(|r| (r.key.item, r.key.params_hash, r.key.trial))
+            .collect();
+        for trial in 0..config.trials {
+            for item in &b.items {
+                let hash = params_hash(system, &item.prompt, &config.sampling, trial);
+                if done.contains(&(item.id.clone(), hash.clone(), trial)) {
+                    stats.reused += 1;
+                    continue;
+                }
+                jobs.push(Job {
+                    key: ResponseKey {
+                        benchmark: b.spec.id.to_owned(),
+                        item: item.id.clone(),
+                        trial,
+                        model: config.model.clone(),
+                        params_hash: hash,
+                    },
+                    request: ChatRequest {
+                        model: config.model.clone(),
+                        messages: messages(system, item),
+                        params: GenParams {
+                            temperature: config.sampling.temperature,
+                            top_p: config.sampling.top_p,
+                            max_tokens: config.sampling.max_tokens,
+                            seed: Some(config.sampling.seed.wrapping_add(u64::from(trial))),
+                        },
+                    },
+                });
+            }
+        }
+    }
+    drop(store);
+    if jobs.is_empty() {
+        return Ok(stats);
+    }
+    let store = Store::open(&config.store)?;
+    let writer = Writer::start(store);
+    let bar = progress_bar(jobs.len() as u64, config.progress);
+    let concurrency = config.concurrency.max(1);
+    let mut results = futures::stream::iter(jobs.into_iter().map(|job| {
+        let client = client.clone();
+        let stop = stop.clone();
+        async move {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            let result = client.chat(&job.request).await;
+            Some((job.key, result))
+        }
+    }))
+    .buffer_unordered(concurrency);
+
+    let mut interrupted = false;
+    loop {
+        let next = tokio::select! {
+            next = results.next() => next,
+            () = wait_for(&stop) => {
+                interrupted = true;
+                break;
+            }
+        };
+        let Some(next) = next else { break };
+        let Some((key, result)) = next else {
+            interrupted = true;
+            continue;
+        };
+        let record = match result {
+            Ok(r) => {
+                stats.answered += 1;
+                ResponseRecord {
+                    key,
+                    status: Status::Ok,
+                    response: Some(r.content),
+                    reasoning: r.reasoning,
+                    finish_reason: r.finish_reason,
+                    error: None,
+                    attempts: r.attempts,
+                    latency_ms: Some(r.latency_ms),
+                    prompt_tokens: r.prompt_tokens,
+                    completion_tokens: r.completion_tokens,
+                    source: "query".into(),
+                }
+            }
+            Err(e) => {
+                stats.failed += 1;
+                bar.println(format!(
+                    "failed: {} item {} trial {}: {e}",
+                    key.benchmark, key.item, key.trial
+                ));
+                ResponseRecord {
+                    key,
+                    status: Status::Failed,
+                    response: None,
+                    reasoning: None,
+                    finish_reason: None,
+                    error: Some(e.to_string()),
+                    attempts: 0,
+                    latency_ms: None,
+                    prompt_tokens: None,
+                    completion_tokens: None,
+                    source: "query".into(),
+                }
+            }
+        };
+        writer.send(record)?;
+        bar.inc(1);
+    }
+    drop(results);
+    bar.finish_and_clear();
+    let committed = writer.finish()?;
+    if interrupted {
+        return Err(RunError::Interrupted { committed });
+    }
+    Ok(stats)
+}
+
+/// Resolves once `stop` is set (polled: the flag is set from a signal handler).
+async fn wait_for(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn progress_bar(len: u64, visible: bool) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if !visible {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} requests  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// The text a verifier grades: reasoning delivered in a separate field is put back in front of
+/// the answer inside delimiters, so the split (and the truncation rule) is the same whether a
+/// server separates reasoning or not.
+pub fn gradable_text(record: &ResponseRecord) -> String {
+    let content = record.response.as_deref().unwrap_or("");
+    match record.reasoning.as_deref().filter(|r| !r.is_empty()) {
+        Some(r)
+            if record.finish_reason.as_deref() == Some("length") && content.trim().is_empty() =>
+        {
+            format!("<think>{r}")
+        }
+        Some(r) => format!("<think>{r}</think>{content}"),
+        None => content.to_owned(),
+    }
+}
+
+/// Graded responses of one (benchmark, model): verdicts by trial, in item order.
+pub struct Graded {
+    pub benchmark: String,
+    pub model: String,
+    pub item_ids: Vec<String>,
+    /// `verdicts[trial][item]`.
+    pub verdicts: Vec<Vec<Verdict>>,
+    pub failed: usize,
+    /// Reasoning length in characters of every answered response.
+    pub reasoning_chars: Vec<Vec<f64>>,
+}
+
+/// Grades stored responses. `keep` decides which stored record answers an (item, trial):
+/// the current configuration's hash when running, any when regrading imports.
+pub fn grade(
+    bench: &Benchmark,
+    model: &str,
+    trials: u32,
+    records: Vec<ResponseRecord>,
+    keep: impl Fn(&Item, u32, &ResponseRecord) -> bool,
+) -> Graded {
+    let mut by_key: HashMap<(&str, u32), ResponseRecord> = HashMap::new();
+    let ids: HashMap<&str, &Item> = bench.items.iter().map(|i| (i.id.as_str(), i)).collect();
+    for r in records {
+        let Some((id, item)) = ids.get_key_value(r.key.item.as_str()) else {
+            continue;
+        };
+        if r.key.trial >= trials || !keep(item, r.key.trial, &r) {
+            continue;
+        }
+        let slot = by_key.entry((id, r.key.trial));
+        // Prefer an answered record over a failed one.
+        match slot {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if o.get().status != Status::Ok && r.status == Status::Ok {
+                    o.insert(r);
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(r);
+            }
+        }
+    }
+    let mut failed = 0;
+    let mut verdicts = Vec::with_capacity(trials as usize);
+    let mut reasoning_chars = Vec::with_capacity(trials as usize);
+    for t in 0..trials {
+        let mut row = Vec::with_capacity(bench.items.len());
+        let mut chars = Vec::new();
+        for item in &bench.items {
+            let verifier = bench.verifier(item);
+            let record = by_key.get(&(item.id.as_str(), t));
+            let text = match record {
+                Some(r) if r.status == Status::Ok => {
+                    let text = gradable_text(r);
+                    let split =
+                        metis_verify::reasoning::split(&text, &verifier.options().delimiters);
+                    chars.push(split.reasoning.chars().count() as f64);
+                    text
+                }
+                // Missing or failed: graded as an empty (invalid) answer and counted as failed.
+                _ => {
+                    failed += 1;
+                    String::new()
+                }
+            };
+            let verdict = match verifier.parse_gold(&item.gold) {
+                Ok(gold) => verifier.verify(&text, &gold),
+                Err(e) => {
+                    // Loaders validate gold answers; this is a guard, not a path.
+                    tracing::error!("{}: item {}: {e}", bench.spec.id, item.id);
+                    continue;
+                }
+            };
+            row.push(verdict);
+        }
+        verdicts.push(row);
+        reasoning_chars.push(chars);
+    }
+    Graded {
+        benchmark: bench.spec.id.to_owned(),
+        model: model.to_owned(),
+        item_ids: bench.items.iter().map(|i| i.id.clone()).collect(),
+        verdicts,
+        failed,
+        reasoning_chars,
+    }
+}
+
+/// Per-item sums over trials of every item metric, for bootstrapping over items.
+struct ItemSums {
+    names: Vec<String>,
+    /// `sums[metric][item]`, `counts[metric][item]`
+    sums: Vec<Vec<f64>>,
+    counts: Vec<Vec<f64>>,
+    score: Vec<f64>,
+    n_trials: f64,
+}
+
+impl ItemSums {
+    fn new(g: &Graded) -> Self {
+        let n = g.item_ids.len();
+        let mut names: Vec<String> = g
+            .verdicts
+            .iter()
+            .flatten()
+            .flat_map(|v| v.metrics.keys().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        names.sort();
+        let index: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i))
+            .collect();
+        let mut sums = vec![vec![0.0; n]; names.len()];
+        let mut counts = vec![vec![0.0; n]; names.len()];
+        let mut score = vec![0.0; n];
+        for trial in &g.verdicts {
+            for (i, v) in trial.iter().enumerate().take(n) {
+                score[i] += v.score;
+                for (k, x) in &v.metrics {
+                    let m = index[k.as_str()];
+                    sums[m][i] += x;
+                    counts[m][i] += 1.0;
+                }
+            }
+        }
+        Self {
+            names,
+            sums,
+            counts,
+            score,
+            n_trials: g.verdicts.len().max(1) as f64,
+        }
+    }
+
+    fn total(&self, name: &str, idx: &[usize]) -> Option<(f64, f64)> {
+        let m = self.names.iter().position(|n| n == name)?;
+        Some(idx.iter().fold((0.0, 0.0), |(s, c), &i| {
+            (s + self.sums[m][i], c + self.counts[m][i])
+        }))
+    }
+
+    /// The pooled value of an aggregate metric over the items `idx` (all trials).
+    fn metric(&self, name: &str, idx: &[usize]) -> f64 {
+        let ratio = |n: &str| self.total(n, idx).map_or(f64::NAN, |(s, c)| s / c);
+        match name {
+            "score" => {
+                idx.iter().map(|&i| self.score[i]).sum::<f64>() / (idx.len() as f64 * self.n_trials)
+            }
+            "invalid_rate" => 1.0 - ratio("valid"),
+            "mad" => ratio("abs_error"),
+            "micro_precision" | "micro_recall" | "micro_f1" => {
+                let g = |n: &str| self.total(n, idx).map_or(0.0, |(s, _)| s);
+                let (tp, fp, fneg) = (g("tp"), g("fp"), g("fn"));
+                let p = if tp + fp > 0.0 { tp / (tp + fp) } else { 0.0 };
+                let r = if tp + fneg > 0.0 {
+                    tp / (tp + fneg)
+                } else {
+                    0.0
+                };
+                match name {
+                    "micro_precision" => p,
+                    "micro_recall" => r,
+                    _ if p + r > 0.0 => 2.0 * p * r / (p + r),
+                    _ => 0.0,
+                }
+            }
+            other => ratio(other),
+        }
+    }
+}
+
+/// Bootstrap resamples for confidence intervals.
+pub const BOOTSTRAP_RESAMPLES: usize = 1000;
+const BOOTSTRAP_SEED: u64 = 0x006d_6574_6973;
+
+/// Summarises graded responses: per-trial metrics, then mean, population std and standard
+/// error across trials, with a 95% bootstrap CI over items.
+pub fn summarize(g: &Graded, primary_metric: &str) -> ResultRow {
+    let per_trial: Vec<BTreeMap<String, f64>> = g.verdicts.iter().map(|v| aggregate(v)).collect();
+    let sums = ItemSums::new(g);
+    let n_items = g.item_ids.len();
+    let mut metrics = BTreeMap::new();
+    let names: std::collections::BTreeSet<&String> =
+        per_trial.iter().flat_map(|m| m.keys()).collect();
+    for name in names {
+        let xs: Vec<f64> = per_trial
+            .iter()
+            .filter_map(|m| m.get(name).copied())
+            .collect();
+        let (ci_low, ci_high) = if n_items > 0 {
+            stats::bootstrap_ci(n_items, BOOTSTRAP_RESAMPLES, 0.95, BOOTSTRAP_SEED, |idx| {
+                sums.metric(name, idx)
+            })
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        metrics.insert(
+            name.clone(),
+            Summary {
+                mean: stats::mean(&xs),
+                std: stats::population_std(&xs),
+                stderr: stats::standard_error(&xs),
+                ci_low,
+                ci_high,
+            },
+        );
+    }
+    // Reasoning length percentiles per trial, summarised like the metrics (no CI).
+    for (label, p) in [
+        ("reasoning_chars_p50", 50.0),
+        ("reasoning_chars_p90", 90.0),
+        ("reasoning_chars_p99", 99.0),
+    ] {
+        let xs: Vec<f64> = g
+            .reasoning_chars
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                let mut s = c.clone();
+                s.sort_by(f64::total_cmp);
+                stats::percentile(&s, p)
+            })
+            .collect();
+        if !xs.is_empty() {
+            metrics.insert(
+                label.to_owned(),
+                Summary {
+                    mean: stats::mean(&xs),
+                    std: stats::population_std(&xs),
+                    stderr: stats::standard_error(&xs),
+                    ci_low: f64::NAN,
+                    ci_high: f64::NAN,
+                },
+            );
+        }
+    }
+    let invalid = g
+        .verdicts
+        .iter()
+        .flatten()
+        .filter(|v| !v.is_valid())
+        .count();
+    ResultRow {
+        benchmark: g.benchmark.clone(),
+        model: g.model.clone(),
+        n_items,
+        n_trials: g.verdicts.len(),
+        invalid,
+        failed: g.failed,
+        primary_metric: primary_metric.to_owned(),
+        metrics,
+    }
+}
+
+/// Per-item mean score over trials (for paired comparisons).
+pub fn item_scores(g: &Graded) -> HashMap<String, f64> {
+    let n_trials = g.verdicts.len().max(1) as f64;
+    let mut out: HashMap<String, f64> = HashMap::new();
+    for trial in &g.verdicts {
+        for (id, v) in g.item_ids.iter().zip(trial) {
+            *out.entry(id.clone()).or_default() += v.score / n_trials;
+        }
+    }
+    out
+}
+
+/// One answer produced elsewhere, as given to `--responses`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportedResponse {
+    pub benchmark: String,
+    pub item: serde_json::Value,
+    pub trial: u32,
+    pub response: String,
+    #[serde(default)]
+    pub reasoning: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// Reads a `--responses` JSONL file into store records, checking every benchmark and item id.
+/// `default_model` names answers without a `model` field.
+pub fn read_responses(
+    path: &std::path::Path,
+    benches: &HashMap<String, &Benchmark>,
+    default_model: &str,
+) -> Result<Vec<ResponseRecord>, RunError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RunError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let err = |detail: String| RunError::Responses {
+            path: path.to_owned(),
+            line: n + 1,
+            detail,
+        };
+        let r: ImportedResponse = serde_json::from_str(line).map_err(|e| err(e.to_string()))?;
+        let item = match &r.item {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(x) => x.to_string(),
+            other => {
+                return Err(err(format!(
+                    "field item: expected a string or number, got {other}"
+                )))
+            }
+        };
+        let Some(bench) = benches.get(&r.benchmark) else {
+            return Err(err(format!(
+                "field benchmark: {:?} is not among the benchmarks of this run ({})",
+                r.benchmark,
+                benches.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        if bench.item(&item).is_none() {
+            return Err(err(format!(
+                "field item: {item:?} is not an item of {} (see `metis eval items {}`)",
+                r.benchmark, r.benchmark
+            )));
+        }
+        let model = r.model.clone().unwrap_or_else(|| default_model.to_owned());
+        if !seen.insert((r.benchmark.clone(), item.clone(), r.trial, model.clone())) {
+            return Err(err(format!(
+                "duplicate answer for benchmark {}, item {item}, trial {}, model {model}",
+                r.benchmark, r.trial
+            )));
+        }
+        out.push(ResponseRecord {
+            key: ResponseKey {
+                benchmark: r.benchmark,
+                item,
+                trial: r.trial,
+                model,
+                params_hash: "import".into(),
+            },
+            status: Status::Ok,
+            response: Some(r.response),
+            reasoning: r.reasoning,
+            finish_reason: None,
+            error: None,
+            attempts: 0,
+            latency_ms: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            source: "import".into(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,722 @@
+//! Benchmark declarations against the real data in `shared/data`: loading, item counts, ids,
+//! gold answers, prompts, and grading test data (known-correct answers in realistic formats
+//! score 100%, known-wrong answers the exact expected score).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use metis_eval::benchmarks::{
+    self, fetch::apply_transform, load, remote_url, spec, specs, Benchmark, BenchmarkError,
+    DataSource, RemoteSource, Transform,
+};
+use metis_verify::cvss::Vector;
+use metis_verify::cwe::{CweCatalog, View};
+use metis_verify::verifier::aggregate;
+use metis_verify::{Protocol, Verdict};
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
+
+fn data_dir() -> PathBuf {
+    PathBuf::from(DATA)
+}
+
+async fn bench(id: &str) -> Benchmark {
+    load(id, &DataSource::Dir(data_dir()), Protocol::LastLine)
+        .await
+        .unwrap_or_else(|e| panic!("{id}: {e}"))
+}
+
+const EXPECTED: [(&str, usize); 11] = [
+    ("ctibench-mcqa", 2500),
+    ("ctibench-rcm", 1000),
+    ("ctibench-rcm-2021", 1000),
+    ("ctibench-vsp", 1000),
+    ("ctibench-ate", 60),
+    ("cybermetric-80", 80),
+    ("cybermetric-500", 500),
+    ("cybermetric-2000", 2000),
+    ("mmlu-security", 100),
+    // 661 English rows − 9 multi-letter labels.
+    ("secbench-mcqa-eng", 652),
+    // 2189 rows − 7 empty answers − 2 "AA".
+    ("seceval", 2180),
+];
+
+#[tokio::test]
+async fn every_benchmark_loads_with_expected_items() {
+    assert_eq!(specs().len(), EXPECTED.len());
+    for (id, count) in EXPECTED {
+        let b = bench(id).await;
+        assert_eq!(b.items.len(), count, "{id}");
+        assert_eq!(b.data_sha256, b.spec.data_file().sha256, "{id} pinned sha");
+        let ids: HashSet<&str> = b.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids.len(), count, "{id}: ids unique");
+        for item in &b.items {
+            assert!(b.item(&item.id).is_some_and(|i| i == item));
+            let v = b.verifier(item);
+            assert_eq!(v.task(), b.spec.task);
+            v.parse_gold(&item.gold)
+                .unwrap_or_else(|e| panic!("{id} {}: {e}", item.id));
+            assert!(!item.prompt.trim().is_empty());
+            assert!(!item.question.is_empty());
+            // CTIBench quotes one Description CSV-style (cti-rcm-2021): compare without quotes.
+            let unquote = |s: &str| s.replace('"', "");
+            assert!(
+                unquote(&item.prompt).contains(&unquote(&item.question)),
+                "{id} {}: prompt lacks the question",
+                item.id
+            );
+            let lower = item.prompt.to_lowercase();
+            assert!(
+                lower.contains("last line") || lower.contains("final line"),
+                "{id} {}: no last-line instruction",
+                item.id
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn loader_notes_and_ids() {
+    let sb = bench("secbench-mcqa-eng").await;
+    assert!(
+        sb.notes.iter().any(|n| n.contains("dropped 9 row(s)")),
+        "{:?}",
+        sb.notes
+    );
+    let se = bench("seceval").await;
+    assert!(
+        se.notes.iter().any(|n| n.contains("dropped 9 row(s)")),
+        "{:?}",
+        se.notes
+    );
+    let first = se.item("282cd7f6-86f9-4174-95c2-df26b2b6395e").unwrap();
+    assert_eq!(first.gold, "B");
+    assert!(first
+        .prompt
+        .contains("\nA. The storage must contain the original identifiers"));
+    assert!(first.prompt.contains("'Answer: $LETTERS'"));
+
+    let mcq = bench("ctibench-mcqa").await;
+    assert_eq!(mcq.items[0].id, "0");
+    assert_eq!(mcq.items[0].gold, "B");
+    assert_eq!(mcq.items[0].subject.as_deref(), Some("ATT&CK"));
+    // The one lower-case GT ('b') is upper-cased.
+    assert!(mcq.items.iter().all(|i| i.gold.len() == 1));
+
+    let rcm = bench("ctibench-rcm").await;
+    assert_eq!(rcm.items[0].id, "CVE-2024-23848");
+    assert_eq!(rcm.items[0].gold, "CWE-416");
+    assert!(rcm.catalog_sha256.contains_key("cwe/cwe-weaknesses.tsv"));
+
+    let ate = bench("ctibench-ate").await;
+    assert_eq!(ate.items[0].id, "S0066");
+    let platforms: BTreeMap<&str, usize> = ate.items.iter().fold(BTreeMap::new(), |mut m, i| {
+        *m.entry(i.subject.as_deref().unwrap()).or_default() += 1;
+        m
+    });
+    assert_eq!(
+        platforms,
+        BTreeMap::from([("Enterprise", 47), ("Mobile", 13)])
+    );
+    assert_eq!(ate.catalog_sha256.len(), 4);
+
+    let mmlu = bench("mmlu-security").await;
+    assert!(mmlu.items[0].prompt.starts_with(
+        "Given the following question and four candidate answers (A, B, C and D), choose the best answer."
+    ));
+    assert!(mmlu.items[0]
+        .prompt
+        .ends_with("\n\nA. Generational\nB. Blackbox\nC. Whitebox\nD. Mutation-based"));
+}
+
+#[tokio::test]
+async fn unknown_benchmark_lists_valid_ids() {
+    let err = spec("nope").unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, BenchmarkError::UnknownBenchmark { .. }));
+    for (id, _) in EXPECTED {
+        assert!(msg.contains(id), "{msg}");
+    }
+    assert!(
+        load("nope", &DataSource::Dir(data_dir()), Protocol::LastLine)
+            .await
+            .is_err()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grading test data
+
+fn grade_all(b: &Benchmark, answer: impl Fn(usize, &str) -> String) -> BTreeMap<String, f64> {
+    let verdicts: Vec<Verdict> = b
+        .items
+        .iter()
+        .enumerate()
+        .map(|(k, item)| {
+            let v = b.verifier(item);
+            let gold = v.parse_gold(&item.gold).unwrap();
+            v.verify(&answer(k, &item.gold), &gold)
+        })
+        .collect();
+    aggregate(&verdicts)
+}
+
+fn assert_close(got: f64, want: f64, what: &str) {
+    assert!((got - want).abs() < 1e-9, "{what}: got {got}, want {want}");
+}
+
+/// `B` → `C`, `D` → `A`; every letter of a set shifted.
+fn shift_letters(gold: &str) -> String {
+    gold.chars()
+        .map(|c| (b'A' + (c as u8 - b'A' + 1) % 4) as char)
+        .collect()
+}
+
+fn letters_list(gold: &str) -> String {
+    gold.chars()
+        .map(String::from)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const MCQ_IDS: [&str; 7] = [
+    "ctibench-mcqa",
+    "cybermetric-80",
+    "cybermetric-500",
+    "cybermetric-2000",
+    "mmlu-security",
+    "secbench-mcqa-eng",
+    "seceval",
+];
+
+#[tokio::test]
+async fn mcq_correct_answers_score_full_marks() {
+    for protocol in [Protocol::LastLine, Protocol::Faith] {
+        for id in MCQ_IDS {
+            let b = load(id, &DataSource::Dir(data_dir()), protocol)
+                .await
+                .unwrap();
+            let formats: [fn(&str) -> String; 4] = [
+                |g| {
+                    format!(
+                        "<think>Let me weigh the options.</think>\nAnswer: {}",
+                        letters_list(g)
+                    )
+                },
+                |g| format!("Reasoning first.\n\nAnswer: **{}**", letters_list(g)),
+                |g| {
+                    format!(
+                        "The correct answer is ({}).",
+                        g.chars()
+                            .map(String::from)
+                            .collect::<Vec<_>>()
+                            .join(") and (")
+                    )
+                },
+                |g| {
+                    format!(
+                        "<think>\nhmm\n</think>\n\nFinal answer: {}",
+                        letters_list(g)
+                    )
+                },
+            ];
+            for (f, format) in formats.iter().enumerate() {
+                // FAITH's "answer is (X)" pattern reads one letter only: not for multi-answer.
+                if f == 2 && id == "seceval" && protocol == Protocol::Faith {
+                    continue;
+                }
+                let m = grade_all(&b, |_, g| format(g));
+                assert_close(m["accuracy"], 1.0, &format!("{id} {protocol:?} format {f}"));
+                assert_close(
+                    m["invalid_rate"],
+                    0.0,
+                    &format!("{id} {protocol:?} format {f}"),
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn mcq_wrong_answers_score_exactly() {
+    for id in MCQ_IDS {
+        let b = bench(id).await;
+        // Every answer shifted by one letter: all wrong, except a SecEval "ABCD" (its shift
+        // is the same set).
+        let m = grade_all(&b, |_, g| {
+            format!("Answer: {}", letters_list(&shift_letters(g)))
+        });
+        let unchanged = b.items.iter().filter(|i| i.gold == "ABCD").count();
+        assert_close(m["accuracy"], unchanged as f64 / b.items.len() as f64, id);
+        // Even items right, odd items wrong.
+        let m = grade_all(&b, |k, g| {
+            let g = if k % 2 == 0 {
+                g.to_owned()
+            } else {
+                shift_letters(g)
+            };
+            format!("<think>x</think>\nAnswer: {}", letters_list(&g))
+        });
+        let right = b
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(k, i)| k % 2 == 0 || i.gold == "ABCD")
+            .count();
+        assert_close(m["accuracy"], right as f64 / b.items.len() as f64, id);
+    }
+    // SecEval: a strict subset of a multi-answer gold is wrong.
+    let b = bench("seceval").await;
+    let m = grade_all(&b, |_, g| format!("Answer: {}", &g[..1]));
+    let single = b.items.iter().filter(|i| i.gold.len() == 1).count();
+    assert_close(
+        m["accuracy"],
+        single as f64 / b.items.len() as f64,
+        "seceval subset",
+    );
+}
+
+#[tokio::test]
+async fn cwe_correct_and_wrong_answers() {
+    let catalog = CweCatalog::from_data_dir(&data_dir()).unwrap();
+    for id in ["ctibench-rcm", "ctibench-rcm-2021"] {
+        let b = bench(id).await;
+        let formats: [fn(&str) -> String; 4] = [
+            |g| format!("<think>memory bug</think>\nThe flaw is a use-after-free.\n{g}"),
+            |g| format!("Justification: ...\n\n{}", g.replace('-', "\u{2011}")),
+            |g| format!("Justification.\n**{g}**"),
+            |g| format!("The description maps to:\nCWE ID: {g}"),
+        ];
+        for (f, format) in formats.iter().enumerate() {
+            let m = grade_all(&b, |_, g| format(g));
+            assert_close(m["accuracy"], 1.0, &format!("{id} format {f}"));
+            assert_close(m["hierarchy_accuracy"], 1.0, &format!("{id} format {f}"));
+        }
+        // A different, unrelated CWE: nothing.
+        let m = grade_all(&b, |_, _| "CWE-999999".to_owned());
+        assert_close(m["accuracy"], 0.0, id);
+        assert_close(m["hierarchy_accuracy"], 0.0, id);
+        // The gold's parent in view 1000 where it has one: wrong, but hierarchy credit.
+        let parent = |g: &str| {
+            catalog
+                .parents(g.parse().unwrap(), View::ResearchConcepts)
+                .first()
+                .copied()
+        };
+        let with_parent = b.items.iter().filter(|i| parent(&i.gold).is_some()).count();
+        let m = grade_all(&b, |_, g| {
+            parent(g).map_or_else(|| "CWE-999999".to_owned(), |p| format!("Answer:\n{p}"))
+        });
+        assert_close(m["accuracy"], 0.0, id);
+        assert_close(
+            m["hierarchy_accuracy"],
+            with_parent as f64 / b.items.len() as f64,
+            id,
+        );
+    }
+}
+
+/// Changes one base metric of a CVSS v3.1 vector (AV, cycling N → A → L → P → N).
+fn change_av(gold: &str) -> String {
+    let next = |v: &str| match v {
+        "N" => "A",
+        "A" => "L",
+        "L" => "P",
+        _ => "N",
+    };
+    gold.split('/')
+        .map(|part| match part.strip_prefix("AV:") {
+            Some(v) => format!("AV:{}", next(v)),
+            None => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test]
+async fn cvss_correct_and_wrong_answers() {
+    let b = bench("ctibench-vsp").await;
+    let formats: [fn(&str) -> String; 4] = [
+        |g| format!("<think>network, no auth</think>\n{g}"),
+        |g| format!("AV is Network...\n{}", g.trim_start_matches("CVSS:3.1/")),
+        |g| format!("Final vector:\n**{g}**"),
+        |g| format!("Summary.\n`{g}`"),
+    ];
+    for (f, format) in formats.iter().enumerate() {
+        let m = grade_all(&b, |_, g| format(g));
+        assert_close(m["cvss_score"], 1.0, &format!("format {f}"));
+        assert_close(m["mad"], 0.0, &format!("format {f}"));
+        assert_close(m["exact_vector"], 1.0, &format!("format {f}"));
+    }
+    // One metric changed: the score follows the base scores of the two vectors.
+    let mut expected_score = 0.0;
+    let mut expected_mad = 0.0;
+    for item in &b.items {
+        let g = Vector::parse(&item.gold).unwrap().base_score();
+        let p = Vector::parse(&change_av(&item.gold)).unwrap().base_score();
+        let err = ((p - g).abs() * 10.0).round() / 10.0;
+        expected_score += 1.0 - err / 10.0;
+        expected_mad += err;
+    }
+    let n = b.items.len() as f64;
+    let m = grade_all(&b, |_, g| change_av(g));
+    assert_close(m["cvss_score"], expected_score / n, "cvss_score");
+    assert_close(m["mad"], expected_mad / n, "mad");
+    assert_close(m["exact_vector"], 0.0, "exact_vector");
+    assert!(m["cvss_score"] < 1.0);
+}
+
+fn gold_ids(gold: &str) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for id in gold.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !ids.iter().any(|i| i == id) {
+            ids.push(id.to_owned());
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn attack_correct_and_wrong_answers() {
+    for protocol in [Protocol::LastLine, Protocol::Faith] {
+        let b = load("ctibench-ate", &DataSource::Dir(data_dir()), protocol)
+            .await
+            .unwrap();
+        let formats: [fn(&str) -> String; 3] = [
+            |g| {
+                format!(
+                    "<think>C2 over HTTP</think>\nAnswer: {}",
+                    gold_ids(g).join(", ")
+                )
+            },
+            // Sub-techniques of the gold parents, in markdown.
+            |g| {
+                let subs: Vec<String> =
+                    gold_ids(g).iter().map(|t| format!("**{t}.001**")).collect();
+                format!("- web protocols\n\nAnswer: {}", subs.join(", "))
+            },
+            |g| format!("Techniques found.\nAnswer: `{}`", gold_ids(g).join("`, `")),
+        ];
+        for (f, format) in formats.iter().enumerate() {
+            let m = grade_all(&b, |_, g| format(g));
+            let what = format!("{protocol:?} format {f}");
+            assert_close(m["micro_f1"], 1.0, &what);
+            assert_close(m["exact_set"], 1.0, &what);
+            assert_close(m["jaccard"], 1.0, &what);
+        }
+    }
+    // One technique dropped (where gold has several): recall falls, precision stays 1.
+    let b = bench("ctibench-ate").await;
+    let (mut tp, mut fn_, mut exact, mut jaccard) = (0usize, 0usize, 0usize, 0.0);
+    for item in &b.items {
+        let ids = gold_ids(&item.gold);
+        if ids.len() > 1 {
+            tp += ids.len() - 1;
+            fn_ += 1;
+            jaccard += (ids.len() - 1) as f64 / ids.len() as f64;
+        } else {
+            tp += 1;
+            exact += 1;
+            jaccard += 1.0;
+        }
+    }
+    let m = grade_all(&b, |_, g| {
+        let ids = gold_ids(g);
+        let keep = if ids.len() > 1 {
+            &ids[..ids.len() - 1]
+        } else {
+            &ids[..]
+        };
+        format!("Answer: {}", keep.join(", "))
+    });
+    let recall = tp as f64 / (tp + fn_) as f64;
+    let n = b.items.len() as f64;
+    assert_close(m["micro_precision"], 1.0, "precision");
+    assert_close(m["micro_recall"], recall, "recall");
+    assert_close(m["micro_f1"], 2.0 * recall / (1.0 + recall), "micro_f1");
+    assert_close(m["exact_set"], exact as f64 / n, "exact_set");
+    assert_close(m["jaccard"], jaccard / n, "jaccard");
+    assert!(fn_ > 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed data
+
+fn write(dir: &Path, rel: &str, content: &str) {
+    let path = dir.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+async fn parse_error(
+    id: &str,
+    rel: &str,
+    content: &str,
+) -> (PathBuf, usize, Option<String>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), rel, content);
+    match load(
+        id,
+        &DataSource::Dir(dir.path().to_owned()),
+        Protocol::LastLine,
+    )
+    .await
+    {
+        Err(BenchmarkError::Parse {
+            path,
+            line,
+            field,
+            detail,
+        }) => {
+            assert!(path.ends_with(rel), "{}", path.display());
+            (path, line, field, detail)
+        }
+        other => panic!("{id}: expected a parse error, got {other:?}"),
+    }
+}
+
+const SECEVAL_ROW: &str = r#"{"id": "x1", "source": "cwe", "question": "Q?", "choices": ["A: a", "B: b", "C: c", "D: d"], "answer": "AC", "topics": [], "keyword": "k"}"#;
+
+#[tokio::test]
+async fn malformed_jsonl_names_file_and_line() {
+    let rel = "seceval/seceval-questions.jsonl";
+    let (_, line, _, detail) =
+        parse_error("seceval", rel, &format!("{SECEVAL_ROW}\n{{not json\n")).await;
+    assert_eq!(line, 2);
+    assert!(detail.contains("invalid JSON"), "{detail}");
+    let row3 = SECEVAL_ROW.replace(
+        r#""choices": ["A: a", "B: b", "C: c", "D: d"]"#,
+        r#""choices": ["A: a"]"#,
+    );
+    let (_, line, field, _) = parse_error(
+        "seceval",
+        rel,
+        &format!("{}\n\n{row3}\n", SECEVAL_ROW.replace("x1", "x0")),
+    )
+    .await;
+    assert_eq!((line, field.as_deref()), (3, Some("choices")));
+    // Duplicate ids are refused.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), rel, &format!("{SECEVAL_ROW}\n{SECEVAL_ROW}\n"));
+    let err = load(
+        "seceval",
+        &DataSource::Dir(dir.path().to_owned()),
+        Protocol::LastLine,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, BenchmarkError::DuplicateId { id, first_line: 1, line: 2, .. } if id == "x1"),
+        "{err}"
+    );
+    // A valid file loads, with the "A: " prefixes removed.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), rel, &format!("{SECEVAL_ROW}\n"));
+    let b = load(
+        "seceval",
+        &DataSource::Dir(dir.path().to_owned()),
+        Protocol::LastLine,
+    )
+    .await
+    .unwrap();
+    assert!(b.items[0].prompt.ends_with("Q?\n\nA. a\nB. b\nC. c\nD. d"));
+    assert_eq!(
+        b.data_sha256,
+        benchmarks::sha256_hex(format!("{SECEVAL_ROW}\n").as_bytes())
+    );
+    assert!(b
+        .notes
+        .iter()
+        .any(|n| n.contains("differs from the pinned revision")));
+}
+
+#[tokio::test]
+async fn malformed_tsv_names_file_line_and_field() {
+    let rel = "ctibench/cti-rcm.tsv";
+    let header = "URL\tDescription\tPrompt\tGT\r\n";
+    let good = "https://nvd.nist.gov/vuln/detail/CVE-2024-1\tA bug.\tMap it. The last line has the CWE. A bug.\tCWE-79\r\n";
+    // Missing column on line 3.
+    let short = "https://nvd.nist.gov/vuln/detail/CVE-2024-2\tA bug.\tCWE-79\r\n";
+    let (_, line, _, detail) =
+        parse_error("ctibench-rcm", rel, &format!("{header}{good}{short}")).await;
+    assert_eq!(line, 3, "{detail}");
+    // A bad gold answer names the GT column.
+    let bad = good
+        .replace("CVE-2024-1", "CVE-2024-3")
+        .replace("CWE-79", "XSS");
+    let (_, line, field, _) =
+        parse_error("ctibench-rcm", rel, &format!("{header}{good}{bad}")).await;
+    assert_eq!((line, field.as_deref()), (3, Some("GT")));
+    // A missing header column.
+    let (_, line, field, _) = parse_error(
+        "ctibench-rcm",
+        rel,
+        "URL\tDescription\tPrompt\r\nx\ty\tz\r\n",
+    )
+    .await;
+    assert_eq!((line, field.as_deref()), (1, Some("GT")));
+    // An MCQ letter outside A–D.
+    let mcq = "URL\tQuestion\tOption A\tOption B\tOption C\tOption D\tPrompt\tGT\r\nManual\tQ?\ta\tb\tc\td\tQ? last line: letter\tE\r\n";
+    let (_, line, field, _) = parse_error("ctibench-mcqa", "ctibench/cti-mcq.tsv", mcq).await;
+    assert_eq!((line, field.as_deref()), (2, Some("GT")));
+    // Display names file, line and field.
+    let err = BenchmarkError::Parse {
+        path: PathBuf::from("d/ctibench/cti-mcq.tsv"),
+        line: 2,
+        field: Some("GT".into()),
+        detail: "bad".into(),
+    };
+    assert_eq!(
+        err.to_string(),
+        "d/ctibench/cti-mcq.tsv line 2, field \"GT\": bad"
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_and_csv() {
+    let rel = "cybermetric/CyberMetric-80-v1.json";
+    let q = |a: &str| {
+        format!("{{\"question\": \"Q?\",\n \"answers\": {{{a}}},\n \"solution\": \"A\"}}")
+    };
+    let ok = q(r#""A": "a", "B": "b", "C": "c", "D": "d""#);
+    let bad = q(r#""A": "a", "B": "b", "C": "c""#);
+    let (_, line, field, _) = parse_error(
+        "cybermetric-80",
+        rel,
+        &format!("{{\n\"questions\": [\n{ok},\n{bad}\n]}}"),
+    )
+    .await;
+    assert_eq!((line, field.as_deref()), (6, Some("answers")));
+    let (_, line, _, _) = parse_error(
+        "cybermetric-80",
+        rel,
+        "{\n\"questions\": [\n{\"question\": 1}]}",
+    )
+    .await;
+    assert_eq!(line, 3);
+    let rel = "mmlu-security/computer_security_test.csv";
+    let (_, line, _, _) = parse_error(
+        "mmlu-security",
+        rel,
+        "\"Multi\nline?\",a,b,c,d,A\nQ2,a,b,c,B\n",
+    )
+    .await;
+    assert_eq!(line, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sources
+
+#[test]
+fn remote_urls_are_pinned() {
+    let url = |id: &str| remote_url(spec(id).unwrap(), spec(id).unwrap().data_file());
+    assert_eq!(
+        url("ctibench-mcqa"),
+        "https://raw.githubusercontent.com/xashru/cti-bench/57ce8c246e5fc66a16c6cef743f3a983831b90f0/data/cti-mcq.tsv"
+    );
+    assert_eq!(
+        url("ctibench-rcm-2021"),
+        "https://raw.githubusercontent.com/xashru/cti-bench/57ce8c246e5fc66a16c6cef743f3a983831b90f0/data/cti-rcm-2021.tsv"
+    );
+    assert_eq!(
+        url("cybermetric-2000"),
+        "https://raw.githubusercontent.com/cybermetric/CyberMetric/2f5818bd2c19350cd6cfae028b75499ebe4ffd29/CyberMetric-2000-v1.json"
+    );
+    assert_eq!(
+        url("mmlu-security"),
+        "https://raw.githubusercontent.com/gavinluc/ITEC4020/c6e4c3e6e78bd541f98b4929f20c8ee55e052aee/computer_security_test.csv"
+    );
+    assert_eq!(
+        url("secbench-mcqa-eng"),
+        "https://raw.githubusercontent.com/secbench-git/SecBench/3a148abb6383c8e6be7863dd5c65b57ee2d59436/data/MCQs_2730.jsonl"
+    );
+    assert_eq!(
+        url("seceval"),
+        "https://raw.githubusercontent.com/XuanwuAI/SecEval/7aef3176a1a095b40bbfa806a7a2d6c5e203d5b7/docs/javascript/questions-data.js"
+    );
+    let hf = RemoteSource::HuggingFace {
+        repo: "AI4Sec/cti-bench",
+        revision: "0123abc",
+    };
+    assert_eq!(
+        hf.url("cti-mcq/test.tsv"),
+        "https://huggingface.co/datasets/AI4Sec/cti-bench/resolve/0123abc/cti-mcq/test.tsv"
+    );
+    for s in specs() {
+        for f in s.files() {
+            let u = remote_url(s, f);
+            assert!(u.starts_with("https://") && !u.contains("//data//"), "{u}");
+            assert_eq!(f.sha256.len(), 64);
+        }
+    }
+}
+
+#[test]
+fn data_source_resolution() {
+    let p = |s: &str| Some(PathBuf::from(s));
+    assert_eq!(
+        DataSource::resolve_from(p("/cli"), p("/env"), p("/xdg"), p("/home/u")),
+        DataSource::Dir(PathBuf::from("/cli"))
+    );
+    assert_eq!(
+        DataSource::resolve_from(None, p("/env"), p("/xdg"), p("/home/u")),
+        DataSource::Dir(PathBuf::from("/env"))
+    );
+    assert_eq!(
+        DataSource::resolve_from(None, p(""), p("/xdg"), p("/home/u")),
+        DataSource::Cache(PathBuf::from("/xdg/metis/data"))
+    );
+    assert_eq!(
+        DataSource::resolve_from(None, None, None, p("/home/u")),
+        DataSource::Cache(PathBuf::from("/home/u/.cache/metis/data"))
+    );
+    assert_eq!(DataSource::Dir(PathBuf::from("/d")).root(), Path::new("/d"));
+}
+
+#[tokio::test]
+async fn cache_uses_present_files_without_fetching() {
+    // A cache that already holds the file loads it without any network access.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "seceval/seceval-questions.jsonl",
+        &format!("{SECEVAL_ROW}\n"),
+    );
+    let b = load(
+        "seceval",
+        &DataSource::Cache(dir.path().to_owned()),
+        Protocol::LastLine,
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.items.len(), 1);
+}
+
+#[test]
+fn transforms_rebuild_the_data_layout_files() {
+    // SecBench: the English rows of the full upstream file, byte for byte.
+    let full = std::fs::read(data_dir().join("secbench/MCQs_2730.jsonl")).unwrap();
+    let english = apply_transform(Transform::SecBenchEnglish, &full).unwrap();
+    let want = spec("secbench-mcqa-eng").unwrap().data_file().sha256;
+    assert_eq!(benchmarks::sha256_hex(&english), want);
+    // SecEval: the JS assignment becomes JSON lines.
+    let js = format!(
+        "problem_data = [{SECEVAL_ROW},\n{}];\n",
+        SECEVAL_ROW.replace("x1", "x2")
+    );
+    let lines = apply_transform(Transform::SecEvalJsArray, js.as_bytes()).unwrap();
+    let lines = String::from_utf8(lines).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["answer"], "AC");
+    // MMLU: header row and 7th column dropped, quoting kept.
+    let csv =
+        "Question,A,B,C,D,Answer,ChatGPT Response\n\"Multi\nline, q\",a,b,c,d,A,\"It is A\"\n";
+    let out = apply_transform(Transform::MmluDropHeaderAndExtraColumn, csv.as_bytes()).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "\"Multi\nline, q\",a,b,c,d,A\n"
+    );
+    assert!(Transform::None.is_exact() && !Transform::SecEvalJsArray.is_exact());
+}
