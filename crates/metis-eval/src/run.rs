@@ -669,12 +669,14 @@ pub struct ImportedResponse {
 }
 
 /// Reads a `--responses` JSONL file into store records, checking every benchmark and item id.
-/// `default_model` names answers without a `model` field.
+/// `default_model` names answers without a `model` field. Answers for known benchmarks outside
+/// `benches` are skipped and counted (the second value).
 pub fn read_responses(
     path: &std::path::Path,
     benches: &HashMap<String, &Benchmark>,
     default_model: &str,
-) -> Result<Vec<ResponseRecord>, RunError> {
+) -> Result<(Vec<ResponseRecord>, usize), RunError> {
+    let mut skipped = 0usize;
     let text = std::fs::read_to_string(path).map_err(|source| RunError::Io {
         path: path.to_owned(),
         source,
@@ -701,10 +703,19 @@ pub fn read_responses(
             }
         };
         let Some(bench) = benches.get(&r.benchmark) else {
+            if benchmarks::spec(&r.benchmark).is_ok() {
+                // A known benchmark this run does not cover (`--bench` narrowed it): skip.
+                skipped += 1;
+                continue;
+            }
             return Err(err(format!(
-                "field benchmark: {:?} is not among the benchmarks of this run ({})",
+                "field benchmark: {:?} is not a benchmark (known: {})",
                 r.benchmark,
-                benches.keys().cloned().collect::<Vec<_>>().join(", ")
+                benchmarks::specs()
+                    .iter()
+                    .map(|s| s.id)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         };
         if bench.item(&item).is_none() {
@@ -740,5 +751,5 @@ pub fn read_responses(
             source: "import".into(),
         });
     }
-    Ok(out)
+    Ok((out, skipped))
 }

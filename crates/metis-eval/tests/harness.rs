@@ -222,7 +222,8 @@ async fn imported_responses_are_checked_and_graded() {
     std::fs::write(&path, lines.join("\n")).unwrap();
     let map: HashMap<String, &benchmarks::Benchmark> =
         [("ctibench-rcm".to_owned(), &bench)].into_iter().collect();
-    let recs = run::read_responses(&path, &map, "default").unwrap();
+    let (recs, skipped) = run::read_responses(&path, &map, "default").unwrap();
+    assert_eq!(skipped, 0);
     assert_eq!(recs.len(), 10);
     let mut small = benchmarks::load("ctibench-rcm", &data, Protocol::LastLine)
         .await

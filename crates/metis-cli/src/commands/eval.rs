@@ -314,7 +314,14 @@ fn grade_imported(
 ) -> anyhow::Result<Vec<ResultRow>> {
     let by_id: HashMap<String, &Benchmark> =
         benches.iter().map(|b| (b.spec.id.to_owned(), b)).collect();
-    let records = run::read_responses(path, &by_id, default_model.unwrap_or("imported"))?;
+    let (records, skipped) =
+        run::read_responses(path, &by_id, default_model.unwrap_or("imported"))?;
+    if skipped > 0 {
+        eprintln!(
+            "note: {skipped} answers in {} belong to benchmarks outside --bench and were skipped",
+            path.display()
+        );
+    }
     let mut store = Store::open(store_path)?;
     store.put_batch(&records)?;
     let mut models: Vec<String> = records.iter().map(|r| r.key.model.clone()).collect();
@@ -411,13 +418,24 @@ async fn compare(
         let trials = |r: &Vec<metis_eval::store::ResponseRecord>| {
             r.iter().map(|x| x.key.trial + 1).max().unwrap_or(1)
         };
+        let answered = |r: &Vec<metis_eval::store::ResponseRecord>| {
+            r.iter()
+                .filter(|x| x.status == Status::Ok)
+                .map(|x| x.key.item.clone())
+                .collect::<std::collections::HashSet<_>>()
+        };
+        // Only items both models answered are compared.
+        let both: std::collections::HashSet<String> = answered(&ra)
+            .intersection(&answered(&rb))
+            .cloned()
+            .collect();
         let (ta, tb) = (trials(&ra), trials(&rb));
         let ga = run::grade(&b, model_a, ta, ra, |_, _, _| true);
         let gb = run::grade(&b, model_b, tb, rb, |_, _, _| true);
         let (sa, sb) = (run::item_scores(&ga), run::item_scores(&gb));
         let mut a_vals = Vec::new();
         let mut b_vals = Vec::new();
-        for item in &b.items {
+        for item in b.items.iter().filter(|i| both.contains(&i.id)) {
             if let (Some(x), Some(y)) = (sa.get(&item.id), sb.get(&item.id)) {
                 a_vals.push(*x);
                 b_vals.push(*y);
