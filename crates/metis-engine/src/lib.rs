@@ -1,0 +1,9 @@
+//! The Metis inference engine: Llama-3.x, Qwen2 and Qwen3 on candle, loaded from Hugging Face
+//! model directories (config.json, safetensors, tokenizer.json, chat template), with a KV
+//! cache and sampling. CPU by default; the `cuda` feature builds the same engine for NVIDIA
+//! GPUs.
+
+pub mod chat;
+pub mod config;
+pub mod model;
+pub mod tokenizer;
