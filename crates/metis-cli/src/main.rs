@@ -26,6 +26,10 @@ enum Command {
     Eval(Box<commands::eval::Args>),
     /// Tables and charts from evaluation results.
     Report(commands::report::Args),
+    /// Generate a continuation with a local model.
+    Generate(Box<commands::generate::GenerateArgs>),
+    /// Chat interactively with a local model (streaming; reasoning shown apart).
+    Chat(Box<commands::generate::ChatArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +39,7 @@ fn main() -> anyhow::Result<()> {
         Command::Score(args) => commands::score::run(args),
         Command::Eval(args) => commands::eval::run(*args),
         Command::Report(args) => commands::report::run(args),
+        Command::Generate(args) => commands::generate::run_generate(*args),
+        Command::Chat(args) => commands::generate::run_chat(*args),
     }
 }

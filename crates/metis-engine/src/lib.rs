@@ -5,5 +5,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod generate;
 pub mod model;
+pub mod sampling;
 pub mod tokenizer;

@@ -1,1 +1,240 @@
-//! Model architectures.
+//! Model architectures: one decoder-only transformer covering Llama 3.x, Qwen2 and Qwen3.
+//!
+//! Shared layers live in [`layers`]; the per-architecture differences are explicit in
+//! [`crate::config::ModelConfig`] (bias flags, `has_qk_norm`) and applied when the weights are
+//! loaded by their Hugging Face names:
+//!
+//! | arch  | q/k/v bias | o bias | q_norm/k_norm | lm_head |
+//! |-------|------------|--------|---------------|---------|
+//! | Llama | `attention_bias` | `attention_bias` | no | tied or own |
+//! | Qwen2 | always | no | no | tied or own |
+//! | Qwen3 | `attention_bias` | `attention_bias` | yes (per head, before rope) | tied or own |
+//!
+//! Numerics follow HF eager attention: compute in the weights' dtype, RMSNorm and softmax in
+//! f32, rope tables in f32 cast to the activation dtype.
+
+mod cache;
+mod error;
+mod layers;
+mod rope;
+mod weights;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use cache::KvCache;
+pub use error::EngineError;
+
+use crate::config::ModelConfig;
+use layers::{causal_mask, DecoderLayer, Linear, RmsNorm};
+use rope::Rope;
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+/// Hidden states of one forward pass, all in f32, for parity tests.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// Embedding lookup, [batch, seq, hidden].
+    pub embeddings: Tensor,
+    /// Residual stream after each decoder layer, each [batch, seq, hidden].
+    pub layer_outputs: Vec<Tensor>,
+    /// Output of the final RMSNorm, [batch, seq, hidden].
+    pub final_norm: Tensor,
+    /// Logits, [batch, seq, vocab].
+    pub logits: Tensor,
+}
+
+/// A loaded decoder-only language model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: ModelConfig,
+    dtype: DType,
+    device: Device,
+    /// [vocab, hidden]
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    /// [vocab, hidden]; shares storage with `embed_tokens` when tied (except for bf16 on CPU,
+    /// where matmul weights are kept in f32).
+    lm_head: Linear,
+    rope: Rope,
+}
+
+impl Model {
+    /// Load `dir/config.json` and `dir/model.safetensors` (or the shards listed in
+    /// `dir/model.safetensors.index.json`). `dtype` None = the config's dtype (f32 if absent).
+    pub fn load(dir: &Path, dtype: Option<DType>, device: &Device) -> Result<Model> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let dtype = dtype.or(config.dtype).unwrap_or(DType::F32);
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(EngineError::InvalidArgument(format!(
+                "unsupported compute dtype {dtype:?} (f32, bf16, f16)"
+            )));
+        }
+        let files = weights::safetensors_files(dir)?;
+        let w = weights::Weights::open(&files, dtype, device)?;
+        Self::from_weights(config, &w, dtype, device)
+    }
+
+    fn from_weights(
+        config: ModelConfig,
+        w: &weights::Weights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Model> {
+        let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+        let embed_tokens = w.get("model.embed_tokens.weight", &[vocab, hidden])?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| w.decoder_layer(&config, i))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = w.rms_norm("model.norm.weight", hidden, config.rms_norm_eps)?;
+        // Tied checkpoints carry no lm_head.weight (and HF ignores one if present).
+        let lm_head_weight = if config.tie_word_embeddings {
+            embed_tokens.to_dtype(w.matmul_dtype())?
+        } else {
+            w.get_matmul("lm_head.weight", &[vocab, hidden])?
+        };
+        let rope = Rope::new(&config.rope, config.head_dim);
+        Ok(Model {
+            dtype,
+            device: device.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head: Linear {
+                weight: lm_head_weight,
+                bias: None,
+            },
+            rope,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Compute dtype (the weights' dtype after loading).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty KV cache for `batch` sequences.
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache::new(
+            self.config.num_hidden_layers,
+            batch,
+            self.config.max_position_embeddings,
+        )
+    }
+
+    /// input_ids [batch, seq] u32 at rope positions `cache.next_position() ..`; appends to the
+    /// cache and returns f32 logits [batch, seq, vocab] for every position.
+    pub fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let start = cache.next_position();
+        self.forward_at(input_ids, start, cache)
+    }
+
+    /// Like [`Model::forward`] but only the last position's logits, [batch, vocab] f32
+    /// (skips the lm_head over the prompt during prefill).
+    pub fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let start = cache.next_position();
+        let hidden = self.hidden(input_ids, start, cache, None)?; // [b, s, hidden]
+        let s = hidden.dim(1)?;
+        let last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?.contiguous()?; // [b, hidden]
+        Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
+    }
+
+    /// Same as [`Model::forward`] with explicit rope positions `start_pos .. start_pos + seq`.
+    /// `start_pos` must be at least `cache.len()`; on an empty cache any start is allowed.
+    pub fn forward_at(
+        &self,
+        input_ids: &Tensor,
+        start_pos: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let hidden = self.hidden(input_ids, start_pos, cache, None)?;
+        Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+    }
+
+    /// Embeddings, every layer's output, the final norm and the logits (fresh cache, position 0).
+    pub fn forward_trace(&self, input_ids: &Tensor) -> Result<Trace> {
+        let (b, _) = input_ids.dims2()?;
+        let mut cache = self.new_cache(b);
+        let mut states = Vec::with_capacity(self.layers.len() + 1);
+        let hidden = self.hidden(input_ids, 0, &mut cache, Some(&mut states))?;
+        let logits = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let mut states = states.iter();
+        let embeddings = f32(states.next().expect("embeddings recorded"))?;
+        let layer_outputs = states.map(f32).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Trace {
+            embeddings,
+            layer_outputs,
+            final_norm: hidden.to_dtype(DType::F32)?,
+            logits,
+        })
+    }
+
+    /// Runs embeddings + decoder layers + final norm; returns [b, s, hidden] in the compute
+    /// dtype. Records the embeddings and each layer output into `trace` if given.
+    fn hidden(
+        &self,
+        input_ids: &Tensor,
+        start_pos: usize,
+        cache: &mut KvCache,
+        mut trace: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        if s == 0 {
+            return Err(EngineError::InvalidArgument("empty input sequence".into()));
+        }
+        if b != cache.batch() {
+            return Err(EngineError::InvalidArgument(format!(
+                "KV cache was created for batch {} but input_ids has batch {b}",
+                cache.batch()
+            )));
+        }
+        let offset = cache.len();
+        if start_pos < offset {
+            return Err(EngineError::InvalidArgument(format!(
+                "start position {start_pos} lies inside the cache (len {offset})"
+            )));
+        }
+        let input_ids = input_ids.to_dtype(DType::U32)?;
+        let flat = input_ids.flatten_all()?;
+        let vocab = self.config.vocab_size as u32;
+        if flat.max(0)?.to_scalar::<u32>()? >= vocab {
+            return Err(EngineError::InvalidArgument(format!(
+                "token id out of range (vocab size {vocab})"
+            )));
+        }
+        let mut x =
+            self.embed_tokens
+                .index_select(&flat, 0)?
+                .reshape((b, s, self.config.hidden_size))?; // [b, s, hidden]
+        if let Some(t) = trace.as_deref_mut() {
+            t.push(x.clone());
+        }
+        let (cos, sin) = self.rope.cos_sin(start_pos, s, self.dtype, &self.device)?; // [s, hd/2]
+        let mask = if s > 1 {
+            Some(causal_mask(s, offset, &self.device)?) // [s, offset + s]
+        } else {
+            None
+        };
+        cache.set_pos_offset(start_pos - offset);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &cos, &sin, mask.as_ref(), cache, i)?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(x.clone());
+            }
+        }
+        cache.advance(s);
+        self.norm.forward(&x)
+    }
+}

@@ -2,5 +2,6 @@
 
 pub mod cvss;
 pub mod eval;
+pub mod generate;
 pub mod report;
 pub mod score;

@@ -1,0 +1,273 @@
+//! `metis generate` and `metis chat`: run a local model with the Metis engine.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device};
+use metis_engine::chat::{ChatTemplate, Message, RenderOptions};
+use metis_engine::generate::{generate, GenerateOptions, Generation, TokenEvent};
+use metis_engine::model::Model;
+use metis_engine::sampling::SamplingParams;
+use metis_engine::tokenizer::Tokenizer;
+use metis_verify::reasoning::StreamDelta;
+
+/// Options shared by `generate` and `chat`.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// Hugging Face model directory (config.json, safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Directory with tokenizer.json when it lives apart from the weights (default: --model).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Compute dtype (default: the checkpoint's).
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    dtype: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep generating through end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Stop when this string appears (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Open the reasoning block in the prompt (`<think>\n` after the generation prompt).
+    #[arg(long)]
+    think: bool,
+    /// System message for chat prompts.
+    #[arg(long)]
+    system: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text.
+    #[arg(long, conflicts_with = "prompt_ids")]
+    prompt: Option<String>,
+    /// Raw prompt token ids, comma-separated (works without a tokenizer).
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Vec<u32>,
+    /// Render the prompt as a user turn through the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Print {"prompt_ids","ids","text","reasoning","answer"}.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Loaded {
+    model: Model,
+    tokenizer: Option<Tokenizer>,
+    template: Option<ChatTemplate>,
+}
+
+fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
+    let dtype = match a.dtype.as_deref() {
+        Some("f32") => Some(DType::F32),
+        Some("bf16") => Some(DType::BF16),
+        Some("f16") => Some(DType::F16),
+        _ => None,
+    };
+    let model = Model::load(&a.model, dtype, &Device::Cpu)
+        .with_context(|| format!("loading the model from {}", a.model.display()))?;
+    let tok_dir = a.tokenizer.clone().unwrap_or_else(|| a.model.clone());
+    let tokenizer = if tok_dir.join("tokenizer.json").exists() {
+        Some(Tokenizer::from_dir(&tok_dir)?)
+    } else if a.tokenizer.is_some() {
+        bail!("no tokenizer.json in {}", tok_dir.display());
+    } else {
+        None
+    };
+    let template = match &tokenizer {
+        Some(t) => ChatTemplate::from_tokenizer(t).transpose()?,
+        None => None,
+    };
+    Ok(Loaded {
+        model,
+        tokenizer,
+        template,
+    })
+}
+
+fn options(a: &ModelArgs, loaded: &Loaded) -> GenerateOptions {
+    let mut stop_ids: Vec<u32> = loaded.model.config().eos_token_ids.clone();
+    if let Some(t) = &loaded.tokenizer {
+        stop_ids.extend_from_slice(t.stop_ids());
+    }
+    stop_ids.sort_unstable();
+    stop_ids.dedup();
+    GenerateOptions {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            min_p: a.min_p,
+            seed: a.seed,
+        },
+        stop_ids,
+        stop_strings: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+    }
+}
+
+fn render(loaded: &Loaded, messages: &[Message], think: bool) -> anyhow::Result<Vec<u32>> {
+    let (Some(tok), Some(tpl)) = (&loaded.tokenizer, &loaded.template) else {
+        bail!("--chat needs a tokenizer with a chat template (tokenizer_config.json)");
+    };
+    let opts = RenderOptions {
+        prefill_think: think,
+        ..RenderOptions::generation()
+    };
+    let text = tpl.render(messages, &opts)?;
+    // The template emits the BOS token itself.
+    Ok(tok.encode(&text, false)?)
+}
+
+fn print_delta(d: &StreamDelta, tty: bool) {
+    let mut out = std::io::stdout().lock();
+    match d {
+        StreamDelta::Reasoning(t) if tty => {
+            let _ = write!(out, "\x1b[2m{t}\x1b[0m");
+        }
+        StreamDelta::Reasoning(t) | StreamDelta::Answer(t) => {
+            let _ = write!(out, "{t}");
+        }
+    }
+    let _ = out.flush();
+}
+
+pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.model)?;
+    let prompt_ids = if !args.prompt_ids.is_empty() {
+        args.prompt_ids.clone()
+    } else {
+        let Some(prompt) = &args.prompt else {
+            bail!("give --prompt TEXT or --prompt-ids 1,2,3");
+        };
+        if args.chat {
+            let mut messages = Vec::new();
+            if let Some(s) = &args.model.system {
+                messages.push(Message::system(s.clone()));
+            }
+            messages.push(Message::user(prompt.clone()));
+            render(&loaded, &messages, args.model.think)?
+        } else {
+            let Some(tok) = &loaded.tokenizer else {
+                bail!(
+                    "--prompt needs a tokenizer (--tokenizer DIR); --prompt-ids works without one"
+                );
+            };
+            let mut ids = tok.encode(prompt, true)?;
+            if args.model.think {
+                ids.extend(tok.encode("<think>\n", false)?);
+            }
+            ids
+        }
+    };
+    let opts = options(&args.model, &loaded);
+    let stream = !args.json && loaded.tokenizer.is_some();
+    let tty = std::io::stdout().is_terminal();
+    let generation: Generation = generate(
+        &loaded.model,
+        loaded.tokenizer.as_ref(),
+        &prompt_ids,
+        &opts,
+        args.model.think,
+        |ev: &TokenEvent<'_>| {
+            if stream {
+                ev.deltas.iter().for_each(|d| print_delta(d, tty));
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    if args.json {
+        let out = serde_json::json!({
+            "prompt_ids": generation.prompt_ids,
+            "ids": generation.ids,
+            "text": generation.text,
+            "reasoning": generation.reasoning,
+            "answer": generation.answer,
+        });
+        println!("{out}");
+    } else if stream {
+        println!();
+    } else {
+        let ids: Vec<String> = generation.ids.iter().map(u32::to_string).collect();
+        println!("{}", ids.join(","));
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Interactive chat: one user turn per line; `/reset` clears the history, `/exit` quits.
+pub fn run_chat(args: ChatArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.model)?;
+    if loaded.template.is_none() {
+        bail!("chat needs a tokenizer with a chat template");
+    }
+    let opts = options(&args.model, &loaded);
+    let tty = std::io::stdout().is_terminal();
+    let mut history: Vec<Message> = args
+        .model
+        .system
+        .iter()
+        .map(|s| Message::system(s.clone()))
+        .collect();
+    let stdin = std::io::stdin();
+    let show_prompt = || {
+        eprint!("> ");
+        let _ = std::io::stderr().flush();
+    };
+    show_prompt();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        match line.trim() {
+            "" => {}
+            "/exit" | "/quit" => break,
+            "/reset" => history.retain(|m| m.role == "system"),
+            text => {
+                history.push(Message::user(text.to_owned()));
+                let ids = render(&loaded, &history, args.model.think)?;
+                let g = generate(
+                    &loaded.model,
+                    loaded.tokenizer.as_ref(),
+                    &ids,
+                    &opts,
+                    args.model.think,
+                    |ev| {
+                        ev.deltas.iter().for_each(|d| print_delta(d, tty));
+                        ControlFlow::Continue(())
+                    },
+                )?;
+                println!();
+                // The history keeps the answer only, as reasoning models' templates expect.
+                history.push(Message::assistant(g.answer.unwrap_or_default()));
+            }
+        }
+        show_prompt();
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! Building blocks shared by all supported architectures: linear layers, RMSNorm, the SwiGLU
+//! MLP, grouped-query attention and the pre-norm decoder layer. The per-architecture
+//! differences are only *which* weights exist (biases, Qwen3's q/k norms), decided at load
+//! time in [`super::weights`].
+
+use candle_core::{DType, Tensor};
+
+use super::cache::KvCache;
+use super::EngineError;
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+/// Matmul producing `a`'s dtype. candle's CPU backend has no bf16 gemm, so there (or whenever
+/// the operand dtypes differ, e.g. bf16 activations against f32-stored weights) both sides are
+/// taken to f32 (exact for bf16) and the f32-accumulated product is rounded once to `a`'s
+/// dtype — the numerics of torch's bf16 CPU gemm (f32 accumulation, one final rounding).
+pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let emulate = a.dtype() != b.dtype() || (a.dtype() == DType::BF16 && a.device().is_cpu());
+    if !emulate {
+        return Ok(a.matmul(b)?);
+    }
+    let a32 = a.to_dtype(DType::F32)?;
+    let b32 = b.to_dtype(DType::F32)?;
+    Ok(a32.matmul(&b32)?.to_dtype(a.dtype())?)
+}
+
+/// `y = x W^T (+ b)` with W [out, in] as stored by HF. On CPU a bf16 model keeps W in f32
+/// (see [`matmul`]); the bias and the output are in the activation dtype.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// x [.., in] -> [.., out]. Flattens leading dims so the matmul is one 2-D gemm.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim.max(1);
+        let out_dim = self.weight.dim(0)?;
+        let y = matmul(&x.reshape((rows, in_dim))?, &self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = out_dim;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// RMSNorm as in HF Llama/Qwen: normalise in f32, cast back to the activation dtype, then
+/// multiply by the weight in that dtype.
+#[derive(Debug, Clone)]
+pub(crate) struct RmsNorm {
+    weight: Tensor,
+    /// f32 ones of the weight's size, for the half-precision path.
+    ones: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub(crate) fn new(weight: Tensor, eps: f64) -> Result<Self> {
+        let ones = Tensor::ones(weight.dim(0)?, DType::F32, weight.device())?;
+        Ok(Self {
+            weight,
+            ones,
+            eps: eps as f32,
+        })
+    }
+
+    /// Normalises over the last dimension; any leading shape.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() == DType::F32 {
+            return Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?);
+        }
+        let dtype = x.dtype();
+        let normed = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &self.ones, self.eps)?;
+        Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// SwiGLU MLP: down(silu(gate(x)) * up(x)).
+#[derive(Debug, Clone)]
+pub(crate) struct Mlp {
+    pub(crate) gate_proj: Linear,
+    pub(crate) up_proj: Linear,
+    pub(crate) down_proj: Linear,
+}
+
+impl Mlp {
+    /// x [b, s, hidden] -> [b, s, hidden]
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?; // [b, s, inter]
+        let up = self.up_proj.forward(x)?; // [b, s, inter]
+                                           // torch evaluates silu in f32 and rounds once for bf16/f16.
+        let act = if gate.dtype() == DType::F32 {
+            candle_nn::ops::silu(&gate)?
+        } else {
+            candle_nn::ops::silu(&gate.to_dtype(DType::F32)?)?.to_dtype(gate.dtype())?
+        };
+        self.down_proj.forward(&(act * up)?)
+    }
+}
+
+/// Grouped-query self-attention with rope and an optional per-head q/k RMSNorm (Qwen3).
+#[derive(Debug, Clone)]
+pub(crate) struct Attention {
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) o_proj: Linear,
+    /// Qwen3 only: RMSNorm over head_dim applied to q and k before rope.
+    pub(crate) q_norm: Option<RmsNorm>,
+    pub(crate) k_norm: Option<RmsNorm>,
+    pub(crate) num_heads: usize,
+    pub(crate) num_kv_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) scale: f64,
+}
+
+impl Attention {
+    /// x [b, s, hidden]; cos/sin [s, head_dim/2] in x's dtype; mask [s, kv_len] f32 (0 or
+    /// -inf) or None when s == 1. Returns [b, s, hidden].
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(x)?.reshape((b, s, nh, hd))?;
+        let k = self.k_proj.forward(x)?.reshape((b, s, nkv, hd))?;
+        let v = self.v_proj.forward(x)?.reshape((b, s, nkv, hd))?;
+        let (q, k) = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?),
+            _ => (q, k),
+        };
+        let q = q.transpose(1, 2)?.contiguous()?; // [b, nh, s, hd]
+        let k = k.transpose(1, 2)?.contiguous()?; // [b, nkv, s, hd]
+        let v = v.transpose(1, 2)?.contiguous()?; // [b, nkv, s, hd]
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+
+        let (k, v) = cache.append(layer, &k, &v)?; // [b, nkv, kv_len, hd]
+        let kv_len = k.dim(2)?;
+
+        // GQA without copying K/V: query heads j*n_rep .. (j+1)*n_rep share kv head j, so
+        // fold the group into the row dimension: [b, nkv, n_rep * s, hd].
+        let n_rep = nh / nkv;
+        let q = q.reshape((b, nkv, n_rep * s, hd))?;
+        let scores = matmul(&q, &k.t()?)?; // [b, nkv, n_rep*s, kv_len]
+                                           // HF: `(q @ k^T) * scaling` in the activation dtype (the scalar applied in f32, one
+                                           // rounding), then the mask is added and softmax runs in f32. candle's affine would
+                                           // round the scale itself to bf16, so scale in f32 and round the product once.
+        let scores = if scores.dtype() == DType::F32 {
+            (scores * self.scale)?
+        } else {
+            (scores.to_dtype(DType::F32)? * self.scale)?
+                .to_dtype(scores.dtype())?
+                .to_dtype(DType::F32)?
+        };
+        let scores = match mask {
+            Some(mask) => scores
+                .reshape((b, nkv, n_rep, s, kv_len))?
+                .broadcast_add(mask)?
+                .reshape((b, nkv, n_rep * s, kv_len))?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(x.dtype())?;
+        let out = matmul(&probs, &v)?; // [b, nkv, n_rep*s, hd]
+        let out = out
+            .reshape((b, nh, s, hd))?
+            .transpose(1, 2)? // [b, s, nh, hd]
+            .reshape((b, s, nh * hd))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// Pre-norm decoder layer: x + attn(norm(x)), then h + mlp(norm(h)).
+#[derive(Debug, Clone)]
+pub(crate) struct DecoderLayer {
+    pub(crate) input_layernorm: RmsNorm,
+    pub(crate) self_attn: Attention,
+    pub(crate) post_attention_layernorm: RmsNorm,
+    pub(crate) mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x)?;
+        let h = (x + self.self_attn.forward(&h, cos, sin, mask, cache, layer)?)?;
+        let m = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?)?;
+        Ok((h + m)?)
+    }
+}
+
+/// Causal mask [s, offset + s] in f32: 0 where query i (at cache index offset + i) may attend
+/// key j, -inf otherwise.
+pub(crate) fn causal_mask(s: usize, offset: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let kv_len = offset + s;
+    let mask: Vec<f32> = (0..s)
+        .flat_map(|i| {
+            (0..kv_len).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (s, kv_len), device)?)
+}

@@ -1,0 +1,127 @@
+//! Rotary position embeddings (non-interleaved, "rotate_half" layout as in HF Llama/Qwen).
+//!
+//! The inverse frequencies and the angles are computed in f32 with the same operation order
+//! as transformers (`_compute_default_rope_parameters` / `_compute_llama3_parameters`, then
+//! `inv_freq @ position_ids` in f32), so positions as large as 20000 reproduce the
+//! reference angles bit for bit (the f32 angle itself is coarse there: ulp(20000) ≈ 2e-3).
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{RopeConfig, RopeScaling};
+
+#[derive(Debug, Clone)]
+pub(crate) struct Rope {
+    /// [head_dim / 2], f32.
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    pub(crate) fn new(cfg: &RopeConfig, head_dim: usize) -> Self {
+        let base = cfg.theta as f32;
+        let dim = head_dim as f32;
+        // torch: 1.0 / (base ** (arange(0, dim, 2).float() / dim))
+        let default: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1.0f32 / base.powf(i as f32 / dim))
+            .collect();
+        let inv_freq = match cfg.scaling {
+            RopeScaling::None => default,
+            RopeScaling::Linear { factor } => {
+                let factor = factor as f32;
+                default.iter().map(|&f| f / factor).collect()
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let factor = factor as f32;
+                let low = low_freq_factor as f32;
+                let high = high_freq_factor as f32;
+                let old_ctx = original_max_position_embeddings as f32;
+                // Python floats (double) compared against f32 tensors.
+                let low_freq_wavelen =
+                    (original_max_position_embeddings as f64 / low_freq_factor) as f32;
+                let high_freq_wavelen =
+                    (original_max_position_embeddings as f64 / high_freq_factor) as f32;
+                let two_pi = std::f64::consts::PI as f32 * 2.0;
+                default
+                    .iter()
+                    .map(|&f| {
+                        // `2 * math.pi / inv_freq` is `inv_freq.reciprocal() * (2 * pi)` in torch.
+                        let wavelen = (1.0f32 / f) * two_pi;
+                        let scaled = if wavelen > low_freq_wavelen {
+                            f / factor
+                        } else {
+                            f
+                        };
+                        let smooth = ((1.0f32 / wavelen) * old_ctx - low) / (high - low);
+                        let smoothed = (1.0f32 - smooth) * scaled / factor + smooth * scaled;
+                        let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen; // wavelen is finite
+                        if medium {
+                            smoothed
+                        } else {
+                            scaled
+                        }
+                    })
+                    .collect()
+            }
+        };
+        Self { inv_freq }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    /// cos and sin tables for positions `start .. start + len`, each [len, head_dim / 2],
+    /// cast to `dtype` (HF computes them in f32 and casts to the activation dtype).
+    pub(crate) fn cos_sin(
+        &self,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for p in start..start + len {
+            let p = p as f32;
+            for &f in &self.inv_freq {
+                let angle = f * p;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (len, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (len, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_scaling_hits_all_branches() {
+        // README of the fixtures: head_dim 8 → [1.0, 3.7606e-2, 5.2485e-4, 6.6479e-6].
+        let cfg = RopeConfig {
+            theta: 500000.0,
+            scaling: RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            },
+        };
+        let r = Rope::new(&cfg, 8);
+        let want = [1.0f32, 3.7606e-2, 5.2485e-4, 6.6479e-6];
+        for (g, w) in r.inv_freq().iter().zip(want) {
+            assert!(((g - w) / w).abs() < 1e-4, "{g} vs {w}");
+        }
+    }
+}
