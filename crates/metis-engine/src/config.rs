@@ -29,7 +29,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    fn from_model_type(s: &str) -> Option<Self> {
+    pub(crate) fn from_model_type(s: &str) -> Option<Self> {
         match s {
             "llama" => Some(Self::Llama),
             "qwen2" => Some(Self::Qwen2),
@@ -62,6 +62,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: usize,
     },
+    /// Per-dimension divisors of the default inverse frequencies ([head_dim / 2] values), as
+    /// llama.cpp stores Llama-3 scaling in GGUF files (`rope_freqs.weight`).
+    FreqFactors { factors: Vec<f32> },
 }
 
 /// Rotary embedding parameters, normalised from either config layout.

@@ -15,6 +15,7 @@
 
 mod cache;
 mod error;
+mod gguf_load;
 mod layers;
 mod rope;
 mod weights;
@@ -25,6 +26,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use cache::KvCache;
 pub use error::EngineError;
+pub(crate) use weights::safetensors_files;
 
 use crate::config::ModelConfig;
 use layers::{causal_mask, DecoderLayer, Linear, RmsNorm};
@@ -64,7 +66,22 @@ pub struct Model {
 impl Model {
     /// Load `dir/config.json` and `dir/model.safetensors` (or the shards listed in
     /// `dir/model.safetensors.index.json`). `dtype` None = the config's dtype (f32 if absent).
+    ///
+    /// A path to a `.gguf` file loads it with [`Model::load_gguf`] instead (`dtype` must then be
+    /// None or f32: GGUF models compute in f32).
     pub fn load(dir: &Path, dtype: Option<DType>, device: &Device) -> Result<Model> {
+        let is_gguf = dir
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            && !dir.is_dir();
+        if is_gguf {
+            if let Some(d) = dtype.filter(|d| *d != DType::F32) {
+                return Err(EngineError::InvalidArgument(format!(
+                    "GGUF models compute in f32 (got dtype {d:?})"
+                )));
+            }
+            return Self::load_gguf(dir, device);
+        }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let dtype = dtype.or(config.dtype).unwrap_or(DType::F32);
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
@@ -75,6 +92,15 @@ impl Model {
         let files = weights::safetensors_files(dir)?;
         let w = weights::Weights::open(&files, dtype, device)?;
         Self::from_weights(config, &w, dtype, device)
+    }
+
+    /// Load a llama.cpp GGUF file (architectures llama, qwen2, qwen3). Block-quantized linear
+    /// weights (Q8_0, Q4_K, Q6_K, …) stay quantized and are multiplied with candle's
+    /// `QMatMul`; everything else is dequantized to f32, and the model computes in f32.
+    /// Llama Q/K rows are un-permuted from llama.cpp's rope layout, and `rope_freqs.weight`
+    /// (Llama-3 scaling) divides the rope inverse frequencies.
+    pub fn load_gguf(path: &Path, device: &Device) -> Result<Model> {
+        gguf_load::load(path, device)
     }
 
     fn from_weights(
@@ -102,10 +128,7 @@ impl Model {
             embed_tokens,
             layers,
             norm,
-            lm_head: Linear {
-                weight: lm_head_weight,
-                bias: None,
-            },
+            lm_head: Linear::dense(lm_head_weight, None)?,
             rope,
             config,
         })

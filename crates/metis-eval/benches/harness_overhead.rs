@@ -62,8 +62,9 @@ fn main() {
             progress: false,
         };
         let benches = vec![bench];
+        let backend = run::Backend::from(client);
         let t0 = Instant::now();
-        let stats = run::query(&config, &benches, &client, Arc::new(AtomicBool::new(false)))
+        let stats = run::query(&config, &benches, &backend, Arc::new(AtomicBool::new(false)))
             .await
             .expect("run");
         let secs = t0.elapsed().as_secs_f64();
@@ -75,7 +76,7 @@ fn main() {
         );
         // Resuming a finished run sends nothing.
         let t1 = Instant::now();
-        let again = run::query(&config, &benches, &client, Arc::new(AtomicBool::new(false)))
+        let again = run::query(&config, &benches, &backend, Arc::new(AtomicBool::new(false)))
             .await
             .expect("resume");
         println!(

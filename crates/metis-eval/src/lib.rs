@@ -7,6 +7,7 @@
 pub mod benchmarks;
 pub mod client;
 pub mod fake_server;
+pub mod local;
 pub mod report;
 pub mod run;
 pub mod stats;

@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::benchmarks::{self, Benchmark, DataSource, Item};
-use crate::client::{ChatMessage, ChatRequest, Client, GenParams};
+use crate::client::{ChatMessage, ChatRequest, ChatResponse, Client, ClientError, GenParams};
+use crate::local::LocalModel;
 use crate::report::ResultRow;
 use crate::stats::{self, Summary};
 use crate::store::{ResponseKey, ResponseRecord, Status, Store};
@@ -115,6 +116,35 @@ pub fn params_hash(system: Option<&str>, prompt: &str, sampling: &Sampling, tria
     h.update(fields.to_string().as_bytes());
     let digest = h.finalize();
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where responses come from: an OpenAI-compatible endpoint (or several), or a model loaded
+/// in-process.
+#[derive(Clone)]
+pub enum Backend {
+    Http(Client),
+    Local(Arc<LocalModel>),
+}
+
+impl Backend {
+    /// Answers one chat request.
+    pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ClientError> {
+        match self {
+            Backend::Http(client) => client.chat(req).await,
+            Backend::Local(model) => {
+                let (model, req) = (model.clone(), req.clone());
+                tokio::task::spawn_blocking(move || model.chat_blocking(&req))
+                    .await
+                    .map_err(|e| ClientError::Transport(format!("local engine task: {e}")))?
+            }
+        }
+    }
+}
+
+impl From<Client> for Backend {
+    fn from(client: Client) -> Self {
+        Backend::Http(client)
+    }
 }
 
 /// One request to make.
@@ -218,7 +248,7 @@ pub struct QueryStats {
 pub async fn query(
     config: &RunConfig,
     benches: &[Benchmark],
-    client: &Client,
+    backend: &Backend,
     stop: Arc<AtomicBool>,
 ) -> Result<QueryStats, RunError> {
     let store = Store::open(&config.store)?;
@@ -270,13 +300,13 @@ pub async fn query(
     let bar = progress_bar(jobs.len() as u64, config.progress);
     let concurrency = config.concurrency.max(1);
     let mut results = futures::stream::iter(jobs.into_iter().map(|job| {
-        let client = client.clone();
+        let backend = backend.clone();
         let stop = stop.clone();
         async move {
             if stop.load(Ordering::Relaxed) {
                 return None;
             }
-            let result = client.chat(&job.request).await;
+            let result = backend.chat(&job.request).await;
             Some((job.key, result))
         }
     }))

@@ -126,9 +126,15 @@ async fn faults_are_retried_and_every_item_is_accounted_for() {
     )
     .unwrap();
     let benches = vec![bench];
-    let q = run::query(&config, &benches, &client, Arc::new(AtomicBool::new(false)))
-        .await
-        .expect("run completes");
+    let backend = run::Backend::from(client);
+    let q = run::query(
+        &config,
+        &benches,
+        &backend,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .expect("run completes");
 
     let n = benches[0].items.len();
     let count = |p: Plan| (0..n).filter(|&i| plan(i) == p).count() as u64 * u64::from(trials);
@@ -185,9 +191,14 @@ async fn faults_are_retried_and_every_item_is_accounted_for() {
 
     // Rerunning resumes: only the failed requests are sent again.
     let before = server.total_requests();
-    let q2 = run::query(&config, &benches, &client, Arc::new(AtomicBool::new(false)))
-        .await
-        .unwrap();
+    let q2 = run::query(
+        &config,
+        &benches,
+        &backend,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         q2.reused,
         n as u64 * u64::from(trials) - count(Plan::AlwaysFails)
@@ -247,4 +258,81 @@ async fn imported_responses_are_checked_and_graded() {
         .unwrap_err()
         .to_string();
     assert!(err.contains(":2:") && err.contains("field item"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_engine_backend_answers_and_stores_every_item() {
+    let fixtures = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ));
+    let local = metis_eval::local::LocalModel::load(
+        &fixtures.join("llama31-tiny-v128k/f32"),
+        Some(&fixtures.join("llama31-tokenizer")),
+        None,
+        true,
+    )
+    .expect("local model");
+    let data = DataSource::Dir(data_dir());
+    let mut bench = benchmarks::load("mmlu-security", &data, Protocol::LastLine)
+        .await
+        .unwrap();
+    bench.items.truncate(3);
+    let dir = tempfile::tempdir().unwrap();
+    let config = RunConfig {
+        benchmarks: vec!["mmlu-security".into()],
+        model: "tiny".into(),
+        sampling: Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 6,
+            seed: 1,
+        },
+        trials: 2,
+        system_prompt: None,
+        concurrency: 4,
+        protocol: Protocol::LastLine,
+        data,
+        store: dir.path().join("local.sqlite"),
+        limit: Some(3),
+        progress: false,
+    };
+    let benches = vec![bench];
+    let backend = run::Backend::Local(local);
+    let q = run::query(
+        &config,
+        &benches,
+        &backend,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
+    assert_eq!((q.answered, q.failed), (6, 0));
+    let records = Store::open(&config.store)
+        .unwrap()
+        .records("mmlu-security", "tiny", None)
+        .unwrap();
+    assert_eq!(records.len(), 6);
+    for r in &records {
+        assert_eq!(r.completion_tokens, Some(6));
+        assert_eq!(r.finish_reason.as_deref(), Some("length"));
+        // The prefilled opening tag is restored, so a 6-token answer is truncated reasoning.
+        assert!(r.response.as_deref().unwrap().starts_with("<think>\n"));
+    }
+    // Greedy decoding: both trials give the same text for an item.
+    let t0: Vec<_> = records
+        .iter()
+        .filter(|r| r.key.trial == 0)
+        .map(|r| &r.response)
+        .collect();
+    let t1: Vec<_> = records
+        .iter()
+        .filter(|r| r.key.trial == 1)
+        .map(|r| &r.response)
+        .collect();
+    assert_eq!(t0, t1);
+    let graded = run::grade(&benches[0], "tiny", 2, records, |_, _, _| true);
+    let row = run::summarize(&graded, "accuracy");
+    assert_eq!(row.invalid, 6);
+    assert!((row.metrics["truncated"].mean - 1.0).abs() < 1e-12);
 }

@@ -11,8 +11,9 @@ use anyhow::{bail, Context};
 use clap::{Args as ClapArgs, Subcommand};
 use metis_eval::benchmarks::{self, Benchmark, DataSource};
 use metis_eval::client::{Client, Endpoint, RetryPolicy};
+use metis_eval::local::LocalModel;
 use metis_eval::report::{self, ResultRow};
-use metis_eval::run::{self, RunConfig, Sampling};
+use metis_eval::run::{self, Backend, RunConfig, Sampling};
 use metis_eval::stats;
 use metis_eval::store::{Status, Store};
 use metis_verify::Protocol;
@@ -66,6 +67,15 @@ struct RunArgs {
     /// data-parallel replicas.
     #[arg(long = "base-url", env = "OPENAI_BASE_URL", value_delimiter = ',')]
     base_urls: Vec<String>,
+    /// Query a model directory in-process with the Metis engine instead of an endpoint.
+    #[arg(long, conflicts_with = "base_urls")]
+    local_model: Option<PathBuf>,
+    /// Tokenizer directory for --local-model (default: the model directory).
+    #[arg(long, requires = "local_model")]
+    tokenizer: Option<PathBuf>,
+    /// For --local-model: open the reasoning block (`<think>\n`) after the generation prompt.
+    #[arg(long, requires = "local_model")]
+    think: bool,
     /// Environment variable holding the API key.
     #[arg(long, default_value = "OPENAI_API_KEY")]
     api_key_env: String,
@@ -220,7 +230,17 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
     let rows = if let Some(path) = &a.responses {
         grade_imported(path, &benches, a.model.as_deref(), &a.store)?
     } else {
-        let Some(model) = a.model.clone() else {
+        let local_name = a.local_model.as_ref().and_then(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| n != "f32" && n != "bf16" && n != "f16")
+                .or_else(|| {
+                    p.parent()?
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                })
+        });
+        let Some(model) = a.model.clone().or(local_name) else {
             bail!("--model is required (or give --responses FILE to grade answers produced elsewhere)");
         };
         let config = RunConfig {
@@ -237,27 +257,33 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
             progress: !a.json,
         };
         if !a.rescore {
-            if a.base_urls.is_empty() {
-                bail!("--base-url (or OPENAI_BASE_URL) is required to query a model; use --rescore to grade stored responses only");
-            }
-            let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
-            let endpoints = a
-                .base_urls
-                .iter()
-                .map(|u| Endpoint {
-                    base_url: u.clone(),
-                    api_key: api_key.clone(),
-                })
-                .collect();
-            let client = Client::new(
-                endpoints,
-                RetryPolicy {
-                    max_attempts: a.max_attempts.max(1),
-                    base_delay: Duration::from_millis(500),
-                    max_delay: Duration::from_secs(30),
-                    request_timeout: Duration::from_secs(a.timeout.max(1)),
-                },
-            )?;
+            let backend: Backend = if let Some(dir) = &a.local_model {
+                let local = LocalModel::load(dir, a.tokenizer.as_deref(), None, a.think)
+                    .map_err(|e| anyhow::anyhow!("--local-model {}: {e}", dir.display()))?;
+                Backend::Local(local)
+            } else {
+                if a.base_urls.is_empty() {
+                    bail!("--base-url (or OPENAI_BASE_URL) or --local-model is required to query a model; use --rescore to grade stored responses only");
+                }
+                let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
+                let endpoints = a
+                    .base_urls
+                    .iter()
+                    .map(|u| Endpoint {
+                        base_url: u.clone(),
+                        api_key: api_key.clone(),
+                    })
+                    .collect();
+                Backend::Http(Client::new(
+                    endpoints,
+                    RetryPolicy {
+                        max_attempts: a.max_attempts.max(1),
+                        base_delay: Duration::from_millis(500),
+                        max_delay: Duration::from_secs(30),
+                        request_timeout: Duration::from_secs(a.timeout.max(1)),
+                    },
+                )?)
+            };
             let stop = Arc::new(AtomicBool::new(false));
             let flag = stop.clone();
             tokio::spawn(async move {
@@ -266,7 +292,7 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
                     flag.store(true, Ordering::Relaxed);
                 }
             });
-            let q = run::query(&config, &benches, &client, stop).await?;
+            let q = run::query(&config, &benches, &backend, stop).await?;
             if !a.json {
                 eprintln!(
                     "responses: {} reused from the store, {} new, {} failed",

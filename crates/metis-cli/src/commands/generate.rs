@@ -87,7 +87,13 @@ fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
     };
     let model = Model::load(&a.model, dtype, &Device::Cpu)
         .with_context(|| format!("loading the model from {}", a.model.display()))?;
-    let tok_dir = a.tokenizer.clone().unwrap_or_else(|| a.model.clone());
+    // A GGUF file carries no tokenizer.json: look beside it.
+    let model_dir = if a.model.is_file() {
+        a.model.parent().map(PathBuf::from).unwrap_or_default()
+    } else {
+        a.model.clone()
+    };
+    let tok_dir = a.tokenizer.clone().unwrap_or(model_dir);
     let tokenizer = if tok_dir.join("tokenizer.json").exists() {
         Some(Tokenizer::from_dir(&tok_dir)?)
     } else if a.tokenizer.is_some() {

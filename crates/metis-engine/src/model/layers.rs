@@ -3,7 +3,8 @@
 //! differences are only *which* weights exist (biases, Qwen3's q/k norms), decided at load
 //! time in [`super::weights`].
 
-use candle_core::{DType, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Module, Tensor};
 
 use super::cache::KvCache;
 use super::EngineError;
@@ -24,28 +25,75 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(a32.matmul(&b32)?.to_dtype(a.dtype())?)
 }
 
+/// The weight of a [`Linear`] layer: a dense matrix W [out, in] (HF safetensors, or GGUF
+/// F32/F16/BF16 storage dequantized to f32), or a GGML block-quantized one (Q8_0, Q4_K, Q6_K,
+/// …) multiplied through [`QMatMul`] (which quantizes the activations on the fly, as ggml).
+#[derive(Debug, Clone)]
+pub(crate) enum LinearWeight {
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
+
 /// `y = x W^T (+ b)` with W [out, in] as stored by HF. On CPU a bf16 model keeps W in f32
-/// (see [`matmul`]); the bias and the output are in the activation dtype.
+/// (see [`matmul`]); the bias and the output are in the activation dtype. Quantized weights
+/// take f32 activations (GGUF models compute in f32).
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    pub(crate) weight: Tensor,
+    pub(crate) weight: LinearWeight,
+    /// Output features (rows of W).
+    pub(crate) out_dim: usize,
     pub(crate) bias: Option<Tensor>,
 }
 
 impl Linear {
+    /// A dense layer; W [out, in].
+    pub(crate) fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let out_dim = weight.dim(0)?;
+        Ok(Self {
+            weight: LinearWeight::Dense(weight),
+            out_dim,
+            bias,
+        })
+    }
+
+    /// A layer from a GGUF tensor of logical shape [out, in]. F32/F16/BF16 storage becomes a
+    /// dense f32 matrix (same numerics as the safetensors path); block-quantized storage is
+    /// kept quantized.
+    pub(crate) fn from_qtensor(q: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        let out_dim = q.shape().dims2()?.0;
+        let weight = match q.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                LinearWeight::Dense(q.dequantize(&q.device())?.to_dtype(DType::F32)?)
+            }
+            _ => LinearWeight::Quantized(QMatMul::from_arc(std::sync::Arc::new(q))?),
+        };
+        Ok(Self {
+            weight,
+            out_dim,
+            bias,
+        })
+    }
+
     /// x [.., in] -> [.., out]. Flattens leading dims so the matmul is one 2-D gemm.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
-        let out_dim = self.weight.dim(0)?;
-        let y = matmul(&x.reshape((rows, in_dim))?, &self.weight.t()?)?;
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => matmul(&x2, &w.t()?)?,
+            LinearWeight::Quantized(q) => {
+                let dtype = x2.dtype();
+                q.forward(&x2.to_dtype(DType::F32)?.contiguous()?)?
+                    .to_dtype(dtype)?
+            }
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
         let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = out_dim;
+        *out_dims.last_mut().expect("rank >= 1") = self.out_dim;
         Ok(y.reshape(out_dims)?)
     }
 }

@@ -30,6 +30,11 @@ impl Rope {
                 let factor = factor as f32;
                 default.iter().map(|&f| f / factor).collect()
             }
+            RopeScaling::FreqFactors { ref factors } => default
+                .iter()
+                .zip(factors.iter().chain(std::iter::repeat(&1.0f32)))
+                .map(|(&f, &d)| f / d)
+                .collect(),
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,

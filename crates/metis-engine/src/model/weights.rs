@@ -134,7 +134,7 @@ impl Weights {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Linear::dense(weight, bias)
     }
 
     pub(crate) fn rms_norm(&self, name: &str, size: usize, eps: f64) -> Result<RmsNorm> {

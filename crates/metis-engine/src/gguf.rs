@@ -1,0 +1,716 @@
+//! GGUF checkpoints as written by llama.cpp: reading the model configuration from the GGUF
+//! metadata, and [`write_gguf`], a converter from a Hugging Face safetensors directory that
+//! lays the file out the way llama.cpp's `convert_hf_to_gguf.py` (+ `llama-quantize`) does.
+//!
+//! Layout conventions shared by the reader ([`crate::model::Model::load_gguf`]) and the writer:
+//!
+//! * tensor names `token_embd.weight`, `blk.N.{attn_q,attn_k,attn_v,attn_output}.{weight,bias}`,
+//!   `blk.N.{attn_q_norm,attn_k_norm,attn_norm,ffn_norm}.weight`,
+//!   `blk.N.{ffn_gate,ffn_up,ffn_down}.weight`, `output_norm.weight`, `output.weight`
+//!   (absent = tied to `token_embd.weight`), `rope_freqs.weight` (Llama-3 rope scaling as
+//!   per-dimension divisors of the inverse frequencies);
+//! * for `llama` only, the rows of Q and K (weights and biases) are permuted per head from the
+//!   HF "rotate_half" rope layout to llama.cpp's interleaved one (`LlamaModel.permute`); the
+//!   loader undoes it row by row on the raw blocks (exact for every storage type);
+//! * 1-D tensors (norms, biases, rope factors) are F32.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::{Read, Seek};
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{self, Content, Value};
+use candle_core::quantized::{QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+pub use candle_core::quantized::GgmlDType;
+
+use crate::config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
+use crate::model::EngineError;
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+fn io_err(path: &Path, source: std::io::Error) -> EngineError {
+    EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn arch_name(a: Architecture) -> &'static str {
+    match a {
+        Architecture::Llama => "llama",
+        Architecture::Qwen2 => "qwen2",
+        Architecture::Qwen3 => "qwen3",
+    }
+}
+
+fn value_u64(v: &Value) -> Option<u64> {
+    match *v {
+        Value::U8(x) => Some(x as u64),
+        Value::U16(x) => Some(x as u64),
+        Value::U32(x) => Some(x as u64),
+        Value::U64(x) => Some(x),
+        Value::I8(x) if x >= 0 => Some(x as u64),
+        Value::I16(x) if x >= 0 => Some(x as u64),
+        Value::I32(x) if x >= 0 => Some(x as u64),
+        Value::I64(x) if x >= 0 => Some(x as u64),
+        _ => None,
+    }
+}
+
+fn value_f64(v: &Value) -> Option<f64> {
+    match *v {
+        Value::F32(x) => Some(x as f64),
+        Value::F64(x) => Some(x),
+        _ => value_u64(v).map(|x| x as f64),
+    }
+}
+
+/// Typed access to GGUF metadata; errors name the file and the key.
+struct Meta<'a> {
+    md: &'a HashMap<String, Value>,
+    file: String,
+}
+
+impl Meta<'_> {
+    fn err(&self, key: &str, detail: impl Into<String>) -> EngineError {
+        EngineError::Config {
+            file: self.file.clone(),
+            field: key.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
+        match self.md.get(key) {
+            None => Ok(None),
+            Some(v) => value_u64(v).map(Some).ok_or_else(|| {
+                self.err(key, format!("expected a non-negative integer, got {v:?}"))
+            }),
+        }
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        Ok(self.opt_u64(key)?.map(|x| x as usize))
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?
+            .ok_or_else(|| self.err(key, "missing (expected an integer)"))
+    }
+
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.md.get(key) {
+            None => Ok(None),
+            Some(v) => value_f64(v)
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected a number, got {v:?}"))),
+        }
+    }
+
+    fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        match self.md.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(v) => Err(self.err(key, format!("expected a string, got {v:?}"))),
+        }
+    }
+}
+
+/// The model configuration described by a GGUF file's metadata and tensor shapes. Llama-3
+/// `rope_freqs.weight` is not read here (it is a tensor); [`crate::model::Model::load_gguf`]
+/// turns it into [`RopeScaling::FreqFactors`].
+pub fn config_from_gguf(content: &Content, file: &str) -> Result<ModelConfig> {
+    let m = Meta {
+        md: &content.metadata,
+        file: file.to_string(),
+    };
+    let arch_str = m
+        .opt_str("general.architecture")?
+        .ok_or_else(|| m.err("general.architecture", "missing"))?
+        .to_string();
+    let architecture = Architecture::from_model_type(&arch_str).ok_or_else(|| {
+        m.err(
+            "general.architecture",
+            format!("unsupported architecture {arch_str:?} (supported: llama, qwen2, qwen3)"),
+        )
+    })?;
+    let k = |s: &str| format!("{arch_str}.{s}");
+    let hidden_size = m.usize(&k("embedding_length"))?;
+    let num_hidden_layers = m.usize(&k("block_count"))?;
+    let num_attention_heads = m.usize(&k("attention.head_count"))?;
+    if num_attention_heads == 0 {
+        return Err(m.err(&k("attention.head_count"), "must be positive"));
+    }
+    let num_key_value_heads = m
+        .opt_usize(&k("attention.head_count_kv"))?
+        .unwrap_or(num_attention_heads);
+    if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+        return Err(m.err(
+            &k("attention.head_count_kv"),
+            format!("{num_key_value_heads} does not divide head_count {num_attention_heads}"),
+        ));
+    }
+    let head_dim = match m.opt_usize(&k("attention.key_length"))? {
+        Some(d) => d,
+        None => {
+            if hidden_size % num_attention_heads != 0 {
+                return Err(m.err(
+                    &k("attention.key_length"),
+                    "missing and embedding_length is not a multiple of head_count",
+                ));
+            }
+            hidden_size / num_attention_heads
+        }
+    };
+    if head_dim % 2 != 0 {
+        return Err(m.err(
+            &k("attention.key_length"),
+            format!("{head_dim} must be even"),
+        ));
+    }
+    if let Some(vl) = m.opt_usize(&k("attention.value_length"))? {
+        if vl != head_dim {
+            return Err(m.err(
+                &k("attention.value_length"),
+                format!("{vl} differs from key_length {head_dim} (unsupported)"),
+            ));
+        }
+    }
+    let intermediate_size = m.usize(&k("feed_forward_length"))?;
+    let rms_norm_eps = m
+        .opt_f64(&k("attention.layer_norm_rms_epsilon"))?
+        .unwrap_or(1e-6);
+    let max_position_embeddings = m.opt_usize(&k("context_length"))?.unwrap_or(2048);
+    let theta = m.opt_f64(&k("rope.freq_base"))?.unwrap_or(10_000.0);
+    if theta <= 0.0 {
+        return Err(m.err(&k("rope.freq_base"), "must be positive"));
+    }
+    let scaling = match m.opt_str(&k("rope.scaling.type"))? {
+        None | Some("none") => RopeScaling::None,
+        Some("linear") => {
+            let key = k("rope.scaling.factor");
+            let factor = m
+                .opt_f64(&key)?
+                .ok_or_else(|| m.err(&key, "missing (expected a number)"))?;
+            if factor == 1.0 {
+                RopeScaling::None
+            } else {
+                RopeScaling::Linear { factor }
+            }
+        }
+        Some(other) => {
+            return Err(m.err(
+                &k("rope.scaling.type"),
+                format!("unsupported rope scaling {other:?} (supported: none, linear)"),
+            ))
+        }
+    };
+
+    let embd = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .ok_or_else(|| EngineError::MissingTensor {
+            name: "token_embd.weight".into(),
+        })?;
+    let vocab_size = match embd.shape.dims() {
+        [v, h] if *h == hidden_size => *v,
+        dims => {
+            return Err(EngineError::Shape {
+                name: "token_embd.weight".into(),
+                expected: vec![0, hidden_size],
+                got: dims.to_vec(),
+            })
+        }
+    };
+    let has = |name: &str| content.tensor_infos.contains_key(name);
+    let tie_word_embeddings = !has("output.weight");
+    let qkv_bias = has("blk.0.attn_q.bias");
+    let o_bias = has("blk.0.attn_output.bias");
+    let mlp_bias = has("blk.0.ffn_up.bias");
+
+    let bos_token_id = m.opt_u64("tokenizer.ggml.bos_token_id")?.map(|x| x as u32);
+    let mut eos_token_ids: Vec<u32> = Vec::new();
+    for key in [
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eom_token_id",
+        "tokenizer.ggml.eot_token_id",
+    ] {
+        if let Some(id) = m.opt_u64(key)? {
+            let id = id as u32;
+            if !eos_token_ids.contains(&id) {
+                eos_token_ids.push(id);
+            }
+        }
+    }
+
+    Ok(ModelConfig {
+        architecture,
+        model_type: arch_str,
+        hidden_size,
+        intermediate_size,
+        num_hidden_layers,
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim,
+        rms_norm_eps,
+        vocab_size,
+        max_position_embeddings,
+        tie_word_embeddings,
+        qkv_bias,
+        o_bias,
+        mlp_bias,
+        bos_token_id,
+        eos_token_ids,
+        rope: RopeConfig { theta, scaling },
+        dtype: Some(DType::F32),
+    })
+}
+
+/// Open and parse the header of a GGUF file.
+pub(crate) fn read_content<R: Read + Seek>(reader: &mut R, path: &Path) -> Result<Content> {
+    Content::read(reader).map_err(|e| EngineError::Config {
+        file: path.display().to_string(),
+        field: "<gguf header>".into(),
+        detail: e.to_string(),
+    })
+}
+
+/// Reorder the rows of a [rows, ..] tensor stored as raw GGML blocks: destination row
+/// `h*hd + i*hd/2 + j` takes source row `h*hd + 2*j + i` (`inverse` = false undoes
+/// llama.cpp's Q/K permutation; `inverse` = true applies it). Works on any block type since
+/// quantization blocks never straddle rows.
+pub(crate) fn permute_rows_raw(
+    data: &[u8],
+    rows: usize,
+    n_head: usize,
+    inverse: bool,
+) -> Result<Vec<u8>> {
+    if rows == 0
+        || n_head == 0
+        || !rows.is_multiple_of(2 * n_head)
+        || !data.len().is_multiple_of(rows)
+    {
+        return Err(EngineError::InvalidArgument(format!(
+            "cannot permute {rows} rows over {n_head} heads"
+        )));
+    }
+    let row_bytes = data.len() / rows;
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..n_head {
+        for i in 0..2 {
+            for j in 0..half {
+                let hf = h * hd + i * half + j; // HF (rotate_half) layout
+                let gg = h * hd + 2 * j + i; // llama.cpp (interleaved) layout
+                let (dst, src) = if inverse { (gg, hf) } else { (hf, gg) };
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Rebuild `q` on `device`, optionally with its rows un-permuted (llama Q/K).
+pub(crate) fn finish_qtensor(
+    q: QTensor,
+    unpermute_heads: Option<usize>,
+    device: &Device,
+) -> Result<QTensor> {
+    if unpermute_heads.is_none() && device.is_cpu() {
+        return Ok(q);
+    }
+    let shape = q.shape().clone();
+    let dtype = q.dtype();
+    let data = q.data()?;
+    // Pass a borrowed slice: candle 0.9's `QStorage::from_data` reinterprets the bytes of the
+    // Cow it is given and would read an owned buffer after dropping it.
+    let owned;
+    let bytes: &[u8] = match unpermute_heads {
+        Some(n) => {
+            owned = permute_rows_raw(&data, shape.dims()[0], n, false)?;
+            &owned
+        }
+        None => &data,
+    };
+    Ok(QTensor::new(
+        QStorage::from_data(Cow::Borrowed(bytes), device, dtype)?,
+        shape,
+    )?)
+}
+
+/// llama.cpp `general.file_type` (`llama_ftype`) for the requested target type.
+fn file_type(dtype: GgmlDType) -> u32 {
+    match dtype {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q8_0 => 7,
+        GgmlDType::Q4K => 15, // MOSTLY_Q4_K_M
+        GgmlDType::Q6K => 18,
+        _ => 0,
+    }
+}
+
+/// Storage type of a 2-D weight with rows of `row_len` elements: `want` if the row length is
+/// a multiple of its block size, else Q8_0 (32-element blocks), else F32.
+fn fit_type(want: GgmlDType, row_len: usize) -> GgmlDType {
+    if row_len.is_multiple_of(want.block_size()) {
+        want
+    } else if row_len.is_multiple_of(GgmlDType::Q8_0.block_size()) && want != GgmlDType::F32 {
+        GgmlDType::Q8_0
+    } else {
+        GgmlDType::F32
+    }
+}
+
+/// Llama-3 `rope_freqs` as llama.cpp's converter computes them (f32 arithmetic, as the torch
+/// scalars there): 1 for high frequencies, `factor` for low ones, a smooth blend between.
+fn llama3_rope_factors(
+    theta: f64,
+    head_dim: usize,
+    factor: f64,
+    low_freq_factor: f64,
+    high_freq_factor: f64,
+    old_ctx: usize,
+) -> Vec<f32> {
+    let base = theta as f32;
+    let dim = head_dim as f32;
+    let low_wavelen = old_ctx as f64 / low_freq_factor;
+    let high_wavelen = old_ctx as f64 / high_freq_factor;
+    (0..head_dim)
+        .step_by(2)
+        .map(|i| {
+            let freq = 1.0f32 / base.powf(i as f32 / dim);
+            let wavelen = (2.0 * std::f64::consts::PI) as f32 / freq;
+            if (wavelen as f64) < high_wavelen {
+                1.0
+            } else if (wavelen as f64) > low_wavelen {
+                factor as f32
+            } else {
+                let smooth = (old_ctx as f32 / wavelen - low_freq_factor as f32)
+                    / (high_freq_factor - low_freq_factor) as f32;
+                1.0 / ((1.0 - smooth) / factor as f32 + smooth)
+            }
+        })
+        .collect()
+}
+
+/// The HF permutation llama.cpp applies to Llama Q/K rows (`LlamaModel.permute`), on a dense
+/// f32 tensor of shape [rows] or [rows, in].
+fn permute_dense(t: &Tensor, n_head: usize) -> Result<Tensor> {
+    let rows = t.dim(0)?;
+    let dims = t.dims().to_vec();
+    let hd = rows / n_head;
+    let rest: usize = dims[1..].iter().product();
+    let r = t
+        .reshape((n_head, 2, hd / 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?;
+    Ok(r)
+}
+
+/// Convert the HF safetensors checkpoint in `hf_dir` (config.json + model.safetensors or
+/// shards) to a GGUF file at `out`, laid out as llama.cpp's converter does (tensor names,
+/// `{arch}.*` metadata, Q/K row permutation for `llama`, `rope_freqs.weight` for Llama-3 rope
+/// scaling, 1-D tensors in F32), with 2-D weights stored as `dtype`:
+///
+/// * `F32` / `F16`: every 2-D weight in that type;
+/// * `Q8_0`: every 2-D weight (embeddings and output included) in Q8_0;
+/// * `Q4K` (≈ `Q4_K_M`): Q4_K, with `attn_v`, `ffn_down` and the output matrix (or the
+///   tied embedding) in Q6_K.
+///
+/// A weight whose row length is not a multiple of the type's block size (256 for the k-quants,
+/// 32 for Q8_0) falls back to Q8_0, or to F32 if that does not fit either. No tokenizer is
+/// embedded: keep `tokenizer.json` next to the file. Everything is converted in memory.
+pub fn write_gguf(hf_dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
+    if !matches!(
+        dtype,
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::Q8_0 | GgmlDType::Q4K
+    ) {
+        return Err(EngineError::InvalidArgument(format!(
+            "unsupported GGUF target type {dtype:?} (F32, F16, Q8_0, Q4K)"
+        )));
+    }
+    let cfg = ModelConfig::from_file(&hf_dir.join("config.json"))?;
+    let files = crate::model::safetensors_files(hf_dir)?;
+    // SAFETY: read-only memory map; the files must not change while converting.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
+    let cpu = Device::Cpu;
+    let load = |name: &str| -> Result<Tensor> {
+        if st.get(name).is_err() {
+            return Err(EngineError::MissingTensor {
+                name: name.to_string(),
+            });
+        }
+        Ok(st.load(name, &cpu)?.to_dtype(DType::F32)?)
+    };
+    let arch = arch_name(cfg.architecture);
+    let is_llama = cfg.architecture == Architecture::Llama;
+    let k4 = dtype == GgmlDType::Q4K;
+
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    fn push_2d(
+        tensors: &mut Vec<(String, QTensor)>,
+        name: String,
+        t: Tensor,
+        want: GgmlDType,
+    ) -> Result<()> {
+        let row_len = t.dim(1)?;
+        let q = QTensor::quantize(&t, fit_type(want, row_len))?;
+        tensors.push((name, q));
+        Ok(())
+    }
+    let out_type = if k4 { GgmlDType::Q6K } else { dtype };
+    let embd_type = if k4 && cfg.tie_word_embeddings {
+        GgmlDType::Q6K
+    } else {
+        dtype
+    };
+    push_2d(
+        &mut tensors,
+        "token_embd.weight".into(),
+        load("model.embed_tokens.weight")?,
+        embd_type,
+    )?;
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let b = format!("blk.{i}");
+        let heads = [
+            ("q_proj", "attn_q", Some(cfg.num_attention_heads)),
+            ("k_proj", "attn_k", Some(cfg.num_key_value_heads)),
+            ("v_proj", "attn_v", None),
+            ("o_proj", "attn_output", None),
+        ];
+        for (hf, gg, n_head) in heads {
+            let perm = if is_llama { n_head } else { None };
+            let mut w = load(&format!("{p}.self_attn.{hf}.weight"))?;
+            if let Some(n) = perm {
+                w = permute_dense(&w, n)?;
+            }
+            let want = if k4 && gg == "attn_v" {
+                GgmlDType::Q6K
+            } else {
+                dtype
+            };
+            push_2d(&mut tensors, format!("{b}.{gg}.weight"), w, want)?;
+            let has_bias = if hf == "o_proj" {
+                cfg.o_bias
+            } else {
+                cfg.qkv_bias
+            };
+            if has_bias {
+                let mut bias = load(&format!("{p}.self_attn.{hf}.bias"))?;
+                if let Some(n) = perm {
+                    bias = permute_dense(&bias, n)?;
+                }
+                tensors.push((
+                    format!("{b}.{gg}.bias"),
+                    QTensor::quantize(&bias, GgmlDType::F32)?,
+                ));
+            }
+        }
+        if cfg.has_qk_norm() {
+            for (hf, gg) in [("q_norm", "attn_q_norm"), ("k_norm", "attn_k_norm")] {
+                let t = load(&format!("{p}.self_attn.{hf}.weight"))?;
+                tensors.push((
+                    format!("{b}.{gg}.weight"),
+                    QTensor::quantize(&t, GgmlDType::F32)?,
+                ));
+            }
+        }
+        for (hf, gg) in [
+            ("gate_proj", "ffn_gate"),
+            ("up_proj", "ffn_up"),
+            ("down_proj", "ffn_down"),
+        ] {
+            let w = load(&format!("{p}.mlp.{hf}.weight"))?;
+            let want = if k4 && gg == "ffn_down" {
+                GgmlDType::Q6K
+            } else {
+                dtype
+            };
+            push_2d(&mut tensors, format!("{b}.{gg}.weight"), w, want)?;
+            if cfg.mlp_bias {
+                let bias = load(&format!("{p}.mlp.{hf}.bias"))?;
+                tensors.push((
+                    format!("{b}.{gg}.bias"),
+                    QTensor::quantize(&bias, GgmlDType::F32)?,
+                ));
+            }
+        }
+        for (hf, gg) in [
+            ("input_layernorm", "attn_norm"),
+            ("post_attention_layernorm", "ffn_norm"),
+        ] {
+            let t = load(&format!("{p}.{hf}.weight"))?;
+            tensors.push((
+                format!("{b}.{gg}.weight"),
+                QTensor::quantize(&t, GgmlDType::F32)?,
+            ));
+        }
+    }
+    let norm = load("model.norm.weight")?;
+    tensors.push((
+        "output_norm.weight".into(),
+        QTensor::quantize(&norm, GgmlDType::F32)?,
+    ));
+    if !cfg.tie_word_embeddings {
+        push_2d(
+            &mut tensors,
+            "output.weight".into(),
+            load("lm_head.weight")?,
+            out_type,
+        )?;
+    }
+
+    let u32v = |x: usize| Value::U32(x as u32);
+    let mut md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (
+            "general.name".into(),
+            Value::String(
+                hf_dir
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| arch.to_string()),
+            ),
+        ),
+        ("general.file_type".into(), Value::U32(file_type(dtype))),
+        ("general.quantization_version".into(), Value::U32(2)),
+        (
+            format!("{arch}.context_length"),
+            u32v(cfg.max_position_embeddings),
+        ),
+        (format!("{arch}.embedding_length"), u32v(cfg.hidden_size)),
+        (format!("{arch}.block_count"), u32v(cfg.num_hidden_layers)),
+        (
+            format!("{arch}.feed_forward_length"),
+            u32v(cfg.intermediate_size),
+        ),
+        (format!("{arch}.rope.dimension_count"), u32v(cfg.head_dim)),
+        (
+            format!("{arch}.attention.head_count"),
+            u32v(cfg.num_attention_heads),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            u32v(cfg.num_key_value_heads),
+        ),
+        (format!("{arch}.attention.key_length"), u32v(cfg.head_dim)),
+        (format!("{arch}.attention.value_length"), u32v(cfg.head_dim)),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        (
+            format!("{arch}.rope.freq_base"),
+            Value::F32(cfg.rope.theta as f32),
+        ),
+        (format!("{arch}.vocab_size"), u32v(cfg.vocab_size)),
+    ];
+    match &cfg.rope.scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear { factor } => {
+            md.push((
+                format!("{arch}.rope.scaling.type"),
+                Value::String("linear".into()),
+            ));
+            md.push((
+                format!("{arch}.rope.scaling.factor"),
+                Value::F32(*factor as f32),
+            ));
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            let f = llama3_rope_factors(
+                cfg.rope.theta,
+                cfg.head_dim,
+                *factor,
+                *low_freq_factor,
+                *high_freq_factor,
+                *original_max_position_embeddings,
+            );
+            let n = f.len();
+            let t = Tensor::from_vec(f, n, &cpu)?;
+            tensors.push((
+                "rope_freqs.weight".into(),
+                QTensor::quantize(&t, GgmlDType::F32)?,
+            ));
+        }
+        RopeScaling::FreqFactors { factors } => {
+            let n = factors.len();
+            let t = Tensor::from_vec(factors.clone(), n, &cpu)?;
+            tensors.push((
+                "rope_freqs.weight".into(),
+                QTensor::quantize(&t, GgmlDType::F32)?,
+            ));
+        }
+    }
+    if let Some(bos) = cfg.bos_token_id {
+        md.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)));
+    }
+    let eos = &cfg.eos_token_ids;
+    if let Some(&first) = eos.first() {
+        md.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(first)));
+    }
+    if eos.len() >= 3 {
+        md.push(("tokenizer.ggml.eom_token_id".into(), Value::U32(eos[1])));
+    }
+    if eos.len() >= 2 {
+        md.push((
+            "tokenizer.ggml.eot_token_id".into(),
+            Value::U32(eos[eos.len() - 1]),
+        ));
+    }
+
+    let file = std::fs::File::create(out).map_err(|e| io_err(out, e))?;
+    let mut w = std::io::BufWriter::new(file);
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut w, &md_refs, &t_refs)?;
+    use std::io::Write;
+    w.flush().map_err(|e| io_err(out, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_round_trips_on_raw_blocks() {
+        let (heads, hd, inp) = (2usize, 16usize, 64usize);
+        let rows = heads * hd;
+        let w = Tensor::arange(0f32, (rows * inp) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((rows, inp))
+            .unwrap();
+        let p = permute_dense(&w, heads).unwrap();
+        for dtype in [GgmlDType::F32, GgmlDType::Q8_0] {
+            let q = QTensor::quantize(&p, dtype).unwrap();
+            let back = finish_qtensor(q, Some(heads), &Device::Cpu).unwrap();
+            let want = QTensor::quantize(&w, dtype)
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap();
+            let got = back.dequantize(&Device::Cpu).unwrap();
+            let d = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "{dtype:?}");
+        }
+    }
+}
