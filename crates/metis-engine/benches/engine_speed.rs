@@ -1,0 +1,225 @@
+//! Engine speed on CPU: prefill tokens/s on a 512-token prompt and decode tokens/s for 128
+//! greedy tokens through the KV cache, for random-init models of real shapes, at F32 and Q8_0
+//! (GGUF), with the peak resident memory of each run.
+//!
+//! Each configuration runs in its own process (this binary re-invoked with `--child`) so that
+//! peak memory (`VmHWM`) belongs to that configuration alone. The measuring code mirrors the
+//! llama.cpp reference in `shared/reference/perf-baselines.md`: BOS + 511 random ids in
+//! [1000, 40000) as one prefill batch, then 128 argmax steps.
+//!
+//! Run: `cargo bench -p metis-engine --bench engine_speed`
+//! Shapes: `METIS_BENCH_SHAPES=135m,1b` (default `135m`; the 1.2B shape needs ~5 GB of disk
+//! and memory at F32). Models are written under `METIS_BENCH_DIR` (default: a temp dir).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+use metis_engine::model::Model;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+struct Shape {
+    name: &'static str,
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    intermediate: usize,
+    vocab: usize,
+}
+
+const SHAPES: [Shape; 2] = [
+    Shape {
+        name: "135m",
+        hidden: 576,
+        layers: 30,
+        heads: 9,
+        kv_heads: 3,
+        intermediate: 1536,
+        vocab: 49_152,
+    },
+    Shape {
+        name: "1b",
+        hidden: 2048,
+        layers: 16,
+        heads: 32,
+        kv_heads: 8,
+        intermediate: 8192,
+        vocab: 128_256,
+    },
+];
+
+/// Writes a random-init tied Llama checkpoint (N(0, 0.02) weights, unit norms).
+fn write_model(shape: &Shape, dir: &Path) -> candle_core::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let head_dim = shape.hidden / shape.heads;
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "head_dim": head_dim,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": shape.vocab,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": true,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "float32",
+        "hidden_act": "silu",
+    });
+    std::fs::write(dir.join("config.json"), config.to_string())?;
+    let dev = Device::Cpu;
+    let rand = |r: usize, c: usize| Tensor::randn(0f32, 0.02, (r, c), &dev);
+    let ones = |n: usize| Tensor::ones(n, DType::F32, &dev);
+    let (h, kv) = (shape.hidden, shape.kv_heads * head_dim);
+    let mut tensors = vec![
+        (
+            "model.embed_tokens.weight".to_owned(),
+            rand(shape.vocab, h)?,
+        ),
+        ("model.norm.weight".to_owned(), ones(h)?),
+    ];
+    for l in 0..shape.layers {
+        let p = format!("model.layers.{l}");
+        for (name, t) in [
+            ("self_attn.q_proj.weight", rand(h, h)?),
+            ("self_attn.k_proj.weight", rand(kv, h)?),
+            ("self_attn.v_proj.weight", rand(kv, h)?),
+            ("self_attn.o_proj.weight", rand(h, h)?),
+            ("mlp.gate_proj.weight", rand(shape.intermediate, h)?),
+            ("mlp.up_proj.weight", rand(shape.intermediate, h)?),
+            ("mlp.down_proj.weight", rand(h, shape.intermediate)?),
+            ("input_layernorm.weight", ones(h)?),
+            ("post_attention_layernorm.weight", ones(h)?),
+        ] {
+            tensors.push((format!("{p}.{name}"), t));
+        }
+    }
+    candle_core::safetensors::save(
+        &tensors
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>(),
+        dir.join("model.safetensors"),
+    )
+}
+
+/// Peak resident set size of this process in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Measures one model: prints one JSON line.
+fn child(model_path: &Path) {
+    let model = Model::load(model_path, None, &Device::Cpu).expect("load model");
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut prompt = vec![1u32];
+    prompt.extend((0..511).map(|_| rng.random_range(1000..40_000u32)));
+    // Warm-up on a short prompt (allocations, page-in of weights).
+    let mut cache = model.new_cache(1);
+    let warm = Tensor::new(&prompt[..16], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model.forward_last(&warm, &mut cache).expect("warm-up");
+
+    let mut cache = model.new_cache(1);
+    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let t0 = Instant::now();
+    let mut logits = model.forward_last(&input, &mut cache).expect("prefill");
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 0..128 {
+        let row: Vec<f32> = logits.get(0).unwrap().to_vec1().unwrap();
+        let next = metis_engine::sampling::argmax(&row);
+        let input = Tensor::new(&[next], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        logits = model.forward_last(&input, &mut cache).expect("decode");
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "prefill_tok_s": 512.0 / prefill,
+            "decode_tok_s": 128.0 / decode,
+            "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(Path::new(&args[i + 1]));
+        return;
+    }
+    let shapes = std::env::var("METIS_BENCH_SHAPES").unwrap_or_else(|_| "135m".to_owned());
+    let tmp;
+    let root: PathBuf = match std::env::var_os("METIS_BENCH_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            tmp = std::env::temp_dir().join(format!("metis-engine-bench-{}", std::process::id()));
+            tmp.clone()
+        }
+    };
+    println!("shape  format  prefill tok/s  decode tok/s  peak RSS MiB");
+    for shape in SHAPES
+        .iter()
+        .filter(|s| shapes.split(',').any(|x| x == s.name))
+    {
+        let hf = root.join(shape.name).join("hf");
+        if !hf.join("model.safetensors").exists() {
+            write_model(shape, &hf).expect("write random model");
+        }
+        let q8 = root.join(shape.name).join("model-q8_0.gguf");
+        if !q8.exists() {
+            metis_engine::gguf::write_gguf(&hf, &q8, GgmlDType::Q8_0).expect("write Q8_0 GGUF");
+        }
+        for (format, path) in [("F32", hf.as_path()), ("Q8_0", q8.as_path())] {
+            let out = Command::new(&args[0])
+                .arg("--child")
+                .arg(path)
+                .output()
+                .expect("run child");
+            let line = String::from_utf8_lossy(&out.stdout);
+            match serde_json::from_str::<serde_json::Value>(line.trim()) {
+                Ok(v) => println!(
+                    "{:<6} {:<6} {:>14.1} {:>13.2} {:>13.0}",
+                    shape.name,
+                    format,
+                    v["prefill_tok_s"].as_f64().unwrap_or(f64::NAN),
+                    v["decode_tok_s"].as_f64().unwrap_or(f64::NAN),
+                    v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+                ),
+                Err(_) => println!(
+                    "{:<6} {:<6} failed: {}",
+                    shape.name,
+                    format,
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            }
+        }
+    }
+    if std::env::var_os("METIS_BENCH_DIR").is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
