@@ -29,7 +29,7 @@ pub use error::EngineError;
 pub(crate) use weights::safetensors_files;
 
 use crate::config::ModelConfig;
-use layers::{causal_mask, DecoderLayer, Linear, RmsNorm};
+use layers::{causal_mask, padded_causal_mask, DecoderLayer, Linear, RmsNorm};
 use rope::Rope;
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -156,6 +156,37 @@ impl Model {
         )
     }
 
+    /// An empty KV cache for a left-padded batch: sequence `i` of every input to
+    /// [`Model::forward_batch`] through this cache starts with `pads[i]` pad tokens (see
+    /// [`crate::generate::left_pad`]). The pads stay in the cache and stay masked.
+    pub fn new_padded_cache(&self, pads: &[usize]) -> KvCache {
+        self.new_cache(pads.len()).with_pads(pads.to_vec())
+    }
+
+    /// Forward pass of a left-padded batch, as HF runs batched generation: input_ids
+    /// [batch, seq] u32, where (on the first call, the prefill) sequence `i` begins with
+    /// `cache.pads()[i]` pad tokens; later calls (decode steps) append to every sequence.
+    /// Each sequence's rope positions start at 0 at its first real token (HF's
+    /// `cumsum(attention_mask) - 1`), and its pad positions are masked out of every attention.
+    /// Appends to the cache and returns the f32 logits of the last position, [batch, vocab].
+    ///
+    /// `cache` must come from [`Model::new_padded_cache`]; each sequence needs at least one
+    /// real token in the prefill (`pads[i] < seq`).
+    pub fn forward_batch(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let Some(pads) = cache.pads() else {
+            return Err(EngineError::InvalidArgument(
+                "forward_batch needs a padded cache (Model::new_padded_cache)".into(),
+            ));
+        };
+        let s = input_ids.dim(1)?;
+        if cache.is_empty() && pads.iter().any(|&p| p >= s) {
+            return Err(EngineError::InvalidArgument(format!(
+                "every sequence needs a real token: pads {pads:?} for a prefill of {s} positions"
+            )));
+        }
+        self.forward_last(input_ids, cache)
+    }
+
     /// input_ids [batch, seq] u32 at rope positions `cache.next_position() ..`; appends to the
     /// cache and returns f32 logits [batch, seq, vocab] for every position.
     pub fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
@@ -244,11 +275,29 @@ impl Model {
         if let Some(t) = trace.as_deref_mut() {
             t.push(x.clone());
         }
-        let (cos, sin) = self.rope.cos_sin(start_pos, s, self.dtype, &self.device)?; // [s, hd/2]
-        let mask = if s > 1 {
-            Some(causal_mask(s, offset, &self.device)?) // [s, offset + s]
-        } else {
-            None
+        let (cos, sin, mask) = match cache.pads() {
+            None => {
+                let (cos, sin) = self.rope.cos_sin(start_pos, s, self.dtype, &self.device)?; // [s, hd/2]
+                let mask = if s > 1 {
+                    Some(causal_mask(s, offset, &self.device)?) // [s, offset + s]
+                } else {
+                    None
+                };
+                (cos, sin, mask)
+            }
+            Some(pads) => {
+                // Left-padded batch: per-sequence positions, counted from the first real token
+                // (pad positions get 0; they are masked and their outputs ignored).
+                let positions: Vec<usize> = pads
+                    .iter()
+                    .flat_map(|&pad| (start_pos..start_pos + s).map(move |p| p.saturating_sub(pad)))
+                    .collect();
+                let (cos, sin) =
+                    self.rope
+                        .cos_sin_at(&positions, b, s, self.dtype, &self.device)?; // [b, s, hd/2]
+                let mask = padded_causal_mask(pads, s, offset, &self.device)?; // [b, 1, 1, s, kv]
+                (cos, sin, Some(mask))
+            }
         };
         cache.set_pos_offset(start_pos - offset);
         for (i, layer) in self.layers.iter().enumerate() {

@@ -15,6 +15,11 @@ struct LayerKv {
 ///
 /// Position `i` of the cache holds the keys/values of rope position `i + pos_offset`
 /// (`pos_offset` is 0 unless [`super::Model::forward_at`] started beyond the cache end).
+///
+/// A *padded* cache ([`super::Model::new_padded_cache`]) holds a left-padded batch: sequence
+/// `i` starts with `pads[i]` pad positions, which stay in the cache but are masked out of
+/// every later attention, and its rope positions count from its first real token (cache
+/// index `c` holds rope position `c + pos_offset - pads[i]`).
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<LayerKv>,
@@ -22,6 +27,8 @@ pub struct KvCache {
     len: usize,
     pos_offset: usize,
     max_positions: usize,
+    /// Left-pad count of each sequence; None for an unpadded cache.
+    pads: Option<Vec<usize>>,
 }
 
 impl KvCache {
@@ -32,7 +39,18 @@ impl KvCache {
             len: 0,
             pos_offset: 0,
             max_positions,
+            pads: None,
         }
+    }
+
+    pub(crate) fn with_pads(mut self, pads: Vec<usize>) -> Self {
+        self.pads = Some(pads);
+        self
+    }
+
+    /// Left-pad count of each sequence of a padded cache (None for an unpadded one).
+    pub fn pads(&self) -> Option<&[usize]> {
+        self.pads.as_deref()
     }
 
     /// Number of cached positions.
@@ -54,7 +72,8 @@ impl KvCache {
         self.len + self.pos_offset
     }
 
-    /// Forget everything (keeps the allocated buffers).
+    /// Forget every cached position (keeps the allocated buffers and, for a padded cache, the
+    /// pad counts: the next forward pass must feed the same left-padded layout again).
     pub fn clear(&mut self) {
         self.len = 0;
         self.pos_offset = 0;

@@ -169,8 +169,9 @@ pub(crate) struct Attention {
 }
 
 impl Attention {
-    /// x [b, s, hidden]; cos/sin [s, head_dim/2] in x's dtype; mask [s, kv_len] f32 (0 or
-    /// -inf) or None when s == 1. Returns [b, s, hidden].
+    /// x [b, s, hidden]; cos/sin [s, head_dim/2] (or per sequence, [b, s, head_dim/2]) in x's
+    /// dtype; mask f32 (0 or -inf), [s, kv_len] or per sequence [b, 1, 1, s, kv_len], or None
+    /// (no masking: s == 1 without padding). Returns [b, s, hidden].
     pub(crate) fn forward(
         &self,
         x: &Tensor,
@@ -256,6 +257,39 @@ impl DecoderLayer {
             .forward(&self.post_attention_layernorm.forward(&h)?)?;
         Ok((h + m)?)
     }
+}
+
+/// Causal mask of a left-padded batch, [b, 1, 1, s, offset + s] in f32 (broadcast over kv
+/// heads and query groups): query i of sequence r (at cache index offset + i) may attend key
+/// j when j <= offset + i and j is not one of the `pads[r]` leading pad positions. A pad
+/// query attends only to itself, so its (ignored) hidden state stays finite instead of
+/// becoming NaN from an all -inf row; real queries never see a pad key.
+pub(crate) fn padded_causal_mask(
+    pads: &[usize],
+    s: usize,
+    offset: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let kv_len = offset + s;
+    let mut mask = Vec::with_capacity(pads.len() * s * kv_len);
+    for &pad in pads {
+        for i in 0..s {
+            let q = offset + i;
+            mask.extend((0..kv_len).map(|j| {
+                let visible = j <= q && (j >= pad || j == q);
+                if visible {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
+        }
+    }
+    Ok(Tensor::from_vec(
+        mask,
+        (pads.len(), 1, 1, s, kv_len),
+        device,
+    )?)
 }
 
 /// Causal mask [s, offset + s] in f32: 0 where query i (at cache index offset + i) may attend

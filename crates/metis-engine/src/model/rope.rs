@@ -105,6 +105,33 @@ impl Rope {
         let sin = Tensor::from_vec(sin, (len, half), device)?.to_dtype(dtype)?;
         Ok((cos, sin))
     }
+
+    /// cos and sin tables for `rows` sequences of `len` explicit positions each (`positions`
+    /// is row-major, `rows * len` long), each [rows, len, head_dim / 2] cast to `dtype`. The
+    /// angles are computed exactly as in [`Rope::cos_sin`].
+    pub(crate) fn cos_sin_at(
+        &self,
+        positions: &[usize],
+        rows: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            let p = p as f32;
+            for &f in &self.inv_freq {
+                let angle = f * p;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (rows, len, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (rows, len, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
 }
 
 #[cfg(test)]
