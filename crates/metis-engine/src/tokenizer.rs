@@ -279,9 +279,9 @@ impl DecodeStream<'_> {
         &self.ids
     }
 
-    /// Push one id; returns the newly certain text, if any.
-    pub fn push(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
-        self.ids.push(id);
+    /// The text already emitted from the window start, and the text of the whole window:
+    /// what follows the former in the latter is new.
+    fn window(&self) -> Result<(String, String), TokenizerError> {
         let prefix = self.tokenizer.decode(
             &self.ids[self.prefix_offset..self.read_offset],
             self.skip_special_tokens,
@@ -289,6 +289,13 @@ impl DecodeStream<'_> {
         let full = self
             .tokenizer
             .decode(&self.ids[self.prefix_offset..], self.skip_special_tokens)?;
+        Ok((prefix, full))
+    }
+
+    /// Push one id; returns the newly certain text, if any.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
+        self.ids.push(id);
+        let (prefix, full) = self.window()?;
         if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
             let new = suffix_after(&full, &prefix).to_owned();
             self.prefix_offset = self.read_offset;
@@ -305,13 +312,7 @@ impl DecodeStream<'_> {
         if self.read_offset >= self.ids.len() {
             return Ok(None);
         }
-        let prefix = self.tokenizer.decode(
-            &self.ids[self.prefix_offset..self.read_offset],
-            self.skip_special_tokens,
-        )?;
-        let full = self
-            .tokenizer
-            .decode(&self.ids[self.prefix_offset..], self.skip_special_tokens)?;
+        let (prefix, full) = self.window()?;
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
         if full.len() > prefix.len() {

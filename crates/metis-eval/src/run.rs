@@ -291,11 +291,9 @@ pub async fn query(
             }
         }
     }
-    drop(store);
     if jobs.is_empty() {
         return Ok(stats);
     }
-    let store = Store::open(&config.store)?;
     let writer = Writer::start(store);
     let bar = progress_bar(jobs.len() as u64, config.progress);
     let concurrency = config.concurrency.max(1);
@@ -516,7 +514,7 @@ struct ItemSums {
 impl ItemSums {
     fn new(g: &Graded) -> Self {
         let n = g.item_ids.len();
-        let mut names: Vec<String> = g
+        let names: Vec<String> = g
             .verdicts
             .iter()
             .flatten()
@@ -524,7 +522,6 @@ impl ItemSums {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        names.sort();
         let index: HashMap<&str, usize> = names
             .iter()
             .enumerate()

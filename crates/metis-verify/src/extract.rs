@@ -158,9 +158,10 @@ static BOXED: LazyLock<Regex> =
 /// ASCII becomes ASCII, odd spaces become spaces, zero-width characters go, Markdown emphasis
 /// (`*`, `__`, backticks) and LaTeX `\boxed{…}` are removed. Line structure is kept.
 pub fn normalize(text: &str) -> Cow<'_, str> {
-    let needs = text.chars().any(|c| {
-        !c.is_ascii() || matches!(c, '*' | '`' | '\\') || text.contains("__") || c == '\r'
-    });
+    let needs = text.contains("__")
+        || text
+            .chars()
+            .any(|c| !c.is_ascii() || matches!(c, '*' | '`' | '\\' | '\r'));
     if !needs {
         return Cow::Borrowed(text);
     }

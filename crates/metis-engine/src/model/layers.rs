@@ -203,10 +203,10 @@ impl Attention {
         // fold the group into the row dimension: [b, nkv, n_rep * s, hd].
         let n_rep = nh / nkv;
         let q = q.reshape((b, nkv, n_rep * s, hd))?;
+        // HF: `(q @ k^T) * scaling` in the activation dtype (the scalar applied in f32, one
+        // rounding), then the mask is added and softmax runs in f32. candle's affine would
+        // round the scale itself to bf16, so scale in f32 and round the product once.
         let scores = matmul(&q, &k.t()?)?; // [b, nkv, n_rep*s, kv_len]
-                                           // HF: `(q @ k^T) * scaling` in the activation dtype (the scalar applied in f32, one
-                                           // rounding), then the mask is added and softmax runs in f32. candle's affine would
-                                           // round the scale itself to bf16, so scale in f32 and round the product once.
         let scores = if scores.dtype() == DType::F32 {
             (scores * self.scale)?
         } else {

@@ -26,6 +26,19 @@ pub(crate) struct Parsed {
     pub notes: Vec<String>,
 }
 
+impl Parsed {
+    /// Records, in the loader notes, rows left out because they cannot be graded.
+    fn note_dropped(&mut self, why: &str, dropped: &[String]) {
+        if !dropped.is_empty() {
+            self.notes.push(format!(
+                "dropped {} row(s) {why}: {}",
+                dropped.len(),
+                dropped.join(", ")
+            ));
+        }
+    }
+}
+
 pub(crate) fn parse(format: Format, text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
     match format {
         Format::CtiMcq => cti_mcq(text, path),
@@ -608,13 +621,7 @@ fn secbench(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
             gold_field: "label",
         });
     }
-    if !dropped.is_empty() {
-        out.notes.push(format!(
-            "dropped {} row(s) whose label is not a single option letter A–D: {}",
-            dropped.len(),
-            dropped.join(", ")
-        ));
-    }
+    out.note_dropped("whose label is not a single option letter A–D", &dropped);
     Ok(out)
 }
 
@@ -668,13 +675,10 @@ fn seceval(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
             gold_field: "answer",
         });
     }
-    if !dropped.is_empty() {
-        out.notes.push(format!(
-            "dropped {} row(s) whose answer is not a set of distinct letters A–D: {}",
-            dropped.len(),
-            dropped.join(", ")
-        ));
-    }
+    out.note_dropped(
+        "whose answer is not a set of distinct letters A–D",
+        &dropped,
+    );
     Ok(out)
 }
 
