@@ -1,0 +1,18 @@
+//! Metis training on candle autograd: supervised fine-tuning on `<think>` reasoning traces
+//! (Stage 1) and GRPO with verifiable rewards from `metis-verify` (Stage 2), full or LoRA,
+//! with checkpoints that Hugging Face transformers, PEFT and `metis-engine` load, and exact
+//! resume.
+//!
+//! The training forward pass is written only from differentiable candle ops: candle's fused
+//! `softmax_last_dim`, `rms_norm`, `rope` and sdpa kernels silently drop gradients, so
+//! [`model`] spells them out.
+
+pub mod checkpoint;
+pub mod data;
+pub mod grpo;
+pub mod lora;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod schedule;
+pub mod sft;
