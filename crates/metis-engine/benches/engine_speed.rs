@@ -10,6 +10,10 @@
 //! Run: `cargo bench -p metis-engine --bench engine_speed`
 //! Shapes: `METIS_BENCH_SHAPES=135m,1b` (default `135m`; the 1.2B shape needs ~5 GB of disk
 //! and memory at F32). Models are written under `METIS_BENCH_DIR` (default: a temp dir).
+//!
+//! `bench/engine_vs_llamacpp.py` drives this binary for the side-by-side comparison with
+//! llama.cpp: `--prepare DIR SHAPES` writes the models (HF safetensors, GGUF F32 and Q8_0)
+//! and prints their paths as JSON; `--child PATH` measures one model.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -123,53 +127,107 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-/// Measures one model: prints one JSON line.
+/// Median of a non-empty list.
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Measures one model: one untimed warm-up, then `METIS_BENCH_RUNS` (default 3) timed runs of
+/// a 512-token prefill and 128 greedy decode steps from an empty cache; prints one JSON line
+/// with the median and best tokens/s and the process's peak RSS.
 fn child(model_path: &Path) {
+    let runs: usize = std::env::var("METIS_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let model = Model::load(model_path, None, &Device::Cpu).expect("load model");
     let mut rng = StdRng::seed_from_u64(0);
     let mut prompt = vec![1u32];
     prompt.extend((0..511).map(|_| rng.random_range(1000..40_000u32)));
-    // Warm-up on a short prompt (allocations, page-in of weights).
-    let mut cache = model.new_cache(1);
-    let warm = Tensor::new(&prompt[..16], &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    model.forward_last(&warm, &mut cache).expect("warm-up");
-
-    let mut cache = model.new_cache(1);
-    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let t0 = Instant::now();
-    let mut logits = model.forward_last(&input, &mut cache).expect("prefill");
-    let prefill = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    for _ in 0..128 {
-        let row: Vec<f32> = logits.get(0).unwrap().to_vec1().unwrap();
-        let next = metis_engine::sampling::argmax(&row);
-        let input = Tensor::new(&[next], &Device::Cpu)
+    let row = |ids: &[u32]| {
+        Tensor::new(ids, &Device::Cpu)
             .unwrap()
             .unsqueeze(0)
-            .unwrap();
-        logits = model.forward_last(&input, &mut cache).expect("decode");
+            .unwrap()
+    };
+    // Warm-up (allocations, page-in of weights): 16-token prompt + 4 decode steps.
+    let mut cache = model.new_cache(1);
+    model
+        .forward_last(&row(&prompt[..16]), &mut cache)
+        .expect("warm-up");
+    for i in 0..4 {
+        model
+            .forward_last(&row(&prompt[16 + i..17 + i]), &mut cache)
+            .expect("warm-up");
     }
-    let decode = t1.elapsed().as_secs_f64();
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let mut cache = model.new_cache(1);
+        let t0 = Instant::now();
+        let mut logits = model
+            .forward_last(&row(&prompt), &mut cache)
+            .expect("prefill");
+        prefill.push(512.0 / t0.elapsed().as_secs_f64());
+        let t1 = Instant::now();
+        for _ in 0..128 {
+            let last: Vec<f32> = logits.get(0).unwrap().to_vec1().unwrap();
+            let next = metis_engine::sampling::argmax(&last);
+            logits = model
+                .forward_last(&row(&[next]), &mut cache)
+                .expect("decode");
+        }
+        decode.push(128.0 / t1.elapsed().as_secs_f64());
+    }
     println!(
         "{}",
         serde_json::json!({
-            "prefill_tok_s": 512.0 / prefill,
-            "decode_tok_s": 128.0 / decode,
+            "prefill_tok_s": median(prefill.clone()),
+            "decode_tok_s": median(decode.clone()),
+            "prefill_best": prefill.iter().cloned().fold(0.0, f64::max),
+            "decode_best": decode.iter().cloned().fold(0.0, f64::max),
             "peak_rss_mib": peak_rss_mib(),
         })
     );
+}
+
+/// Writes every model of `shapes` (comma-separated names) under `root` unless present; prints
+/// one JSON object `{shape: {"hf": dir, "f32": gguf, "q8_0": gguf}}`.
+fn prepare(root: &Path, shapes: &str) {
+    let mut out = serde_json::Map::new();
+    for shape in SHAPES
+        .iter()
+        .filter(|s| shapes.split(',').any(|x| x == s.name))
+    {
+        let hf = root.join(shape.name).join("hf");
+        if !hf.join("model.safetensors").exists() {
+            write_model(shape, &hf).expect("write random model");
+        }
+        let mut paths = serde_json::Map::new();
+        paths.insert("hf".into(), hf.display().to_string().into());
+        for (key, dtype) in [("f32", GgmlDType::F32), ("q8_0", GgmlDType::Q8_0)] {
+            let path = root.join(shape.name).join(format!("model-{key}.gguf"));
+            if !path.exists() {
+                let tmp = path.with_extension("gguf.tmp");
+                metis_engine::gguf::write_gguf(&hf, &tmp, dtype).expect("write GGUF");
+                std::fs::rename(&tmp, &path).expect("rename GGUF");
+            }
+            paths.insert(key.into(), path.display().to_string().into());
+        }
+        out.insert(shape.name.into(), paths.into());
+    }
+    println!("{}", serde_json::Value::Object(out));
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
         child(Path::new(&args[i + 1]));
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--prepare") {
+        prepare(Path::new(&args[i + 1]), &args[i + 2]);
         return;
     }
     let shapes = std::env::var("METIS_BENCH_SHAPES").unwrap_or_else(|_| "135m".to_owned());

@@ -424,8 +424,11 @@ fn permute_dense(t: &Tensor, n_head: usize) -> Result<Tensor> {
 ///   tied embedding) in Q6_K.
 ///
 /// A weight whose row length is not a multiple of the type's block size (256 for the k-quants,
-/// 32 for Q8_0) falls back to Q8_0, or to F32 if that does not fit either. No tokenizer is
-/// embedded: keep `tokenizer.json` next to the file. Everything is converted in memory.
+/// 32 for Q8_0) falls back to Q8_0, or to F32 if that does not fit either. A byte-level BPE
+/// `tokenizer.json` next to the weights is embedded as llama.cpp's `gpt2` tokenizer (tokens,
+/// types, merges, pre-tokenizer name, chat template); without one the file declares
+/// `tokenizer.ggml.model = "none"` so llama.cpp still runs it on raw token ids. Everything is
+/// converted in memory.
 pub fn write_gguf(hf_dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
     if !matches!(
         dtype,
@@ -671,6 +674,8 @@ pub fn write_gguf(hf_dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
         ));
     }
 
+    md.extend(tokenizer_metadata(hf_dir, cfg.vocab_size)?);
+
     let file = std::fs::File::create(out).map_err(|e| io_err(out, e))?;
     let mut w = std::io::BufWriter::new(file);
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -679,6 +684,126 @@ pub fn write_gguf(hf_dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
     use std::io::Write;
     w.flush().map_err(|e| io_err(out, e))?;
     Ok(())
+}
+
+/// llama.cpp tokenizer metadata for the checkpoint in `hf_dir`: the byte-level BPE of its
+/// `tokenizer.json` as `gpt2` (as `convert_hf_to_gguf.py` writes it), or `none` with the
+/// vocabulary size when there is no tokenizer (llama.cpp then adds dummy tokens).
+fn tokenizer_metadata(hf_dir: &Path, vocab_size: usize) -> Result<Vec<(String, Value)>> {
+    let path = hf_dir.join("tokenizer.json");
+    if !path.is_file() {
+        return Ok(vec![(
+            "tokenizer.ggml.model".into(),
+            Value::String("none".into()),
+        )]);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    let bad = |field: &str, why: &str| {
+        EngineError::InvalidArgument(format!("{}: {field}: {why}", path.display()))
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad("(file)", &e.to_string()))?;
+    let model = &json["model"];
+    if model["type"].as_str() != Some("BPE") {
+        return Err(bad(
+            "model.type",
+            "only byte-level BPE tokenizers can be embedded in GGUF",
+        ));
+    }
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("model.vocab", "missing"))?;
+    let mut tokens = vec![None; vocab_size];
+    let mut types = vec![1i32; vocab_size]; // llama.cpp: 1 normal, 3 control, 4 user-defined
+    let mut put = |id: u64, tok: &str| -> Result<()> {
+        let slot = tokens.get_mut(id as usize).ok_or_else(|| {
+            bad(
+                "model.vocab",
+                &format!("id {id} beyond vocab_size {vocab_size}"),
+            )
+        })?;
+        *slot = Some(tok.to_owned());
+        Ok(())
+    };
+    for (tok, id) in vocab {
+        put(
+            id.as_u64()
+                .ok_or_else(|| bad("model.vocab", "non-integer id"))?,
+            tok,
+        )?;
+    }
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        let id = added["id"]
+            .as_u64()
+            .ok_or_else(|| bad("added_tokens.id", "missing"))?;
+        let content = added["content"]
+            .as_str()
+            .ok_or_else(|| bad("added_tokens.content", "missing"))?;
+        put(id, content)?;
+        types[id as usize] = if added["special"].as_bool() == Some(true) {
+            3
+        } else {
+            4
+        };
+    }
+    // Ids the tokenizer does not define (padding rows of the embedding) get placeholder names,
+    // as llama.cpp's converter does.
+    let tokens: Vec<Value> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.is_none() {
+                types[i] = 5; // unused
+            }
+            Value::String(t.unwrap_or_else(|| format!("[PAD{i}]")))
+        })
+        .collect();
+    let merges: Vec<Value> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            serde_json::Value::String(s) => Ok(Value::String(s.clone())),
+            serde_json::Value::Array(pair) => match (pair.first(), pair.get(1)) {
+                (Some(serde_json::Value::String(a)), Some(serde_json::Value::String(b))) => {
+                    Ok(Value::String(format!("{a} {b}")))
+                }
+                _ => Err(bad("model.merges", "expected [a, b] string pairs")),
+            },
+            _ => Err(bad("model.merges", "expected strings or pairs")),
+        })
+        .collect::<Result<_>>()?;
+    // llama.cpp picks its pre-tokenizer by name; recognise the split regexes it knows.
+    let pre_text = json["pre_tokenizer"].to_string();
+    let pre = if pre_text.contains("p{N}{1,3}") {
+        "llama-bpe"
+    } else if pre_text.contains("p{N}") && pre_text.contains("(?i:'s|'t|'re|'ve|'m|'ll|'d)") {
+        "qwen2"
+    } else {
+        "default"
+    };
+    let mut md = vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+    ];
+    let config_path = hf_dir.join("tokenizer_config.json");
+    if let Ok(text) = std::fs::read_to_string(&config_path) {
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| EngineError::InvalidArgument(format!("{}: {e}", config_path.display())))?;
+        if let Some(template) = config["chat_template"].as_str() {
+            md.push((
+                "tokenizer.chat_template".into(),
+                Value::String(template.to_owned()),
+            ));
+        }
+    }
+    Ok(md)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod cache;
 mod error;
 mod gguf_load;
 mod layers;
+mod ragged;
 mod rope;
 mod weights;
 
@@ -101,6 +102,25 @@ impl Model {
     /// (Llama-3 scaling) divides the rope inverse frequencies.
     pub fn load_gguf(path: &Path, device: &Device) -> Result<Model> {
         gguf_load::load(path, device)
+    }
+
+    /// Build a model from tensors already in memory, named as in an HF checkpoint
+    /// (`model.embed_tokens.weight`, `model.layers.N.self_attn.q_proj.weight`, …). The tensors
+    /// are copied (detached) into the compute `dtype`; the trainer uses this to roll out its
+    /// current policy through the KV-cache path without writing a checkpoint.
+    pub fn from_tensors(
+        config: ModelConfig,
+        tensors: std::collections::HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Model> {
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(EngineError::InvalidArgument(format!(
+                "unsupported compute dtype {dtype:?} (f32, bf16, f16)"
+            )));
+        }
+        let w = weights::Weights::from_map(tensors, dtype, device);
+        Self::from_weights(config, &w, dtype, device)
     }
 
     fn from_weights(

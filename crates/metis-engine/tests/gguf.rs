@@ -243,3 +243,65 @@ fn not_a_gguf_file_is_a_typed_error() {
         .to_string();
     assert!(missing.contains("x.gguf"), "{missing}");
 }
+
+fn gguf_metadata(
+    path: &Path,
+) -> std::collections::HashMap<String, candle_core::quantized::gguf_file::Value> {
+    let mut f = std::fs::File::open(path).unwrap();
+    candle_core::quantized::gguf_file::Content::read(&mut f)
+        .unwrap()
+        .metadata
+}
+
+/// With `tokenizer.json` next to the weights, the GGUF carries it the way llama.cpp's converter
+/// writes it (so llama.cpp and Ollama can tokenize); without one it says `none`.
+#[test]
+fn tokenizer_is_embedded_for_llama_cpp() {
+    let scratch = Scratch::new("tok");
+    let hf = scratch.0.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    let src = fixtures().join("llama31-tiny-v128k/f32");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), hf.join(f)).unwrap();
+    }
+    let bare = scratch.0.join("bare.gguf");
+    write_gguf(&hf, &bare, GgmlDType::F32).unwrap();
+    let md = gguf_metadata(&bare);
+    assert_eq!(md["tokenizer.ggml.model"].to_string().unwrap(), "none");
+    assert!(!md.contains_key("tokenizer.ggml.tokens"));
+
+    let tok = fixtures().join("llama31-tokenizer");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tok.join(f), hf.join(f)).unwrap();
+    }
+    let full = scratch.0.join("full.gguf");
+    write_gguf(&hf, &full, GgmlDType::F32).unwrap();
+    let md = gguf_metadata(&full);
+    assert_eq!(md["tokenizer.ggml.model"].to_string().unwrap(), "gpt2");
+    assert_eq!(md["tokenizer.ggml.pre"].to_string().unwrap(), "llama-bpe");
+    let tokens = md["tokenizer.ggml.tokens"].to_vec().unwrap();
+    let types = md["tokenizer.ggml.token_type"].to_vec().unwrap();
+    assert_eq!(tokens.len(), 128_256);
+    assert_eq!(types.len(), 128_256);
+    // "Hello" = 9906 (a plain BPE token, byte-level form), <|eot_id|> = 128009 (control).
+    assert_eq!(tokens[9906].to_string().unwrap(), "Hello");
+    assert_eq!(tokens[128_009].to_string().unwrap(), "<|eot_id|>");
+    assert_eq!(types[9906].to_i32().unwrap(), 1);
+    assert_eq!(types[128_009].to_i32().unwrap(), 3);
+    let merges = md["tokenizer.ggml.merges"].to_vec().unwrap();
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(tok.join("tokenizer.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        merges.len(),
+        json["model"]["merges"].as_array().unwrap().len()
+    );
+    assert!(merges[0].to_string().unwrap().contains(' '));
+    assert!(md["tokenizer.chat_template"]
+        .to_string()
+        .unwrap()
+        .contains("<|start_header_id|>"));
+    // The model itself still loads and the weights are untouched by the extra metadata.
+    let gg = Model::load(&full, None, &Device::Cpu).unwrap();
+    assert_eq!(gg.config().vocab_size, 128_256);
+}

@@ -459,3 +459,30 @@ fn missing_dir_is_a_typed_error() {
     let err = Model::load(Path::new("/nonexistent/model"), None, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("config.json"), "{err}");
 }
+
+/// A model built from tensors in memory (the trainer's rollout path) is the model loaded from
+/// the same checkpoint on disk.
+#[test]
+fn from_tensors_equals_load() {
+    for fixture in ["llama31-tiny-v512", "qwen2-tiny-v512"] {
+        let dir = fixtures().join(fixture).join("f32");
+        let disk = Model::load(&dir, None, &Device::Cpu).unwrap();
+        let tensors: HashMap<String, Tensor> =
+            candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+        let config =
+            metis_engine::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let mem = Model::from_tensors(config, tensors, DType::F32, &Device::Cpu).unwrap();
+        let ids = ids_tensor(&[1, 17, 42, 99, 300, 7]);
+        let a = disk.forward(&ids, &mut disk.new_cache(1)).unwrap();
+        let b = mem.forward(&ids, &mut mem.new_cache(1)).unwrap();
+        assert_eq!(max_abs_diff(&a, &b), 0.0, "{fixture}");
+    }
+    // A missing tensor is a typed error naming it.
+    let dir = fixtures().join("llama31-tiny-v512").join("f32");
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    tensors.remove("model.norm.weight");
+    let config = metis_engine::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let err = Model::from_tensors(config, tensors, DType::F32, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("model.norm.weight"), "{err}");
+}

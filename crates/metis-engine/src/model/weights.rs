@@ -1,6 +1,6 @@
 //! Loading HF safetensors checkpoints (single file or sharded with an index) by tensor name.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
@@ -57,9 +57,16 @@ pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     })
 }
 
+/// Where the tensors come from: memory-mapped checkpoint files, or tensors already in memory
+/// (a policy being trained, handed to the engine for rollouts).
+enum Source {
+    Files(MmapedSafetensors),
+    Memory(HashMap<String, Tensor>),
+}
+
 /// Named access to the checkpoint's tensors, converted to the compute dtype on load.
 pub(crate) struct Weights {
-    st: MmapedSafetensors,
+    src: Source,
     dtype: DType,
     device: Device,
 }
@@ -78,14 +85,30 @@ impl Weights {
         // loader, they must not be truncated or modified while the model is being loaded.
         let st = unsafe { MmapedSafetensors::multi(files)? };
         Ok(Self {
-            st,
+            src: Source::Files(st),
             dtype,
             device: device.clone(),
         })
     }
 
+    /// Tensors by HF name, already in memory.
+    pub(crate) fn from_map(
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        Self {
+            src: Source::Memory(tensors),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
     pub(crate) fn contains(&self, name: &str) -> bool {
-        self.st.get(name).is_ok()
+        match &self.src {
+            Source::Files(st) => st.get(name).is_ok(),
+            Source::Memory(map) => map.contains_key(name),
+        }
     }
 
     /// Load `name`, check its shape, convert to the compute dtype.
@@ -95,7 +118,11 @@ impl Weights {
                 name: name.to_string(),
             });
         }
-        let t = self.st.load(name, &self.device)?;
+        let t = match &self.src {
+            Source::Files(st) => st.load(name, &self.device)?,
+            // Detached copy: the engine must not keep a training graph (or a Var) alive.
+            Source::Memory(map) => map[name].detach().to_device(&self.device)?,
+        };
         if t.dims() != shape {
             return Err(EngineError::Shape {
                 name: name.to_string(),
