@@ -30,6 +30,12 @@ enum Command {
     Generate(Box<commands::generate::GenerateArgs>),
     /// Chat interactively with a local model (streaming; reasoning shown apart).
     Chat(Box<commands::generate::ChatArgs>),
+    /// Serve a local model over an OpenAI-compatible HTTP API.
+    Serve(Box<commands::serve::Args>),
+    /// List, filter or export the server's audit log.
+    Audit(commands::audit::Args),
+    /// Train: supervised fine-tuning on reasoning traces, LoRA merge.
+    Train(commands::train::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +47,8 @@ fn main() -> anyhow::Result<()> {
         Command::Report(args) => commands::report::run(args),
         Command::Generate(args) => commands::generate::run_generate(*args),
         Command::Chat(args) => commands::generate::run_chat(*args),
+        Command::Serve(args) => commands::serve::run(*args),
+        Command::Audit(args) => commands::audit::run(args),
+        Command::Train(args) => commands::train::run(args),
     }
 }

@@ -91,6 +91,9 @@ pub struct Generation {
     pub ids: Vec<u32>,
     /// Log-probability of each generated id under the sampling distribution's logits.
     pub logprobs: Vec<f32>,
+    /// The stop id that ended the generation and its log-probability (None unless it ended on
+    /// a stop id). Trainers append it: the end of turn is part of what the policy chose.
+    pub stop_token: Option<(u32, f32)>,
     pub finish_reason: FinishReason,
     /// Decoded text of `ids` (special tokens skipped), when a tokenizer was given.
     pub text: Option<String>,
@@ -216,6 +219,7 @@ struct Sequence<'t> {
     prompt_opens_reasoning: bool,
     ids: Vec<u32>,
     logprobs: Vec<f32>,
+    stop_token: Option<(u32, f32)>,
     text: String,
     finish: FinishReason,
 }
@@ -234,6 +238,7 @@ impl<'t> Sequence<'t> {
             prompt_opens_reasoning,
             ids: Vec::new(),
             logprobs: Vec::new(),
+            stop_token: None,
             text: String::new(),
             finish: FinishReason::Length,
         }
@@ -255,6 +260,7 @@ impl<'t> Sequence<'t> {
     ) -> Result<Option<FinishReason>, GenerateError> {
         let choice = self.sampler.sample(logits);
         if !opts.ignore_eos && opts.stop_ids.contains(&choice.token) {
+            self.stop_token = Some((choice.token, choice.logprob));
             return Ok(Some(self.end(FinishReason::Stop)));
         }
         self.ids.push(choice.token);
@@ -321,6 +327,7 @@ impl<'t> Sequence<'t> {
             prompt_ids: prompt_ids.to_vec(),
             ids: self.ids,
             logprobs: self.logprobs,
+            stop_token: self.stop_token,
             finish_reason: finish,
             text,
             reasoning,

@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod demo;
 pub mod grpo;
 pub mod lora;
 pub mod metrics;

@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
+pub mod audit;
 pub mod cvss;
 pub mod eval;
 pub mod generate;
 pub mod report;
 pub mod score;
+pub mod serve;
+pub mod train;

@@ -1,0 +1,179 @@
+//! `metis serve`: the OpenAI-compatible server (metis-serve) over a local model.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use candle_core::DType;
+use metis_serve::auth::ApiKeys;
+use metis_serve::guard::{self, Guard, GuardBackend, LocalGuard, RemoteGuard};
+use metis_serve::system_prompt::SystemPromptPolicy;
+use metis_serve::ServeConfig;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Hugging Face model directory (config.json, safetensors) or .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Directory with tokenizer.json and the chat template (default: --model).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Address to listen on. Anything but loopback requires API keys.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Model id in /v1/models and in requests (default: the model directory's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Compute dtype (default: the checkpoint's).
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    dtype: Option<String>,
+    /// System prompt file (default: the built-in Metis prompt).
+    #[arg(long)]
+    system_prompt: Option<PathBuf>,
+    /// How the system prompt combines with client system messages: enforce (always ours),
+    /// prepend-if-absent (ours unless the client sent one), allow-override (as
+    /// prepend-if-absent, and clients may send "metis_system_prompt": false for none).
+    #[arg(long, default_value = "prepend-if-absent")]
+    system_prompt_policy: SystemPromptPolicy,
+    /// Do not open the reasoning block (`<think>\n`) after the generation prompt.
+    #[arg(long)]
+    no_think: bool,
+    /// Llama Guard 3 guardrail: `local:DIR` (model directory with tokenizer) or
+    /// `url:http://host:port/v1` (OpenAI-compatible /v1/completions).
+    #[arg(long)]
+    guard: Option<String>,
+    /// Model name sent to a remote guard.
+    #[arg(long, default_value = "meta-llama/Llama-Guard-3-8B")]
+    guard_model: String,
+    /// Environment variable holding the remote guard's API key, if it needs one.
+    #[arg(long)]
+    guard_api_key_env: Option<String>,
+    /// Hazard categories to enforce (default: all, S1..S14).
+    #[arg(long, default_value = "S1,S2,S3,S4,S5,S6,S7,S8,S9,S10,S11,S12,S13,S14")]
+    guard_categories: String,
+    /// Do not moderate user input.
+    #[arg(long)]
+    no_guard_input: bool,
+    /// Do not moderate the model's answer.
+    #[arg(long)]
+    no_guard_output: bool,
+    /// Show the guard the reasoning too, not only the final answer.
+    #[arg(long)]
+    guard_include_reasoning: bool,
+    /// API key file: lines `id:key` or `id:sha256:HEX` (also read: METIS_API_KEYS).
+    #[arg(long)]
+    api_keys: Option<PathBuf>,
+    /// Requests per minute per API key (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate_limit: u32,
+    /// SQLite audit log.
+    #[arg(long, default_value = "metis-audit.sqlite")]
+    audit_db: PathBuf,
+    /// Do not keep an audit log.
+    #[arg(long)]
+    no_audit: bool,
+    /// Requests allowed to wait for a batch slot; more get 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 8192)]
+    max_tokens_cap: usize,
+    /// max_tokens of a request that gives none.
+    #[arg(long, default_value_t = 1024)]
+    default_max_tokens: usize,
+    /// Most messages in one chat request.
+    #[arg(long, default_value_t = 256)]
+    max_messages: usize,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+fn guard_from(args: &Args) -> anyhow::Result<Option<Guard>> {
+    let Some(spec) = &args.guard else {
+        return Ok(None);
+    };
+    let backend: Arc<dyn GuardBackend> = if let Some(dir) = spec.strip_prefix("local:") {
+        Arc::new(LocalGuard::load(dir.as_ref()).with_context(|| format!("loading guard {dir}"))?)
+    } else if let Some(url) = spec.strip_prefix("url:") {
+        let key = match &args.guard_api_key_env {
+            Some(var) => Some(std::env::var(var).with_context(|| format!("${var} is not set"))?),
+            None => None,
+        };
+        Arc::new(RemoteGuard::new(url, &args.guard_model, key)?)
+    } else {
+        bail!("--guard takes local:DIR or url:http://host:port/v1, got {spec:?}");
+    };
+    Ok(Some(Guard {
+        backend,
+        categories: guard::parse_categories(&args.guard_categories)?,
+        check_input: !args.no_guard_input,
+        check_output: !args.no_guard_output,
+        include_reasoning: args.guard_include_reasoning,
+    }))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = ServeConfig::new(&args.model);
+    config.tokenizer_dir = args.tokenizer.clone();
+    config.dtype = match args.dtype.as_deref() {
+        Some("bf16") => Some(DType::BF16),
+        Some("f16") => Some(DType::F16),
+        Some(_) => Some(DType::F32),
+        None => None,
+    };
+    config.host = args.host.clone();
+    config.port = args.port;
+    config.served_model_name = args.served_model_name.clone();
+    if let Some(p) = &args.system_prompt {
+        config.system_prompt = std::fs::read_to_string(p)
+            .with_context(|| format!("reading system prompt {}", p.display()))?;
+    }
+    config.system_prompt_policy = args.system_prompt_policy;
+    config.prefill_think = !args.no_think;
+    config.guard = guard_from(&args)?;
+    let mut keys = ApiKeys::default();
+    if let Some(p) = &args.api_keys {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("reading API keys {}", p.display()))?;
+        keys.extend(ApiKeys::parse(&text, &p.display().to_string())?);
+    }
+    if let Ok(env) = std::env::var("METIS_API_KEYS") {
+        keys.extend(ApiKeys::parse(&env, "METIS_API_KEYS")?);
+    }
+    config.api_keys = keys;
+    config.rate_limit_per_min = args.rate_limit;
+    config.audit_db = (!args.no_audit).then(|| args.audit_db.clone());
+    config.max_queue = args.max_queue;
+    config.max_batch = args.max_batch;
+    config.max_tokens_cap = args.max_tokens_cap;
+    config.default_max_tokens = args.default_max_tokens;
+    config.max_messages = args.max_messages;
+    config.max_body_bytes = args.max_body_bytes;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let server = metis_serve::start(config).await?;
+        eprintln!(
+            "metis serve: model '{}' on http://{}/v1 (Ctrl-C to stop)",
+            server.model_name(),
+            server.addr
+        );
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                r.context("waiting for Ctrl-C")?;
+                eprintln!("metis serve: shutting down");
+                server.shutdown().await?;
+            }
+        }
+        Ok(())
+    })
+}

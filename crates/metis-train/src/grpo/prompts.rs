@@ -1,0 +1,575 @@
+//! The GRPO prompt mixture: a JSONL file of prompts with gold answers, and a seeded sampler
+//! that draws each step's prompts by task weight.
+//!
+//! One record per line (blank lines are skipped; other keys are kept out of the way and
+//! ignored, so datasets may carry metadata):
+//!
+//! ```json
+//! {"id": "vsp-17", "task": "cvss", "gold": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+//!  "messages": [{"role": "user", "content": "Score this CVE: ..."}],
+//!  "verifier": {"reward": "graded"}}
+//! ```
+//!
+//! - `messages` (required): a non-empty array of `{"role", "content"}` strings.
+//! - `task` (required): the verifier, one of `metis_verify`'s tasks (`mcq`, `cwe`, `cvss`,
+//!   `attack`).
+//! - `gold` (required): the gold answer as the task's verifier parses it (a string, or an array
+//!   of strings for sets); it is parsed at load time, so a bad gold fails the load, not a step.
+//! - `id` (optional, string or number, unique): defaults to `line-N`.
+//! - `verifier` (optional): `protocol` (`last-line`, `faith`, `faith-strict`), `reward`
+//!   (`binary` or `graded`; default from [`LoadOptions::rewards`], else binary), and per task
+//!   `choices` (number of options) / `multi` (exact-set answers) for `mcq`, `cvss_version`
+//!   (`2.0`, `3.0`, `3.1`, `4.0`: how an unprefixed vector is read) for `cvss`.
+//!
+//! Every bad record is reported as `file:line: field "…": why`.
+//!
+//! [`PromptSampler`] draws `n` prompts for a step from a generator seeded with `(seed, step)`
+//! only, so the prompts of step `k` are the same whether the run got there directly or
+//! resumed from a checkpoint. Each slot first picks a task with probability proportional to
+//! its weight, then the task's slots are filled from a seeded shuffle of its prompts (no
+//! repeats within a step unless a task has fewer prompts than slots).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::io::BufRead;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use metis_engine::chat::Message;
+use metis_verify::cvss::Version as CvssVersion;
+use metis_verify::mcq::ChoiceSpec;
+use metis_verify::verifier::{default_verifier, CvssVerifier, McqVerifier};
+use metis_verify::{Gold, Protocol, Task, Verifier, VerifyOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::reward::{RewardJob, RewardKind};
+
+/// A bad prompt file or record, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptError {
+    /// The file (or source name).
+    pub file: String,
+    /// 1-based line number (0 when the error concerns the whole file).
+    pub line: usize,
+    /// The offending field, when one is to blame.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for PromptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field {field:?}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for PromptError {}
+
+/// Per-record verifier settings (the `verifier` object of a record).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierSpec {
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub reward: Option<String>,
+    /// MCQ: number of options (4 = A–D).
+    #[serde(default)]
+    pub choices: Option<u8>,
+    /// MCQ: several letters may be correct together.
+    #[serde(default)]
+    pub multi: Option<bool>,
+    /// CVSS: version an unprefixed vector is read as.
+    #[serde(default)]
+    pub cvss_version: Option<String>,
+}
+
+/// Settings shared by every record of a mixture.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadOptions {
+    /// Extraction protocol and delimiters (a record's `protocol` overrides the protocol).
+    pub verify: VerifyOptions,
+    /// Reward kind per task (a record's `reward` overrides it); binary when absent.
+    pub rewards: BTreeMap<Task, RewardKind>,
+}
+
+/// One prompt of the mixture, its gold answer parsed and its verifier built.
+#[derive(Clone)]
+pub struct PromptRecord {
+    pub id: String,
+    /// 1-based line in the source file.
+    pub line: usize,
+    pub messages: Vec<Message>,
+    pub task: Task,
+    /// The gold answer as written in the file.
+    pub gold_json: Value,
+    pub gold: Arc<Gold>,
+    pub verifier: Arc<dyn Verifier>,
+    pub reward: RewardKind,
+}
+
+impl fmt::Debug for PromptRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PromptRecord")
+            .field("id", &self.id)
+            .field("line", &self.line)
+            .field("messages", &self.messages)
+            .field("task", &self.task)
+            .field("gold", &self.gold)
+            .field("reward", &self.reward)
+            .finish()
+    }
+}
+
+impl PromptRecord {
+    /// The reward job grading `completion` against this prompt's gold.
+    pub fn reward_job(&self, completion: impl Into<String>) -> RewardJob {
+        RewardJob {
+            verifier: Arc::clone(&self.verifier),
+            gold: Arc::clone(&self.gold),
+            kind: self.reward,
+            completion: completion.into(),
+        }
+    }
+}
+
+/// All prompts of a mixture file, in file order.
+#[derive(Debug, Clone)]
+pub struct PromptMixture {
+    pub source: String,
+    pub records: Vec<PromptRecord>,
+}
+
+/// The key verifiers are shared by: records with equal settings share one verifier.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct VerifierKey {
+    task: Task,
+    protocol: Protocol,
+    choices: u8,
+    multi: bool,
+    cvss_version: Option<CvssVersion>,
+}
+
+impl PromptMixture {
+    /// Loads a JSONL mixture file.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self, PromptError> {
+        let name = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|e| PromptError {
+            file: name.clone(),
+            line: 0,
+            field: None,
+            message: format!("cannot open: {e}"),
+        })?;
+        Self::from_reader(&name, std::io::BufReader::new(file), opts)
+    }
+
+    /// Reads a JSONL mixture from `reader`; `name` is used in errors.
+    pub fn from_reader(
+        name: &str,
+        reader: impl BufRead,
+        opts: &LoadOptions,
+    ) -> Result<Self, PromptError> {
+        let mut records = Vec::new();
+        let mut verifiers: HashMap<VerifierKey, Arc<dyn Verifier>> = HashMap::new();
+        let mut ids = HashSet::new();
+        for (i, line) in reader.lines().enumerate() {
+            let lineno = i + 1;
+            let err = |field: Option<&str>, message: String| PromptError {
+                file: name.to_owned(),
+                line: lineno,
+                field: field.map(str::to_owned),
+                message,
+            };
+            let line = line.map_err(|e| err(None, format!("cannot read: {e}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let rec = parse_record(&line, lineno, opts, &mut verifiers)
+                .map_err(|(field, message)| err(field, message))?;
+            if !ids.insert(rec.id.clone()) {
+                return Err(err(Some("id"), format!("duplicate id {:?}", rec.id)));
+            }
+            records.push(rec);
+        }
+        if records.is_empty() {
+            return Err(PromptError {
+                file: name.to_owned(),
+                line: 0,
+                field: None,
+                message: "no prompts".to_owned(),
+            });
+        }
+        Ok(Self {
+            source: name.to_owned(),
+            records,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Number of prompts per task.
+    pub fn task_counts(&self) -> BTreeMap<Task, usize> {
+        let mut counts = BTreeMap::new();
+        for r in &self.records {
+            *counts.entry(r.task).or_default() += 1;
+        }
+        counts
+    }
+}
+
+type FieldError = (Option<&'static str>, String);
+
+fn parse_record(
+    line: &str,
+    lineno: usize,
+    opts: &LoadOptions,
+    verifiers: &mut HashMap<VerifierKey, Arc<dyn Verifier>>,
+) -> Result<PromptRecord, FieldError> {
+    let value: Value = serde_json::from_str(line).map_err(|e| (None, format!("bad JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err((None, "a record must be a JSON object".to_owned()));
+    };
+
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => format!("line-{lineno}"),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(other) => {
+            return Err((
+                Some("id"),
+                format!("must be a non-empty string or a number, got {other}"),
+            ))
+        }
+    };
+
+    let messages = obj
+        .get("messages")
+        .ok_or_else(|| (Some("messages"), "missing".to_owned()))?;
+    let messages: Vec<Message> = serde_json::from_value(messages.clone()).map_err(|e| {
+        (
+            Some("messages"),
+            format!("must be an array of {{\"role\", \"content\"}} strings: {e}"),
+        )
+    })?;
+    if messages.is_empty() {
+        return Err((Some("messages"), "must not be empty".to_owned()));
+    }
+
+    let task = match obj.get("task") {
+        None => return Err((Some("task"), "missing".to_owned())),
+        Some(Value::String(s)) => Task::from_str(s).map_err(|e| (Some("task"), e.to_string()))?,
+        Some(other) => return Err((Some("task"), format!("must be a string, got {other}"))),
+    };
+
+    let spec: VerifierSpec = match obj.get("verifier") {
+        None | Some(Value::Null) => VerifierSpec::default(),
+        Some(v) => {
+            serde_json::from_value(v.clone()).map_err(|e| (Some("verifier"), e.to_string()))?
+        }
+    };
+    let protocol = match &spec.protocol {
+        Some(p) => p
+            .parse::<Protocol>()
+            .map_err(|e| (Some("verifier.protocol"), e))?,
+        None => opts.verify.protocol,
+    };
+    let reward = match &spec.reward {
+        Some(r) => r.parse().map_err(|e| (Some("verifier.reward"), e))?,
+        None => opts.rewards.get(&task).copied().unwrap_or_default(),
+    };
+    if task != Task::Mcq && (spec.choices.is_some() || spec.multi.is_some()) {
+        return Err((
+            Some("verifier"),
+            format!("choices/multi apply to mcq only, not {task}"),
+        ));
+    }
+    if task != Task::Cvss && spec.cvss_version.is_some() {
+        return Err((
+            Some("verifier.cvss_version"),
+            format!("applies to cvss only, not {task}"),
+        ));
+    }
+    let cvss_version = spec
+        .cvss_version
+        .as_deref()
+        .map(|v| {
+            v.parse::<CvssVersion>()
+                .map_err(|e| (Some("verifier.cvss_version"), e.to_string()))
+        })
+        .transpose()?;
+    let choices = spec.choices.unwrap_or(ChoiceSpec::SINGLE_ABCD.options);
+    if !(2..=26).contains(&choices) {
+        return Err((
+            Some("verifier.choices"),
+            format!("must be between 2 and 26, got {choices}"),
+        ));
+    }
+    let key = VerifierKey {
+        task,
+        protocol,
+        choices,
+        multi: spec.multi.unwrap_or(false),
+        cvss_version,
+    };
+    let verifier = Arc::clone(
+        verifiers
+            .entry(key.clone())
+            .or_insert_with(|| build_verifier(&key, &opts.verify)),
+    );
+
+    let gold_json = obj
+        .get("gold")
+        .cloned()
+        .ok_or_else(|| (Some("gold"), "missing".to_owned()))?;
+    let gold = verifier
+        .parse_gold_json(&gold_json)
+        .map_err(|e| (Some("gold"), e.to_string()))?;
+
+    Ok(PromptRecord {
+        id,
+        line: lineno,
+        messages,
+        task,
+        gold_json,
+        gold: Arc::new(gold),
+        verifier,
+        reward,
+    })
+}
+
+fn build_verifier(key: &VerifierKey, base: &VerifyOptions) -> Arc<dyn Verifier> {
+    let options = VerifyOptions {
+        protocol: key.protocol,
+        delimiters: base.delimiters.clone(),
+    };
+    match key.task {
+        Task::Mcq => Arc::new(McqVerifier {
+            options,
+            spec: ChoiceSpec {
+                options: key.choices,
+                multi: key.multi,
+            },
+        }),
+        Task::Cvss if key.cvss_version.is_some() => Arc::new(CvssVerifier {
+            options,
+            version: key.cvss_version.unwrap_or(CvssVersion::V3_1),
+        }),
+        task => Arc::from(default_verifier(task, options)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Mixture weights per task, e.g. `mcq=2,cvss=1` (`--task-weights`). Serialises as a map
+/// (`{"mcq": 2.0, "cvss": 1.0}`) and reads back from a map or from the `mcq=2,cvss=1` text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct TaskWeights(pub BTreeMap<Task, f64>);
+
+impl TaskWeights {
+    fn validated(map: BTreeMap<Task, f64>) -> Result<Self, String> {
+        for (task, w) in &map {
+            if !w.is_finite() || *w < 0.0 {
+                return Err(format!("weight of {task} must be finite and ≥ 0, got {w}"));
+            }
+        }
+        Ok(Self(map))
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskWeights {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Map(BTreeMap<Task, f64>),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Text(s) => s.parse(),
+            Repr::Map(m) => Self::validated(m),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+impl FromStr for TaskWeights {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut map = BTreeMap::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (task, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("task weight {part:?} is not TASK=WEIGHT"))?;
+            let task: Task = task.trim().parse().map_err(|e| format!("{e}"))?;
+            let weight: f64 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("weight of {task} is not a number: {weight:?}"))?;
+            if !weight.is_finite() || weight < 0.0 {
+                return Err(format!(
+                    "weight of {task} must be finite and ≥ 0, got {weight}"
+                ));
+            }
+            if map.insert(task, weight).is_some() {
+                return Err(format!("task {task} is weighted twice"));
+            }
+        }
+        Ok(Self(map))
+    }
+}
+
+impl fmt::Display for TaskWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(t, w)| format!("{t}={w}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Draws the prompts of each step, deterministically from `(seed, step)`.
+#[derive(Debug, Clone)]
+pub struct PromptSampler {
+    seed: u64,
+    /// Tasks with positive weight: (task, weight, record indices).
+    tasks: Vec<(Task, f64, Vec<usize>)>,
+    total_weight: f64,
+}
+
+impl PromptSampler {
+    /// A sampler over `mixture`. Empty `weights`: every prompt equally likely (each task
+    /// weighted by its prompt count). Otherwise tasks not named get weight 0, and naming a
+    /// task the mixture has no prompts for is an error.
+    pub fn new(mixture: &PromptMixture, weights: &TaskWeights, seed: u64) -> Result<Self, String> {
+        let mut by_task: BTreeMap<Task, Vec<usize>> = BTreeMap::new();
+        for (i, r) in mixture.records.iter().enumerate() {
+            by_task.entry(r.task).or_default().push(i);
+        }
+        let mut tasks = Vec::new();
+        if weights.0.is_empty() {
+            for (task, idx) in by_task {
+                tasks.push((task, idx.len() as f64, idx));
+            }
+        } else {
+            for (&task, &w) in &weights.0 {
+                let Some(idx) = by_task.remove(&task) else {
+                    return Err(format!(
+                        "task {task} has weight {w} but {} has no {task} prompts",
+                        mixture.source
+                    ));
+                };
+                if w > 0.0 {
+                    tasks.push((task, w, idx));
+                }
+            }
+        }
+        let total_weight: f64 = tasks.iter().map(|t| t.1).sum();
+        if tasks.is_empty() || total_weight <= 0.0 {
+            return Err("every task weight is zero".to_owned());
+        }
+        Ok(Self {
+            seed,
+            tasks,
+            total_weight,
+        })
+    }
+
+    /// The sampling probability of each task.
+    pub fn probabilities(&self) -> BTreeMap<Task, f64> {
+        self.tasks
+            .iter()
+            .map(|(t, w, _)| (*t, w / self.total_weight))
+            .collect()
+    }
+
+    /// Indices (into the mixture's records) of the `n` prompts of `step`.
+    pub fn sample(&self, step: u64, n: usize) -> Vec<usize> {
+        let mut rng = SplitMix64::new(self.seed, step);
+        // 1. A task for every slot.
+        let slots: Vec<usize> = (0..n)
+            .map(|_| {
+                let x = rng.next_f64() * self.total_weight;
+                let mut acc = 0.0;
+                for (k, (_, w, _)) in self.tasks.iter().enumerate() {
+                    acc += w;
+                    if x < acc {
+                        return k;
+                    }
+                }
+                self.tasks.len() - 1
+            })
+            .collect();
+        // 2. Each task's slots from a shuffle of its prompts (reshuffled when exhausted).
+        let mut queues: Vec<Vec<usize>> = vec![Vec::new(); self.tasks.len()];
+        slots
+            .into_iter()
+            .map(|k| {
+                if queues[k].is_empty() {
+                    let mut perm = self.tasks[k].2.clone();
+                    for i in (1..perm.len()).rev() {
+                        perm.swap(i, rng.below(i + 1));
+                    }
+                    perm.reverse();
+                    queues[k] = perm;
+                }
+                queues[k].pop().expect("a task has at least one prompt")
+            })
+            .collect()
+    }
+
+    /// The records of `step`.
+    pub fn sample_records<'m>(
+        &self,
+        mixture: &'m PromptMixture,
+        step: u64,
+        n: usize,
+    ) -> Vec<&'m PromptRecord> {
+        self.sample(step, n)
+            .into_iter()
+            .map(|i| &mixture.records[i])
+            .collect()
+    }
+}
+
+/// SplitMix64 keyed by (seed, step): small, portable and stable across crate versions, so a
+/// resumed run draws exactly the prompts the original run would have.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn new(seed: u64, step: u64) -> Self {
+        let mut s = SplitMix64(seed ^ 0x9E37_79B9_7F4A_7C15);
+        let a = s.next_u64();
+        SplitMix64(a ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03))
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in [0, n) (n ≥ 1).
+    fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+}

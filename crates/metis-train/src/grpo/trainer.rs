@@ -1,0 +1,856 @@
+//! The GRPO training loop: rollouts from the local engine, verifier rewards with the format
+//! penalty, group-relative advantages, TRL's clipped objective with a k3 KL to the reference,
+//! AdamW under a cosine schedule, held-out accuracy, checkpoints and exact resume.
+//!
+//! One step:
+//! 1. draw `prompts_per_step` prompts from the mixture ([`PromptSampler`], seeded by step);
+//! 2. copy the current policy into an engine [`Model`] (LoRA merged) and sample
+//!    `num_generations` completions of each prompt with the KV cache, keeping each token's
+//!    log-probability under the temperature-scaled logits (the "old" log-probabilities);
+//! 3. grade every completion (verifier + format penalty, in parallel with a timeout);
+//! 4. advantages per group ([`group_advantages`]);
+//! 5. re-score the completions with the training model (with gradient), the reference model
+//!    (full fine-tuning: the frozen starting checkpoint through the engine; LoRA: the same
+//!    model with the adapters off) and take TRL's loss ([`grpo_loss`]) over micro-batches;
+//! 6. clip, AdamW step, metrics line, optional held-out evaluation and checkpoint.
+//!
+//! Everything random is seeded by `(seed, step)`, so a run resumed from a checkpoint takes
+//! exactly the steps the uninterrupted run would have taken.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use metis_engine::chat::{ChatTemplate, RenderOptions};
+use metis_engine::generate::{generate_batch, GenerateOptions, Generation};
+use metis_engine::model::Model;
+use metis_engine::sampling::SamplingParams;
+use metis_engine::tokenizer::Tokenizer;
+use metis_eval::report::{line_chart, Curve, LinePanel};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::advantage::{group_advantages, ScaleRewards};
+use super::loss::{grpo_loss, per_token_logps, LossConfig, LossInputs};
+use super::prompts::{LoadOptions, PromptMixture, PromptRecord, PromptSampler, TaskWeights};
+use super::reward::{compute_rewards, RewardConfig};
+use crate::checkpoint::{load_train_state, save_train_state, TrainState};
+use crate::lora::LoraConfig;
+use crate::model::{BatchLayout, Result, TrainError, TrainModel, TrainModelOptions};
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
+use crate::schedule::{warmup_steps, Schedule};
+
+/// Settings of a GRPO run (defaults: the report's recipe where it gives one — 5 generations,
+/// beta 0.02, `grpo` aggregation — and TRL's otherwise).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrpoConfig {
+    pub model: PathBuf,
+    /// Tokenizer directory (default: the model directory).
+    pub tokenizer: Option<PathBuf>,
+    /// Reference model for the KL (default: the starting model).
+    pub ref_model: Option<PathBuf>,
+    pub prompts: PathBuf,
+    /// Held-out prompts scored greedily every `eval_every` steps.
+    pub eval_prompts: Option<PathBuf>,
+    pub out: PathBuf,
+    pub num_generations: usize,
+    pub prompts_per_step: usize,
+    pub max_steps: u64,
+    pub lr: f64,
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_completion_len: usize,
+    pub loss: LossConfig,
+    pub scale_rewards: ScaleRewards,
+    pub reward: RewardConfig,
+    pub task_weights: TaskWeights,
+    pub lora: Option<LoraConfig>,
+    pub seed: u64,
+    pub save_every: u64,
+    pub eval_every: u64,
+    /// Completions per forward/backward (the micro-batch).
+    pub micro_batch: usize,
+    /// Open the think block in the prompt (`<think>\n` after the generation prompt).
+    pub prefill_think: bool,
+    /// Stop after this many steps of this invocation (tests simulate a kill with it).
+    #[serde(skip)]
+    pub stop_after_steps: Option<u64>,
+}
+
+impl GrpoConfig {
+    pub fn new(model: PathBuf, prompts: PathBuf, out: PathBuf) -> Self {
+        let loss = LossConfig {
+            loss_type: super::loss::LossType::Grpo,
+            beta: 0.02,
+            max_completion_length: 256,
+            ..LossConfig::default()
+        };
+        Self {
+            model,
+            tokenizer: None,
+            ref_model: None,
+            prompts,
+            eval_prompts: None,
+            out,
+            num_generations: 5,
+            prompts_per_step: 8,
+            max_steps: 100,
+            lr: 1e-6,
+            warmup_ratio: 0.0,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            temperature: 1.0,
+            top_p: 1.0,
+            max_completion_len: 256,
+            loss,
+            scale_rewards: ScaleRewards::Group,
+            reward: RewardConfig::default(),
+            task_weights: TaskWeights::default(),
+            lora: None,
+            seed: 0,
+            save_every: 50,
+            eval_every: 10,
+            micro_batch: 8,
+            prefill_think: false,
+            stop_after_steps: None,
+        }
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GrpoMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    /// Mean verifier part of the reward (before the penalty).
+    pub verifier_mean: f64,
+    /// Mean format penalty.
+    pub format_penalty_mean: f64,
+    /// Share of completions with a format violation.
+    pub format_penalty_rate: f64,
+    /// Share of completions graded correct.
+    pub accuracy: f64,
+    pub reward_by_task: BTreeMap<String, (f64, f64)>,
+    pub kl: f64,
+    pub clip_frac: f64,
+    pub completion_len_mean: f64,
+    /// Share of completions cut by the length limit.
+    pub truncated_rate: f64,
+    pub frac_reward_zero_std: f64,
+    pub reward_timeouts: usize,
+    /// Training tokens (prompt + completion) per second of the whole step.
+    pub tokens_per_s: f64,
+    pub generation_s: f64,
+    pub step_s: f64,
+    /// Held-out accuracy (greedy), on evaluation steps.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub heldout_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub heldout_format_violation_rate: Option<f64>,
+}
+
+/// What a run ended with.
+#[derive(Debug, Clone)]
+pub struct GrpoOutcome {
+    pub steps: u64,
+    pub final_dir: Option<PathBuf>,
+    pub history: Vec<GrpoMetrics>,
+}
+
+/// Prompts rendered and tokenized once.
+struct Prepared {
+    record: PromptRecord,
+    ids: Vec<u32>,
+}
+
+struct Ctx {
+    tokenizer: Tokenizer,
+    stop_ids: Vec<u32>,
+    template: ChatTemplate,
+    render: RenderOptions,
+}
+
+impl Ctx {
+    fn prepare(&self, records: &[PromptRecord]) -> Result<Vec<Prepared>> {
+        records
+            .iter()
+            .map(|r| {
+                let text = self
+                    .template
+                    .render(&r.messages, &self.render)
+                    .map_err(|e| TrainError::InvalidArgument(format!("prompt {}: {e}", r.id)))?;
+                let ids = self
+                    .tokenizer
+                    .encode(&text, false)
+                    .map_err(|e| TrainError::InvalidArgument(format!("prompt {}: {e}", r.id)))?;
+                Ok(Prepared {
+                    record: r.clone(),
+                    ids,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The policy's current weights as an engine model (LoRA adapters merged in).
+fn policy_engine(model: &TrainModel) -> Result<Model> {
+    let mut tensors: HashMap<String, Tensor> = model
+        .named_weights()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach()))
+        .collect();
+    if model.adapter_enabled() {
+        for (module, adapter) in model.lora_adapters() {
+            let name = format!("{module}.weight");
+            if let Some(w) = tensors.get(&name) {
+                let merged = (w.to_dtype(DType::F32)? + adapter.delta()?.detach())?;
+                tensors.insert(name, merged.to_dtype(w.dtype())?);
+            }
+        }
+    }
+    let dtype = match model.dtype() {
+        DType::F64 => DType::F32,
+        d => d,
+    };
+    let tensors = tensors
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_dtype(dtype)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    Ok(Model::from_tensors(
+        model.config().clone(),
+        tensors,
+        dtype,
+        model.device(),
+    )?)
+}
+
+/// A rollout: prompt, completion ids (stop id included when it ended on one) and their
+/// sampling log-probabilities.
+struct Rollout {
+    prompt: usize,
+    ids: Vec<u32>,
+    logprobs: Vec<f32>,
+    truncated: bool,
+}
+
+fn rollouts(gens: Vec<Generation>, group: usize) -> Vec<Rollout> {
+    gens.into_iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let mut ids = g.ids;
+            let mut logprobs = g.logprobs;
+            if let Some((id, lp)) = g.stop_token {
+                ids.push(id);
+                logprobs.push(lp);
+            }
+            Rollout {
+                prompt: i / group,
+                ids,
+                logprobs,
+                truncated: g.finish_reason == metis_engine::generate::FinishReason::Length,
+            }
+        })
+        .collect()
+}
+
+/// Deterministic 64-bit mix of the run seed and a step (SplitMix64 finaliser).
+fn step_seed(seed: u64, step: u64, salt: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt.rotate_left(17);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Greedy accuracy and format-violation rate on `prompts`.
+pub fn evaluate(
+    engine: &Model,
+    ctx_tokenizer: &Tokenizer,
+    stop_ids: &[u32],
+    prepared: &[(PromptRecord, Vec<u32>)],
+    max_tokens: usize,
+    prefill_think: bool,
+    reward: &RewardConfig,
+) -> Result<(f64, f64)> {
+    if prepared.is_empty() {
+        return Ok((f64::NAN, f64::NAN));
+    }
+    let opts = GenerateOptions {
+        max_tokens,
+        sampling: SamplingParams::default(),
+        stop_ids: stop_ids.to_vec(),
+        ..GenerateOptions::default()
+    };
+    let mut jobs = Vec::with_capacity(prepared.len());
+    for chunk in prepared.chunks(64) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
+        let gens = generate_batch(engine, Some(ctx_tokenizer), &ids, &opts, prefill_think)
+            .map_err(|e| TrainError::InvalidArgument(format!("evaluation rollout: {e}")))?;
+        for ((record, _), g) in chunk.iter().zip(gens) {
+            jobs.push(record.reward_job(completion_text(&g, prefill_think)));
+        }
+    }
+    let summary = compute_rewards(&jobs, reward);
+    let n = summary.rewards.len() as f64;
+    let acc = summary.rewards.iter().filter(|r| r.correct).count() as f64 / n;
+    let fmt = summary
+        .rewards
+        .iter()
+        .filter(|r| r.format_violation)
+        .count() as f64
+        / n;
+    Ok((acc, fmt))
+}
+
+/// The completion text as generated. With a prefilled `<think>\n` it holds only the closing
+/// delimiter; the reward's [`metis_verify::format::FormatPolicy::prefilled_open`] accounts for
+/// that (set by [`run_grpo`]).
+fn completion_text(g: &Generation, _prefill_think: bool) -> String {
+    g.text.clone().unwrap_or_default()
+}
+
+/// Appends metrics lines; on resume, drops lines past the resumed step first.
+struct MetricsLog {
+    path: PathBuf,
+    history: Vec<GrpoMetrics>,
+}
+
+impl MetricsLog {
+    fn open(path: &Path, resume_step: u64) -> Result<Self> {
+        let mut history = Vec::new();
+        if resume_step > 0 {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    if let Ok(m) = serde_json::from_str::<GrpoMetrics>(line) {
+                        if m.step <= resume_step {
+                            history.push(m);
+                        }
+                    }
+                }
+            }
+        }
+        let mut text = String::new();
+        for m in &history {
+            text.push_str(&serde_json::to_string(m).expect("metrics serialise"));
+            text.push('\n');
+        }
+        crate::checkpoint::write_atomic(path, text.as_bytes())?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            history,
+        })
+    }
+
+    fn push(&mut self, m: GrpoMetrics) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| TrainError::io(&self.path, e))?;
+        let line = serde_json::to_string(&m).expect("metrics serialise");
+        writeln!(f, "{line}").map_err(|e| TrainError::io(&self.path, e))?;
+        f.sync_data().ok();
+        self.history.push(m);
+        Ok(())
+    }
+}
+
+/// Curves of a run: reward and held-out accuracy, format-violation rate, KL, completion length.
+pub fn plot_grpo(history: &[GrpoMetrics], path: &Path) -> Result<()> {
+    let series = |name: &str, f: &dyn Fn(&GrpoMetrics) -> Option<f64>| Curve {
+        name: name.to_string(),
+        points: history
+            .iter()
+            .filter_map(|m| f(m).map(|v| (m.step as f64, v)))
+            .filter(|(_, v)| v.is_finite())
+            .collect(),
+    };
+    let panels = vec![
+        LinePanel {
+            title: "Reward and accuracy".into(),
+            y_label: "value".into(),
+            curves: vec![
+                series("reward mean", &|m| Some(m.reward_mean)),
+                series("rollout accuracy", &|m| Some(m.accuracy)),
+                series("held-out accuracy (greedy)", &|m| m.heldout_accuracy),
+            ],
+        },
+        LinePanel {
+            title: "Format violations".into(),
+            y_label: "share".into(),
+            curves: vec![series("format-violation rate", &|m| {
+                Some(m.format_penalty_rate)
+            })],
+        },
+        LinePanel {
+            title: "KL to the reference (k3)".into(),
+            y_label: "KL".into(),
+            curves: vec![series("kl", &|m| Some(m.kl))],
+        },
+        LinePanel {
+            title: "Completion length".into(),
+            y_label: "tokens".into(),
+            curves: vec![series("mean completion length", &|m| {
+                Some(m.completion_len_mean)
+            })],
+        },
+    ];
+    line_chart(&panels, "step", path)
+        .map_err(|e| TrainError::InvalidArgument(format!("{}: {e}", path.display())))
+}
+
+/// The latest complete `checkpoint-N` directory under `out` (with its training state).
+fn latest_checkpoint(out: &Path) -> Option<(u64, PathBuf)> {
+    let entries = std::fs::read_dir(out).ok()?;
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step: u64 = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            let state = e.path().join("state");
+            let ok = state.join("train_state.json").is_file()
+                || state.with_file_name("state.old").is_dir();
+            ok.then(|| (step, e.path()))
+        })
+        .max_by_key(|(s, _)| *s)
+}
+
+/// Runs (or with `resume`, continues) a GRPO run; see the module docs.
+pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
+    let mut cfg = cfg.clone();
+    cfg.reward.format.prefilled_open = cfg.prefill_think;
+    let cfg = &cfg;
+    if cfg.num_generations < 2 {
+        return Err(TrainError::InvalidArgument(
+            "--num-generations must be at least 2 (advantages are relative to the group)".into(),
+        ));
+    }
+    if cfg.prompts_per_step == 0 || cfg.micro_batch == 0 || cfg.max_steps == 0 {
+        return Err(TrainError::InvalidArgument(
+            "prompts per step, micro-batch and max steps must be positive".into(),
+        ));
+    }
+    std::fs::create_dir_all(&cfg.out).map_err(|e| TrainError::io(&cfg.out, e))?;
+    let device = Device::Cpu;
+    let tok_dir = cfg.tokenizer.clone().unwrap_or_else(|| cfg.model.clone());
+    let tokenizer = Tokenizer::from_dir(&tok_dir)
+        .map_err(|e| TrainError::InvalidArgument(format!("{}: {e}", tok_dir.display())))?;
+    let template = match ChatTemplate::from_tokenizer(&tokenizer) {
+        Some(t) => t.map_err(|e| TrainError::InvalidArgument(format!("chat template: {e}")))?,
+        None => {
+            return Err(TrainError::InvalidArgument(format!(
+                "{}: the tokenizer has no chat template",
+                tok_dir.display()
+            )))
+        }
+    };
+    let render = RenderOptions {
+        prefill_think: cfg.prefill_think,
+        ..RenderOptions::generation()
+    };
+    let mut stop_ids = tokenizer.stop_ids().to_vec();
+    let model_cfg = metis_engine::config::ModelConfig::from_file(&cfg.model.join("config.json"))?;
+    for id in &model_cfg.eos_token_ids {
+        if !stop_ids.contains(id) {
+            stop_ids.push(*id);
+        }
+    }
+    let ctx = Ctx {
+        tokenizer,
+        stop_ids,
+        template,
+        render,
+    };
+
+    let load_opts = LoadOptions::default();
+    let mixture = PromptMixture::load(&cfg.prompts, &load_opts)
+        .map_err(|e| TrainError::InvalidArgument(e.to_string()))?;
+    let sampler = PromptSampler::new(&mixture, &cfg.task_weights, cfg.seed)
+        .map_err(|e| TrainError::InvalidArgument(format!("{}: {e}", cfg.prompts.display())))?;
+    let prepared = ctx.prepare(&mixture.records)?;
+    let eval_set: Vec<(PromptRecord, Vec<u32>)> = match &cfg.eval_prompts {
+        Some(p) => {
+            let m = PromptMixture::load(p, &load_opts)
+                .map_err(|e| TrainError::InvalidArgument(e.to_string()))?;
+            ctx.prepare(&m.records)?
+                .into_iter()
+                .map(|p| (p.record, p.ids))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+
+    let mut model = TrainModel::load(
+        &cfg.model,
+        &TrainModelOptions {
+            dtype: DType::F32,
+            device: device.clone(),
+            lora: cfg.lora.clone(),
+            seed: cfg.seed,
+        },
+    )?;
+    // Full fine-tuning needs a frozen copy for the KL; LoRA turns its adapters off instead.
+    let reference = if cfg.loss.beta != 0.0 && cfg.lora.is_none() {
+        let dir = cfg.ref_model.as_ref().unwrap_or(&cfg.model);
+        Some(Model::load(dir, Some(DType::F32), &device)?)
+    } else {
+        None
+    };
+    let mut opt = AdamW::new(
+        model.trainable(),
+        AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let schedule = Schedule::cosine(
+        cfg.lr,
+        warmup_steps(cfg.max_steps, 0, cfg.warmup_ratio),
+        cfg.max_steps,
+    );
+
+    let mut start = 0u64;
+    if resume {
+        if let Some((step, dir)) = latest_checkpoint(&cfg.out) {
+            let state: TrainState = load_train_state(&dir.join("state"), &model, &mut opt)?;
+            start = state.step;
+            debug_assert_eq!(step, start);
+        }
+    }
+    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), start)?;
+    std::fs::write(
+        cfg.out.join("grpo_config.json"),
+        serde_json::to_string_pretty(cfg).expect("config serialises"),
+    )
+    .map_err(|e| TrainError::io(&cfg.out, e))?;
+
+    let bar = crate::metrics::progress_bar(cfg.max_steps, start);
+    let mut done_here = 0u64;
+    let mut step = start;
+    // The starting point of the held-out curve.
+    let mut pending_eval = if start == 0 && !eval_set.is_empty() {
+        let engine = policy_engine(&model)?;
+        Some(evaluate(
+            &engine,
+            &ctx.tokenizer,
+            &ctx.stop_ids,
+            &eval_set,
+            cfg.max_completion_len,
+            cfg.prefill_think,
+            &cfg.reward,
+        )?)
+    } else {
+        None
+    };
+    if let Some((acc, fmt)) = pending_eval.take() {
+        log.push(GrpoMetrics {
+            step: 0,
+            heldout_accuracy: Some(acc),
+            heldout_format_violation_rate: Some(fmt),
+            reward_mean: f64::NAN,
+            ..GrpoMetrics::default()
+        })?;
+    }
+
+    while step < cfg.max_steps {
+        if cfg.stop_after_steps.is_some_and(|n| done_here >= n) {
+            break;
+        }
+        let t0 = Instant::now();
+        let lr = schedule.lr(step);
+        opt.set_learning_rate(lr);
+
+        // 1-2. Prompts and rollouts.
+        let picks = sampler.sample(step, cfg.prompts_per_step);
+        let engine = policy_engine(&model)?;
+        let g = cfg.num_generations;
+        let prompt_ids: Vec<Vec<u32>> = picks
+            .iter()
+            .flat_map(|&i| std::iter::repeat_n(prepared[i].ids.clone(), g))
+            .collect();
+        let gen_opts = GenerateOptions {
+            max_tokens: cfg.max_completion_len,
+            sampling: SamplingParams {
+                temperature: cfg.temperature,
+                top_p: cfg.top_p,
+                seed: step_seed(cfg.seed, step, 1),
+                ..SamplingParams::default()
+            },
+            stop_ids: ctx.stop_ids.clone(),
+            ..GenerateOptions::default()
+        };
+        let gens = generate_batch(
+            &engine,
+            Some(&ctx.tokenizer),
+            &prompt_ids,
+            &gen_opts,
+            cfg.prefill_think,
+        )
+        .map_err(|e| TrainError::InvalidArgument(format!("rollout: {e}")))?;
+        drop(engine);
+        let texts: Vec<String> = gens
+            .iter()
+            .map(|g| completion_text(g, cfg.prefill_think))
+            .collect();
+        let rolls = rollouts(gens, g);
+        let generation_s = t0.elapsed().as_secs_f64();
+
+        // 3-4. Rewards and advantages.
+        let jobs: Vec<_> = rolls
+            .iter()
+            .zip(&texts)
+            .map(|(r, text)| prepared[picks[r.prompt]].record.reward_job(text.clone()))
+            .collect();
+        let summary = compute_rewards(&jobs, &cfg.reward);
+        let totals = summary.totals();
+        let adv = group_advantages(&totals, g, cfg.scale_rewards)
+            .map_err(|e| TrainError::InvalidArgument(format!("advantages: {e}")))?;
+
+        // 5. Loss over micro-batches.
+        let params = model.trainable();
+        let mut acc = GradAccumulator::default();
+        let total_tokens: usize = rolls.iter().map(|r| r.ids.len()).sum();
+        let chunks: Vec<Vec<usize>> = (0..rolls.len())
+            .collect::<Vec<_>>()
+            .chunks(cfg.micro_batch)
+            .map(|c| c.to_vec())
+            .collect();
+        let mut loss_cfg = cfg.loss.clone();
+        loss_cfg.gradient_accumulation_steps = chunks.len();
+        let (mut loss_sum, mut kl_sum, mut clip_sum, mut tok_sum) = (0.0, 0.0, 0.0, 0.0);
+        let mut train_tokens = 0usize;
+        for rows in &chunks {
+            let idx: Vec<usize> = rows
+                .iter()
+                .copied()
+                .filter(|&i| !rolls[i].ids.is_empty())
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let rows: Vec<&Rollout> = idx.iter().map(|&i| &rolls[i]).collect();
+            let seqs: Vec<Vec<u32>> = rows
+                .iter()
+                .map(|r| {
+                    let mut s = prepared[picks[r.prompt]].ids.clone();
+                    s.extend_from_slice(&r.ids);
+                    s
+                })
+                .collect();
+            let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+            let seq_len = *lens.iter().max().expect("non-empty");
+            let comp_len = rows.iter().map(|r| r.ids.len()).max().expect("non-empty");
+            train_tokens += lens.iter().sum::<usize>();
+            let b = rows.len();
+            // Inputs right-padded with 0; targets are the inputs shifted by one.
+            let mut input = vec![0u32; b * seq_len];
+            let mut target = vec![0u32; b * seq_len];
+            let mut gather = vec![0u32; b * comp_len];
+            let mut mask = vec![0f32; b * comp_len];
+            let mut old = vec![0f32; b * comp_len];
+            for (r, (s, roll)) in seqs.iter().zip(&rows).enumerate() {
+                input[r * seq_len..r * seq_len + s.len()].copy_from_slice(s);
+                for t in 0..s.len() - 1 {
+                    target[r * seq_len + t] = s[t + 1];
+                }
+                let p = s.len() - roll.ids.len();
+                for k in 0..comp_len {
+                    // logits at p - 1 + k predict completion token k.
+                    gather[r * comp_len + k] = (p - 1 + k.min(roll.ids.len() - 1)) as u32;
+                    if k < roll.ids.len() {
+                        mask[r * comp_len + k] = 1.0;
+                        old[r * comp_len + k] = roll.logprobs[k];
+                    }
+                }
+            }
+            let input = Tensor::from_vec(input, (b, seq_len), &device)?;
+            let target = Tensor::from_vec(target, (b, seq_len), &device)?;
+            let gather = Tensor::from_vec(gather, (b, comp_len), &device)?;
+            let mask = Tensor::from_vec(mask, (b, comp_len), &device)?;
+            let old = Tensor::from_vec(old, (b, comp_len), &device)?;
+            let layout = BatchLayout::from_lengths(&lens, seq_len)?;
+            let lp =
+                model.token_logprobs(&input, &layout, &target, cfg.temperature as f64, true)?;
+            let logp = lp.gather(&gather, 1)?.contiguous()?; // [b, comp_len]
+            let ref_logp = if cfg.loss.beta == 0.0 {
+                None
+            } else if let Some(reference) = &reference {
+                let mut cache = reference.new_cache(b);
+                // Right padding needs no mask for a causal model: pads come after every real
+                // token, so they never influence the positions that are read.
+                let logits = reference.forward(&input, &mut cache)?;
+                let lp = per_token_logps(&logits, &target, cfg.temperature as f64)?;
+                Some(lp.gather(&gather, 1)?.detach())
+            } else {
+                // LoRA: the reference is the base model, i.e. the adapters switched off.
+                model.set_adapter_enabled(false);
+                let lp =
+                    model.token_logprobs(&input, &layout, &target, cfg.temperature as f64, false);
+                model.set_adapter_enabled(true);
+                Some(lp?.gather(&gather, 1)?.detach())
+            };
+            let advantages: Vec<f32> = idx.iter().map(|&i| adv.values[i] as f32).collect();
+            let advantages = Tensor::from_vec(advantages, b, &device)?;
+            let out = grpo_loss(
+                &LossInputs {
+                    logp: &logp,
+                    old_logp: Some(&old),
+                    ref_logp: ref_logp.as_ref(),
+                    mask: &mask,
+                    advantages: &advantages,
+                    num_items_in_batch: Some(total_tokens as f64),
+                },
+                &loss_cfg,
+            )?;
+            let grads = out.loss.backward()?;
+            acc.add(&grads, &params)?;
+            loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let n = out.metrics.num_tokens;
+            kl_sum += out.metrics.kl.unwrap_or(0.0) * n;
+            clip_sum += out.metrics.clip_region * n;
+            tok_sum += n;
+        }
+        let mut grads = acc.finish(1.0)?;
+        let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
+        opt.step(&grads)?;
+        step += 1;
+        done_here += 1;
+
+        // 6. Metrics, evaluation, checkpoint.
+        let n = totals.len() as f64;
+        let mean = totals.iter().sum::<f64>() / n;
+        let std = (totals.iter().map(|r| (r - mean) * (r - mean)).sum::<f64>() / n).sqrt();
+        let mut by_task: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for (r, t) in rolls.iter().zip(&totals) {
+            let task = prepared[picks[r.prompt]].record.task;
+            by_task
+                .entry(format!("{task:?}").to_lowercase())
+                .or_default()
+                .push(*t);
+        }
+        let step_s = t0.elapsed().as_secs_f64();
+        let mut m = GrpoMetrics {
+            step,
+            loss: loss_sum,
+            lr,
+            grad_norm,
+            reward_mean: mean,
+            reward_std: std,
+            verifier_mean: summary.rewards.iter().map(|r| r.verifier).sum::<f64>() / n,
+            format_penalty_mean: summary
+                .rewards
+                .iter()
+                .map(|r| r.format_penalty)
+                .sum::<f64>()
+                / n,
+            format_penalty_rate: summary
+                .rewards
+                .iter()
+                .filter(|r| r.format_violation)
+                .count() as f64
+                / n,
+            accuracy: summary.rewards.iter().filter(|r| r.correct).count() as f64 / n,
+            reward_by_task: by_task
+                .into_iter()
+                .map(|(k, v)| {
+                    let m = v.iter().sum::<f64>() / v.len() as f64;
+                    let s =
+                        (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64).sqrt();
+                    (k, (m, s))
+                })
+                .collect(),
+            kl: if tok_sum > 0.0 { kl_sum / tok_sum } else { 0.0 },
+            clip_frac: if tok_sum > 0.0 {
+                clip_sum / tok_sum
+            } else {
+                0.0
+            },
+            completion_len_mean: total_tokens as f64 / n,
+            truncated_rate: rolls.iter().filter(|r| r.truncated).count() as f64 / n,
+            frac_reward_zero_std: adv.stats.frac_reward_zero_std,
+            reward_timeouts: summary.timed_out,
+            tokens_per_s: train_tokens as f64 / step_s,
+            generation_s,
+            step_s,
+            heldout_accuracy: None,
+            heldout_format_violation_rate: None,
+        };
+        if !eval_set.is_empty()
+            && (step.is_multiple_of(cfg.eval_every.max(1)) || step == cfg.max_steps)
+        {
+            let engine = policy_engine(&model)?;
+            let (acc, fmt) = evaluate(
+                &engine,
+                &ctx.tokenizer,
+                &ctx.stop_ids,
+                &eval_set,
+                cfg.max_completion_len,
+                cfg.prefill_think,
+                &cfg.reward,
+            )?;
+            m.heldout_accuracy = Some(acc);
+            m.heldout_format_violation_rate = Some(fmt);
+        }
+        bar.set_message(format!(
+            "reward {:.3} acc {:.2}{}",
+            m.reward_mean,
+            m.accuracy,
+            m.heldout_accuracy
+                .map(|a| format!(" held-out {a:.3}"))
+                .unwrap_or_default()
+        ));
+        bar.inc(1);
+        log.push(m)?;
+        if step.is_multiple_of(cfg.save_every.max(1)) || step == cfg.max_steps {
+            let dir = cfg.out.join(format!("checkpoint-{step}"));
+            model.save(&dir.join("model"))?;
+            save_train_state(
+                &dir.join("state"),
+                &model,
+                &opt,
+                &TrainState {
+                    step,
+                    rng_state: model.rng_state(),
+                    data_cursor: Value::Null,
+                },
+            )?;
+            // Older checkpoints are superseded once the new one is complete.
+            for entry in std::fs::read_dir(&cfg.out)
+                .map_err(|e| TrainError::io(&cfg.out, e))?
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(s) = name
+                    .strip_prefix("checkpoint-")
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    if s < step {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let final_dir = if step >= cfg.max_steps {
+        let dir = cfg.out.join("final");
+        model.save(&dir)?;
+        Some(dir)
+    } else {
+        None
+    };
+    plot_grpo(&log.history, &cfg.out.join("curves.png"))?;
+    Ok(GrpoOutcome {
+        steps: step,
+        final_dir,
+        history: log.history,
+    })
+}
