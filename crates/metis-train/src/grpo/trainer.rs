@@ -129,6 +129,8 @@ pub struct GrpoMetrics {
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
+    /// NaN (written as null) on the step-0 line, which only holds the starting evaluation.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub reward_mean: f64,
     pub reward_std: f64,
     /// Mean verifier part of the reward (before the penalty).
@@ -156,6 +158,11 @@ pub struct GrpoMetrics {
     pub heldout_accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub heldout_format_violation_rate: Option<f64>,
+}
+
+/// `null` (how serde_json writes NaN) reads back as NaN.
+fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// What a run ended with.
