@@ -19,8 +19,16 @@ and what Metis loads at Q8_0). Engines alternate (Metis, llama.cpp, Metis, ...) 
 rounds so that both see the same machine state; the table gives the median over rounds.
 llama.cpp keeps its default F16 KV cache (Metis's is F32).
 
-Needs a Python with `llama-cpp-python` (PyPI sdist, compiled locally:
-`CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python`). Run from the repository root:
+Needs a Python with `llama-cpp-python` (PyPI sdist, compiled locally). On CPUs with AMX
+(Sapphire Rapids and later) build it without ggml's AMX backend, whose Q8_0 repacking crashes
+in some VMs; the flags below keep every other x86 path (AVX-512, VNNI, BF16, repack):
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+      -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
+      -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+      pip install llama-cpp-python numpy
+
+(on CPUs without AMX, `CMAKE_ARGS="-DGGML_NATIVE=ON"` is enough). Run from the repository root:
 
     python bench/engine_vs_llamacpp.py [--shapes 135m,1b] [--runs 3] [--repeats 2]
         [--dir /tmp/metis-bench-models] [--json results.json]

@@ -557,7 +557,9 @@ pub fn cvss(
             };
             let mut found: Vec<String> = Vec::new();
             for m in CVSS_CANDIDATE.find_iter(line) {
-                let v = m.as_str().to_ascii_uppercase();
+                // Case is kept: CVSS v2 has a mixed-case metric (`Au`); the parser folds an
+                // all-lowercase vector itself.
+                let v = m.as_str().to_owned();
                 if !found.contains(&v) {
                     found.push(v);
                 }
@@ -589,7 +591,13 @@ pub fn cvss(
                 format!("CVSS:{default_version}")
             };
             sequential(&text, &patterns, |i, s| {
-                let v = s.trim().to_ascii_uppercase();
+                // FAITH upper-cases the match (which breaks v2's `Au`); only `faith-strict`
+                // reproduces that.
+                let v = if strict {
+                    s.trim().to_ascii_uppercase()
+                } else {
+                    s.trim().to_owned()
+                };
                 Some(if i == 0 { v } else { format!("{prefix}{v}") })
             })
         }
@@ -868,6 +876,19 @@ mod tests {
             Some(cvss::Version::V3_0)
         );
         assert_eq!(strict.format(), Some(AnswerFormat::Lenient));
+        // CVSS v2's mixed-case `Au` survives extraction (as written, or all lowercase).
+        let v2 = cvss::Version::V2_0;
+        for answer in [
+            "Answer: AV:N/AC:L/Au:N/C:P/I:P/A:P",
+            "av:n/ac:l/au:n/c:p/i:p/a:p",
+        ] {
+            let got = cvss(answer, Protocol::LastLine, v2);
+            assert_eq!(
+                got.value().map(|v| v.base_score()),
+                Some(7.5),
+                "{answer}: {got:?}"
+            );
+        }
     }
 
     #[test]
