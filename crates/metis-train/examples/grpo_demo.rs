@@ -5,7 +5,8 @@
 //! ```text
 //! cargo run --release -p metis-train --example grpo_demo -- \
 //!     [--data-dir ../shared/data] [--out /tmp/metis-grpo-demo] [--seeds 0,1,2] \
-//!     [--sft-steps 60] [--grpo-steps 60] [--no-penalty-run]
+//!     [--sft-steps 600] [--grpo-steps 80] [--grpo-lr 2e-4] [--prompts-per-step 16] \
+//!     [--no-penalty-seeds 0]
 //! ```
 //!
 //! Writes per run `metrics.jsonl` and `curves.png`, and a summary `summary.json` +
@@ -37,11 +38,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .split(',')
         .map(|s| s.parse())
         .collect::<Result<_, _>>()?;
-    let sft_steps: u64 = arg(&args, "--sft-steps").map_or(Ok(60), |s| s.parse())?;
-    let grpo_steps: u64 = arg(&args, "--grpo-steps").map_or(Ok(60), |s| s.parse())?;
+    let sft_steps: u64 = arg(&args, "--sft-steps").map_or(Ok(600), |s| s.parse())?;
+    let grpo_steps: u64 = arg(&args, "--grpo-steps").map_or(Ok(80), |s| s.parse())?;
     let grpo_lr: f64 = arg(&args, "--grpo-lr").map_or(Ok(2e-4), |s| s.parse())?;
     let sft_lr: f64 = arg(&args, "--sft-lr").map_or(Ok(3e-3), |s| s.parse())?;
-    let no_penalty = args.iter().any(|a| a == "--no-penalty-run");
+    // Seeds that also get a run without the format penalty.
+    let no_penalty: Vec<u64> = arg(&args, "--no-penalty-seeds")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    let prompts_per_step: usize = arg(&args, "--prompts-per-step").map_or(Ok(16), |s| s.parse())?;
 
     let demo = build(&DemoConfig::new(data_dir, out.join("task")))?;
     println!(
@@ -50,6 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut summary = Vec::new();
     let mut curves = Vec::new();
+    let mut sampled_curves = Vec::new();
     for &seed in &seeds {
         let sft_out = out.join(format!("sft-seed{seed}"));
         let mut sft = SftConfig::new(&demo.model, &demo.sft, &sft_out);
@@ -62,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         run_sft(&sft, false)?;
         let sft_final = sft_out.join("final");
         let mut runs = vec![("penalty", 1.0)];
-        if no_penalty {
+        if no_penalty.contains(&seed) {
             runs.push(("no-penalty", 0.0));
         }
         for (name, penalty) in runs {
@@ -74,8 +83,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cfg.seed = seed;
             cfg.max_completion_len = 80;
             cfg.loss.max_completion_length = 80;
-            cfg.prompts_per_step = 8;
-            cfg.micro_batch = 40;
+            cfg.prompts_per_step = prompts_per_step;
+            cfg.micro_batch = 80;
             cfg.eval_every = 10;
             cfg.save_every = grpo_steps;
             cfg.reward.format.penalty = penalty;
@@ -85,6 +94,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .filter_map(|m| m.heldout_accuracy.map(|a| (m.step as f64, a)))
                 .collect();
+            let sampled: Vec<(f64, f64)> = outcome
+                .history
+                .iter()
+                .filter_map(|m| m.heldout_sampled_accuracy.map(|a| (m.step as f64, a)))
+                .collect();
             let fmt: Vec<(f64, f64)> = outcome
                 .history
                 .iter()
@@ -92,18 +106,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|m| (m.step as f64, m.format_penalty_rate))
                 .collect();
             println!(
-                "seed {seed} {name}: held-out accuracy {:.3} -> {:.3}; rollout format-violation rate {:.3} -> {:.3}",
+                "seed {seed} {name}: held-out accuracy greedy {:.3} -> {:.3}, sampled {:.3} -> {:.3}; rollout format-violation rate {:.3} -> {:.3}",
                 held.first().map_or(f64::NAN, |x| x.1),
                 held.last().map_or(f64::NAN, |x| x.1),
+                sampled.first().map_or(f64::NAN, |x| x.1),
+                sampled.last().map_or(f64::NAN, |x| x.1),
                 fmt.first().map_or(f64::NAN, |x| x.1),
                 fmt.last().map_or(f64::NAN, |x| x.1),
             );
             summary.push(serde_json::json!({
-                "seed": seed, "run": name, "heldout_accuracy": held, "format_violation_rate": fmt,
+                "seed": seed, "run": name, "heldout_accuracy": held, "heldout_sampled_accuracy": sampled,
+                "format_violation_rate": fmt,
             }));
             curves.push(Curve {
-                name: format!("{name} seed {seed}"),
+                name: format!("greedy, {name}, seed {seed}"),
                 points: held,
+            });
+            sampled_curves.push(Curve {
+                name: format!("sampled, {name}, seed {seed}"),
+                points: sampled,
             });
         }
     }
@@ -112,11 +133,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         serde_json::to_string_pretty(&summary)?,
     )?;
     line_chart(
-        &[LinePanel {
-            title: "Held-out accuracy (greedy) during GRPO, from the SFT checkpoint".into(),
-            y_label: "accuracy".into(),
-            curves,
-        }],
+        &[
+            LinePanel {
+                title: "Held-out accuracy (greedy) during GRPO, from the SFT checkpoint".into(),
+                y_label: "accuracy".into(),
+                curves,
+            },
+            LinePanel {
+                title: "Held-out accuracy (one sample at the rollout temperature)".into(),
+                y_label: "accuracy".into(),
+                curves: sampled_curves,
+            },
+        ],
         "GRPO step",
         &out.join("heldout.png"),
     )?;

@@ -156,6 +156,9 @@ pub struct GrpoMetrics {
     /// Held-out accuracy (greedy), on evaluation steps.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub heldout_accuracy: Option<f64>,
+    /// Held-out accuracy with one completion per prompt sampled at the rollout temperature.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub heldout_sampled_accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub heldout_format_violation_rate: Option<f64>,
 }
@@ -277,7 +280,9 @@ fn step_seed(seed: u64, step: u64, salt: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Greedy accuracy and format-violation rate on `prompts`.
+/// Accuracy and format-violation rate on `prompts`, one completion each, sampled with
+/// `sampling` (greedy by default).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     engine: &Model,
     ctx_tokenizer: &Tokenizer,
@@ -286,13 +291,14 @@ pub fn evaluate(
     max_tokens: usize,
     prefill_think: bool,
     reward: &RewardConfig,
+    sampling: SamplingParams,
 ) -> Result<(f64, f64)> {
     if prepared.is_empty() {
         return Ok((f64::NAN, f64::NAN));
     }
     let opts = GenerateOptions {
         max_tokens,
-        sampling: SamplingParams::default(),
+        sampling,
         stop_ids: stop_ids.to_vec(),
         ..GenerateOptions::default()
     };
@@ -387,6 +393,9 @@ pub fn plot_grpo(history: &[GrpoMetrics], path: &Path) -> Result<()> {
                 series("reward mean", &|m| Some(m.reward_mean)),
                 series("rollout accuracy", &|m| Some(m.accuracy)),
                 series("held-out accuracy (greedy)", &|m| m.heldout_accuracy),
+                series("held-out accuracy (sampled)", &|m| {
+                    m.heldout_sampled_accuracy
+                }),
             ],
         },
         LinePanel {
@@ -539,28 +548,41 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
     )
     .map_err(|e| TrainError::io(&cfg.out, e))?;
 
+    // Held-out accuracy greedily and at the rollout temperature (a fixed seed, so that
+    // evaluations differ only by the policy).
+    let eval_policy = |model: &TrainModel| -> Result<(f64, f64, f64)> {
+        let engine = policy_engine(model)?;
+        let run = |sampling| {
+            evaluate(
+                &engine,
+                &ctx.tokenizer,
+                &ctx.stop_ids,
+                &eval_set,
+                cfg.max_completion_len,
+                cfg.prefill_think,
+                &cfg.reward,
+                sampling,
+            )
+        };
+        let (greedy, fmt) = run(SamplingParams::default())?;
+        let (sampled, _) = run(SamplingParams {
+            temperature: cfg.temperature,
+            top_p: cfg.top_p,
+            seed: step_seed(cfg.seed, u64::MAX, 2),
+            ..SamplingParams::default()
+        })?;
+        Ok((greedy, fmt, sampled))
+    };
     let bar = crate::metrics::progress_bar(cfg.max_steps, start);
     let mut done_here = 0u64;
     let mut step = start;
     // The starting point of the held-out curve.
-    let mut pending_eval = if start == 0 && !eval_set.is_empty() {
-        let engine = policy_engine(&model)?;
-        Some(evaluate(
-            &engine,
-            &ctx.tokenizer,
-            &ctx.stop_ids,
-            &eval_set,
-            cfg.max_completion_len,
-            cfg.prefill_think,
-            &cfg.reward,
-        )?)
-    } else {
-        None
-    };
-    if let Some((acc, fmt)) = pending_eval.take() {
+    if start == 0 && !eval_set.is_empty() {
+        let (acc, fmt, sampled) = eval_policy(&model)?;
         log.push(GrpoMetrics {
             step: 0,
             heldout_accuracy: Some(acc),
+            heldout_sampled_accuracy: Some(sampled),
             heldout_format_violation_rate: Some(fmt),
             reward_mean: f64::NAN,
             ..GrpoMetrics::default()
@@ -788,22 +810,15 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
             generation_s,
             step_s,
             heldout_accuracy: None,
+            heldout_sampled_accuracy: None,
             heldout_format_violation_rate: None,
         };
         if !eval_set.is_empty()
             && (step.is_multiple_of(cfg.eval_every.max(1)) || step == cfg.max_steps)
         {
-            let engine = policy_engine(&model)?;
-            let (acc, fmt) = evaluate(
-                &engine,
-                &ctx.tokenizer,
-                &ctx.stop_ids,
-                &eval_set,
-                cfg.max_completion_len,
-                cfg.prefill_think,
-                &cfg.reward,
-            )?;
+            let (acc, fmt, sampled) = eval_policy(&model)?;
             m.heldout_accuracy = Some(acc);
+            m.heldout_sampled_accuracy = Some(sampled);
             m.heldout_format_violation_rate = Some(fmt);
         }
         bar.set_message(format!(
