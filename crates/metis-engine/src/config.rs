@@ -74,6 +74,72 @@ pub struct RopeConfig {
     pub scaling: RopeScaling,
 }
 
+impl RopeConfig {
+    /// The rope inverse frequencies, [head_dim / 2], computed in f32 in transformers' operation
+    /// order (`_compute_default_rope_parameters`, `_compute_llama3_parameters`), so that
+    /// inference and training use bit-identical angles.
+    pub fn inv_freq(&self, head_dim: usize) -> Vec<f32> {
+        let cfg = self;
+        let base = cfg.theta as f32;
+        let dim = head_dim as f32;
+        // torch: 1.0 / (base ** (arange(0, dim, 2).float() / dim))
+        let default: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1.0f32 / base.powf(i as f32 / dim))
+            .collect();
+        let inv_freq = match cfg.scaling {
+            RopeScaling::None => default,
+            RopeScaling::Linear { factor } => {
+                let factor = factor as f32;
+                default.iter().map(|&f| f / factor).collect()
+            }
+            RopeScaling::FreqFactors { ref factors } => default
+                .iter()
+                .zip(factors.iter().chain(std::iter::repeat(&1.0f32)))
+                .map(|(&f, &d)| f / d)
+                .collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let factor = factor as f32;
+                let low = low_freq_factor as f32;
+                let high = high_freq_factor as f32;
+                let old_ctx = original_max_position_embeddings as f32;
+                // Python floats (double) compared against f32 tensors.
+                let low_freq_wavelen =
+                    (original_max_position_embeddings as f64 / low_freq_factor) as f32;
+                let high_freq_wavelen =
+                    (original_max_position_embeddings as f64 / high_freq_factor) as f32;
+                let two_pi = std::f64::consts::PI as f32 * 2.0;
+                default
+                    .iter()
+                    .map(|&f| {
+                        // `2 * math.pi / inv_freq` is `inv_freq.reciprocal() * (2 * pi)` in torch.
+                        let wavelen = (1.0f32 / f) * two_pi;
+                        let scaled = if wavelen > low_freq_wavelen {
+                            f / factor
+                        } else {
+                            f
+                        };
+                        let smooth = ((1.0f32 / wavelen) * old_ctx - low) / (high - low);
+                        let smoothed = (1.0f32 - smooth) * scaled / factor + smooth * scaled;
+                        let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen; // wavelen is finite
+                        if medium {
+                            smoothed
+                        } else {
+                            scaled
+                        }
+                    })
+                    .collect()
+            }
+        };
+        inv_freq
+    }
+}
+
 /// The subset of a Hugging Face `config.json` that the engine needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
