@@ -83,6 +83,7 @@ impl Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RopeScaling;
 
     #[test]
     fn llama3_scaling_hits_all_branches() {
