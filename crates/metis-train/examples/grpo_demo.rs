@@ -6,7 +6,10 @@
 //! cargo run --release -p metis-train --example grpo_demo -- \
 //!     [--data-dir ../shared/data] [--out /tmp/metis-grpo-demo] [--seeds 0,1,2] \
 //!     [--sft-steps 600] [--grpo-steps 80] [--grpo-lr 2e-4] [--prompts-per-step 16] \
-//!     [--no-penalty-seeds 0]
+//!     [--no-penalty-seeds 0] [--eval-every 10] [--tag NAME]
+//!
+//! An existing `sft-seedN/final` under `--out` is reused, so several GRPO settings (told apart
+//! by `--tag`) can start from the same SFT checkpoints.
 //! ```
 //!
 //! Writes per run `metrics.jsonl` and `curves.png`, and a summary `summary.json` +
@@ -49,6 +52,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse())
         .collect::<Result<_, _>>()?;
+    // Suffix of the GRPO run directories, to keep several GRPO settings beside one SFT.
+    let tag = arg(&args, "--tag")
+        .map(|t| format!("-{t}"))
+        .unwrap_or_default();
+    let eval_every: u64 = arg(&args, "--eval-every").map_or(Ok(10), |s| s.parse())?;
     let prompts_per_step: usize = arg(&args, "--prompts-per-step").map_or(Ok(16), |s| s.parse())?;
 
     let demo = build(&DemoConfig::new(data_dir, out.join("task")))?;
@@ -68,14 +76,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sft.max_len = 128;
         sft.seed = seed;
         sft.save_every = sft_steps;
-        run_sft(&sft, false)?;
         let sft_final = sft_out.join("final");
+        // An SFT checkpoint from an earlier invocation (same settings) is reused.
+        if !sft_final.join("model.safetensors").is_file() {
+            run_sft(&sft, false)?;
+        }
         let mut runs = vec![("penalty", 1.0)];
         if no_penalty.contains(&seed) {
             runs.push(("no-penalty", 0.0));
         }
         for (name, penalty) in runs {
-            let run_out = out.join(format!("grpo-{name}-seed{seed}"));
+            let run_out = out.join(format!("grpo{tag}-{name}-seed{seed}"));
             let mut cfg = GrpoConfig::new(sft_final.clone(), demo.prompts.clone(), run_out);
             cfg.eval_prompts = Some(demo.heldout.clone());
             cfg.max_steps = grpo_steps;
@@ -85,7 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cfg.loss.max_completion_length = 80;
             cfg.prompts_per_step = prompts_per_step;
             cfg.micro_batch = 80;
-            cfg.eval_every = 10;
+            cfg.eval_every = eval_every;
             cfg.save_every = grpo_steps;
             cfg.reward.format.penalty = penalty;
             let outcome = run_grpo(&cfg, false)?;
@@ -129,7 +140,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     std::fs::write(
-        out.join("summary.json"),
+        out.join(format!("summary{tag}.json")),
         serde_json::to_string_pretty(&summary)?,
     )?;
     line_chart(
@@ -146,7 +157,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         ],
         "GRPO step",
-        &out.join("heldout.png"),
+        &out.join(format!("heldout{tag}.png")),
     )?;
     println!("wrote {}", out.display());
     Ok(())

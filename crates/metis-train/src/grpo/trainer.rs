@@ -308,7 +308,7 @@ pub fn evaluate(
         let gens = generate_batch(engine, Some(ctx_tokenizer), &ids, &opts, prefill_think)
             .map_err(|e| TrainError::InvalidArgument(format!("evaluation rollout: {e}")))?;
         for ((record, _), g) in chunk.iter().zip(gens) {
-            jobs.push(record.reward_job(completion_text(&g, prefill_think)));
+            jobs.push(record.reward_job(completion_text(&g)));
         }
     }
     let summary = compute_rewards(&jobs, reward);
@@ -326,7 +326,7 @@ pub fn evaluate(
 /// The completion text as generated. With a prefilled `<think>\n` it holds only the closing
 /// delimiter; the reward's [`metis_verify::format::FormatPolicy::prefilled_open`] accounts for
 /// that (set by [`run_grpo`]).
-fn completion_text(g: &Generation, _prefill_think: bool) -> String {
+fn completion_text(g: &Generation) -> String {
     g.text.clone().unwrap_or_default()
 }
 
@@ -625,10 +625,7 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
         )
         .map_err(|e| TrainError::InvalidArgument(format!("rollout: {e}")))?;
         drop(engine);
-        let texts: Vec<String> = gens
-            .iter()
-            .map(|g| completion_text(g, cfg.prefill_think))
-            .collect();
+        let texts: Vec<String> = gens.iter().map(completion_text).collect();
         let rolls = rollouts(gens, g);
         let generation_s = t0.elapsed().as_secs_f64();
 
