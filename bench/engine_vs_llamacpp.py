@@ -142,6 +142,7 @@ def run_child(cmd, env) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default="135m")
+    ap.add_argument("--formats", default="F32,Q8_0", help="weight formats to compare")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per process (median)")
     ap.add_argument("--repeats", type=int, default=2, help="alternating rounds per engine")
     ap.add_argument("--dir", default="/tmp/metis-bench-models")
@@ -160,6 +161,8 @@ def main() -> None:
     results = []
     for shape, p in paths.items():
         for fmt, metis_path, gguf in [("F32", p["hf"], p["f32"]), ("Q8_0", p["q8_0"], p["q8_0"])]:
+            if fmt not in args.formats.split(","):
+                continue
             rounds = {"metis": [], "llama.cpp": []}
             for _ in range(args.repeats):
                 rounds["metis"].append(run_child([exe, "--child", metis_path], env))

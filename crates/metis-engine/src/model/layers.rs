@@ -34,6 +34,10 @@ pub(crate) enum LinearWeight {
     Quantized(QMatMul),
 }
 
+/// Rows (tokens) from which a block-quantized layer is multiplied as a dequantized dense
+/// matrix instead of through the quantized dot kernels.
+const DEQUANT_MIN_ROWS: usize = 32;
+
 /// `y = x W^T (+ b)` with W [out, in] as stored by HF. On CPU a bf16 model keeps W in f32
 /// (see [`matmul`]); the bias and the output are in the activation dtype. Quantized weights
 /// take f32 activations (GGUF models compute in f32).
@@ -82,6 +86,15 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
             LinearWeight::Dense(w) => matmul(&x2, &w.t()?)?,
+            LinearWeight::Quantized(QMatMul::QTensor(q)) if rows >= DEQUANT_MIN_ROWS => {
+                // Prefill: candle's quantized kernels are vector-dot products, fine for a few
+                // rows but far slower than a gemm over hundreds; dequantizing the block once per
+                // call and running the dense f32 gemm is ~10× faster there (and exact w.r.t. the
+                // stored weights, while the dot kernels also quantize the activations).
+                let dtype = x2.dtype();
+                let w = q.dequantize(x2.device())?;
+                x2.to_dtype(DType::F32)?.matmul(&w.t()?)?.to_dtype(dtype)?
+            }
             LinearWeight::Quantized(q) => {
                 let dtype = x2.dtype();
                 q.forward(&x2.to_dtype(DType::F32)?.contiguous()?)?
