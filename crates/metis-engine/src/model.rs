@@ -27,7 +27,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use cache::KvCache;
 pub use error::EngineError;
-pub(crate) use weights::safetensors_files;
+pub use weights::safetensors_files;
 
 use crate::config::ModelConfig;
 use layers::{causal_mask, padded_causal_mask, DecoderLayer, Linear, RmsNorm};

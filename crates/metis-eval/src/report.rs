@@ -252,6 +252,22 @@ const CHART_SIZE: (u32, u32) = (1200, 600);
 /// extension of `path`: `.png` (1200×600 bitmap, text rendered with the embedded DejaVu Sans)
 /// or `.svg`. Parent directories are created.
 pub fn chart(rows: &[ResultRow], path: &Path) -> Result<(), ReportError> {
+    render(
+        path,
+        CHART_SIZE,
+        |root| draw_chart(rows, root),
+        |root| draw_chart(rows, root),
+    )
+}
+
+/// Draws into `path` as PNG or SVG (by extension) with the embedded font, creating parent
+/// directories; `png` and `svg` are the same drawing for the two backends.
+fn render(
+    path: &Path,
+    size: (u32, u32),
+    png: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String>,
+    svg: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String>,
+) -> Result<(), ReportError> {
     let display = path.display().to_string();
     let ext = path
         .extension()
@@ -268,11 +284,11 @@ pub fn chart(rows: &[ResultRow], path: &Path) -> Result<(), ReportError> {
     }
     register_font();
     let result = if ext.as_deref() == Some("png") {
-        let root = BitMapBackend::new(path, CHART_SIZE).into_drawing_area();
-        draw_chart(rows, &root).and_then(|()| root.present().map_err(|e| e.to_string()))
+        let root = BitMapBackend::new(path, size).into_drawing_area();
+        png(&root).and_then(|()| root.present().map_err(|e| e.to_string()))
     } else {
-        let root = SVGBackend::new(path, CHART_SIZE).into_drawing_area();
-        draw_chart(rows, &root).and_then(|()| root.present().map_err(|e| e.to_string()))
+        let root = SVGBackend::new(path, size).into_drawing_area();
+        svg(&root).and_then(|()| root.present().map_err(|e| e.to_string()))
     };
     result.map_err(|message| ReportError::Draw {
         path: display,
@@ -502,36 +518,16 @@ const LINE_PANEL_SIZE: (u32, u32) = (1200, 420);
 /// The format follows the extension of `path`: `.png` (1200 × 420 per panel, text rendered
 /// with the embedded DejaVu Sans) or `.svg`. Parent directories are created.
 pub fn line_chart(panels: &[LinePanel], x_label: &str, path: &Path) -> Result<(), ReportError> {
-    let display = path.display().to_string();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase());
-    if !matches!(ext.as_deref(), Some("png") | Some("svg")) {
-        return Err(ReportError::UnsupportedExtension { path: display });
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
-            path: display.clone(),
-            source,
-        })?;
-    }
-    register_font();
     let size = (
         LINE_PANEL_SIZE.0,
         LINE_PANEL_SIZE.1 * panels.len().max(1) as u32,
     );
-    let result = if ext.as_deref() == Some("png") {
-        let root = BitMapBackend::new(path, size).into_drawing_area();
-        draw_lines(panels, x_label, &root).and_then(|()| root.present().map_err(|e| e.to_string()))
-    } else {
-        let root = SVGBackend::new(path, size).into_drawing_area();
-        draw_lines(panels, x_label, &root).and_then(|()| root.present().map_err(|e| e.to_string()))
-    };
-    result.map_err(|message| ReportError::Draw {
-        path: display,
-        message,
-    })
+    render(
+        path,
+        size,
+        |root| draw_lines(panels, x_label, root),
+        |root| draw_lines(panels, x_label, root),
+    )
 }
 
 /// `(lo, hi)` padded by 5 % (or ±1 / ±|v|·5 % for a single value).

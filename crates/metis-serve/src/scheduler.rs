@@ -363,7 +363,10 @@ impl Engine {
 /// vocabulary (softmax and log-probability over ~128k logits per row) costs as much as the
 /// forward pass itself at small model sizes, so rows are split across the available cores.
 fn sample_all(active: &mut [Active<'_>], rows: &[Vec<f32>]) -> Vec<u32> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Asked once: on Linux the answer reads cgroup files, too slow for every decode step.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads =
+        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let per = active.len().div_ceil(threads).max(8);
     if active.len() <= per {
         return active

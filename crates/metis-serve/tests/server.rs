@@ -381,10 +381,13 @@ async fn full_queue_answers_429() {
     let mut c = common::config();
     c.max_batch = 1;
     c.max_queue = 1;
+    // The first request must still be running when the third arrives, however slow the
+    // machine is at getting there: give it far more tokens than it can produce meanwhile.
+    c.max_tokens_cap = 100_000;
     let s = Arc::new(start(c).await);
     let long = json!({
         "model": "metis-tiny", "messages": [{"role":"user","content":"x"}],
-        "max_tokens": 4000, "ignore_eos": true, "stream": true,
+        "max_tokens": 100_000, "ignore_eos": true, "stream": true,
     });
     // First request: admitted and decoding (its first chunk proves it left the queue).
     let mut first = reqwest::Client::new()

@@ -93,7 +93,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cfg.lr = grpo_lr;
             cfg.seed = seed;
             cfg.max_completion_len = 80;
-            cfg.loss.max_completion_length = 80;
             cfg.prompts_per_step = prompts_per_step;
             cfg.micro_batch = 80;
             cfg.eval_every = eval_every;

@@ -40,6 +40,8 @@ use metis_engine::chat::{ChatTemplate, Message, RenderOptions};
 use metis_engine::tokenizer::Tokenizer;
 use serde_json::Value as Json;
 
+pub use crate::rng::SplitMix64;
+
 /// The chat template used when the tokenizer directory has none (Zephyr style): an optional
 /// BOS, then per message `<|ROLE|>\n{content}{eos}\n`, and `<|assistant|>\n` as the
 /// generation prompt. The end of an assistant turn is the tokenizer's EOS token followed by a
@@ -571,37 +573,6 @@ pub fn collate(seqs: &[&Sequence], pad_id: u32) -> Batch {
         batch.position_ids[o..o + n].copy_from_slice(&q.position_ids);
     }
     batch
-}
-
-/// SplitMix64: a tiny deterministic generator (same sequence on every platform and version).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SplitMix64 {
-    pub state: u64,
-}
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0), by rejection (no modulo bias).
-    pub fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - (u64::MAX % n);
-        loop {
-            let x = self.next_u64();
-            if x < zone {
-                return x % n;
-            }
-        }
-    }
 }
 
 /// The order of the `n` sequences in epoch `epoch` (0-based): a Fisher–Yates shuffle driven

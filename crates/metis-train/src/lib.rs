@@ -15,5 +15,6 @@ pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+mod rng;
 pub mod schedule;
 pub mod sft;

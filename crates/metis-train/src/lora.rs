@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Result, TrainError};
 
+pub use crate::rng::SplitMix64;
+
 /// The HF short names of the linear layers that can carry an adapter.
 pub const LORA_TARGETS: [&str; 7] = [
     "q_proj",
@@ -197,32 +199,6 @@ pub(crate) fn mix(words: &[u64]) -> u64 {
         h = SplitMix64::new(h ^ w).next_u64();
     }
     h
-}
-
-/// SplitMix64: a tiny, fully specified generator (stable across crate versions, unlike
-/// `rand::rngs::StdRng`), so initialisations and dropout masks never change under us.
-#[derive(Debug, Clone)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
 }
 
 #[cfg(test)]

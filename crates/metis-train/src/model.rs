@@ -64,7 +64,8 @@ pub use error::{Result, TrainError};
 pub use layout::BatchLayout;
 
 use crate::lora::{mix, peft_name, LoraAdapter, LoraConfig};
-use layers::{acc_dtype, mm, rms_norm, Attention, Ctx, DecoderLayer, Linear, Mlp};
+pub(crate) use layers::acc_dtype;
+use layers::{mm, rms_norm, Attention, Ctx, DecoderLayer, Linear, Mlp};
 use rope::Rope;
 
 /// How to load a [`TrainModel`].
@@ -113,40 +114,7 @@ pub struct TrainModel {
 }
 
 /// The safetensors files of an HF model directory (single file or sharded with an index).
-pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| TrainError::io(&index, e))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| TrainError::Json {
-                path: index.clone(),
-                source,
-            })?;
-        let map = value
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| TrainError::format(&index, "missing object weight_map"))?;
-        let mut names = std::collections::BTreeSet::new();
-        for (tensor, shard) in map {
-            let shard = shard.as_str().ok_or_else(|| {
-                TrainError::format(&index, format!("weight_map.{tensor}: expected a file name"))
-            })?;
-            names.insert(shard.to_string());
-        }
-        return Ok(names.into_iter().map(|n| dir.join(n)).collect());
-    }
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    Err(TrainError::io(
-        single,
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "no model.safetensors or model.safetensors.index.json",
-        ),
-    ))
-}
+pub use metis_engine::model::safetensors_files;
 
 /// Reads weights by HF name, makes Vars of them (full fine-tuning) or keeps them frozen.
 struct Loader {
@@ -251,12 +219,10 @@ impl TrainModel {
                 };
                 let lora = match &opts.lora {
                     Some(cfg) if cfg.targets(short) => {
-                        let mut c = cfg.clone();
-                        c.init_seed = cfg.init_seed;
                         let ad = LoraAdapter::new(
                             inp,
                             out,
-                            &c,
+                            cfg,
                             i as u64 * 7 + idx,
                             lora_dtype,
                             &opts.device,

@@ -28,7 +28,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Result, TrainError};
+use crate::model::{acc_dtype, Result, TrainError};
 
 /// Gradients by parameter name.
 #[derive(Debug, Clone, Default)]
@@ -81,7 +81,7 @@ impl Grads {
     pub fn global_norm(&self) -> Result<f64> {
         let mut sq = 0f64;
         for g in self.map.values() {
-            let s = g.to_dtype(acc(g.dtype()))?.sqr()?;
+            let s = g.to_dtype(acc_dtype(g.dtype()))?.sqr()?;
             let s = if s.rank() >= 2 {
                 s.sum(candle_core::D::Minus1)?
             } else {
@@ -90,14 +90,6 @@ impl Grads {
             sq += s.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         }
         Ok(sq.sqrt())
-    }
-}
-
-fn acc(dtype: DType) -> DType {
-    if dtype == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
     }
 }
 
@@ -140,7 +132,7 @@ impl GradAccumulator {
     /// Add already extracted gradients.
     pub fn add_grads(&mut self, g: &Grads) -> Result<()> {
         for (name, grad) in g.iter() {
-            let grad = grad.to_dtype(acc(grad.dtype()))?;
+            let grad = grad.to_dtype(acc_dtype(grad.dtype()))?;
             let sum = match self.sums.map.remove(name) {
                 Some(s) => (s + grad)?,
                 None => grad.copy()?,
@@ -228,7 +220,7 @@ impl AdamW {
                     )));
                 }
                 let t = var.as_tensor();
-                let sd = acc(t.dtype());
+                let sd = acc_dtype(t.dtype());
                 let master = if t.dtype() == sd {
                     None
                 } else {

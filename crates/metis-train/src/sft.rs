@@ -429,16 +429,10 @@ pub fn run_sft(cfg: &SftConfig, resume: bool) -> Result<SftSummary, SftError> {
     let seqs: Vec<Sequence> = data::sequences(&loaded.examples, cfg.max_len, cfg.packing);
     let plan = Plan::new(seqs.len(), cfg.batch_size, cfg.grad_accum, cfg.seed);
     let total_steps = cfg.max_steps.unwrap_or(cfg.epochs * plan.steps_per_epoch);
+    let warmup = warmup_steps(total_steps, cfg.warmup_steps, cfg.warmup_ratio);
     let schedule = match cfg.schedule {
-        ScheduleKind::Cosine => Schedule::cosine(
-            cfg.lr,
-            warmup_steps(total_steps, cfg.warmup_steps, cfg.warmup_ratio),
-            total_steps,
-        ),
-        ScheduleKind::Constant => Schedule::constant(
-            cfg.lr,
-            warmup_steps(total_steps, cfg.warmup_steps, cfg.warmup_ratio),
-        ),
+        ScheduleKind::Cosine => Schedule::cosine(cfg.lr, warmup, total_steps),
+        ScheduleKind::Constant => Schedule::constant(cfg.lr, warmup),
     };
 
     // Resume point.

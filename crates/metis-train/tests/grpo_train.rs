@@ -54,7 +54,6 @@ fn config(model: &Path, demo: &DemoPaths, out: &Path) -> GrpoConfig {
     cfg.prompts_per_step = 4;
     cfg.max_steps = 4;
     cfg.max_completion_len = 48;
-    cfg.loss.max_completion_length = 48;
     cfg.micro_batch = 6; // two micro-batches per step
     cfg.lr = 1e-3;
     cfg.save_every = 2;

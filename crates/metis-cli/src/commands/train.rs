@@ -311,7 +311,6 @@ fn grpo(a: GrpoArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     cfg.loss.epsilon_low = a.epsilon;
     cfg.loss.epsilon_high = a.epsilon_high.unwrap_or(a.epsilon);
-    cfg.loss.max_completion_length = a.max_completion_len;
     cfg.scale_rewards = a
         .scale_rewards
         .parse::<ScaleRewards>()

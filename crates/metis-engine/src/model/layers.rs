@@ -195,6 +195,21 @@ impl Attention {
         layer: usize,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
+        let (q, k, v) = self.project(x, cos, sin)?;
+        let (k, v) = cache.append(layer, &k, &v)?; // [b, nkv, kv_len, hd]
+        let out = self.attend(&q, &k, &v, mask, x.dtype())?;
+        self.output(&out, b, s)
+    }
+
+    /// Projections, Qwen3's q/k norms and rope: x [b, s, hidden] -> q [b, nh, s, hd],
+    /// k and v [b, nkv, s, hd] (contiguous).
+    pub(crate) fn project(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let q = self.q_proj.forward(x)?.reshape((b, s, nh, hd))?;
         let k = self.k_proj.forward(x)?.reshape((b, s, nkv, hd))?;
@@ -208,13 +223,25 @@ impl Attention {
         let v = v.transpose(1, 2)?.contiguous()?; // [b, nkv, s, hd]
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        Ok((q, k, v))
+    }
 
-        let (k, v) = cache.append(layer, &k, &v)?; // [b, nkv, kv_len, hd]
+    /// softmax(q k^T * scale + mask) v for q [b, nh, s, hd] against the cached k/v
+    /// [b, nkv, kv_len, hd]; returns [b, nkv, n_rep * s, hd] in `dtype`.
+    pub(crate) fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let (b, _, s, hd) = q.dims4()?;
         let kv_len = k.dim(2)?;
-
+        let nkv = self.num_kv_heads;
         // GQA without copying K/V: query heads j*n_rep .. (j+1)*n_rep share kv head j, so
         // fold the group into the row dimension: [b, nkv, n_rep * s, hd].
-        let n_rep = nh / nkv;
+        let n_rep = self.num_heads / nkv;
         let q = q.reshape((b, nkv, n_rep * s, hd))?;
         // HF: `(q @ k^T) * scaling` in the activation dtype (the scalar applied in f32, one
         // rounding), then the mask is added and softmax runs in f32. candle's affine would
@@ -234,8 +261,13 @@ impl Attention {
                 .reshape((b, nkv, n_rep * s, kv_len))?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(x.dtype())?;
-        let out = matmul(&probs, &v)?; // [b, nkv, n_rep*s, hd]
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        matmul(&probs, v) // [b, nkv, n_rep*s, hd]
+    }
+
+    /// [b, nkv, n_rep * s, hd] attention output -> o_proj -> [b, s, hidden].
+    pub(crate) fn output(&self, out: &Tensor, b: usize, s: usize) -> Result<Tensor> {
+        let (nh, hd) = (self.num_heads, self.head_dim);
         let out = out
             .reshape((b, nh, s, hd))?
             .transpose(1, 2)? // [b, s, nh, hd]
@@ -263,8 +295,18 @@ impl DecoderLayer {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor> {
+        self.forward_with(x, |attn, h| attn.forward(h, cos, sin, mask, cache, layer))
+    }
+
+    /// The pre-norm residual structure around an attention step supplied by the caller (the
+    /// ragged decode attends each row against its own cache).
+    pub(crate) fn forward_with(
+        &self,
+        x: &Tensor,
+        attention: impl FnOnce(&Attention, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let h = (x + self.self_attn.forward(&h, cos, sin, mask, cache, layer)?)?;
+        let h = (x + attention(&self.self_attn, &h)?)?;
         let m = self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&h)?)?;

@@ -10,7 +10,7 @@
 use candle_core::{DType, Tensor};
 
 use super::cache::KvCache;
-use super::layers::{matmul, Attention, DecoderLayer};
+use super::layers::DecoderLayer;
 use super::{EngineError, Model, Result};
 
 impl Model {
@@ -73,6 +73,7 @@ impl Model {
 }
 
 /// A decoder layer over `n` rows of one position each: x [n, 1, hidden] -> [n, 1, hidden].
+/// Projections, norms and the MLP run batched; each row attends to its own cache.
 fn ragged_layer(
     layer: &DecoderLayer,
     x: &Tensor,
@@ -81,58 +82,14 @@ fn ragged_layer(
     caches: &mut [&mut KvCache],
     index: usize,
 ) -> Result<Tensor> {
-    let h = layer.input_layernorm.forward(x)?;
-    let h = (x + ragged_attention(&layer.self_attn, &h, cos, sin, caches, index)?)?;
-    let m = layer
-        .mlp
-        .forward(&layer.post_attention_layernorm.forward(&h)?)?;
-    Ok((h + m)?)
-}
-
-/// Attention with batched projections and per-sequence score/value products, with the
-/// numerics of `Attention::forward` for a single unmasked decode position.
-fn ragged_attention(
-    attn: &Attention,
-    x: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    caches: &mut [&mut KvCache],
-    layer: usize,
-) -> Result<Tensor> {
-    let n = x.dim(0)?;
-    let (nh, nkv, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
-    let q = attn.q_proj.forward(x)?.reshape((n, 1, nh, hd))?;
-    let k = attn.k_proj.forward(x)?.reshape((n, 1, nkv, hd))?;
-    let v = attn.v_proj.forward(x)?.reshape((n, 1, nkv, hd))?;
-    let (q, k) = match (&attn.q_norm, &attn.k_norm) {
-        (Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?),
-        _ => (q, k),
-    };
-    let q = q.transpose(1, 2)?.contiguous()?; // [n, nh, 1, hd]
-    let k = k.transpose(1, 2)?.contiguous()?; // [n, nkv, 1, hd]
-    let v = v.transpose(1, 2)?.contiguous()?;
-    let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-    let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-    let n_rep = nh / nkv;
-    let mut outs = Vec::with_capacity(n);
-    for (i, cache) in caches.iter_mut().enumerate() {
-        let ki = k.narrow(0, i, 1)?.contiguous()?;
-        let vi = v.narrow(0, i, 1)?.contiguous()?;
-        let (kc, vc) = cache.append(layer, &ki, &vi)?; // [1, nkv, len, hd]
-                                                       // GQA by folding the query group into rows, as in Attention::forward.
-        let qi = q.narrow(0, i, 1)?.reshape((1, nkv, n_rep, hd))?;
-        let scores = matmul(&qi, &kc.t()?)?; // [1, nkv, n_rep, len]
-        let scores = if scores.dtype() == DType::F32 {
-            (scores * attn.scale)?
-        } else {
-            (scores.to_dtype(DType::F32)? * attn.scale)?
-                .to_dtype(scores.dtype())?
-                .to_dtype(DType::F32)?
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(x.dtype())?;
-        let out = matmul(&probs, &vc)?; // [1, nkv, n_rep, hd]
-        outs.push(out.reshape((1, 1, nh * hd))?);
-    }
-    let out = Tensor::cat(&outs, 0)?; // [n, 1, nh*hd]
-    attn.o_proj.forward(&out)
+    layer.forward_with(x, |attn, h| {
+        let n = h.dim(0)?;
+        let (q, k, v) = attn.project(h, cos, sin)?; // [n, heads, 1, hd]
+        let mut outs = Vec::with_capacity(n);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let (kc, vc) = cache.append(index, &k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
+            outs.push(attn.attend(&q.narrow(0, i, 1)?, &kc, &vc, None, h.dtype())?);
+        }
+        attn.output(&Tensor::cat(&outs, 0)?, n, 1)
+    })
 }

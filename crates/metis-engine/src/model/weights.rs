@@ -13,7 +13,7 @@ use crate::config::ModelConfig;
 type Result<T> = std::result::Result<T, EngineError>;
 
 /// The safetensors files of a model directory.
-pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|source| EngineError::Io {

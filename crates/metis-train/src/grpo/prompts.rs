@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::reward::{RewardJob, RewardKind};
+use crate::rng::SplitMix64;
 
 /// A bad prompt file or record, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -497,7 +498,7 @@ impl PromptSampler {
 
     /// Indices (into the mixture's records) of the `n` prompts of `step`.
     pub fn sample(&self, step: u64, n: usize) -> Vec<usize> {
-        let mut rng = SplitMix64::new(self.seed, step);
+        let mut rng = step_rng(self.seed, step);
         // 1. A task for every slot.
         let slots: Vec<usize> = (0..n)
             .map(|_| {
@@ -520,7 +521,7 @@ impl PromptSampler {
                 if queues[k].is_empty() {
                     let mut perm = self.tasks[k].2.clone();
                     for i in (1..perm.len()).rev() {
-                        perm.swap(i, rng.below(i + 1));
+                        perm.swap(i, below(&mut rng, i + 1));
                     }
                     perm.reverse();
                     queues[k] = perm;
@@ -544,32 +545,14 @@ impl PromptSampler {
     }
 }
 
-/// SplitMix64 keyed by (seed, step): small, portable and stable across crate versions, so a
-/// resumed run draws exactly the prompts the original run would have.
-struct SplitMix64(u64);
+/// The generator of step `step`, keyed by (seed, step) only, so a resumed run draws exactly
+/// the prompts the original run would have.
+fn step_rng(seed: u64, step: u64) -> SplitMix64 {
+    let a = SplitMix64::new(seed ^ 0x9E37_79B9_7F4A_7C15).next_u64();
+    SplitMix64::new(a ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03))
+}
 
-impl SplitMix64 {
-    fn new(seed: u64, step: u64) -> Self {
-        let mut s = SplitMix64(seed ^ 0x9E37_79B9_7F4A_7C15);
-        let a = s.next_u64();
-        SplitMix64(a ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in [0, n) (n ≥ 1).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
+/// Uniform in [0, n) (n ≥ 1), by multiply-shift.
+fn below(rng: &mut SplitMix64, n: usize) -> usize {
+    ((u128::from(rng.next_u64()) * n as u128) >> 64) as usize
 }

@@ -64,6 +64,8 @@ pub struct GrpoConfig {
     pub max_grad_norm: f64,
     pub temperature: f32,
     pub top_p: f32,
+    /// Longest completion in tokens; also the loss's Dr. GRPO normaliser
+    /// (`loss.max_completion_length` is set from it).
     pub max_completion_len: usize,
     pub loss: LossConfig,
     pub scale_rewards: ScaleRewards,
@@ -87,7 +89,6 @@ impl GrpoConfig {
         let loss = LossConfig {
             loss_type: super::loss::LossType::Grpo,
             beta: 0.02,
-            max_completion_length: 256,
             ..LossConfig::default()
         };
         Self {
@@ -272,6 +273,14 @@ fn rollouts(gens: Vec<Generation>, group: usize) -> Vec<Rollout> {
         .collect()
 }
 
+/// Mean and population std (divided by n, as logged per step; the advantages use Bessel's).
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
 /// Deterministic 64-bit mix of the run seed and a step (SplitMix64 finaliser).
 fn step_seed(seed: u64, step: u64, salt: u64) -> u64 {
     let mut z = seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt.rotate_left(17);
@@ -442,6 +451,8 @@ fn latest_checkpoint(out: &Path) -> Option<(u64, PathBuf)> {
 pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
     let mut cfg = cfg.clone();
     cfg.reward.format.prefilled_open = cfg.prefill_think;
+    // The Dr. GRPO normaliser is the completion budget, as in TRL.
+    cfg.loss.max_completion_length = cfg.max_completion_len;
     let cfg = &cfg;
     if cfg.num_generations < 2 {
         return Err(TrainError::InvalidArgument(
@@ -550,11 +561,10 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
 
     // Held-out accuracy greedily and at the rollout temperature (a fixed seed, so that
     // evaluations differ only by the policy).
-    let eval_policy = |model: &TrainModel| -> Result<(f64, f64, f64)> {
-        let engine = policy_engine(model)?;
+    let eval_policy = |engine: &Model| -> Result<(f64, f64, f64)> {
         let run = |sampling| {
             evaluate(
-                &engine,
+                engine,
                 &ctx.tokenizer,
                 &ctx.stop_ids,
                 &eval_set,
@@ -576,9 +586,14 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
     let bar = crate::metrics::progress_bar(cfg.max_steps, start);
     let mut done_here = 0u64;
     let mut step = start;
+    // The engine copy of the current weights, when an evaluation already built it: the next
+    // rollout reuses it instead of copying the same weights again.
+    let mut current_engine: Option<Model> = None;
     // The starting point of the held-out curve.
     if start == 0 && !eval_set.is_empty() {
-        let (acc, fmt, sampled) = eval_policy(&model)?;
+        let engine = policy_engine(&model)?;
+        let (acc, fmt, sampled) = eval_policy(&engine)?;
+        current_engine = Some(engine);
         log.push(GrpoMetrics {
             step: 0,
             heldout_accuracy: Some(acc),
@@ -599,7 +614,10 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
 
         // 1-2. Prompts and rollouts.
         let picks = sampler.sample(step, cfg.prompts_per_step);
-        let engine = policy_engine(&model)?;
+        let engine = match current_engine.take() {
+            Some(engine) => engine,
+            None => policy_engine(&model)?,
+        };
         let g = cfg.num_generations;
         let prompt_ids: Vec<Vec<u32>> = picks
             .iter()
@@ -752,8 +770,7 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
 
         // 6. Metrics, evaluation, checkpoint.
         let n = totals.len() as f64;
-        let mean = totals.iter().sum::<f64>() / n;
-        let std = (totals.iter().map(|r| (r - mean) * (r - mean)).sum::<f64>() / n).sqrt();
+        let (mean, std) = mean_std(&totals);
         let mut by_task: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for (r, t) in rolls.iter().zip(&totals) {
             let task = prepared[picks[r.prompt]].record.task;
@@ -786,12 +803,7 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
             accuracy: summary.rewards.iter().filter(|r| r.correct).count() as f64 / n,
             reward_by_task: by_task
                 .into_iter()
-                .map(|(k, v)| {
-                    let m = v.iter().sum::<f64>() / v.len() as f64;
-                    let s =
-                        (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64).sqrt();
-                    (k, (m, s))
-                })
+                .map(|(k, v)| (k, mean_std(&v)))
                 .collect(),
             kl: if tok_sum > 0.0 { kl_sum / tok_sum } else { 0.0 },
             clip_frac: if tok_sum > 0.0 {
@@ -813,7 +825,9 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
         if !eval_set.is_empty()
             && (step.is_multiple_of(cfg.eval_every.max(1)) || step == cfg.max_steps)
         {
-            let (acc, fmt, sampled) = eval_policy(&model)?;
+            let engine = policy_engine(&model)?;
+            let (acc, fmt, sampled) = eval_policy(&engine)?;
+            current_engine = Some(engine);
             m.heldout_accuracy = Some(acc);
             m.heldout_sampled_accuracy = Some(sampled);
             m.heldout_format_violation_rate = Some(fmt);
