@@ -5,6 +5,11 @@ mod commands;
 
 use clap::{Parser, Subcommand};
 
+// Training and inference allocate and free many tensor-sized buffers per step; glibc's
+// allocator hands large ones back to the kernel each time and page-faults them in again.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "metis",

@@ -15,13 +15,18 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use metis_train::data::{collate, Sequence, SplitMix64};
-use metis_train::model::{BatchLayout, TrainModel, TrainModelOptions};
+use metis_train::model::{on_compute_pool, BatchLayout, TrainModel, TrainModelOptions};
 use metis_train::optim::{clip_grad_norm, AdamW, AdamWConfig, Grads};
+
+// The allocator the `metis` binary uses (glibc's returns large blocks to the kernel after
+// every step and page-faults them back in).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH: usize = 4;
 const SEQ: usize = 128;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let model_dir = std::env::var_os("SFT_BENCH_MODEL")
         .map(PathBuf::from)
@@ -66,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let targets = Tensor::from_vec(targets, (BATCH, SEQ), &dev)?;
     let weights = Tensor::from_vec(weights, (BATCH, SEQ), &dev)?;
 
-    let mut step = || -> Result<f64, Box<dyn std::error::Error>> {
+    let mut step_inner = || -> Result<f64, Box<dyn std::error::Error + Send + Sync>> {
         let lp = model.token_logprobs(&ids, &layout, &targets, 1.0, true)?;
         let loss = ((lp * &weights)?.sum_all()?.neg()? / n_loss as f64)?;
         let mut grads = Grads::from_backward(&loss.backward()?, &params);
@@ -74,6 +79,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         opt.step(&grads)?;
         Ok(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)
     };
+    // As `run_sft` runs its steps.
+    let mut step = || on_compute_pool(&mut step_inner);
     for _ in 0..2 {
         step()?;
     }

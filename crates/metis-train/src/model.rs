@@ -31,11 +31,14 @@
 //!
 //! # Numerics
 //!
-//! Only differentiable candle ops: RMSNorm as `x * rsqrt(mean(x²) + eps) * w` (normalisation in
-//! f32), softmax spelled out with a detached max, rope as `x*cos + rotate_half(x)*sin` with
-//! narrow/cat, causal + padding/packing mask added to the scores. candle's fused
-//! `softmax_last_dim`, `rms_norm`, `rotary_emb::rope` and sdpa silently drop gradients and are
-//! not used.
+//! Only ops with a backward. candle's fused `softmax_last_dim`, `rms_norm`, `rotary_emb::rope`
+//! and sdpa silently drop gradients and are not used. On the CPU in f32/f64, linear layers,
+//! RMSNorm, SwiGLU, rope, the masked attention and the target log-probabilities are Metis's own
+//! fused kernels with their backward written out (`fused`, tested against the spelled-out
+//! forms). Elsewhere (bf16, CUDA) they are spelled out as candle ops: RMSNorm as
+//! `x * rsqrt(mean(x²) + eps) * w` (normalisation in f32), softmax with a detached max, rope
+//! as `x*cos + rotate_half(x)*sin` with narrow/cat, the causal + padding/packing mask added to
+//! the scores.
 //!
 //! Compute dtypes: f32, bf16 and f64 (f64 is for finite-difference tests). bf16: weights
 //! bf16, norms/softmax/silu in f32 as transformers; candle's CPU backend has no bf16 gemm,
@@ -44,11 +47,14 @@
 //! The CUDA path (`--features cuda`) uses the same code with native matmuls; it has not been
 //! run on a GPU yet.
 //!
-//! Memory: attention materialises the `[b, heads, s, s]` scores (no flash-attention backward
-//! in candle) and [`TrainModel::token_logprobs`] the `[b, s, vocab]` logits; there is no
-//! activation checkpointing yet.
+//! Memory: the fused attention holds `[256, s]` score blocks per head being computed (the
+//! spelled-out path materialises `[b, heads, s, s]`), and [`TrainModel::token_logprobs`] the
+//! `[b, s, vocab]` logits; there is no activation checkpointing yet.
 
 mod error;
+mod fused;
+#[cfg(test)]
+mod fused_tests;
 mod layers;
 mod layout;
 mod rope;
@@ -65,7 +71,7 @@ pub use layout::BatchLayout;
 
 use crate::lora::{mix, peft_name, LoraAdapter, LoraConfig};
 pub(crate) use layers::acc_dtype;
-use layers::{mm, rms_norm, Attention, Ctx, DecoderLayer, Linear, Mlp};
+use layers::{mm, rms_norm, Attention, Ctx, DecoderLayer, Linear, Mlp, Positions};
 use rope::Rope;
 
 /// How to load a [`TrainModel`].
@@ -111,6 +117,16 @@ pub struct TrainModel {
     seed: u64,
     /// Training forwards run so far (keys the dropout masks).
     forward_count: AtomicU64,
+}
+
+/// Runs `f` on a thread of rayon's global pool and returns its result.
+///
+/// The training kernels (candle's gemm and [`fused`]) fan out over that pool. Called from a
+/// thread outside it, every parallel region wakes the pool and parks the caller, and the idle
+/// workers spin against the caller for the cores; run from inside, the caller is itself one of
+/// the workers. The SFT and GRPO loops run their steps through this.
+pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }
 
 /// The safetensors files of an HF model directory (single file or sharded with an index).
@@ -399,7 +415,12 @@ impl TrainModel {
         let hidden = self.hidden(input_ids, batch, train)?;
         let (b, s, h) = hidden.dims3()?;
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let logits = mm(&hidden.reshape((b * s, h))?, &w.t()?)?;
+        let hidden = hidden.reshape((b * s, h))?;
+        let logits = if fused::applies(&hidden) && w.dtype() == hidden.dtype() {
+            fused::linear(&hidden, w)?
+        } else {
+            mm(&hidden, &w.t()?)?
+        };
         Ok(logits
             .reshape((b, s, self.config.vocab_size))?
             .to_dtype(acc_dtype(self.dtype))?)
@@ -452,16 +473,24 @@ impl TrainModel {
             self.embed_tokens
                 .index_select(&flat, 0)?
                 .reshape((b, s, self.config.hidden_size))?;
-        let (cos, sin) = self
-            .rope
-            .tables(batch.positions(), b, s, self.dtype, &self.device)?;
-        let bias = batch.attention_bias(acc_dtype(self.dtype), &self.device)?;
+        let pos = if fused::applies(&x) {
+            Positions::Fused {
+                rope: self.rope.half_tables(batch.positions()),
+                mask: fused::AttentionMask::new(batch.segments(), s),
+            }
+        } else {
+            let (cos, sin) = self
+                .rope
+                .tables(batch.positions(), b, s, self.dtype, &self.device)?;
+            let bias = batch.attention_bias(acc_dtype(self.dtype), &self.device)?;
+            Positions::Dense { cos, sin, bias }
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let ctx = Ctx {
                 adapters,
                 dropout_key: dropout_key.map(|k| mix(&[k, i as u64])),
             };
-            x = layer.forward(&x, &cos, &sin, &bias, ctx)?;
+            x = layer.forward(&x, &pos, ctx)?;
         }
         rms_norm(&x, &self.norm, self.config.rms_norm_eps)
     }
@@ -583,6 +612,19 @@ pub fn logprobs_from_logits(logits: &Tensor, targets: &Tensor, temperature: f64)
             "target id {tmax} out of range (vocab size {v})"
         )));
     }
+    if fused::applies(logits) {
+        let lp = fused::token_logprobs(
+            &logits.reshape((b * s, v))?,
+            &targets.flatten_all()?,
+            temperature,
+        )?;
+        return Ok(lp.reshape((b, s))?);
+    }
+    logprobs_spelled(logits, &targets, temperature)
+}
+
+/// [`logprobs_from_logits`] as candle ops (bf16 and non-CPU devices); arguments checked.
+fn logprobs_spelled(logits: &Tensor, targets: &Tensor, temperature: f64) -> Result<Tensor> {
     let x = if temperature == 1.0 {
         logits.clone()
     } else {

@@ -417,6 +417,10 @@ fn micro_batch_loss(
 
 /// Run (or, with `resume`, continue) supervised fine-tuning. See the module docs.
 pub fn run_sft(cfg: &SftConfig, resume: bool) -> Result<SftSummary, SftError> {
+    crate::model::on_compute_pool(|| run_sft_on_pool(cfg, resume))
+}
+
+fn run_sft_on_pool(cfg: &SftConfig, resume: bool) -> Result<SftSummary, SftError> {
     cfg.validate()?;
     let dtype = parse_dtype(&cfg.dtype)?;
     let device = parse_device(&cfg.device)?;

@@ -4,8 +4,25 @@
 use candle_core::{DType, Tensor, D};
 
 use super::error::Result;
+use super::fused::{self, AttentionMask, RopeTables};
 use super::rope::apply_rope;
 use crate::lora::LoraAdapter;
+
+/// Where each token is (rope) and what it may attend to (mask), in the form the attention
+/// path needs: the fused CPU kernels take the tables and segment ids; the spelled-out path
+/// takes cos/sin `[b, 1, s, hd]` and an additive bias `[b, 1, 1, s, s]` (0 / -inf).
+#[derive(Debug, Clone)]
+pub(crate) enum Positions {
+    Fused {
+        rope: RopeTables,
+        mask: AttentionMask,
+    },
+    Dense {
+        cos: Tensor,
+        sin: Tensor,
+        bias: Tensor,
+    },
+}
 
 /// Per-forward context.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +60,11 @@ impl Linear {
         let in_dim = *dims.last().expect("rank >= 1");
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = mm(&x2, &self.weight.t()?)?;
+        let mut y = if fused::applies(&x2) && self.weight.dtype() == x2.dtype() {
+            fused::linear(&x2, &self.weight)?
+        } else {
+            mm(&x2, &self.weight.t()?)?
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -69,6 +90,14 @@ pub(crate) fn acc_dtype(dtype: DType) -> DType {
 /// HF RMSNorm over the last dim: `w * (x * rsqrt(mean(x²) + eps))` with the normalisation in
 /// f32 (cast back to x's dtype before the weight multiply).
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused::applies(x) && w.dtype() == x.dtype() {
+        return Ok(fused::rms_norm(x, w, eps)?);
+    }
+    rms_norm_spelled(x, w, eps)
+}
+
+/// [`rms_norm`] as candle ops (bf16 and non-CPU devices).
+pub(crate) fn rms_norm_spelled(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let xf = x.to_dtype(acc_dtype(dtype))?;
     let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -100,15 +129,8 @@ pub(crate) struct Attention {
 }
 
 impl Attention {
-    /// x [b, s, hidden]; cos/sin [b, 1, s, hd]; bias [b, 1, 1, s, s] (0 / -inf).
-    pub(crate) fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        bias: &Tensor,
-        ctx: Ctx,
-    ) -> Result<Tensor> {
+    /// x [b, s, hidden] -> [b, s, hidden].
+    pub(crate) fn forward(&self, x: &Tensor, pos: &Positions, ctx: Ctx) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let mut q = self.q_proj.forward(x, ctx)?.reshape((b, s, nh, hd))?;
@@ -118,29 +140,61 @@ impl Attention {
             q = rms_norm(&q, qn, self.eps)?;
             k = rms_norm(&k, kn, self.eps)?;
         }
-        let q = q.transpose(1, 2)?.contiguous()?; // [b, nh, s, hd]
-        let k = k.transpose(1, 2)?.contiguous()?; // [b, nkv, s, hd]
-        let v = v.transpose(1, 2)?.contiguous()?;
-        let q = apply_rope(&q, cos, sin)?;
-        let k = apply_rope(&k, cos, sin)?;
-        // GQA: query heads j*n_rep..(j+1)*n_rep share kv head j; fold the group into rows.
-        let n_rep = nh / nkv;
-        let q = q.contiguous()?.reshape((b, nkv, n_rep * s, hd))?;
-        let scores = mm(&q, &k.t()?)?; // [b, nkv, n_rep*s, s]
-        let acc = acc_dtype(x.dtype());
         let scale = (hd as f64).powf(-0.5);
-        let scores = (scores.to_dtype(acc)? * scale)?
-            .reshape((b, nkv, n_rep, s, s))?
-            .broadcast_add(bias)?
-            .reshape((b, nkv, n_rep * s, s))?;
-        let probs = softmax(&scores)?.to_dtype(x.dtype())?;
-        let out = mm(&probs, &v)?; // [b, nkv, n_rep*s, hd]
-        let out = out
-            .reshape((b, nh, s, hd))?
-            .transpose(1, 2)?
-            .reshape((b, s, nh * hd))?;
-        self.o_proj.forward(&out, ctx)
+        let out = match pos {
+            Positions::Fused { rope, mask } => fused_attention(&q, &k, &v, rope, mask, scale)?,
+            Positions::Dense { cos, sin, bias } => {
+                dense_attention(&q, &k, &v, cos, sin, bias, scale)?
+            }
+        };
+        self.o_proj.forward(&out.reshape((b, s, nh * hd))?, ctx)
     }
+}
+
+/// Rope then masked attention with the fused kernels: q `[b, s, nh, hd]`, k/v
+/// `[b, s, nkv, hd]` (before rope) → `[b, s, nh, hd]`, no transposes.
+pub(crate) fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rope: &RopeTables,
+    mask: &AttentionMask,
+    scale: f64,
+) -> Result<Tensor> {
+    let q = fused::rope(q, rope)?;
+    let k = fused::rope(k, rope)?;
+    Ok(fused::attention(&q, &k, v, mask, scale)?)
+}
+
+/// [`fused_attention`] as candle ops: cos/sin `[b, 1, s, hd]`, bias `[b, 1, 1, s, s]`.
+pub(crate) fn dense_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, s, nh, hd) = q.dims4()?;
+    let nkv = k.dim(2)?;
+    let dtype = q.dtype();
+    let q = q.transpose(1, 2)?.contiguous()?; // [b, nh, s, hd]
+    let k = k.transpose(1, 2)?.contiguous()?; // [b, nkv, s, hd]
+    let v = v.transpose(1, 2)?.contiguous()?;
+    let q = apply_rope(&q, cos, sin)?;
+    let k = apply_rope(&k, cos, sin)?;
+    // GQA: query heads j*n_rep..(j+1)*n_rep share kv head j; fold the group into rows.
+    let n_rep = nh / nkv;
+    let q = q.contiguous()?.reshape((b, nkv, n_rep * s, hd))?;
+    let scores = mm(&q, &k.t()?)?; // [b, nkv, n_rep*s, s]
+    let scores = (scores.to_dtype(acc_dtype(dtype))? * scale)?
+        .reshape((b, nkv, n_rep, s, s))?
+        .broadcast_add(bias)?
+        .reshape((b, nkv, n_rep * s, s))?;
+    let probs = softmax(&scores)?.to_dtype(dtype)?;
+    let out = mm(&probs, &v)?; // [b, nkv, n_rep*s, hd]
+    Ok(out.reshape((b, nh, s, hd))?.transpose(1, 2)?)
 }
 
 #[derive(Debug, Clone)]
@@ -154,10 +208,23 @@ impl Mlp {
     pub(crate) fn forward(&self, x: &Tensor, ctx: Ctx) -> Result<Tensor> {
         let gate = self.gate_proj.forward(x, ctx)?;
         let up = self.up_proj.forward(x, ctx)?;
-        let dtype = gate.dtype();
-        let act = gate.to_dtype(acc_dtype(dtype))?.silu()?.to_dtype(dtype)?;
-        self.down_proj.forward(&(act * up)?, ctx)
+        self.down_proj.forward(&swiglu(&gate, &up)?, ctx)
     }
+}
+
+/// `silu(gate) * up`, silu in f32 (f64) as transformers.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused::applies(gate) && up.dtype() == gate.dtype() {
+        return Ok(fused::swiglu(gate, up)?);
+    }
+    swiglu_spelled(gate, up)
+}
+
+/// [`swiglu`] as candle ops.
+pub(crate) fn swiglu_spelled(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let dtype = gate.dtype();
+    let act = gate.to_dtype(acc_dtype(dtype))?.silu()?.to_dtype(dtype)?;
+    Ok((act * up)?)
 }
 
 #[derive(Debug, Clone)]
@@ -170,16 +237,9 @@ pub(crate) struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    pub(crate) fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        bias: &Tensor,
-        ctx: Ctx,
-    ) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, pos: &Positions, ctx: Ctx) -> Result<Tensor> {
         let h = rms_norm(x, &self.input_layernorm, self.eps)?;
-        let h = (x + self.self_attn.forward(&h, cos, sin, bias, ctx)?)?;
+        let h = (x + self.self_attn.forward(&h, pos, ctx)?)?;
         let m = self.mlp.forward(
             &rms_norm(&h, &self.post_attention_layernorm, self.eps)?,
             ctx,

@@ -4,8 +4,12 @@
 //! [`super::layers`] as `x * cos + rotate_half(x) * sin` with narrow/cat (differentiable;
 //! candle's fused `rotary_emb::rope` records no backward op).
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 use metis_engine::config::RopeConfig;
+
+use super::fused::RopeTables;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Rope {
@@ -48,6 +52,27 @@ impl Rope {
         let cos = Tensor::from_vec(cos, (b, 1, s, 2 * half), device)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (b, 1, s, 2 * half), device)?.to_dtype(dtype)?;
         Ok((cos, sin))
+    }
+
+    /// The half tables `[positions.len(), head_dim / 2]` for the fused rope kernel (the same
+    /// f32 angles as [`Rope::tables`]).
+    pub(crate) fn half_tables(&self, positions: &[u32]) -> RopeTables {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            let p = p as f32;
+            for &f in &self.inv_freq {
+                let angle = f * p;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        RopeTables {
+            cos: Arc::new(cos),
+            sin: Arc::new(sin),
+            half,
+        }
     }
 }
 
