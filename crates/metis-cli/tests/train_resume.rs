@@ -1,6 +1,7 @@
 //! `metis train sft` killed with SIGKILL mid-run and resumed with `--resume` ends with the same
 //! weights and metrics (except timings) as an uninterrupted run; `metis train merge` turns a
-//! LoRA run's adapter into a full model the engine loads.
+//! LoRA run's adapter into a full model the engine loads; `metis train grpo --rollout-url`
+//! without LoRA is refused up front.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -201,5 +202,26 @@ fn lora_run_then_merge_via_cli() {
             .iter()
             .all(|n| n.ends_with("q_proj.weight") || n.ends_with("v_proj.weight")),
         "{changed:?}"
+    );
+}
+
+#[test]
+fn grpo_remote_rollouts_without_lora_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_metis"))
+        .args(["train", "grpo", "--model"])
+        .arg(fixtures().join("llama31-tiny-v128k/f32"))
+        .arg("--prompts")
+        .arg(dir.path().join("prompts.jsonl"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .args(["--rollout-url", "http://127.0.0.1:9/v1"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(
+        err.contains("remote rollouts hot-load a LoRA adapter; add --lora-rank"),
+        "{err}"
     );
 }

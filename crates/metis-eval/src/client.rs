@@ -1,4 +1,7 @@
-//! OpenAI-compatible chat-completions client (vLLM, llama.cpp `llama-server`, Ollama, OpenAI).
+//! OpenAI-compatible chat-completions client (vLLM, llama.cpp `llama-server`, Ollama, OpenAI),
+//! plus what an RL trainer needs from a vLLM fleet: token-level completions with per-token
+//! log-probabilities ([`Client::token_completions`]) and LoRA adapters hot-loaded on every
+//! replica ([`Client::load_lora_adapter`], [`Client::unload_lora_adapter`]).
 //!
 //! One [`Client`] wraps a single pooled `reqwest::Client` (HTTP/1.1 keep-alive, large idle
 //! pool) and any number of data-parallel replica [`Endpoint`]s. Each request goes to the
@@ -79,6 +82,50 @@ pub struct ChatResponse {
     pub finish_reason: Option<String>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// Attempts used, including the successful one (1 = no retry).
+    pub attempts: u32,
+    /// Wall time of the whole call, retries and backoff included.
+    pub latency_ms: u64,
+    /// `base_url` of the endpoint that produced the response.
+    pub endpoint: String,
+}
+
+/// A completion request on token ids (`POST {base}/completions` with vLLM's extensions): the
+/// prompt goes as ids and the completions come back as ids, so the server samples from
+/// exactly the tokens a trainer scores, with no re-tokenization on either side.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenCompletionRequest {
+    /// Served model name: the base model or the name a LoRA adapter was loaded under.
+    pub model: String,
+    pub prompt: Vec<u32>,
+    /// Completions of the prompt (vLLM seeds the `i`-th with `seed + i`).
+    pub n: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_tokens: u32,
+    /// vLLM only accepts seeds that fit in an `i64`.
+    pub seed: Option<u64>,
+    /// Ids that end a completion (vLLM's `stop_token_ids`, besides the model's EOS).
+    pub stop_token_ids: Vec<u32>,
+}
+
+/// One completion as token ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenCompletion {
+    /// Generated ids. vLLM keeps the stop id that ended a completion as the last id.
+    pub ids: Vec<u32>,
+    /// The log-probability the server reports for each id. vLLM computes it from the raw
+    /// logits (before temperature) unless it runs with `--logprobs-mode processed_logprobs`.
+    pub logprobs: Vec<f32>,
+    /// `stop`, `length`, ... as the server gave it.
+    pub finish_reason: Option<String>,
+}
+
+/// A parsed token-level completion response.
+#[derive(Clone, Debug)]
+pub struct TokenCompletionResponse {
+    /// The `n` completions in `index` order.
+    pub choices: Vec<TokenCompletion>,
     /// Attempts used, including the successful one (1 = no retry).
     pub attempts: u32,
     /// Wall time of the whole call, retries and backoff included.
@@ -179,6 +226,21 @@ pub enum ClientError {
         attempts: u32,
         last: Box<ClientError>,
     },
+    /// A completion choice that cannot be read as token ids and log-probabilities (a server
+    /// without vLLM's `return_tokens_as_token_ids`, or inconsistent lists).
+    #[error("{endpoint}: choice {choice}: {detail}")]
+    BadCompletion {
+        endpoint: String,
+        choice: usize,
+        detail: String,
+    },
+    /// `error` happened on the request to `url` (the rollout and adapter calls say where,
+    /// since each replica of a fleet can fail on its own).
+    #[error("{url}: {error}")]
+    At {
+        url: String,
+        error: Box<ClientError>,
+    },
 }
 
 impl ClientError {
@@ -188,7 +250,29 @@ impl ClientError {
         match self {
             ClientError::Http { status, .. } => is_retryable_status(*status),
             ClientError::Timeout | ClientError::Transport(_) | ClientError::Malformed(_) => true,
-            ClientError::NoEndpoints | ClientError::BadUrl(_) | ClientError::GaveUp { .. } => false,
+            ClientError::At { error, .. } => error.is_retryable(),
+            ClientError::NoEndpoints
+            | ClientError::BadUrl(_)
+            | ClientError::GaveUp { .. }
+            | ClientError::BadCompletion { .. } => false,
+        }
+    }
+
+    /// The HTTP status of the error (looking through retries and the URL wrapper), if it was
+    /// an HTTP error.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            ClientError::Http { status, .. } => Some(*status),
+            ClientError::GaveUp { last, .. } => last.http_status(),
+            ClientError::At { error, .. } => error.http_status(),
+            _ => None,
+        }
+    }
+
+    fn at(self, url: &Url) -> ClientError {
+        ClientError::At {
+            url: url.to_string(),
+            error: Box::new(self),
         }
     }
 }
@@ -216,6 +300,9 @@ struct EndpointState {
     base_url: String,
     chat_url: Url,
     models_url: Url,
+    completions_url: Url,
+    load_lora_url: Url,
+    unload_lora_url: Url,
     auth: Option<HeaderValue>,
     in_flight: AtomicUsize,
 }
@@ -303,6 +390,59 @@ struct WireUsage {
     completion_tokens: Option<u64>,
 }
 
+#[derive(Serialize)]
+struct WireCompletionRequest<'a> {
+    model: &'a str,
+    prompt: &'a [u32],
+    n: usize,
+    temperature: f64,
+    top_p: f64,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    /// The sampled token's log-probability (plus one alternative, which is ignored).
+    logprobs: u32,
+    /// vLLM: tokens as `token_id:N` instead of text pieces, so ids survive the round trip.
+    return_tokens_as_token_ids: bool,
+    stop_token_ids: &'a [u32],
+    skip_special_tokens: bool,
+    stream: bool,
+}
+
+#[derive(Deserialize)]
+struct WireCompletionResponse {
+    choices: Vec<WireCompletionChoice>,
+}
+
+#[derive(Deserialize)]
+struct WireCompletionChoice {
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
+    logprobs: Option<WireCompletionLogprobs>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireCompletionLogprobs {
+    #[serde(default)]
+    tokens: Vec<String>,
+    #[serde(default)]
+    token_logprobs: Vec<Option<f32>>,
+}
+
+#[derive(Serialize)]
+struct WireLoadLora<'a> {
+    lora_name: &'a str,
+    lora_path: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireUnloadLora<'a> {
+    lora_name: &'a str,
+}
+
 #[derive(Deserialize)]
 struct WireModels {
     data: Vec<WireModel>,
@@ -353,6 +493,9 @@ impl Client {
             states.push(EndpointState {
                 chat_url: join("chat/completions")?,
                 models_url: join("models")?,
+                completions_url: join("completions")?,
+                load_lora_url: join("load_lora_adapter")?,
+                unload_lora_url: join("unload_lora_adapter")?,
                 base_url: base,
                 auth,
                 in_flight: AtomicUsize::new(0),
@@ -446,6 +589,146 @@ impl Client {
         Ok(models)
     }
 
+    /// POST `{base}/completions` with the prompt as token ids (vLLM's
+    /// `return_tokens_as_token_ids`, `stop_token_ids`), with retries on the least-loaded
+    /// replica. Every choice is parsed into ids and per-token log-probabilities; a token that
+    /// is not `token_id:N`, or lists of different lengths, is [`ClientError::BadCompletion`].
+    /// Errors name the URL ([`ClientError::At`]).
+    pub async fn token_completions(
+        &self,
+        req: &TokenCompletionRequest,
+    ) -> Result<TokenCompletionResponse, ClientError> {
+        let start = Instant::now();
+        let body = serde_json::to_vec(&WireCompletionRequest {
+            model: &req.model,
+            prompt: &req.prompt,
+            n: req.n,
+            temperature: req.temperature,
+            top_p: req.top_p,
+            max_tokens: req.max_tokens,
+            seed: req.seed,
+            logprobs: 1,
+            return_tokens_as_token_ids: true,
+            stop_token_ids: &req.stop_token_ids,
+            skip_special_tokens: false,
+            stream: false,
+        })
+        .map_err(|e| ClientError::Malformed(format!("serialising request: {e}")))?;
+        let timeout = self.inner.retry.request_timeout;
+        let http = &self.inner.http;
+        let body = &body;
+        let n = req.n;
+        let (choices, attempts, ep) = self
+            .with_retries_on(None, |ep| async move {
+                let mut rb = http
+                    .post(ep.completions_url.clone())
+                    .timeout(timeout)
+                    .body(body.clone());
+                if let Some(auth) = &ep.auth {
+                    rb = rb.header(AUTHORIZATION, auth.clone());
+                }
+                let bytes = send(rb).await?;
+                parse_token_completions(&bytes, ep.completions_url.as_str(), n)
+                    .map_err(AttemptError::from)
+            })
+            .await
+            .map_err(|(e, ep)| e.at(&ep.completions_url))?;
+        Ok(TokenCompletionResponse {
+            choices,
+            attempts,
+            latency_ms: start.elapsed().as_millis().min(u64::MAX as u128) as u64,
+            endpoint: ep.base_url.clone(),
+        })
+    }
+
+    /// Loads the LoRA adapter at `path` (a PEFT directory as the servers see it) under `name`
+    /// on **every** replica, concurrently: POST `{base}/load_lora_adapter` (vLLM with
+    /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`), so that a completion request naming the
+    /// adapter finds it whichever replica it is routed to.
+    ///
+    /// vLLM refuses a name it already holds with 400. When a load gets a 400, the replica is
+    /// asked to unload `name`; if it had it (a name left by an interrupted run, whose step is
+    /// now replayed), the load is sent again so the fresh adapter replaces the stale one.
+    /// Otherwise the 400 is the error. Errors name the URL of the replica that failed.
+    pub async fn load_lora_adapter(&self, name: &str, path: &str) -> Result<(), ClientError> {
+        let load = serde_json::to_vec(&WireLoadLora {
+            lora_name: name,
+            lora_path: path,
+        })
+        .map_err(|e| ClientError::Malformed(format!("serialising request: {e}")))?;
+        let unload = serde_json::to_vec(&WireUnloadLora { lora_name: name })
+            .map_err(|e| ClientError::Malformed(format!("serialising request: {e}")))?;
+        let (load, unload) = (&load, &unload);
+        self.on_every_replica(|idx| async move {
+            match self.post_admin(idx, |ep| &ep.load_lora_url, load).await {
+                Err(e) if e.http_status() == Some(400) => {
+                    if self
+                        .post_admin(idx, |ep| &ep.unload_lora_url, unload)
+                        .await
+                        .is_ok()
+                    {
+                        self.post_admin(idx, |ep| &ep.load_lora_url, load).await
+                    } else {
+                        Err(e)
+                    }
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// Unloads the LoRA adapter `name` from every replica, concurrently: POST
+    /// `{base}/unload_lora_adapter`. A 404 (the replica does not hold it) counts as done.
+    pub async fn unload_lora_adapter(&self, name: &str) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(&WireUnloadLora { lora_name: name })
+            .map_err(|e| ClientError::Malformed(format!("serialising request: {e}")))?;
+        let body = &body;
+        self.on_every_replica(|idx| async move {
+            match self.post_admin(idx, |ep| &ep.unload_lora_url, body).await {
+                Err(e) if e.http_status() == Some(404) => Ok(()),
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// Runs `op` for every replica index concurrently; the first error (in replica order)
+    /// wins.
+    async fn on_every_replica<F, Fut>(&self, op: F) -> Result<(), ClientError>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<(), ClientError>>,
+    {
+        let results = futures::future::join_all((0..self.inner.endpoints.len()).map(op)).await;
+        results.into_iter().collect()
+    }
+
+    /// POSTs `body` to the admin URL `url_of` of replica `idx` (retrying on that replica
+    /// only: each one must get the call); the response body is not needed.
+    async fn post_admin(
+        &self,
+        idx: usize,
+        url_of: fn(&EndpointState) -> &Url,
+        body: &[u8],
+    ) -> Result<(), ClientError> {
+        let timeout = self.inner.retry.request_timeout;
+        let http = &self.inner.http;
+        self.with_retries_on(Some(idx), |ep| async move {
+            let mut rb = http
+                .post(url_of(ep).clone())
+                .timeout(timeout)
+                .body(body.to_vec());
+            if let Some(auth) = &ep.auth {
+                rb = rb.header(AUTHORIZATION, auth.clone());
+            }
+            send(rb).await.map(|_| ())
+        })
+        .await
+        .map(|_| ())
+        .map_err(|(e, ep)| e.at(url_of(ep)))
+    }
+
     /// Least in-flight endpoint, ties broken round-robin; `avoid` (the endpoint that just
     /// failed) is skipped when there is another one.
     fn pick(&self, avoid: Option<usize>) -> usize {
@@ -473,8 +756,25 @@ impl Client {
 
     async fn with_retries<'s, T, F, Fut>(
         &'s self,
-        mut attempt_fn: F,
+        attempt_fn: F,
     ) -> Result<(T, u32, &'s EndpointState), ClientError>
+    where
+        F: FnMut(&'s EndpointState) -> Fut,
+        Fut: Future<Output = Result<T, AttemptError>>,
+    {
+        self.with_retries_on(None, attempt_fn)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// Attempts `attempt_fn` with the retry policy, on the least-loaded replica (`pinned`
+    /// None) or always on replica `pinned`. An error comes with the endpoint of the last
+    /// attempt.
+    async fn with_retries_on<'s, T, F, Fut>(
+        &'s self,
+        pinned: Option<usize>,
+        mut attempt_fn: F,
+    ) -> Result<(T, u32, &'s EndpointState), (ClientError, &'s EndpointState)>
     where
         F: FnMut(&'s EndpointState) -> Fut,
         Fut: Future<Output = Result<T, AttemptError>>,
@@ -485,7 +785,7 @@ impl Client {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let idx = self.pick(avoid);
+            let idx = pinned.unwrap_or_else(|| self.pick(avoid));
             let ep = &self.inner.endpoints[idx];
             ep.in_flight.fetch_add(1, Ordering::Relaxed);
             let result = {
@@ -497,13 +797,16 @@ impl Client {
                 Err(e) => e,
             };
             if !err.error.is_retryable() {
-                return Err(err.error);
+                return Err((err.error, ep));
             }
             if attempt >= max_attempts {
-                return Err(ClientError::GaveUp {
-                    attempts: attempt,
-                    last: Box::new(err.error),
-                });
+                return Err((
+                    ClientError::GaveUp {
+                        attempts: attempt,
+                        last: Box::new(err.error),
+                    },
+                    ep,
+                ));
             }
             let delay = match err.retry_after {
                 Some(asked) => policy.retry_after_delay(asked),
@@ -614,6 +917,72 @@ fn parse_chat_body(bytes: &[u8]) -> Result<ChatResponse, ClientError> {
         latency_ms: 0,
         endpoint: String::new(),
     })
+}
+
+/// Parses a token-level completions body into `n` choices in `index` order (see
+/// [`Client::token_completions`]); `endpoint` names the URL in errors.
+fn parse_token_completions(
+    bytes: &[u8],
+    endpoint: &str,
+    n: usize,
+) -> Result<Vec<TokenCompletion>, ClientError> {
+    let wire: WireCompletionResponse = serde_json::from_slice(bytes)
+        .map_err(|e| ClientError::Malformed(malformed_msg(&e, bytes)))?;
+    if wire.choices.len() != n {
+        return Err(ClientError::Malformed(format!(
+            "asked for {n} completions, got {} choices",
+            wire.choices.len()
+        )));
+    }
+    let mut out: Vec<Option<TokenCompletion>> = vec![None; n];
+    for (pos, choice) in wire.choices.into_iter().enumerate() {
+        let index = choice.index.unwrap_or(pos);
+        let bad = |detail: String| ClientError::BadCompletion {
+            endpoint: endpoint.to_string(),
+            choice: index,
+            detail,
+        };
+        if index >= n || out[index].is_some() {
+            return Err(bad(format!(
+                "index out of range or repeated (expected each of 0..{n} once)"
+            )));
+        }
+        let lp = choice
+            .logprobs
+            .ok_or_else(|| bad("no logprobs (the server ignored \"logprobs\": 1)".to_string()))?;
+        if lp.tokens.len() != lp.token_logprobs.len() {
+            return Err(bad(format!(
+                "{} tokens but {} token_logprobs",
+                lp.tokens.len(),
+                lp.token_logprobs.len()
+            )));
+        }
+        let mut ids = Vec::with_capacity(lp.tokens.len());
+        let mut logprobs = Vec::with_capacity(lp.tokens.len());
+        for (k, (token, logprob)) in lp.tokens.iter().zip(&lp.token_logprobs).enumerate() {
+            let id = token
+                .strip_prefix("token_id:")
+                .and_then(|s| s.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "token {k} is {token:?}, expected \"token_id:N\" (a server without \
+                         vLLM's return_tokens_as_token_ids)"
+                    ))
+                })?;
+            let logprob = logprob.ok_or_else(|| bad(format!("token {k} has no logprob")))?;
+            ids.push(id);
+            logprobs.push(logprob);
+        }
+        out[index] = Some(TokenCompletion {
+            ids,
+            logprobs,
+            finish_reason: choice.finish_reason,
+        });
+    }
+    Ok(out
+        .into_iter()
+        .map(|c| c.expect("every index seen once"))
+        .collect())
 }
 
 fn truncate_chars(s: &str, max: usize) -> String {
@@ -746,6 +1115,76 @@ mod tests {
             parse_chat_body(b"{not json"),
             Err(ClientError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn parses_token_completions() {
+        let body = br#"{"choices":[
+            {"index":1,"text":"b","logprobs":{"tokens":["token_id:7","token_id:2"],"token_logprobs":[-0.5,-0.25]},"finish_reason":"stop"},
+            {"index":0,"text":"a","logprobs":{"tokens":["token_id:5"],"token_logprobs":[-1.0]},"finish_reason":"length"}]}"#;
+        let c = parse_token_completions(body, "http://h/v1/completions", 2).unwrap();
+        assert_eq!(c[0].ids, vec![5]);
+        assert_eq!(c[0].logprobs, vec![-1.0]);
+        assert_eq!(c[0].finish_reason.as_deref(), Some("length"));
+        assert_eq!(c[1].ids, vec![7, 2]);
+        assert_eq!(c[1].logprobs, vec![-0.5, -0.25]);
+
+        let text_tokens = br#"{"choices":[{"index":0,"logprobs":{"tokens":["hello"],"token_logprobs":[-1.0]},"finish_reason":"stop"}]}"#;
+        let err = parse_token_completions(text_tokens, "http://h/v1/completions", 1).unwrap_err();
+        assert!(
+            matches!(err, ClientError::BadCompletion { choice: 0, .. }),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("http://h/v1/completions") && msg.contains("token_id:N"),
+            "{msg}"
+        );
+
+        let uneven = br#"{"choices":[{"index":0,"logprobs":{"tokens":["token_id:1","token_id:2"],"token_logprobs":[-1.0]},"finish_reason":"stop"}]}"#;
+        let err = parse_token_completions(uneven, "u", 1).unwrap_err();
+        assert!(
+            err.to_string().contains("2 tokens but 1 token_logprobs"),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+
+        let no_logprobs = br#"{"choices":[{"index":0,"text":"x","finish_reason":"stop"}]}"#;
+        assert!(matches!(
+            parse_token_completions(no_logprobs, "u", 1),
+            Err(ClientError::BadCompletion { .. })
+        ));
+        assert!(matches!(
+            parse_token_completions(body, "u", 3),
+            Err(ClientError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn url_wrapper_keeps_status_and_retryability() {
+        let url = Url::parse("http://h:1/v1/load_lora_adapter").unwrap();
+        let e = ClientError::GaveUp {
+            attempts: 2,
+            last: Box::new(ClientError::Http {
+                status: 503,
+                body: "busy".into(),
+            }),
+        }
+        .at(&url);
+        assert_eq!(e.http_status(), Some(503));
+        assert!(!e.is_retryable());
+        assert!(
+            e.to_string()
+                .starts_with("http://h:1/v1/load_lora_adapter: "),
+            "{e}"
+        );
+        let e = ClientError::Http {
+            status: 400,
+            body: "bad".into(),
+        }
+        .at(&url);
+        assert_eq!(e.http_status(), Some(400));
+        assert!(e.to_string().contains("HTTP 400: bad"), "{e}");
     }
 
     #[test]

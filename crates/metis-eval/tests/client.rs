@@ -1,5 +1,7 @@
 //! The OpenAI-compatible client against the in-process fake server: retries, backoff,
-//! Retry-After, timeouts, non-retryable errors, reasoning fields and load balancing.
+//! Retry-After, timeouts, non-retryable errors, reasoning fields and load balancing; and
+//! against hand-written vLLM-like replicas: token-level completions and LoRA adapters loaded
+//! on every replica.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use metis_eval::client::{
     ChatMessage, ChatRequest, Client, ClientError, Endpoint, GenParams, RetryPolicy,
+    TokenCompletionRequest,
 };
 use metis_eval::fake_server::{FakeRequest, FakeServer, Fault, Responder, Scripted};
 
@@ -439,4 +442,158 @@ async fn throughput_at_64_concurrent() {
     assert_eq!(ok, n);
     assert!(rps >= 2000.0, "{rps:.0} requests/s");
     server.shutdown().await;
+}
+
+/// A vLLM-like replica for the adapter calls: names it holds, a log of what it was asked,
+/// 400 for a name it already holds and 404 for unloading one it does not.
+#[derive(Default)]
+struct LoraReplica {
+    held: std::sync::Mutex<Vec<String>>,
+    log: std::sync::Mutex<Vec<(String, serde_json::Value)>>,
+}
+
+async fn lora_replica() -> (String, Arc<LoraReplica>, tokio::task::JoinHandle<()>) {
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use serde_json::{json, Value};
+    async fn load(
+        State(r): State<Arc<LoraReplica>>,
+        axum::Json(body): axum::Json<Value>,
+    ) -> axum::response::Response {
+        r.log.lock().unwrap().push(("load".into(), body.clone()));
+        let name = body["lora_name"].as_str().unwrap().to_string();
+        let mut held = r.held.lock().unwrap();
+        if held.contains(&name) || body["lora_path"] == json!("/missing") {
+            return (StatusCode::BAD_REQUEST, format!("cannot load {name}")).into_response();
+        }
+        held.push(name);
+        "ok".into_response()
+    }
+    async fn unload(
+        State(r): State<Arc<LoraReplica>>,
+        axum::Json(body): axum::Json<Value>,
+    ) -> axum::response::Response {
+        r.log.lock().unwrap().push(("unload".into(), body.clone()));
+        let name = body["lora_name"].as_str().unwrap();
+        let mut held = r.held.lock().unwrap();
+        match held.iter().position(|h| h == name) {
+            Some(i) => {
+                held.remove(i);
+                "ok".into_response()
+            }
+            None => (StatusCode::NOT_FOUND, "no such adapter").into_response(),
+        }
+    }
+    async fn completions(axum::Json(req): axum::Json<Value>) -> axum::Json<Value> {
+        for (key, want) in [
+            ("logprobs", json!(1)),
+            ("return_tokens_as_token_ids", json!(true)),
+            ("skip_special_tokens", json!(false)),
+            ("stop_token_ids", json!([2])),
+            ("prompt", json!([1, 5, 9])),
+        ] {
+            assert_eq!(req[key], want, "{key} in {req}");
+        }
+        let n = req["n"].as_u64().unwrap() as usize;
+        let choices: Vec<Value> = (0..n)
+            .rev()
+            .map(|i| {
+                json!({"index": i, "text": "", "finish_reason": if i == 0 { "stop" } else { "length" },
+                    "logprobs": {"tokens": [format!("token_id:{}", 10 + i), "token_id:2"],
+                                 "token_logprobs": [-0.5, -0.25]}})
+            })
+            .collect();
+        axum::Json(json!({"choices": choices}))
+    }
+    let state = Arc::new(LoraReplica::default());
+    let app = Router::new()
+        .route("/v1/load_lora_adapter", post(load))
+        .route("/v1/unload_lora_adapter", post(unload))
+        .route("/v1/completions", post(completions))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, state, task)
+}
+
+#[tokio::test]
+async fn lora_adapters_reach_every_replica() {
+    let (a_url, a, a_task) = lora_replica().await;
+    let (b_url, b, b_task) = lora_replica().await;
+    let client = Client::new(
+        vec![Endpoint::new(&a_url), Endpoint::new(&b_url)],
+        fast_policy(),
+    )
+    .unwrap();
+    client
+        .load_lora_adapter("p-step0", "/ads/step-0")
+        .await
+        .unwrap();
+    for r in [&a, &b] {
+        assert_eq!(*r.held.lock().unwrap(), vec!["p-step0"]);
+        assert_eq!(
+            r.log.lock().unwrap()[0].1,
+            serde_json::json!({"lora_name": "p-step0", "lora_path": "/ads/step-0"})
+        );
+    }
+    // A name one replica still holds (an interrupted run) is replaced there.
+    b.held.lock().unwrap().push("p-step1".into());
+    client
+        .load_lora_adapter("p-step1", "/ads/step-1")
+        .await
+        .unwrap();
+    let ops = |r: &LoraReplica| -> Vec<String> {
+        r.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(op, _)| op.clone())
+            .collect()
+    };
+    assert_eq!(ops(&a), vec!["load", "load"]);
+    assert_eq!(ops(&b), vec!["load", "load", "unload", "load"]);
+    assert_eq!(*b.held.lock().unwrap(), vec!["p-step0", "p-step1"]);
+
+    // Unloading: from every replica; one that does not hold the name is fine.
+    a.held.lock().unwrap().retain(|h| h != "p-step0");
+    client.unload_lora_adapter("p-step0").await.unwrap();
+    assert_eq!(*a.held.lock().unwrap(), vec!["p-step1"]);
+    assert_eq!(*b.held.lock().unwrap(), vec!["p-step1"]);
+
+    // A load that fails for another reason is an error naming the replica's URL.
+    let err = client
+        .load_lora_adapter("p-step2", "/missing")
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status(), Some(400));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("/v1/load_lora_adapter") && msg.contains("cannot load p-step2"),
+        "{msg}"
+    );
+
+    // Token-level completions: ids, log-probabilities and finish reasons in index order.
+    let resp = client
+        .token_completions(&TokenCompletionRequest {
+            model: "p-step1".into(),
+            prompt: vec![1, 5, 9],
+            n: 2,
+            temperature: 0.9,
+            top_p: 1.0,
+            max_tokens: 8,
+            seed: Some(11),
+            stop_token_ids: vec![2],
+        })
+        .await
+        .unwrap();
+    assert_eq!(resp.choices.len(), 2);
+    assert_eq!(resp.choices[0].ids, vec![10, 2]);
+    assert_eq!(resp.choices[1].ids, vec![11, 2]);
+    assert_eq!(resp.choices[1].logprobs, vec![-0.5, -0.25]);
+    assert_eq!(resp.choices[0].finish_reason.as_deref(), Some("stop"));
+    assert_eq!(resp.choices[1].finish_reason.as_deref(), Some("length"));
+    a_task.abort();
+    b_task.abort();
 }

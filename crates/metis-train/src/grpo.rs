@@ -12,7 +12,9 @@
 //! - [`reward`]: verifier score (binary or graded) plus the format penalty, each reported, for a
 //!   batch in parallel with a per-call timeout.
 //! - [`prompts`]: the JSONL prompt mixture and its seeded per-step sampler.
-//! - [`trainer`]: the training loop built on the above.
+//! - [`trainer`]: the training loop built on the above, with rollouts from the local engine
+//!   or, through [`remote`], from an OpenAI-compatible server fleet with the current LoRA
+//!   adapter hot-loaded there.
 //!
 //! `tests/fixtures/grpo_loss_trl.json` (written by `tools/reference/grpo_loss_trl.py`, which
 //! runs TRL's own `GRPOTrainer._compute_loss`) pins the loss, its per-token gradient and the
@@ -21,6 +23,7 @@
 pub mod advantage;
 pub mod loss;
 pub mod prompts;
+pub mod remote;
 pub mod reward;
 pub mod trainer;
 
@@ -31,6 +34,7 @@ pub use loss::{
 pub use prompts::{
     LoadOptions, PromptError, PromptMixture, PromptRecord, PromptSampler, TaskWeights, VerifierSpec,
 };
+pub use remote::RemoteRollouts;
 pub use reward::{
     compute_reward, compute_rewards, RewardBreakdown, RewardConfig, RewardJob, RewardKind,
     RewardSummary,

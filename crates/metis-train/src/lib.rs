@@ -1,7 +1,8 @@
 //! Metis training on candle autograd: supervised fine-tuning on `<think>` reasoning traces
 //! (Stage 1) and GRPO with verifiable rewards from `metis-verify` (Stage 2), full or LoRA,
 //! with checkpoints that Hugging Face transformers, PEFT and `metis-engine` load, and exact
-//! resume.
+//! resume. GRPO rollouts come from the local engine or from an OpenAI-compatible server
+//! fleet (vLLM) with the current LoRA adapter hot-loaded there ([`grpo::remote`]).
 //!
 //! The training forward pass is written only from differentiable candle ops: candle's fused
 //! `softmax_last_dim`, `rms_norm`, `rope` and sdpa kernels silently drop gradients, so

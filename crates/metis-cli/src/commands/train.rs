@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use metis_train::demo::{build, DemoConfig};
 use metis_train::grpo::trainer::{run_grpo, GrpoConfig};
-use metis_train::grpo::{LossType, ScaleRewards, TaskWeights};
+use metis_train::grpo::{LossType, RemoteRollouts, ScaleRewards, TaskWeights};
 use metis_train::lora::LoraConfig;
 use metis_train::schedule::ScheduleKind;
 use metis_train::sft::{merge_adapter, run_sft, SftConfig};
@@ -113,6 +113,26 @@ struct GrpoArgs {
     /// Open the think block in the prompt (for templates that do not).
     #[arg(long)]
     prefill_think: bool,
+    /// Sample rollouts from this OpenAI-compatible server (base URL with the API prefix,
+    /// e.g. http://10.0.0.5:8000/v1) instead of the local engine; repeat for a fleet of
+    /// replicas. The current LoRA adapter is hot-loaded on every replica each step (vLLM:
+    /// VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, --enable-lora). Needs --lora-rank.
+    #[arg(long = "rollout-url", value_name = "URL")]
+    rollout_urls: Vec<String>,
+    /// API key of the rollout servers.
+    #[arg(long, env = "METIS_ROLLOUT_API_KEY", hide_env_values = true)]
+    rollout_api_key: Option<String>,
+    /// Where the per-step adapters are written for the servers (default: OUT/rollout-adapters).
+    #[arg(long, requires = "rollout_urls")]
+    rollout_adapter_dir: Option<PathBuf>,
+    /// The adapter directory as the servers see it, when they mount it elsewhere.
+    #[arg(long, requires = "rollout_urls")]
+    rollout_server_adapter_dir: Option<PathBuf>,
+    /// Use the servers' log-probabilities as the loss's old log-probabilities (needs
+    /// temperature-scaled ones: vLLM --logprobs-mode processed_logprobs). Default: the
+    /// policy's own.
+    #[arg(long, requires = "rollout_urls")]
+    rollout_server_logprobs: bool,
     /// Continue from the latest checkpoint in --out.
     #[arg(long)]
     resume: bool,
@@ -339,6 +359,14 @@ fn grpo(a: GrpoArgs) -> anyhow::Result<()> {
     cfg.save_every = a.save_every;
     cfg.eval_every = a.eval_every;
     cfg.prefill_think = a.prefill_think;
+    if !a.rollout_urls.is_empty() {
+        let mut remote = RemoteRollouts::new(a.rollout_urls);
+        remote.api_key = a.rollout_api_key.filter(|k| !k.is_empty());
+        remote.adapter_dir = a.rollout_adapter_dir;
+        remote.server_adapter_dir = a.rollout_server_adapter_dir;
+        remote.use_server_logprobs = a.rollout_server_logprobs;
+        cfg.remote = Some(remote);
+    }
     let outcome = run_grpo(&cfg, a.resume)?;
     let last = outcome.history.last();
     let held: Vec<f64> = outcome

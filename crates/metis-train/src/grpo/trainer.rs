@@ -1,12 +1,15 @@
-//! The GRPO training loop: rollouts from the local engine, verifier rewards with the format
-//! penalty, group-relative advantages, TRL's clipped objective with a k3 KL to the reference,
-//! AdamW under a cosine schedule, held-out accuracy, checkpoints and exact resume.
+//! The GRPO training loop: rollouts from the local engine (or from a server fleet, see
+//! [`super::remote`]), verifier rewards with the format penalty, group-relative advantages,
+//! TRL's clipped objective with a k3 KL to the reference, AdamW under a cosine schedule,
+//! held-out accuracy, checkpoints and exact resume.
 //!
 //! One step:
 //! 1. draw `prompts_per_step` prompts from the mixture ([`PromptSampler`], seeded by step);
 //! 2. copy the current policy into an engine [`Model`] (LoRA merged) and sample
 //!    `num_generations` completions of each prompt with the KV cache, keeping each token's
-//!    log-probability under the temperature-scaled logits (the "old" log-probabilities);
+//!    log-probability under the temperature-scaled logits (the "old" log-probabilities) —
+//!    or, with [`GrpoConfig::remote`], publish the LoRA adapter to the servers and sample
+//!    there;
 //! 3. grade every completion (verifier + format penalty, in parallel with a timeout);
 //! 4. advantages per group ([`group_advantages`]);
 //! 5. re-score the completions with the training model (with gradient), the reference model
@@ -35,6 +38,7 @@ use serde_json::Value;
 use super::advantage::{group_advantages, ScaleRewards};
 use super::loss::{grpo_loss, per_token_logps, LossConfig, LossInputs};
 use super::prompts::{LoadOptions, PromptMixture, PromptRecord, PromptSampler, TaskWeights};
+use super::remote::{RemoteRollouts, RemoteSampler, RolloutSampling};
 use super::reward::{compute_rewards, RewardConfig};
 use crate::checkpoint::{load_train_state, save_train_state, TrainState};
 use crate::lora::LoraConfig;
@@ -79,6 +83,11 @@ pub struct GrpoConfig {
     pub micro_batch: usize,
     /// Open the think block in the prompt (`<think>\n` after the generation prompt).
     pub prefill_think: bool,
+    /// Sample rollouts from OpenAI-compatible servers with the current LoRA adapter
+    /// hot-loaded there, instead of the local engine (needs `lora`). Held-out evaluation
+    /// stays local.
+    #[serde(default)]
+    pub remote: Option<RemoteRollouts>,
     /// Stop after this many steps of this invocation (tests simulate a kill with it).
     #[serde(skip)]
     pub stop_after_steps: Option<u64>,
@@ -118,6 +127,7 @@ impl GrpoConfig {
             eval_every: 10,
             micro_batch: 8,
             prefill_think: false,
+            remote: None,
             stop_after_steps: None,
         }
     }
@@ -150,6 +160,12 @@ pub struct GrpoMetrics {
     pub truncated_rate: f64,
     pub frac_reward_zero_std: f64,
     pub reward_timeouts: usize,
+    /// Mean |sampler log-probability − policy log-probability| over the completion tokens:
+    /// float noise when the sampler serves the policy being trained; more when a server
+    /// serves another model (an adapter that did not load) or reports log-probabilities of
+    /// other logits (vLLM without `--logprobs-mode processed_logprobs`, at temperature ≠ 1).
+    #[serde(default)]
+    pub rollout_logprob_gap: f64,
     /// Training tokens (prompt + completion) per second of the whole step.
     pub tokens_per_s: f64,
     pub generation_s: f64,
@@ -244,13 +260,13 @@ fn policy_engine(model: &TrainModel) -> Result<Model> {
     )?)
 }
 
-/// A rollout: prompt, completion ids (stop id included when it ended on one) and their
-/// sampling log-probabilities.
-struct Rollout {
-    prompt: usize,
-    ids: Vec<u32>,
-    logprobs: Vec<f32>,
-    truncated: bool,
+/// A rollout: prompt (its position in the step's picks), completion ids (stop id included
+/// when it ended on one) and their sampling log-probabilities.
+pub(super) struct Rollout {
+    pub(super) prompt: usize,
+    pub(super) ids: Vec<u32>,
+    pub(super) logprobs: Vec<f32>,
+    pub(super) truncated: bool,
 }
 
 fn rollouts(gens: Vec<Generation>, group: usize) -> Vec<Rollout> {
@@ -447,8 +463,14 @@ fn latest_checkpoint(out: &Path) -> Option<(u64, PathBuf)> {
         .max_by_key(|(s, _)| *s)
 }
 
-/// Runs (or with `resume`, continues) a GRPO run; see the module docs.
+/// Runs (or with `resume`, continues) a GRPO run; see the module docs. With
+/// [`GrpoConfig::remote`] it drives its HTTP client on a runtime of its own, so it must not be
+/// called from inside an async task.
 pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
+    crate::model::on_compute_pool(|| run_grpo_on_pool(cfg, resume))
+}
+
+fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
     let mut cfg = cfg.clone();
     cfg.reward.format.prefilled_open = cfg.prefill_think;
     // The Dr. GRPO normaliser is the completion budget, as in TRL.
@@ -464,7 +486,20 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
             "prompts per step, micro-batch and max steps must be positive".into(),
         ));
     }
+    if cfg.remote.is_some() && cfg.lora.is_none() {
+        return Err(TrainError::InvalidArgument(
+            "remote rollouts hot-load a LoRA adapter; add --lora-rank".into(),
+        ));
+    }
     std::fs::create_dir_all(&cfg.out).map_err(|e| TrainError::io(&cfg.out, e))?;
+    let mut remote = cfg
+        .remote
+        .as_ref()
+        .map(|r| RemoteSampler::connect(r, &cfg.out))
+        .transpose()?;
+    // Server log-probabilities are only the "old" ones when asked for (see `super::remote`);
+    // the local engine's are those of the temperature-scaled logits.
+    let sampler_logprobs_are_old = cfg.remote.as_ref().is_none_or(|r| r.use_server_logprobs);
     let device = Device::Cpu;
     let tok_dir = cfg.tokenizer.clone().unwrap_or_else(|| cfg.model.clone());
     let tokenizer = Tokenizer::from_dir(&tok_dir)
@@ -614,37 +649,61 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
 
         // 1-2. Prompts and rollouts.
         let picks = sampler.sample(step, cfg.prompts_per_step);
-        let engine = match current_engine.take() {
-            Some(engine) => engine,
-            None => policy_engine(&model)?,
-        };
         let g = cfg.num_generations;
-        let prompt_ids: Vec<Vec<u32>> = picks
-            .iter()
-            .flat_map(|&i| std::iter::repeat_n(prepared[i].ids.clone(), g))
-            .collect();
-        let gen_opts = GenerateOptions {
-            max_tokens: cfg.max_completion_len,
-            sampling: SamplingParams {
-                temperature: cfg.temperature,
-                top_p: cfg.top_p,
-                seed: step_seed(cfg.seed, step, 1),
-                ..SamplingParams::default()
-            },
-            stop_ids: ctx.stop_ids.clone(),
-            ..GenerateOptions::default()
+        let seed = step_seed(cfg.seed, step, 1);
+        let (rolls, texts) = match remote.as_mut() {
+            Some(remote) => {
+                // Only held-out evaluations use the engine copy now.
+                current_engine = None;
+                let prompts: Vec<&[u32]> = picks.iter().map(|&i| &prepared[i].ids[..]).collect();
+                remote.rollouts(
+                    &model,
+                    &prompts,
+                    &RolloutSampling {
+                        step,
+                        seed,
+                        n: g,
+                        temperature: cfg.temperature,
+                        top_p: cfg.top_p,
+                        max_tokens: cfg.max_completion_len,
+                        stop_ids: &ctx.stop_ids,
+                    },
+                    &ctx.tokenizer,
+                )?
+            }
+            None => {
+                let engine = match current_engine.take() {
+                    Some(engine) => engine,
+                    None => policy_engine(&model)?,
+                };
+                let prompt_ids: Vec<Vec<u32>> = picks
+                    .iter()
+                    .flat_map(|&i| std::iter::repeat_n(prepared[i].ids.clone(), g))
+                    .collect();
+                let gen_opts = GenerateOptions {
+                    max_tokens: cfg.max_completion_len,
+                    sampling: SamplingParams {
+                        temperature: cfg.temperature,
+                        top_p: cfg.top_p,
+                        seed,
+                        ..SamplingParams::default()
+                    },
+                    stop_ids: ctx.stop_ids.clone(),
+                    ..GenerateOptions::default()
+                };
+                let gens = generate_batch(
+                    &engine,
+                    Some(&ctx.tokenizer),
+                    &prompt_ids,
+                    &gen_opts,
+                    cfg.prefill_think,
+                )
+                .map_err(|e| TrainError::InvalidArgument(format!("rollout: {e}")))?;
+                drop(engine);
+                let texts: Vec<String> = gens.iter().map(completion_text).collect();
+                (rollouts(gens, g), texts)
+            }
         };
-        let gens = generate_batch(
-            &engine,
-            Some(&ctx.tokenizer),
-            &prompt_ids,
-            &gen_opts,
-            cfg.prefill_think,
-        )
-        .map_err(|e| TrainError::InvalidArgument(format!("rollout: {e}")))?;
-        drop(engine);
-        let texts: Vec<String> = gens.iter().map(completion_text).collect();
-        let rolls = rollouts(gens, g);
         let generation_s = t0.elapsed().as_secs_f64();
 
         // 3-4. Rewards and advantages.
@@ -670,6 +729,7 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
         let mut loss_cfg = cfg.loss.clone();
         loss_cfg.gradient_accumulation_steps = chunks.len();
         let (mut loss_sum, mut kl_sum, mut clip_sum, mut tok_sum) = (0.0, 0.0, 0.0, 0.0);
+        let (mut gap_sum, mut gap_tokens) = (0.0f64, 0usize);
         let mut train_tokens = 0usize;
         for rows in &chunks {
             let idx: Vec<usize> = rows
@@ -724,6 +784,12 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
             let lp =
                 model.token_logprobs(&input, &layout, &target, cfg.temperature as f64, true)?;
             let logp = lp.gather(&gather, 1)?.contiguous()?; // [b, comp_len]
+            for (row, roll) in logp.detach().to_vec2::<f32>()?.iter().zip(&rows) {
+                for (policy, sampler) in row.iter().zip(&roll.logprobs) {
+                    gap_sum += f64::from((sampler - policy).abs());
+                }
+                gap_tokens += roll.ids.len();
+            }
             let ref_logp = if cfg.loss.beta == 0.0 {
                 None
             } else if let Some(reference) = &reference {
@@ -746,7 +812,7 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
             let out = grpo_loss(
                 &LossInputs {
                     logp: &logp,
-                    old_logp: Some(&old),
+                    old_logp: sampler_logprobs_are_old.then_some(&old),
                     ref_logp: ref_logp.as_ref(),
                     mask: &mask,
                     advantages: &advantages,
@@ -815,6 +881,11 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
             truncated_rate: rolls.iter().filter(|r| r.truncated).count() as f64 / n,
             frac_reward_zero_std: adv.stats.frac_reward_zero_std,
             reward_timeouts: summary.timed_out,
+            rollout_logprob_gap: if gap_tokens > 0 {
+                gap_sum / gap_tokens as f64
+            } else {
+                0.0
+            },
             tokens_per_s: train_tokens as f64 / step_s,
             generation_s,
             step_s,
@@ -881,6 +952,10 @@ pub fn run_grpo(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
         None
     };
     plot_grpo(&log.history, &cfg.out.join("curves.png"))?;
+    // Last, so that a server failing to unload cannot cost the run its final outputs.
+    if let Some(remote) = remote {
+        remote.close()?;
+    }
     Ok(GrpoOutcome {
         steps: step,
         final_dir,

@@ -38,6 +38,9 @@ pub enum TrainError {
     /// An error from the inference engine (config parsing).
     #[error(transparent)]
     Engine(#[from] metis_engine::model::EngineError),
+    /// A rollout server failed or answered something unusable (the message names the URL).
+    #[error("remote rollouts: {0}")]
+    RemoteRollout(metis_eval::client::ClientError),
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
