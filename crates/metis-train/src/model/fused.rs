@@ -33,6 +33,8 @@ trait Real: Float + candle_core::WithDType + Send + Sync + std::iter::Sum + 'sta
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
     fn storage(v: Vec<Self>) -> CpuStorage;
     fn from_f32(x: f32) -> Self;
+    /// `exp`, in a form the compiler vectorises for f32 (see [`exp_f32`]).
+    fn exp_fast(self) -> Self;
 }
 
 impl Real for f32 {
@@ -47,6 +49,9 @@ impl Real for f32 {
     }
     fn from_f32(x: f32) -> Self {
         x
+    }
+    fn exp_fast(self) -> Self {
+        exp_f32(self)
     }
 }
 
@@ -63,6 +68,74 @@ impl Real for f64 {
     fn from_f32(x: f32) -> Self {
         x as f64
     }
+    fn exp_fast(self) -> Self {
+        self.exp()
+    }
+}
+
+/// `exp(x)` for f32 without a libm call, so that loops over it vectorise: Cody–Waite
+/// reduction `x = n ln2 + r` (|r| <= ln2 / 2) and Cephes' degree-6 polynomial for `e^r`
+/// (about 1 ulp, as libm's `expf`), scaled by `2^n` through the exponent bits. Below
+/// `ln(f32::MIN_POSITIVE)` it returns 0 (no subnormals); NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LO: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
+    const HI: f32 = 88.376_26; // 127.5 ln 2: keeps 2^n finite
+                               // Round to nearest by adding 1.5 * 2^23: the integer lands in the low mantissa bits
+                               // (no `floor`, which is a libm call on baseline x86-64 and blocks vectorisation).
+    const SHIFTER: f32 = 12_582_912.0;
+    let xc = x.clamp(LO, HI);
+    let t = xc * std::f32::consts::LOG2_E + SHIFTER;
+    let n = t - SHIFTER;
+    let ni = t.to_bits() as i32 - SHIFTER.to_bits() as i32;
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e = (p * r * r + r + 1.0) * f32::from_bits(((ni + 127) as u32) << 23);
+    if x < LO {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// Largest element (eight running maxima, as [`dot`]); −∞ for an empty slice.
+fn row_max<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    rest.iter()
+        .chain(acc.iter())
+        .fold(T::neg_infinity(), |m, &v| if v > m { v } else { m })
+}
+
+/// Sum (eight running sums, as [`dot`]).
+fn row_sum<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    let tail = rest.iter().fold(T::zero(), |a, &v| a + v);
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `x = exp(x - m)` elementwise; returns the sum.
+fn exp_shifted<T: Real>(x: &mut [T], m: T) -> T {
+    for v in x.iter_mut() {
+        *v = (*v - m).exp_fast();
+    }
+    row_sum(x)
 }
 
 fn err(op: &str, msg: impl std::fmt::Display) -> candle_core::Error {
@@ -122,7 +195,7 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 
 /// Below this many elements a kernel runs on the calling thread: waking the pool costs more
 /// than the work.
-const PARALLEL_MIN: usize = 1 << 16;
+const PARALLEL_MIN: usize = 1 << 11;
 
 /// Rows (or tasks) per parallel chunk so that each chunk holds about [`PARALLEL_MIN`] / 4
 /// elements, or all of them when the whole input is small.
@@ -421,21 +494,38 @@ struct SwiGlu;
 
 impl SwiGlu {
     fn fwd<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
-        gate.iter()
-            .zip(up)
-            .map(|(&x, &u)| x / (T::one() + (-x).exp()) * u)
-            .collect()
+        let mut y = vec![T::zero(); gate.len()];
+        let block = rows_per_task(gate.len(), 1);
+        y.par_chunks_mut(block)
+            .zip(gate.par_chunks(block).zip(up.par_chunks(block)))
+            .for_each(|(yb, (gb, ub))| {
+                for ((y, &x), &u) in yb.iter_mut().zip(gb).zip(ub) {
+                    *y = x / (T::one() + (-x).exp_fast()) * u;
+                }
+            });
+        y
     }
 
     /// d gate = g · up · σ(x)(1 + x(1 − σ(x))), d up = g · silu(x).
     fn bwd<T: Real>(gate: &[T], up: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
-        let mut dgate = Vec::with_capacity(gate.len());
-        let mut dup = Vec::with_capacity(gate.len());
-        for ((&x, &u), &gy) in gate.iter().zip(up).zip(g) {
-            let sig = T::one() / (T::one() + (-x).exp());
-            dgate.push(gy * u * sig * (T::one() + x * (T::one() - sig)));
-            dup.push(gy * x * sig);
-        }
+        let mut dgate = vec![T::zero(); gate.len()];
+        let mut dup = vec![T::zero(); gate.len()];
+        let block = rows_per_task(gate.len(), 1);
+        dgate
+            .par_chunks_mut(block)
+            .zip(dup.par_chunks_mut(block))
+            .zip(
+                gate.par_chunks(block)
+                    .zip(up.par_chunks(block).zip(g.par_chunks(block))),
+            )
+            .for_each(|((dgb, dub), (gb, (ub, gyb)))| {
+                for i in 0..gb.len() {
+                    let (x, u, gy) = (gb[i], ub[i], gyb[i]);
+                    let sig = T::one() / (T::one() + (-x).exp_fast());
+                    dgb[i] = gy * u * sig * (T::one() + x * (T::one() - sig));
+                    dub[i] = gy * x * sig;
+                }
+            });
         (dgate, dup)
     }
 }
@@ -795,12 +885,8 @@ fn gemm_into<T: Real>(
 
 /// `exp(x - max) / sum(exp(x - max))` over a slice.
 fn softmax_in_place<T: Real>(row: &mut [T]) {
-    let m = row.iter().fold(T::neg_infinity(), |m, &x| Float::max(m, x));
-    let mut sum = T::zero();
-    for x in row.iter_mut() {
-        *x = (*x - m).exp();
-        sum += *x;
-    }
+    let m = row_max(row);
+    let sum = exp_shifted(row, m);
     for x in row.iter_mut() {
         *x /= sum;
     }
@@ -1171,9 +1257,10 @@ impl TokenLogprobs {
             .zip(logits.par_chunks(v).zip(targets.par_iter()))
             .for_each_init(Vec::new, |x, (o, (row, &t))| {
                 self.scaled(row, x);
-                let m = x.iter().fold(T::neg_infinity(), |m, &a| Float::max(m, a));
-                let lse = x.iter().map(|&a| (a - m).exp()).sum::<T>().ln();
-                *o = (x[t as usize] - m) - lse;
+                let xt = x[t as usize];
+                let m = row_max(x);
+                let lse = exp_shifted(x, m).ln();
+                *o = (xt - m) - lse;
             });
         out
     }
@@ -1193,12 +1280,9 @@ impl TokenLogprobs {
             )
             .for_each_init(Vec::new, |x, (dr, (row, (&t, &gn)))| {
                 self.scaled(row, x);
-                let m = x.iter().fold(T::neg_infinity(), |m, &a| Float::max(m, a));
-                let mut sum = T::zero();
-                for (d, &a) in dr.iter_mut().zip(x.iter()) {
-                    *d = (a - m).exp();
-                    sum += *d;
-                }
+                let m = row_max(x);
+                dr.copy_from_slice(x);
+                let sum = exp_shifted(dr, m);
                 let k = gn * inv_t;
                 let ks = k / sum;
                 for d in dr.iter_mut() {

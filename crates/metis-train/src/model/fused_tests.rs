@@ -229,3 +229,21 @@ fn attention_matches_spelled_out_on_every_layout() {
         }
     }
 }
+
+#[test]
+fn exp_f32_is_within_two_ulp_of_exp() {
+    let mut worst = 0.0f64;
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let got = f64::from(fused::exp_f32(x));
+        let want = f64::from(x).exp();
+        worst = worst.max((got - want).abs() / want);
+        x += 0.000_37;
+    }
+    // f32 has a 2^-23 ≈ 1.19e-7 relative spacing; libm's expf is itself within 1 ulp.
+    assert!(worst < 2.5e-7, "worst relative error {worst:e}");
+    assert_eq!(fused::exp_f32(0.0), 1.0);
+    assert_eq!(fused::exp_f32(f32::NEG_INFINITY), 0.0);
+    assert_eq!(fused::exp_f32(-1000.0), 0.0);
+    assert!(fused::exp_f32(f32::NAN).is_nan());
+}
