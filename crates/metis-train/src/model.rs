@@ -415,12 +415,10 @@ impl TrainModel {
         let hidden = self.hidden(input_ids, batch, train)?;
         let (b, s, h) = hidden.dims3()?;
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let hidden = hidden.reshape((b * s, h))?;
-        let logits = if fused::applies(&hidden) && w.dtype() == hidden.dtype() {
-            fused::linear(&hidden, w)?
-        } else {
-            mm(&hidden, &w.t()?)?
-        };
+        if fused::applies(&hidden) && w.dtype() == hidden.dtype() {
+            return Ok(fused::linear(&hidden, w)?); // [b, s, vocab]
+        }
+        let logits = mm(&hidden.reshape((b * s, h))?, &w.t()?)?;
         Ok(logits
             .reshape((b, s, self.config.vocab_size))?
             .to_dtype(acc_dtype(self.dtype))?)
@@ -613,12 +611,7 @@ pub fn logprobs_from_logits(logits: &Tensor, targets: &Tensor, temperature: f64)
         )));
     }
     if fused::applies(logits) {
-        let lp = fused::token_logprobs(
-            &logits.reshape((b * s, v))?,
-            &targets.flatten_all()?,
-            temperature,
-        )?;
-        return Ok(lp.reshape((b, s))?);
+        return Ok(fused::token_logprobs(logits, &targets, temperature)?);
     }
     logprobs_spelled(logits, &targets, temperature)
 }

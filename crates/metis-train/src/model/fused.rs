@@ -217,7 +217,8 @@ fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 
-/// `y = w * (x * rsqrt(mean(x²) + eps))` over the last dim; x `[.., h]`, w `[h]`.
+/// `y = w * (x * rsqrt(mean(x²) + eps))` over each group of `h` elements; x `[.., h]` (or
+/// `[.., heads * h]`: per-head norms), w `[h]`.
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
 }
@@ -300,8 +301,10 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        // Each consecutive group of `h` elements is one vector: `[.., h]`, or `[.., heads * h]`
+        // for per-head norms (Qwen3's q/k norm) without a reshape.
         let h = l2.shape().elem_count();
-        if l1.dims().last() != Some(&h) {
+        if h == 0 || l1.dims().last().is_none_or(|&d| d % h != 0) {
             return Err(err(
                 self.name(),
                 format!("x {:?} vs weight [{h}]", l1.dims()),
@@ -357,7 +360,8 @@ impl CustomOp2 for RmsNorm {
 // ---------------------------------------------------------------------------------------------
 // Linear
 
-/// `x Wᵀ`: x `[rows, in]`, W `[out, in]` (as HF stores it) → `[rows, out]`.
+/// `x Wᵀ`: x `[.., in]`, W `[out, in]` (as HF stores it) → `[.., out]` (leading dims kept, so
+/// that no reshape node sits between layers).
 ///
 /// As one node its backward writes dW in W's own layout; as candle's `matmul(x, w.t())` it
 /// would be a matmul and a transpose node, with dW accumulated twice, once strided.
@@ -424,12 +428,13 @@ impl CustomOp2 for Linear {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = self.name();
-        let (rows, inp) = l1.shape().dims2()?;
+        let inp = *l1.dims().last().ok_or_else(|| err(n, "x is a scalar"))?;
+        let rows = l1.shape().elem_count() / inp.max(1);
         let (out, w_in) = l2.shape().dims2()?;
         if w_in != inp {
             return Err(err(
                 n,
-                format!("x [{rows}, {inp}] vs weight [{out}, {w_in}]"),
+                format!("x {:?} vs weight [{out}, {w_in}]", l1.dims()),
             ));
         }
         let dims = (rows, inp, out);
@@ -446,7 +451,9 @@ impl CustomOp2 for Linear {
             )),
             s => return Err(err(n, format!("unsupported dtype {:?}", s.dtype()))),
         };
-        Ok((y, Shape::from((rows, out))))
+        let mut dims = l1.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = out;
+        Ok((y, Shape::from(dims)))
     }
 
     fn bwd(
@@ -462,8 +469,8 @@ impl CustomOp2 for Linear {
             dy: &Tensor,
         ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
             let n = "metis-linear";
-            let (rows, inp) = x.dims2()?;
-            let out = w.dim(0)?;
+            let (out, inp) = w.dims2()?;
+            let rows = x.elem_count() / inp.max(1);
             let need = (x.track_op(), w.track_op());
             let (dx, dw) = with_data::<T, _>(n, x, |xs| {
                 with_data::<T, _>(n, w, |ws| {
@@ -601,7 +608,7 @@ pub(crate) struct RopeTables {
     pub(crate) half: usize,
 }
 
-/// `x * cos + rotate_half(x) * sin` for x `[b, s, heads, head_dim]`.
+/// `x * cos + rotate_half(x) * sin` for x `[b, s, heads * head_dim]` (each head rotated).
 pub(crate) fn rope(x: &Tensor, tables: &RopeTables) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(Rope {
         tables: tables.clone(),
@@ -610,6 +617,7 @@ pub(crate) fn rope(x: &Tensor, tables: &RopeTables) -> candle_core::Result<Tenso
 }
 
 struct Rope {
+    /// Head dim = `2 * tables.half`.
     tables: RopeTables,
     /// Rotate by −θ: the backward of the forward rotation (a rotation's transpose).
     inverse: bool,
@@ -617,9 +625,11 @@ struct Rope {
 
 impl Rope {
     fn apply<T: Real>(&self, x: &[T], dims: &[usize]) -> candle_core::Result<Vec<T>> {
-        let (b, s, heads, d) = (dims[0], dims[1], dims[2], dims[3]);
         let half = self.tables.half;
-        if d != 2 * half || self.tables.cos.len() != b * s * half {
+        let d = 2 * half;
+        let (b, s, width) = (dims[0], dims[1], dims[2]);
+        let heads = width / d.max(1);
+        if d == 0 || width % d != 0 || self.tables.cos.len() != b * s * half {
             return Err(err(
                 "metis-rope",
                 format!(
@@ -665,10 +675,10 @@ impl CustomOp1 for Rope {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l.dims();
-        if dims.len() != 4 {
+        if dims.len() != 3 {
             return Err(err(
                 self.name(),
-                format!("expected [b, s, heads, d], got {dims:?}"),
+                format!("expected [b, s, heads * d], got {dims:?}"),
             ));
         }
         let y = match s {
@@ -702,14 +712,15 @@ impl CustomOp1 for Rope {
 
 /// Scaled dot-product attention with the [`super::BatchLayout`] mask: query `i` sees key
 /// `j <= i` of the same non-zero segment; a padding query sees only itself.
-/// q `[b, s, nh, d]`, k and v `[b, s, nkv, d]` (grouped-query: query head `h` reads kv head
-/// `h / (nh / nkv)`) → `[b, s, nh, d]`.
+/// q `[b, s, nh * d]`, k and v `[b, s, nkv * d]` (grouped-query: query head `h` reads kv head
+/// `h / (nh / nkv)`) → `[b, s, nh * d]`.
 pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &AttentionMask,
     scale: f64,
+    head_dim: usize,
 ) -> candle_core::Result<Tensor> {
     q.contiguous()?.apply_op3(
         &k.contiguous()?,
@@ -717,6 +728,7 @@ pub(crate) fn attention(
         Attention {
             mask: mask.clone(),
             scale,
+            head_dim,
         },
     )
 }
@@ -760,6 +772,7 @@ impl AttentionMask {
 struct Attention {
     mask: AttentionMask,
     scale: f64,
+    head_dim: usize,
 }
 
 /// Shapes of one attention call.
@@ -897,18 +910,27 @@ const QUERY_BLOCK: usize = 256;
 
 impl Attention {
     fn dims(&self, q: &[usize], k: &[usize], v: &[usize]) -> candle_core::Result<Dims> {
-        let bad = || err("metis-attention", format!("q {q:?}, k {k:?}, v {v:?}"));
-        if q.len() != 4 || k != v || k.len() != 4 {
+        let bad = || {
+            err(
+                "metis-attention",
+                format!("q {q:?}, k {k:?}, v {v:?}, head dim {}", self.head_dim),
+            )
+        };
+        let hd = self.head_dim;
+        if q.len() != 3 || k != v || k.len() != 3 || hd == 0 {
+            return Err(bad());
+        }
+        if !q[2].is_multiple_of(hd) || !k[2].is_multiple_of(hd) {
             return Err(bad());
         }
         let d = Dims {
             b: q[0],
             s: q[1],
-            nh: q[2],
-            nkv: k[2],
-            d: q[3],
+            nh: q[2] / hd,
+            nkv: k[2] / hd,
+            d: hd,
         };
-        if k[0] != d.b || k[1] != d.s || k[3] != d.d || d.nkv == 0 || !d.nh.is_multiple_of(d.nkv) {
+        if k[0] != d.b || k[1] != d.s || d.nkv == 0 || !d.nh.is_multiple_of(d.nkv) {
             return Err(bad());
         }
         if self.mask.segments.len() != d.b * d.s {
@@ -1219,8 +1241,8 @@ impl CustomOp3 for Attention {
 // ---------------------------------------------------------------------------------------------
 // Target-token log-probabilities
 
-/// `log softmax(logits / temperature)[target]`: logits `[n, vocab]`, targets `[n]` u32 (in
-/// range; checked by the caller) → `[n]`.
+/// `log softmax(logits / temperature)[target]`: logits `[.., vocab]`, targets `[..]` u32 (in
+/// range) → `[..]`.
 pub(crate) fn token_logprobs(
     logits: &Tensor,
     targets: &Tensor,
@@ -1307,7 +1329,17 @@ impl CustomOp2 for TokenLogprobs {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = self.name();
-        let (rows, vocab) = l1.shape().dims2()?;
+        let vocab = *l1
+            .dims()
+            .last()
+            .ok_or_else(|| err(n, "logits are a scalar"))?;
+        let rows = l1.shape().elem_count() / vocab.max(1);
+        if l2.dims() != &l1.dims()[..l1.dims().len() - 1] {
+            return Err(err(
+                n,
+                format!("targets {:?} for logits {:?}", l2.dims(), l1.dims()),
+            ));
+        }
         let targets = match s2 {
             CpuStorage::U32(t) => {
                 let (a, b) = l2
@@ -1328,7 +1360,7 @@ impl CustomOp2 for TokenLogprobs {
             CpuStorage::F64(_) => f64::storage(self.fwd(contiguous::<f64>(n, s1, l1)?, targets)),
             s => return Err(err(n, format!("unsupported dtype {:?}", s.dtype()))),
         };
-        Ok((out, Shape::from(rows)))
+        Ok((out, l2.shape().clone()))
     }
 
     fn bwd(
@@ -1339,7 +1371,7 @@ impl CustomOp2 for TokenLogprobs {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let n = self.name();
-        let t = targets.to_vec1::<u32>()?;
+        let t = targets.flatten_all()?.to_vec1::<u32>()?;
         let dl = match logits.dtype() {
             DType::F32 => {
                 let d = with_data::<f32, _>(n, logits, |l| {

@@ -107,6 +107,20 @@ fn rms_norm_swiglu_linear_match() {
             |t| rms_norm_spelled(&t[0], &t[1], 1e-5).unwrap(),
             tol(dtype),
         );
+        // Per-head norm: each group of 8 of the last dim's 24 values is one vector.
+        let wh = random(&[8], 21, dtype);
+        assert_same(
+            "rms_norm per head",
+            &[&x, &wh],
+            |t| fused::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+            |t| {
+                rms_norm_spelled(&t[0].reshape((3, 5, 3, 8)).unwrap(), &t[1], 1e-5)
+                    .unwrap()
+                    .reshape((3, 5, 24))
+                    .unwrap()
+            },
+            tol(dtype),
+        );
         let g = random(&[7, 40], 3, dtype);
         let u = random(&[7, 40], 4, dtype);
         assert_same(
@@ -141,16 +155,7 @@ fn token_logprobs_match() {
             assert_same(
                 "token_logprobs",
                 &[&logits_scaled],
-                |x| {
-                    fused::token_logprobs(
-                        &x[0].reshape((18, 50)).unwrap(),
-                        &targets.flatten_all().unwrap(),
-                        temperature,
-                    )
-                    .unwrap()
-                    .reshape((2, 9))
-                    .unwrap()
-                },
+                |x| fused::token_logprobs(&x[0], &targets, temperature).unwrap(),
                 |x| logprobs_spelled(&x[0], &targets, temperature).unwrap(),
                 tol(dtype),
             );
@@ -216,7 +221,21 @@ fn attention_matches_spelled_out_on_every_layout() {
                 assert_same(
                     &format!("attention {name} b{b} s{s} nh{nh} nkv{nkv} {dtype:?}"),
                     &[&q, &k, &v],
-                    |t| fused_attention(&t[0], &t[1], &t[2], &tables, &mask, scale).unwrap(),
+                    |t| {
+                        let flat = |x: &Tensor| x.reshape((b, s, ())).unwrap();
+                        fused_attention(
+                            &flat(&t[0]),
+                            &flat(&t[1]),
+                            &flat(&t[2]),
+                            &tables,
+                            &mask,
+                            scale,
+                            d,
+                        )
+                        .unwrap()
+                        .reshape((b, s, nh, d))
+                        .unwrap()
+                    },
                     |t| {
                         dense_attention(&t[0], &t[1], &t[2], &cos, &sin, &bias, scale)
                             .unwrap()

@@ -59,21 +59,30 @@ impl Linear {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("rank >= 1");
         let rows = x.elem_count() / in_dim.max(1);
+        let out = self.weight.dim(0)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = out;
+        if fused::applies(x) && self.weight.dtype() == x.dtype() {
+            // N-d in, N-d out: no reshape nodes (each costs a zeroed buffer and an add in
+            // candle's backward).
+            let mut y = fused::linear(x, &self.weight)?;
+            if let Some(b) = &self.bias {
+                y = y.broadcast_add(b)?;
+            }
+            if let (Some(lora), true) = (&self.lora, ctx.adapters) {
+                let delta = lora.forward(&x.reshape((rows, in_dim))?, ctx.dropout_key)?;
+                y = (y + delta.reshape(out_dims)?)?;
+            }
+            return Ok(y);
+        }
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = if fused::applies(&x2) && self.weight.dtype() == x2.dtype() {
-            fused::linear(&x2, &self.weight)?
-        } else {
-            mm(&x2, &self.weight.t()?)?
-        };
+        let mut y = mm(&x2, &self.weight.t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
         if let (Some(lora), true) = (&self.lora, ctx.adapters) {
             y = (y + lora.forward(&x2, ctx.dropout_key)?)?;
         }
-        let out = self.weight.dim(0)?;
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("rank >= 1") = out;
         Ok(y.reshape(out_dims)?)
     }
 }
@@ -133,26 +142,38 @@ impl Attention {
     pub(crate) fn forward(&self, x: &Tensor, pos: &Positions, ctx: Ctx) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let mut q = self.q_proj.forward(x, ctx)?.reshape((b, s, nh, hd))?;
-        let mut k = self.k_proj.forward(x, ctx)?.reshape((b, s, nkv, hd))?;
-        let v = self.v_proj.forward(x, ctx)?.reshape((b, s, nkv, hd))?;
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = rms_norm(&q, qn, self.eps)?;
-            k = rms_norm(&k, kn, self.eps)?;
-        }
+        let q = self.q_proj.forward(x, ctx)?; // [b, s, nh * hd]
+        let k = self.k_proj.forward(x, ctx)?; // [b, s, nkv * hd]
+        let v = self.v_proj.forward(x, ctx)?;
         let scale = (hd as f64).powf(-0.5);
         let out = match pos {
-            Positions::Fused { rope, mask } => fused_attention(&q, &k, &v, rope, mask, scale)?,
+            Positions::Fused { rope, mask } => {
+                let (q, k) = match (&self.q_norm, &self.k_norm) {
+                    // The fused norm takes each head's hd values as one vector.
+                    (Some(qn), Some(kn)) => {
+                        (rms_norm(&q, qn, self.eps)?, rms_norm(&k, kn, self.eps)?)
+                    }
+                    _ => (q, k),
+                };
+                fused_attention(&q, &k, &v, rope, mask, scale, hd)?
+            }
             Positions::Dense { cos, sin, bias } => {
-                dense_attention(&q, &k, &v, cos, sin, bias, scale)?
+                let mut q = q.reshape((b, s, nh, hd))?;
+                let mut k = k.reshape((b, s, nkv, hd))?;
+                let v = v.reshape((b, s, nkv, hd))?;
+                if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+                    q = rms_norm_spelled(&q, qn, self.eps)?;
+                    k = rms_norm_spelled(&k, kn, self.eps)?;
+                }
+                dense_attention(&q, &k, &v, cos, sin, bias, scale)?.reshape((b, s, nh * hd))?
             }
         };
-        self.o_proj.forward(&out.reshape((b, s, nh * hd))?, ctx)
+        self.o_proj.forward(&out, ctx)
     }
 }
 
-/// Rope then masked attention with the fused kernels: q `[b, s, nh, hd]`, k/v
-/// `[b, s, nkv, hd]` (before rope) → `[b, s, nh, hd]`, no transposes.
+/// Rope then masked attention with the fused kernels: q `[b, s, nh * hd]`, k/v
+/// `[b, s, nkv * hd]` (before rope) → `[b, s, nh * hd]`; no transposes, no reshapes.
 pub(crate) fn fused_attention(
     q: &Tensor,
     k: &Tensor,
@@ -160,13 +181,15 @@ pub(crate) fn fused_attention(
     rope: &RopeTables,
     mask: &AttentionMask,
     scale: f64,
+    head_dim: usize,
 ) -> Result<Tensor> {
     let q = fused::rope(q, rope)?;
     let k = fused::rope(k, rope)?;
-    Ok(fused::attention(&q, &k, v, mask, scale)?)
+    Ok(fused::attention(&q, &k, v, mask, scale, head_dim)?)
 }
 
-/// [`fused_attention`] as candle ops: cos/sin `[b, 1, s, hd]`, bias `[b, 1, 1, s, s]`.
+/// [`fused_attention`] as candle ops on q `[b, s, nh, hd]`, k/v `[b, s, nkv, hd]` → `[b, s, nh,
+/// hd]`: cos/sin `[b, 1, s, hd]`, bias `[b, 1, 1, s, s]`.
 pub(crate) fn dense_attention(
     q: &Tensor,
     k: &Tensor,
