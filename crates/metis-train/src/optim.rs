@@ -200,6 +200,48 @@ struct ParamState {
     master: Option<Tensor>,
 }
 
+/// The scalars of one AdamW step.
+struct StepConsts {
+    /// `1 - lr * weight_decay`.
+    decay: f64,
+    beta1: f64,
+    beta2: f64,
+    /// `sqrt(1 - beta2^step)`.
+    bc2_sqrt: f64,
+    eps: f64,
+    /// `lr / (1 - beta1^step)`.
+    step_size: f64,
+}
+
+/// The module docs' update for one parameter in a single pass over its elements, in the
+/// parameter's own precision and torch's operation order.
+fn cpu_update<T>(p: &mut ParamState, g: &Tensor, k: &StepConsts, decay: bool) -> Result<()>
+where
+    T: candle_core::WithDType + num_traits::Float,
+{
+    let c = |x: f64| T::from(x).expect("finite constant");
+    let (dec, one_m_b1, b2, one_m_b2) =
+        (c(k.decay), c(1.0 - k.beta1), c(k.beta2), c(1.0 - k.beta2));
+    let (bc2, eps, neg_step) = (c(k.bc2_sqrt), c(k.eps), c(-k.step_size));
+    let flat = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<T>());
+    let (w, g) = (flat(p.var.as_tensor())?, flat(g)?);
+    let (mut m, mut v) = (flat(&p.m)?, flat(&p.v)?);
+    let mut out = Vec::with_capacity(w.len());
+    for i in 0..w.len() {
+        let wi = if decay { w[i] * dec } else { w[i] };
+        m[i] = m[i] + (g[i] - m[i]) * one_m_b1;
+        v[i] = v[i] * b2 + g[i] * g[i] * one_m_b2;
+        let denom = v[i].sqrt() / bc2 + eps;
+        out.push(wi + m[i] / denom * neg_step);
+    }
+    let shape = p.var.as_tensor().shape().clone();
+    let dev = p.var.as_tensor().device().clone();
+    p.m = Tensor::from_vec(m, shape.clone(), &dev)?;
+    p.v = Tensor::from_vec(v, shape.clone(), &dev)?;
+    p.var.set(&Tensor::from_vec(out, shape, &dev)?)?;
+    Ok(())
+}
+
 /// AdamW over named Vars (see the module docs).
 #[derive(Debug)]
 pub struct AdamW {
@@ -275,7 +317,45 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let step_size = c.lr / bc1;
-        for p in &mut self.params {
+        let consts = StepConsts {
+            decay: 1.0 - c.lr * c.weight_decay,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            bc2_sqrt,
+            eps: c.eps,
+            step_size,
+        };
+        // One pass per parameter on the CPU (f32/f64 without a master copy), the parameters
+        // in parallel; the candle-op form below otherwise.
+        let fast: Vec<bool> = self
+            .params
+            .iter()
+            .map(|p| {
+                let w = p.var.as_tensor();
+                w.device().is_cpu()
+                    && p.master.is_none()
+                    && matches!(w.dtype(), DType::F32 | DType::F64)
+                    && p.m.dtype() == w.dtype()
+                    && grads.get(&p.name).is_some_and(|g| g.dims() == w.dims())
+            })
+            .collect();
+        {
+            use rayon::prelude::*;
+            self.params
+                .par_iter_mut()
+                .zip(fast.par_iter())
+                .filter(|(_, &f)| f)
+                .map(|(p, _)| {
+                    let g = grads.get(&p.name).expect("checked above");
+                    let decay = p.decay && c.weight_decay != 0.0;
+                    match p.m.dtype() {
+                        DType::F32 => cpu_update::<f32>(p, g, &consts, decay),
+                        _ => cpu_update::<f64>(p, g, &consts, decay),
+                    }
+                })
+                .collect::<Result<Vec<()>>>()?;
+        }
+        for (p, _) in self.params.iter_mut().zip(&fast).filter(|(_, &f)| !f) {
             let Some(g) = grads.get(&p.name) else {
                 continue;
             };
