@@ -8,7 +8,9 @@
 //! ```sh
 //! METIS_TORCH_PYTHON=/tmp/pyref/bin/python cargo bench --release -p metis-train --bench sft_speed
 //! ```
-//! Options by environment: `SFT_BENCH_MODEL` (model directory), `SFT_BENCH_STEPS` (10).
+//! Options by environment: `SFT_BENCH_MODEL` (model directory), `SFT_BENCH_STEPS` (steps per
+//! timed round, 30), `SFT_BENCH_ROUNDS` (5). Rounds alternate Metis and PyTorch; the printed
+//! ratio is of the two medians.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -38,7 +40,12 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let steps: usize = std::env::var("SFT_BENCH_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(30);
+    let rounds: usize = std::env::var("SFT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+        .max(1);
 
     let model = TrainModel::load(&model_dir, &TrainModelOptions::default())?;
     let vocab = model.config().vocab_size as u64;
@@ -84,54 +91,90 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for _ in 0..2 {
         step()?;
     }
-    let t0 = Instant::now();
+    let torch_python = std::env::var_os("METIS_TORCH_PYTHON");
+    // Rounds alternate Metis and PyTorch so that both see the same machine (a busy neighbour
+    // slows one round of each, not one side); the medians are compared.
+    let mut ours_ms = Vec::new();
+    let mut torch_ms = Vec::new();
+    let mut torch_version = String::new();
     let mut loss = 0.0;
-    for _ in 0..steps {
-        loss = step()?;
-    }
-    let dt = t0.elapsed().as_secs_f64() / steps as f64;
-    let ours = (BATCH * SEQ) as f64 / dt;
-    println!(
-        "metis-train SFT step ({}, batch {BATCH} x {SEQ}, full FT, f32 CPU): {:.1} ms/step, {:.0} tokens/s (loss {loss:.3})",
-        model_dir.display(),
-        dt * 1e3,
-        ours
-    );
-
-    if let Some(py) = std::env::var_os("METIS_TORCH_PYTHON") {
-        let script = root.join("tools/reference/sft_speed_torch.py");
-        let out = std::process::Command::new(py)
-            .arg(&script)
-            .arg("--model")
-            .arg(&model_dir)
-            .args(["--batch", &BATCH.to_string(), "--seq", &SEQ.to_string()])
-            .args(["--steps", &steps.to_string()])
-            .output()?;
-        if !out.status.success() {
-            eprintln!(
-                "torch reference failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return Ok(());
+    for round in 0..rounds {
+        let t0 = Instant::now();
+        for _ in 0..steps {
+            loss = step()?;
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .unwrap_or("");
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        let torch = v["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        let ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        ours_ms.push(ms);
+        let mut line = format!("round {round}: metis {ms:.2} ms/step");
+        if let Some(py) = &torch_python {
+            let (ms, version) = torch_step_ms(py, &root, &model_dir, steps)?;
+            torch_ms.push(ms);
+            torch_version = version;
+            line.push_str(&format!(", torch {ms:.2} ms/step"));
+        }
+        println!("{line}");
+    }
+    let ours = median(&ours_ms);
+    println!(
+        "metis-train SFT step ({}, batch {BATCH} x {SEQ}, full FT, f32 CPU): median {:.2} ms/step, {:.0} tokens/s (loss {loss:.3})",
+        model_dir.display(),
+        ours,
+        (BATCH * SEQ) as f64 / ours * 1e3,
+    );
+    if torch_python.is_some() {
+        let torch = median(&torch_ms);
         println!(
-            "PyTorch {} ({} threads) same step: {:.1} ms/step, {:.0} tokens/s",
-            v["torch"].as_str().unwrap_or("?"),
-            v["threads"],
-            v["step_ms"].as_f64().unwrap_or(f64::NAN),
-            torch
+            "PyTorch {torch_version} (same step, same threads): median {:.2} ms/step, {:.0} tokens/s",
+            torch,
+            (BATCH * SEQ) as f64 / torch * 1e3
         );
-        println!("ratio metis/torch: {:.2}x", ours / torch);
+        println!("ratio metis/torch (tokens/s): {:.2}x", torch / ours);
     } else {
         println!("(set METIS_TORCH_PYTHON to a python with torch + transformers to compare)");
     }
     Ok(())
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One run of `tools/reference/sft_speed_torch.py`: its ms/step and torch version.
+fn torch_step_ms(
+    py: &std::ffi::OsStr,
+    root: &Path,
+    model_dir: &Path,
+    steps: usize,
+) -> Result<(f64, String), Box<dyn std::error::Error + Send + Sync>> {
+    let script = root.join("tools/reference/sft_speed_torch.py");
+    let out = std::process::Command::new(py)
+        .arg(&script)
+        .arg("--model")
+        .arg(model_dir)
+        .args(["--batch", &BATCH.to_string(), "--seq", &SEQ.to_string()])
+        .args(["--steps", &steps.to_string()])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "torch reference failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let ms = v["step_ms"].as_f64().ok_or("torch reference: no step_ms")?;
+    Ok((ms, v["torch"].as_str().unwrap_or("?").to_string()))
 }

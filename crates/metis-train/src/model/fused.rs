@@ -35,6 +35,12 @@ trait Real: Float + candle_core::WithDType + Send + Sync + std::iter::Sum + 'sta
     fn from_f32(x: f32) -> Self;
     /// `exp`, in a form the compiler vectorises for f32 (see [`exp_f32`]).
     fn exp_fast(self) -> Self;
+    /// `x = exp(x - m)` elementwise.
+    fn exp_shift(x: &mut [Self], m: Self) {
+        for v in x.iter_mut() {
+            *v = (*v - m).exp_fast();
+        }
+    }
 }
 
 impl Real for f32 {
@@ -52,6 +58,9 @@ impl Real for f32 {
     }
     fn exp_fast(self) -> Self {
         exp_f32(self)
+    }
+    fn exp_shift(x: &mut [Self], m: Self) {
+        exp_shift_f32(x, m)
     }
 }
 
@@ -132,10 +141,30 @@ fn row_sum<T: Real>(x: &[T]) -> T {
 
 /// `x = exp(x - m)` elementwise; returns the sum.
 fn exp_shifted<T: Real>(x: &mut [T], m: T) -> T {
-    for v in x.iter_mut() {
-        *v = (*v - m).exp_fast();
-    }
+    T::exp_shift(x, m);
     row_sum(x)
+}
+
+/// `x = exp(x - m)` for f32, in 8-wide AVX2/FMA code where the CPU has it (the crate itself
+/// is built for baseline x86-64, i.e. 4-wide SSE2).
+fn exp_shift_f32(x: &mut [f32], m: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features `exp_shift_avx2` is compiled for.
+        unsafe { exp_shift_avx2(x, m) };
+        return;
+    }
+    for v in x.iter_mut() {
+        *v = exp_f32(*v - m);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_shift_avx2(x: &mut [f32], m: f32) {
+    for v in x.iter_mut() {
+        *v = exp_f32(*v - m);
+    }
 }
 
 fn err(op: &str, msg: impl std::fmt::Display) -> candle_core::Error {
@@ -371,9 +400,17 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 
 struct Linear;
 
-/// gemm fans out over rayon's pool above its own size threshold.
-fn pool() -> gemm::Parallelism {
-    gemm::Parallelism::Rayon(rayon::current_num_threads())
+/// Multiply-adds below which one gemm runs on one thread: splitting a small product costs
+/// more in waking the pool than it saves.
+const GEMM_PARALLEL_MIN: usize = 1 << 23;
+
+/// How a `[m, k] × [k, n]` product runs.
+fn gemm_threads(m: usize, k: usize, n: usize) -> gemm::Parallelism {
+    if m.saturating_mul(k).saturating_mul(n) < GEMM_PARALLEL_MIN {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    }
 }
 
 impl Linear {
@@ -385,7 +422,7 @@ impl Linear {
             View::new(w, 0, (out, inp), (inp, 1)).t(),
             T::one(),
             false,
-            pool(),
+            gemm_threads(rows, inp, out),
         );
         y
     }
@@ -399,19 +436,28 @@ impl Linear {
         need: (bool, bool),
     ) -> (Option<Vec<T>>, Option<Vec<T>>) {
         let dy_v = View::new(dy, 0, (rows, out), (out, 1));
-        let dx = need.0.then(|| {
-            let mut dx = vec![T::zero(); rows * inp];
-            let w_v = View::new(w, 0, (out, inp), (inp, 1));
-            gemm_into(&mut dx, dy_v, w_v, T::one(), false, pool());
-            dx
-        });
-        let dw = need.1.then(|| {
-            let mut dw = vec![T::zero(); out * inp];
-            let x_v = View::new(x, 0, (rows, inp), (inp, 1));
-            gemm_into(&mut dw, dy_v.t(), x_v, T::one(), false, pool());
-            dw
-        });
-        (dx, dw)
+        let threads = gemm_threads(rows, inp, out);
+        let dx = || {
+            need.0.then(|| {
+                let mut dx = vec![T::zero(); rows * inp];
+                let w_v = View::new(w, 0, (out, inp), (inp, 1));
+                gemm_into(&mut dx, dy_v, w_v, T::one(), false, threads);
+                dx
+            })
+        };
+        let dw = || {
+            need.1.then(|| {
+                let mut dw = vec![T::zero(); out * inp];
+                let x_v = View::new(x, 0, (rows, inp), (inp, 1));
+                gemm_into(&mut dw, dy_v.t(), x_v, T::one(), false, threads);
+                dw
+            })
+        };
+        // The two products are independent: small ones run side by side, one per thread.
+        match threads {
+            gemm::Parallelism::None => rayon::join(dx, dw),
+            _ => (dx(), dw()),
+        }
     }
 }
 
