@@ -416,14 +416,30 @@ fn gemm_threads(m: usize, k: usize, n: usize) -> gemm::Parallelism {
 impl Linear {
     fn fwd<T: Real>(x: &[T], w: &[T], (rows, inp, out): (usize, usize, usize)) -> Vec<T> {
         let mut y = vec![T::zero(); rows * out];
-        gemm_into(
-            &mut y,
-            View::new(x, 0, (rows, inp), (inp, 1)),
-            View::new(w, 0, (out, inp), (inp, 1)).t(),
-            T::one(),
-            false,
-            gemm_threads(rows, inp, out),
-        );
+        let wt = View::new(w, 0, (out, inp), (inp, 1)).t();
+        match gemm_threads(rows, inp, out) {
+            gemm::Parallelism::None => {
+                // Small products: one single-threaded gemm per block of rows, the blocks
+                // spread over the pool (cheaper than gemm's own split at these sizes).
+                let block = rows.div_ceil(rayon::current_num_threads()).max(1);
+                y.par_chunks_mut(block * out)
+                    .enumerate()
+                    .for_each(|(i, yb)| {
+                        let r0 = i * block;
+                        let n = yb.len() / out.max(1);
+                        let xb = View::new(x, r0 * inp, (n, inp), (inp, 1));
+                        gemm_into(yb, xb, wt, T::one(), false, gemm::Parallelism::None);
+                    });
+            }
+            threads => gemm_into(
+                &mut y,
+                View::new(x, 0, (rows, inp), (inp, 1)),
+                wt,
+                T::one(),
+                false,
+                threads,
+            ),
+        }
         y
     }
 
