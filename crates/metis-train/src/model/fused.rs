@@ -17,9 +17,7 @@
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -670,14 +668,8 @@ pub(crate) struct RopeTables {
     pub(crate) half: usize,
 }
 
-/// `x * cos + rotate_half(x) * sin` for x `[b, s, heads * head_dim]` (each head rotated).
-pub(crate) fn rope(x: &Tensor, tables: &RopeTables) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1(Rope {
-        tables: tables.clone(),
-        inverse: false,
-    })
-}
-
+/// `x * cos + rotate_half(x) * sin` for x `[b, s, heads * head_dim]` (each head rotated), as
+/// part of [`rope_attention`].
 struct Rope {
     /// Head dim = `2 * tables.half`.
     tables: RopeTables,
@@ -730,60 +722,31 @@ impl Rope {
     }
 }
 
-impl CustomOp1 for Rope {
-    fn name(&self) -> &'static str {
-        "metis-rope"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = l.dims();
-        if dims.len() != 3 {
-            return Err(err(
-                self.name(),
-                format!("expected [b, s, heads * d], got {dims:?}"),
-            ));
-        }
-        let y = match s {
-            CpuStorage::F32(_) => {
-                f32::storage(self.apply(contiguous::<f32>(self.name(), s, l)?, dims)?)
-            }
-            CpuStorage::F64(_) => {
-                f64::storage(self.apply(contiguous::<f64>(self.name(), s, l)?, dims)?)
-            }
-            s => {
-                return Err(err(
-                    self.name(),
-                    format!("unsupported dtype {:?}", s.dtype()),
-                ))
-            }
-        };
-        Ok((y, l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let inverse = Rope {
-            tables: self.tables.clone(),
-            inverse: !self.inverse,
-        };
-        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&inverse)?))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Attention
 
-/// Scaled dot-product attention with the [`super::BatchLayout`] mask: query `i` sees key
-/// `j <= i` of the same non-zero segment; a padding query sees only itself.
-/// q `[b, s, nh * d]`, k and v `[b, s, nkv * d]` (grouped-query: query head `h` reads kv head
+/// Rope on q and k, then scaled dot-product attention with the [`super::BatchLayout`] mask
+/// (query `i` sees key `j <= i` of the same non-zero segment; a padding query sees only
+/// itself), as one graph node. q `[b, s, nh * d]`, k and v `[b, s, nkv * d]` (grouped-query: query head `h` reads kv head
 /// `h / (nh / nkv)`) → `[b, s, nh * d]`.
-pub(crate) fn attention(
+pub(crate) fn rope_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    rope: &RopeTables,
     mask: &AttentionMask,
     scale: f64,
     head_dim: usize,
 ) -> candle_core::Result<Tensor> {
+    if 2 * rope.half != head_dim {
+        return Err(err(
+            "metis-attention",
+            format!(
+                "rope tables for head dim {} vs head dim {head_dim}",
+                2 * rope.half
+            ),
+        ));
+    }
     q.contiguous()?.apply_op3(
         &k.contiguous()?,
         &v.contiguous()?,
@@ -791,6 +754,7 @@ pub(crate) fn attention(
             mask: mask.clone(),
             scale,
             head_dim,
+            rope: rope.clone(),
         },
     )
 }
@@ -835,6 +799,25 @@ struct Attention {
     mask: AttentionMask,
     scale: f64,
     head_dim: usize,
+    /// Rope applied to q and k inside the op (one graph node instead of three).
+    rope: RopeTables,
+}
+
+impl Attention {
+    /// q and k after the op's rope.
+    fn rotated<T: Real>(
+        &self,
+        q: &[T],
+        k: &[T],
+        q_dims: &[usize],
+        k_dims: &[usize],
+    ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
+        let rope = Rope {
+            tables: self.rope.clone(),
+            inverse: false,
+        };
+        Ok((rope.apply(q, q_dims)?, rope.apply(k, k_dims)?))
+    }
 }
 
 /// Shapes of one attention call.
@@ -1240,19 +1223,26 @@ impl CustomOp3 for Attention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dm = self.dims(l1.dims(), l2.dims(), l3.dims())?;
         let n = self.name();
+        fn run<T: Real>(
+            op: &Attention,
+            dm: Dims,
+            (s1, l1): (&CpuStorage, &Layout),
+            (s2, l2): (&CpuStorage, &Layout),
+            (s3, l3): (&CpuStorage, &Layout),
+        ) -> candle_core::Result<Vec<T>> {
+            let n = op.name();
+            let (q, k) = op.rotated(
+                contiguous::<T>(n, s1, l1)?,
+                contiguous::<T>(n, s2, l2)?,
+                l1.dims(),
+                l2.dims(),
+            )?;
+            Ok(op.fwd(dm, &q, &k, contiguous::<T>(n, s3, l3)?))
+        }
+        let args = ((s1, l1), (s2, l2), (s3, l3));
         let out = match s1 {
-            CpuStorage::F32(_) => f32::storage(self.fwd(
-                dm,
-                contiguous::<f32>(n, s1, l1)?,
-                contiguous::<f32>(n, s2, l2)?,
-                contiguous::<f32>(n, s3, l3)?,
-            )),
-            CpuStorage::F64(_) => f64::storage(self.fwd(
-                dm,
-                contiguous::<f64>(n, s1, l1)?,
-                contiguous::<f64>(n, s2, l2)?,
-                contiguous::<f64>(n, s3, l3)?,
-            )),
+            CpuStorage::F32(_) => f32::storage(run::<f32>(self, dm, args.0, args.1, args.2)?),
+            CpuStorage::F64(_) => f64::storage(run::<f64>(self, dm, args.0, args.1, args.2)?),
             s => return Err(err(n, format!("unsupported dtype {:?}", s.dtype()))),
         };
         Ok((out, l1.shape().clone()))
@@ -1278,10 +1268,21 @@ impl CustomOp3 for Attention {
             let (dq, dk, dv) = with_data::<T, _>(n, q, |qs| {
                 with_data::<T, _>(n, k, |ks| {
                     with_data::<T, _>(n, v, |vs| {
-                        with_data::<T, _>(n, dout, |ds| op.bwd(dm, qs, ks, vs, ds))
+                        with_data::<T, _>(n, dout, |ds| {
+                            let (qr, kr) = op.rotated(qs, ks, q.dims(), k.dims())?;
+                            let (dq, dk, dv) = op.bwd(dm, &qr, &kr, vs, ds);
+                            // Rope's backward is the inverse rotation.
+                            let inverse = Rope {
+                                tables: op.rope.clone(),
+                                inverse: true,
+                            };
+                            let dq = inverse.apply(&dq, q.dims())?;
+                            let dk = inverse.apply(&dk, k.dims())?;
+                            candle_core::Result::Ok((dq, dk, dv))
+                        })
                     })
                 })
-            })????;
+            })?????;
             Ok((
                 tensor(dq, q.shape(), q)?,
                 tensor(dk, k.shape(), k)?,

@@ -183,9 +183,7 @@ pub(crate) fn fused_attention(
     scale: f64,
     head_dim: usize,
 ) -> Result<Tensor> {
-    let q = fused::rope(q, rope)?;
-    let k = fused::rope(k, rope)?;
-    Ok(fused::attention(&q, &k, v, mask, scale, head_dim)?)
+    Ok(fused::rope_attention(q, k, v, rope, mask, scale, head_dim)?)
 }
 
 /// [`fused_attention`] as candle ops on q `[b, s, nh, hd]`, k/v `[b, s, nkv, hd]` → `[b, s, nh,
