@@ -47,7 +47,7 @@
 //! The CUDA path (`--features cuda`) uses the same code with native matmuls; it has not been
 //! run on a GPU yet.
 //!
-//! Memory: the fused attention holds `[256, s]` score blocks per head being computed (the
+//! Memory: the fused attention holds `[128, s]` score blocks per head being computed (the
 //! spelled-out path materialises `[b, heads, s, s]`), and [`TrainModel::token_logprobs`] the
 //! `[b, s, vocab]` logits; there is no activation checkpointing yet.
 

@@ -226,13 +226,15 @@ where
     let flat = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<T>());
     let (w, g) = (flat(p.var.as_tensor())?, flat(g)?);
     let (mut m, mut v) = (flat(&p.m)?, flat(&p.v)?);
-    let mut out = Vec::with_capacity(w.len());
-    for i in 0..w.len() {
-        let wi = if decay { w[i] * dec } else { w[i] };
-        m[i] = m[i] + (g[i] - m[i]) * one_m_b1;
-        v[i] = v[i] * b2 + g[i] * g[i] * one_m_b2;
-        let denom = v[i].sqrt() / bc2 + eps;
-        out.push(wi + m[i] / denom * neg_step);
+    let dec = if decay { dec } else { T::one() };
+    let mut out = w;
+    // Zipped slices (no index checks), so that the loop vectorises.
+    for (((wi, &gi), mi), vi) in out.iter_mut().zip(&g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let w_dec = if decay { *wi * dec } else { *wi };
+        *mi = *mi + (gi - *mi) * one_m_b1;
+        *vi = *vi * b2 + gi * gi * one_m_b2;
+        let denom = vi.sqrt() / bc2 + eps;
+        *wi = w_dec + *mi / denom * neg_step;
     }
     let shape = p.var.as_tensor().shape().clone();
     let dev = p.var.as_tensor().device().clone();

@@ -951,7 +951,7 @@ fn softmax_in_place<T: Real>(row: &mut [T]) {
 }
 
 /// Query rows per block: bounds the `[block, keys]` score buffers for long sequences.
-const QUERY_BLOCK: usize = 256;
+const QUERY_BLOCK: usize = 128;
 
 impl Attention {
     fn dims(&self, q: &[usize], k: &[usize], v: &[usize]) -> candle_core::Result<Dims> {
