@@ -227,8 +227,19 @@ pub(crate) struct Mlp {
 
 impl Mlp {
     pub(crate) fn forward(&self, x: &Tensor, ctx: Ctx) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, ctx)?;
-        let up = self.up_proj.forward(x, ctx)?;
+        let (g, u) = (&self.gate_proj, &self.up_proj);
+        let plain = |l: &Linear| l.bias.is_none() && (l.lora.is_none() || !ctx.adapters);
+        if fused::applies(x)
+            && plain(g)
+            && plain(u)
+            && g.weight.dtype() == x.dtype()
+            && u.weight.dtype() == x.dtype()
+        {
+            let act = fused::gated_mlp_in(x, &g.weight, &u.weight)?;
+            return self.down_proj.forward(&act, ctx);
+        }
+        let gate = g.forward(x, ctx)?;
+        let up = u.forward(x, ctx)?;
         self.down_proj.forward(&swiglu(&gate, &up)?, ctx)
     }
 }
