@@ -435,6 +435,9 @@ fn remote_rollouts_serve_the_trained_policy_and_resume_exactly() {
     let control_lines = metrics(&control);
     let served = gaps(&lines);
     let ignored = gaps(&control_lines);
+    eprintln!(
+        "rollout_logprob_gap per step: adapter served {served:?}, adapter ignored {ignored:?}"
+    );
     assert!(ignored[0] < 1e-3, "{ignored:?}");
     let worst_served = served.iter().copied().fold(0.0, f64::max);
     for gap in &ignored[1..] {
