@@ -1,5 +1,6 @@
 //! Fused CPU kernels, each with its backward pass, for the training forward: linear layers,
-//! RMSNorm, SwiGLU, rope, masked attention and target-token log-probabilities.
+//! RMSNorm (also per head), the gated MLP input (gate and up projections with SwiGLU), rope
+//! with masked attention, and target-token log-probabilities.
 //!
 //! Why: spelled out as candle ops, these are 5–12 graph nodes each, and candle's backward
 //! allocates a zeroed buffer and an accumulated copy for every node. On small and medium models
@@ -9,10 +10,12 @@
 //! The kernels run on the CPU in f32 and f64 (the finite-difference tests). Other dtypes
 //! (bf16) and devices use the spelled-out differentiable forms in [`super::layers`]; see
 //! [`applies`]. Numerics follow the spelled-out forms (same formulas, same order of the
-//! scale / mask / max-subtract / normalise steps); results agree to rounding.
+//! scale / mask / max-subtract / normalise steps); results agree to rounding (f32 `exp` is
+//! [`exp_f32`], within 2.5e-7 of the exact value). Parallel reductions sum in a fixed order,
+//! so runs replay bit for bit.
 //!
-//! Layouts: hidden states `[b, s, heads, head_dim]` (the projection output reshaped, no
-//! transpose), so that rope and attention read each head's vector contiguously.
+//! Layouts: activations stay `[b, s, heads * head_dim]` as the projections produce them (no
+//! reshape or transpose nodes); rope and attention read each head's vector in place.
 
 use std::sync::Arc;
 
