@@ -121,7 +121,7 @@ pub struct TrainModel {
 
 /// Runs `f` on a thread of rayon's global pool and returns its result.
 ///
-/// The training kernels (candle's gemm and [`fused`]) fan out over that pool. Called from a
+/// The training kernels (candle's gemm and the fused kernels) fan out over that pool. Called from a
 /// thread outside it, every parallel region wakes the pool and parks the caller, and the idle
 /// workers spin against the caller for the cores; run from inside, the caller is itself one of
 /// the workers. The SFT and GRPO loops run their steps through this.
