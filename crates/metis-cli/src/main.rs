@@ -10,25 +10,6 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay`: its position in `mi_option_t` in both mimalloc v2 and v3
-/// (the bindings do not export it as a constant).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Keeps freed memory mapped: by default mimalloc hands pages back to the kernel soon after they are
-/// freed, and a training step that frees and reallocates its activations every step then
-/// page-faults them back in, zeroed by the kernel (a third of a step at the 135M shape; the
-/// default delay is 10 ms in v2, 1 s in v3). The process's resident memory stays at its
-/// high-water mark instead.
-fn keep_freed_memory() {
-    // SAFETY: plain calls into the allocator's option table; the option is only changed while
-    // it holds a purge delay (a positive number of milliseconds, at most a minute).
-    unsafe {
-        if (1..=60_000).contains(&libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY)) {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
-        }
-    }
-}
-
 #[derive(Parser)]
 #[command(
     name = "metis",
@@ -63,7 +44,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    keep_freed_memory();
+    metis_train::allocator::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Cvss(args) => commands::cvss::run(args),

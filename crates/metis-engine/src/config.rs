@@ -74,6 +74,27 @@ pub struct RopeConfig {
     pub scaling: RopeScaling,
 }
 
+/// cos and sin of `position * inv_freq[i]` for every position, row-major
+/// `[positions, inv_freq.len()]`, the angles in f32 as transformers computes them: the one rope
+/// table builder of inference and training.
+pub fn rope_cos_sin(
+    inv_freq: &[f32],
+    positions: impl IntoIterator<Item = usize>,
+) -> (Vec<f32>, Vec<f32>) {
+    let positions = positions.into_iter();
+    let n = positions.size_hint().0 * inv_freq.len();
+    let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for p in positions {
+        let p = p as f32;
+        for &f in inv_freq {
+            let angle = f * p;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
+}
+
 impl RopeConfig {
     /// The rope inverse frequencies, [head_dim / 2], computed in f32 in transformers' operation
     /// order (`_compute_default_rope_parameters`, `_compute_llama3_parameters`), so that

@@ -307,6 +307,16 @@ struct EndpointState {
     in_flight: AtomicUsize,
 }
 
+impl EndpointState {
+    /// `rb` with this endpoint's `Authorization` header, when it has a key.
+    fn authorize(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            Some(auth) => rb.header(AUTHORIZATION, auth.clone()),
+            None => rb,
+        }
+    }
+}
+
 struct Inner {
     http: reqwest::Client,
     endpoints: Vec<EndpointState>,
@@ -553,13 +563,11 @@ impl Client {
         let body = &body;
         let (mut resp, attempts, ep) = self
             .with_retries(|ep| async move {
-                let mut rb = http
-                    .post(ep.chat_url.clone())
-                    .timeout(timeout)
-                    .body(body.clone());
-                if let Some(auth) = &ep.auth {
-                    rb = rb.header(AUTHORIZATION, auth.clone());
-                }
+                let rb = ep.authorize(
+                    http.post(ep.chat_url.clone())
+                        .timeout(timeout)
+                        .body(body.clone()),
+                );
                 let bytes = send(rb).await?;
                 parse_chat_body(&bytes).map_err(AttemptError::from)
             })
@@ -576,10 +584,7 @@ impl Client {
         let http = &self.inner.http;
         let (models, _, _) = self
             .with_retries(|ep| async move {
-                let mut rb = http.get(ep.models_url.clone()).timeout(timeout);
-                if let Some(auth) = &ep.auth {
-                    rb = rb.header(AUTHORIZATION, auth.clone());
-                }
+                let rb = ep.authorize(http.get(ep.models_url.clone()).timeout(timeout));
                 let bytes = send(rb).await?;
                 let parsed: WireModels = serde_json::from_slice(&bytes)
                     .map_err(|e| ClientError::Malformed(malformed_msg(&e, &bytes)))?;
@@ -620,13 +625,11 @@ impl Client {
         let n = req.n;
         let (choices, attempts, ep) = self
             .with_retries_on(None, |ep| async move {
-                let mut rb = http
-                    .post(ep.completions_url.clone())
-                    .timeout(timeout)
-                    .body(body.clone());
-                if let Some(auth) = &ep.auth {
-                    rb = rb.header(AUTHORIZATION, auth.clone());
-                }
+                let rb = ep.authorize(
+                    http.post(ep.completions_url.clone())
+                        .timeout(timeout)
+                        .body(body.clone()),
+                );
                 let bytes = send(rb).await?;
                 parse_token_completions(&bytes, ep.completions_url.as_str(), n)
                     .map_err(AttemptError::from)
@@ -715,13 +718,11 @@ impl Client {
         let timeout = self.inner.retry.request_timeout;
         let http = &self.inner.http;
         self.with_retries_on(Some(idx), |ep| async move {
-            let mut rb = http
-                .post(url_of(ep).clone())
-                .timeout(timeout)
-                .body(body.to_vec());
-            if let Some(auth) = &ep.auth {
-                rb = rb.header(AUTHORIZATION, auth.clone());
-            }
+            let rb = ep.authorize(
+                http.post(url_of(ep).clone())
+                    .timeout(timeout)
+                    .body(body.to_vec()),
+            );
             send(rb).await.map(|_| ())
         })
         .await

@@ -4,10 +4,11 @@
 //! resume. GRPO rollouts come from the local engine or from an OpenAI-compatible server
 //! fleet (vLLM) with the current LoRA adapter hot-loaded there ([`grpo::remote`]).
 //!
-//! The training forward pass is written only from differentiable candle ops: candle's fused
-//! `softmax_last_dim`, `rms_norm`, `rope` and sdpa kernels silently drop gradients, so
-//! [`model`] spells them out.
+//! The training forward pass uses only ops with a backward: candle's fused `softmax_last_dim`,
+//! `rms_norm`, `rope` and sdpa kernels silently drop gradients, so [`model`] has its own fused
+//! CPU kernels with hand-written backward passes, and spells the ops out elsewhere.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod data;
 pub mod demo;

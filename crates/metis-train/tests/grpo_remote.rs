@@ -6,6 +6,8 @@
 //!
 //! `cargo test --release -p metis-train --test grpo_remote`
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,46 +19,22 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use candle_core::{DType, Device};
+use common::tiny_demo;
 use metis_engine::generate::{generate_batch, GenerateOptions};
 use metis_engine::model::Model;
 use metis_engine::sampling::SamplingParams;
 use metis_train::checkpoint::merge_lora;
-use metis_train::demo::{build, DemoConfig, DemoPaths};
+use metis_train::demo::DemoPaths;
 use metis_train::grpo::trainer::{run_grpo, GrpoConfig};
 use metis_train::grpo::RemoteRollouts;
 use metis_train::lora::LoraConfig;
 use metis_train::model::TrainError;
-use metis_train::sft::{run_sft, SftConfig};
 use serde_json::{json, Value};
-
-fn data_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"))
-}
-
-/// The demo task with a 1-layer model (as in `grpo_train`).
-fn demo(dir: &Path) -> DemoPaths {
-    let mut cfg = DemoConfig::new(data_dir(), dir.join("task"));
-    cfg.hidden = 32;
-    cfg.layers = 1;
-    cfg.heads = 2;
-    cfg.kv_heads = 1;
-    cfg.intermediate = 64;
-    cfg.vocab = 384;
-    build(&cfg).unwrap()
-}
 
 /// The demo model SFT-ed until its rollouts often follow the answer format, so that they
 /// differ in reward and every GRPO step moves the policy.
 fn sft_model(dir: &Path, demo: &DemoPaths) -> PathBuf {
-    let out = dir.join("sft");
-    let mut sft = SftConfig::new(&demo.model, &demo.sft, &out);
-    sft.max_steps = Some(150);
-    sft.lr = 1e-2;
-    sft.batch_size = 8;
-    sft.max_len = 128;
-    sft.save_every = 150;
-    run_sft(&sft, false).unwrap();
-    out.join("final")
+    common::sft(demo, dir, 150)
 }
 
 fn config(model: &Path, demo: &DemoPaths, out: &Path, urls: &[String]) -> GrpoConfig {
@@ -321,7 +299,7 @@ fn gaps(lines: &[Value]) -> Vec<f64> {
 #[test]
 fn remote_rollouts_serve_the_trained_policy_and_resume_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let demo = demo(tmp.path());
+    let demo = tiny_demo(tmp.path(), 1);
     let model = sft_model(tmp.path(), &demo);
     let fleet = Fleet::start(&model, &tmp.path().join("fleet"), 2, false);
     let names: Vec<String> = (0..3).map(|s| format!("metis-grpo-step{s}")).collect();
@@ -475,7 +453,7 @@ fn remote_rollouts_need_lora() {
 #[test]
 fn an_unreachable_server_is_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let demo = demo(tmp.path());
+    let demo = tiny_demo(tmp.path(), 1);
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -4,30 +4,21 @@
 //!
 //! `cargo test --release -p metis-train --test grpo_train`
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use metis_train::demo::{build, DemoConfig, DemoPaths};
+use common::{sft, tiny_demo};
+use metis_train::demo::DemoPaths;
 use metis_train::grpo::trainer::{run_grpo, GrpoConfig};
 use metis_train::grpo::{grpo_loss, LossConfig, LossInputs};
 use metis_train::model::{BatchLayout, TrainModel, TrainModelOptions};
 use metis_train::optim::Grads;
-use metis_train::sft::{run_sft, SftConfig};
-
-fn data_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"))
-}
 
 /// The demo task with a 1-layer model, SFT-ed briefly so that its rollouts differ in reward.
 fn task(dir: &Path) -> (DemoPaths, PathBuf) {
-    let mut cfg = DemoConfig::new(data_dir(), dir.join("task"));
-    cfg.hidden = 32;
-    cfg.layers = 1;
-    cfg.heads = 2;
-    cfg.kv_heads = 1;
-    cfg.intermediate = 64;
-    cfg.vocab = 384;
-    let demo = build(&cfg).unwrap();
+    let demo = tiny_demo(dir, 1);
     // A held-out file of a few prompts keeps the evaluations short.
     let held: Vec<String> = std::fs::read_to_string(&demo.heldout)
         .unwrap()
@@ -36,15 +27,8 @@ fn task(dir: &Path) -> (DemoPaths, PathBuf) {
         .map(str::to_owned)
         .collect();
     std::fs::write(&demo.heldout, held.join("\n") + "\n").unwrap();
-    let sft_out = dir.join("sft");
-    let mut sft = SftConfig::new(&demo.model, &demo.sft, &sft_out);
-    sft.max_steps = Some(40);
-    sft.lr = 1e-2;
-    sft.batch_size = 8;
-    sft.max_len = 128;
-    sft.save_every = 40;
-    run_sft(&sft, false).unwrap();
-    (demo, sft_out.join("final"))
+    let model = sft(&demo, dir, 40);
+    (demo, model)
 }
 
 fn config(model: &Path, demo: &DemoPaths, out: &Path) -> GrpoConfig {
@@ -152,14 +136,7 @@ fn grpo_runs_logs_evaluates_and_resumes_exactly() {
 #[test]
 fn every_trainable_tensor_gets_a_gradient_through_the_grpo_loss() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = DemoConfig::new(data_dir(), tmp.path().join("task"));
-    cfg.hidden = 32;
-    cfg.layers = 2;
-    cfg.heads = 2;
-    cfg.kv_heads = 1;
-    cfg.intermediate = 64;
-    cfg.vocab = 384;
-    let demo = build(&cfg).unwrap();
+    let demo = tiny_demo(tmp.path(), 2);
     let model = TrainModel::load(&demo.model, &TrainModelOptions::default()).unwrap();
     let dev = Device::Cpu;
     let ids: Vec<u32> = (0..2 * 12).map(|i| 5 + (i * 37 % 300) as u32).collect();

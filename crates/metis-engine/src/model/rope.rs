@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::RopeConfig;
+use crate::config::{rope_cos_sin, RopeConfig};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Rope {
@@ -37,16 +37,7 @@ impl Rope {
         device: &Device,
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
-        for p in start..start + len {
-            let p = p as f32;
-            for &f in &self.inv_freq {
-                let angle = f * p;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
+        let (cos, sin) = rope_cos_sin(&self.inv_freq, start..start + len);
         let cos = Tensor::from_vec(cos, (len, half), device)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (len, half), device)?.to_dtype(dtype)?;
         Ok((cos, sin))
@@ -64,16 +55,7 @@ impl Rope {
         device: &Device,
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
-            let p = p as f32;
-            for &f in &self.inv_freq {
-                let angle = f * p;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
+        let (cos, sin) = rope_cos_sin(&self.inv_freq, positions.iter().copied());
         let cos = Tensor::from_vec(cos, (rows, len, half), device)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (rows, len, half), device)?.to_dtype(dtype)?;
         Ok((cos, sin))

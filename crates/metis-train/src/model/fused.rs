@@ -168,6 +168,25 @@ fn exp_shift_avx2(x: &mut [f32], m: f32) {
     }
 }
 
+/// Evaluates `$body` with the type alias `$T` set to the element type of the CPU storage `$s`
+/// (f32 or f64) and wraps the `Vec<$T>` it returns as CPU storage; other dtypes return an
+/// error naming `$op`. The one dtype dispatch of every kernel's forward.
+macro_rules! per_float {
+    ($op:expr, $s:expr, $T:ident => $body:expr) => {
+        match $s {
+            CpuStorage::F32(_) => {
+                type $T = f32;
+                <$T as Real>::storage($body)
+            }
+            CpuStorage::F64(_) => {
+                type $T = f64;
+                <$T as Real>::storage($body)
+            }
+            s => return Err(err($op, format!("unsupported dtype {:?}", s.dtype()))),
+        }
+    };
+}
+
 fn err(op: &str, msg: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(format!("{op}: {msg}"))
 }
@@ -340,22 +359,11 @@ impl CustomOp2 for RmsNorm {
                 format!("x {:?} vs weight [{h}]", l1.dims()),
             ));
         }
-        let y = match s1 {
-            CpuStorage::F32(_) => f32::storage(self.fwd(
-                contiguous::<f32>(self.name(), s1, l1)?,
-                contiguous::<f32>(self.name(), s2, l2)?,
-            )),
-            CpuStorage::F64(_) => f64::storage(self.fwd(
-                contiguous::<f64>(self.name(), s1, l1)?,
-                contiguous::<f64>(self.name(), s2, l2)?,
-            )),
-            s => {
-                return Err(err(
-                    self.name(),
-                    format!("unsupported dtype {:?}", s.dtype()),
-                ))
-            }
-        };
+        let n = self.name();
+        let y = per_float!(n, s1, T => self.fwd(
+            contiguous::<T>(n, s1, l1)?,
+            contiguous::<T>(n, s2, l2)?,
+        ));
         Ok((y, l1.shape().clone()))
     }
 
@@ -501,19 +509,11 @@ impl CustomOp2 for Linear {
             ));
         }
         let dims = (rows, inp, out);
-        let y = match s1 {
-            CpuStorage::F32(_) => f32::storage(Self::fwd(
-                contiguous::<f32>(n, s1, l1)?,
-                contiguous::<f32>(n, s2, l2)?,
-                dims,
-            )),
-            CpuStorage::F64(_) => f64::storage(Self::fwd(
-                contiguous::<f64>(n, s1, l1)?,
-                contiguous::<f64>(n, s2, l2)?,
-                dims,
-            )),
-            s => return Err(err(n, format!("unsupported dtype {:?}", s.dtype()))),
-        };
+        let y = per_float!(n, s1, T => Self::fwd(
+            contiguous::<T>(n, s1, l1)?,
+            contiguous::<T>(n, s2, l2)?,
+            dims,
+        ));
         let mut dims = l1.dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = out;
         Ok((y, Shape::from(dims)))
@@ -667,21 +667,12 @@ impl CustomOp3 for GatedMlpIn {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = self.name();
         let dims = Self::dims(l1.dims(), l2.dims(), l3.dims())?;
-        let out = match s1 {
-            CpuStorage::F32(_) => f32::storage(self.fwd(
-                contiguous::<f32>(n, s1, l1)?,
-                contiguous::<f32>(n, s2, l2)?,
-                contiguous::<f32>(n, s3, l3)?,
-                dims,
-            )),
-            CpuStorage::F64(_) => f64::storage(self.fwd(
-                contiguous::<f64>(n, s1, l1)?,
-                contiguous::<f64>(n, s2, l2)?,
-                contiguous::<f64>(n, s3, l3)?,
-                dims,
-            )),
-            s => return Err(err(n, format!("unsupported dtype {:?}", s.dtype()))),
-        };
+        let out = per_float!(n, s1, T => self.fwd(
+            contiguous::<T>(n, s1, l1)?,
+            contiguous::<T>(n, s2, l2)?,
+            contiguous::<T>(n, s3, l3)?,
+            dims,
+        ));
         let mut shape = l1.dims().to_vec();
         *shape.last_mut().expect("rank >= 1") = dims.2;
         Ok((out, Shape::from(shape)))
@@ -796,17 +787,10 @@ impl CustomOp2 for SwiGlu {
                 format!("gate {:?} vs up {:?}", l1.dims(), l2.dims()),
             ));
         }
-        let y = match s1 {
-            CpuStorage::F32(_) => f32::storage(Self::fwd(
-                contiguous::<f32>(n, s1, l1)?,
-                contiguous::<f32>(n, s2, l2)?,
-            )),
-            CpuStorage::F64(_) => f64::storage(Self::fwd(
-                contiguous::<f64>(n, s1, l1)?,
-                contiguous::<f64>(n, s2, l2)?,
-            )),
-            s => return Err(err(n, format!("unsupported dtype {:?}", s.dtype()))),
-        };
+        let y = per_float!(n, s1, T => Self::fwd(
+            contiguous::<T>(n, s1, l1)?,
+            contiguous::<T>(n, s2, l2)?,
+        ));
         Ok((y, l1.shape().clone()))
     }
 
@@ -1403,28 +1387,15 @@ impl CustomOp3 for Attention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dm = self.dims(l1.dims(), l2.dims(), l3.dims())?;
         let n = self.name();
-        fn run<T: Real>(
-            op: &Attention,
-            dm: Dims,
-            (s1, l1): (&CpuStorage, &Layout),
-            (s2, l2): (&CpuStorage, &Layout),
-            (s3, l3): (&CpuStorage, &Layout),
-        ) -> candle_core::Result<Vec<T>> {
-            let n = op.name();
-            let (q, k) = op.rotated(
+        let out = per_float!(n, s1, T => {
+            let (q, k) = self.rotated(
                 contiguous::<T>(n, s1, l1)?,
                 contiguous::<T>(n, s2, l2)?,
                 l1.dims(),
                 l2.dims(),
             )?;
-            Ok(op.fwd(dm, &q, &k, contiguous::<T>(n, s3, l3)?))
-        }
-        let args = ((s1, l1), (s2, l2), (s3, l3));
-        let out = match s1 {
-            CpuStorage::F32(_) => f32::storage(run::<f32>(self, dm, args.0, args.1, args.2)?),
-            CpuStorage::F64(_) => f64::storage(run::<f64>(self, dm, args.0, args.1, args.2)?),
-            s => return Err(err(n, format!("unsupported dtype {:?}", s.dtype()))),
-        };
+            self.fwd(dm, &q, &k, contiguous::<T>(n, s3, l3)?)
+        });
         Ok((out, l1.shape().clone()))
     }
 
@@ -1598,11 +1569,7 @@ impl CustomOp2 for TokenLogprobs {
                 format!("{} targets for {rows} rows of {vocab}", targets.len()),
             ));
         }
-        let out = match s1 {
-            CpuStorage::F32(_) => f32::storage(self.fwd(contiguous::<f32>(n, s1, l1)?, targets)),
-            CpuStorage::F64(_) => f64::storage(self.fwd(contiguous::<f64>(n, s1, l1)?, targets)),
-            s => return Err(err(n, format!("unsupported dtype {:?}", s.dtype()))),
-        };
+        let out = per_float!(n, s1, T => self.fwd(contiguous::<T>(n, s1, l1)?, targets));
         Ok((out, l2.shape().clone()))
     }
 

@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::fused::{self, AttentionMask};
-use super::layers::{dense_attention, fused_attention, mm, rms_norm_spelled, swiglu_spelled};
+use super::layers::{dense_attention, mm, rms_norm_spelled, swiglu_spelled};
 use super::layout::BatchLayout;
 use super::logprobs_spelled;
 use super::rope::Rope;
@@ -241,7 +241,7 @@ fn attention_matches_spelled_out_on_every_layout() {
                     &[&q, &k, &v],
                     |t| {
                         let flat = |x: &Tensor| x.reshape((b, s, ())).unwrap();
-                        fused_attention(
+                        fused::rope_attention(
                             &flat(&t[0]),
                             &flat(&t[1]),
                             &flat(&t[2]),

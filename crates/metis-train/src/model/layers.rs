@@ -155,7 +155,7 @@ impl Attention {
                     }
                     _ => (q, k),
                 };
-                fused_attention(&q, &k, &v, rope, mask, scale, hd)?
+                fused::rope_attention(&q, &k, &v, rope, mask, scale, hd)?
             }
             Positions::Dense { cos, sin, bias } => {
                 let mut q = q.reshape((b, s, nh, hd))?;
@@ -172,21 +172,7 @@ impl Attention {
     }
 }
 
-/// Rope then masked attention with the fused kernels: q `[b, s, nh * hd]`, k/v
-/// `[b, s, nkv * hd]` (before rope) → `[b, s, nh * hd]`; no transposes, no reshapes.
-pub(crate) fn fused_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    rope: &RopeTables,
-    mask: &AttentionMask,
-    scale: f64,
-    head_dim: usize,
-) -> Result<Tensor> {
-    Ok(fused::rope_attention(q, k, v, rope, mask, scale, head_dim)?)
-}
-
-/// [`fused_attention`] as candle ops on q `[b, s, nh, hd]`, k/v `[b, s, nkv, hd]` → `[b, s, nh,
+/// [`fused::rope_attention`] as candle ops on q `[b, s, nh, hd]`, k/v `[b, s, nkv, hd]` → `[b, s, nh,
 /// hd]`: cos/sin `[b, 1, s, hd]`, bias `[b, 1, 1, s, s]`.
 pub(crate) fn dense_attention(
     q: &Tensor,

@@ -1,13 +1,13 @@
 //! Rotary position embeddings for the training path: the engine's inverse frequencies
 //! ([`RopeConfig::inv_freq`]: default, `linear`, `llama3` scaling, in transformers' f32 order) and
-//! cos/sin tables for explicit per-token positions. Rope itself is applied in
-//! [`super::layers`] as `x * cos + rotate_half(x) * sin` with narrow/cat (differentiable;
-//! candle's fused `rotary_emb::rope` records no backward op).
+//! cos/sin tables for explicit per-token positions: full-width tensors for the spelled-out
+//! `x * cos + rotate_half(x) * sin` ([`apply_rope`], narrow/cat: candle's fused
+//! `rotary_emb::rope` records no backward op) and half tables for the fused CPU kernel.
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use metis_engine::config::RopeConfig;
+use metis_engine::config::{rope_cos_sin, RopeConfig};
 
 use super::fused::RopeTables;
 
@@ -36,42 +36,22 @@ impl Rope {
         device: &Device,
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(positions.len() * half * 2);
-        let mut sin = Vec::with_capacity(positions.len() * half * 2);
-        for &p in positions {
-            let p = p as f32;
-            let start = cos.len();
-            for &f in &self.inv_freq {
-                let angle = f * p;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-            cos.extend_from_within(start..start + half);
-            sin.extend_from_within(start..start + half);
-        }
-        let cos = Tensor::from_vec(cos, (b, 1, s, 2 * half), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (b, 1, s, 2 * half), device)?.to_dtype(dtype)?;
-        Ok((cos, sin))
+        let (cos, sin) = rope_cos_sin(&self.inv_freq, positions.iter().map(|&p| p as usize));
+        let full = |t: Vec<f32>| {
+            let t = Tensor::from_vec(t, (b, 1, s, half), device)?;
+            Tensor::cat(&[&t, &t], 3)?.to_dtype(dtype)
+        };
+        Ok((full(cos)?, full(sin)?))
     }
 
     /// The half tables `[positions.len(), head_dim / 2]` for the fused rope kernel (the same
     /// f32 angles as [`Rope::tables`]).
     pub(crate) fn half_tables(&self, positions: &[u32]) -> RopeTables {
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
-            let p = p as f32;
-            for &f in &self.inv_freq {
-                let angle = f * p;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
+        let (cos, sin) = rope_cos_sin(&self.inv_freq, positions.iter().map(|&p| p as usize));
         RopeTables {
             cos: Arc::new(cos),
             sin: Arc::new(sin),
-            half,
+            half: self.inv_freq.len(),
         }
     }
 }
