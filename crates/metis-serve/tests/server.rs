@@ -5,6 +5,7 @@ mod common;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use metis_serve::audit::{query, AuditFilter};
@@ -180,12 +181,8 @@ async fn unsafe_input_is_blocked_before_the_model_runs() {
     );
     // The engine never ran: no prefill, no token.
     let m = s.metrics();
-    assert_eq!(m.prefills.load(std::sync::atomic::Ordering::Relaxed), 0);
-    assert_eq!(
-        m.generated_tokens
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(m.prefills.load(Ordering::Relaxed), 0);
+    assert_eq!(m.generated_tokens.load(Ordering::Relaxed), 0);
     assert_eq!(backend.prompts.lock().unwrap().len(), 2, "no output checks");
     s.flush_audit();
     let rows = query(
@@ -232,12 +229,7 @@ async fn unsafe_answer_is_replaced() {
         (content.as_str(), finish.as_str()),
         (want, "content_filter")
     );
-    assert!(
-        s.metrics()
-            .generated_tokens
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 12
-    );
+    assert!(s.metrics().generated_tokens.load(Ordering::Relaxed) >= 12);
     s.flush_audit();
     let rows = query(&db, &AuditFilter::default()).unwrap();
     assert_eq!(rows.len(), 2);
@@ -398,6 +390,15 @@ async fn full_queue_answers_429() {
         .unwrap();
     assert_eq!(first.status().as_u16(), 200);
     first.chunk().await.unwrap().expect("first chunk");
+    // The stream opens (role chunk) before the engine admits the request: wait until the
+    // first request holds the batch slot and the queue is empty again.
+    let t0 = std::time::Instant::now();
+    while s.metrics().running.load(Ordering::Relaxed) < 1
+        || s.metrics().queue_depth.load(Ordering::Relaxed) > 0
+    {
+        assert!(t0.elapsed().as_secs() < 30, "first request never admitted");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     // Second: waits for the only batch slot.
     let s2 = Arc::clone(&s);
     let second = tokio::spawn(async move {
@@ -405,17 +406,13 @@ async fn full_queue_answers_429() {
         post(&s2, "/v1/chat/completions", &body, None).await
     });
     let t0 = std::time::Instant::now();
-    while s
-        .metrics()
-        .queue_depth
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < 1
-    {
+    while s.metrics().queue_depth.load(Ordering::Relaxed) < 1 {
         assert!(t0.elapsed().as_secs() < 30, "second request never queued");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    // Third: the queue is full.
-    let (status, body) = post(&s, "/v1/chat/completions", &long, None).await;
+    // Third: the queue is full. (Short, so that a wrongly admitted one fails fast.)
+    let short = json!({"model": "metis-tiny", "messages": [{"role":"user","content":"z"}], "max_tokens": 2});
+    let (status, body) = post(&s, "/v1/chat/completions", &short, None).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(error_of(&body)["code"], "queue_full");
     // Closing the first stream cancels it, so the second one runs.
