@@ -71,7 +71,7 @@ impl Sampler {
         &self.params
     }
 
-    /// Picks the next token from one row of logits.
+    /// Picks the next token from one row of logits, with its log-probability.
     pub fn sample(&mut self, logits: &[f32]) -> Choice {
         if logits.is_empty() {
             return Choice {
@@ -79,12 +79,32 @@ impl Sampler {
                 logprob: f32::NEG_INFINITY,
             };
         }
+        let (token, normaliser) = self.choose(logits);
+        let logprob = match normaliser {
+            // Sampling already summed the tempered exponentials: no second pass.
+            Some(Normaliser { max, ln_total }) => {
+                (f64::from((logits[token as usize] - max) / self.params.temperature) - ln_total)
+                    as f32
+            }
+            None => log_softmax_at(logits, token as usize, 1.0),
+        };
+        Choice { token, logprob }
+    }
+
+    /// Picks the next token like [`Self::sample`] (same choice, same random stream) without
+    /// its log-probability, which greedy decoding would otherwise spend a pass over the
+    /// vocabulary on.
+    pub fn next_token(&mut self, logits: &[f32]) -> u32 {
+        if logits.is_empty() {
+            return 0;
+        }
+        self.choose(logits).0
+    }
+
+    /// The chosen token, and when sampling, the softmax normaliser it computed on the way.
+    fn choose(&mut self, logits: &[f32]) -> (u32, Option<Normaliser>) {
         if self.params.is_greedy() {
-            let token = argmax(logits);
-            return Choice {
-                token,
-                logprob: log_softmax_at(logits, token as usize, 1.0),
-            };
+            return (argmax(logits), None);
         }
         let t = self.params.temperature;
         // Probabilities of logits / T, computed stably.
@@ -138,11 +158,18 @@ impl Sampler {
             }
             r -= p;
         }
-        Choice {
-            token,
-            logprob: log_softmax_at(logits, token as usize, t),
-        }
+        let normaliser = Normaliser {
+            max,
+            ln_total: total.ln(),
+        };
+        (token, Some(normaliser))
     }
+}
+
+/// `log(sum(exp((l - max) / T)))` over a row, and the `max` it is relative to.
+struct Normaliser {
+    max: f32,
+    ln_total: f64,
 }
 
 /// Index of the largest logit; ties go to the lowest index (as `torch.argmax`).
@@ -238,6 +265,38 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(k1.sample(&logits).token, 0);
+    }
+
+    #[test]
+    fn next_token_makes_the_same_choices_as_sample() {
+        let logits: Vec<f32> = (0..500).map(|i| ((i * 37) % 101) as f32 / 9.0).collect();
+        for params in [
+            SamplingParams::default(),
+            SamplingParams {
+                temperature: 0.8,
+                top_p: 0.9,
+                seed: 11,
+                ..SamplingParams::default()
+            },
+        ] {
+            let mut with = Sampler::new(params);
+            let mut without = Sampler::new(params);
+            for _ in 0..50 {
+                let c = with.sample(&logits);
+                assert_eq!(c.token, without.next_token(&logits));
+                let t = if params.is_greedy() {
+                    1.0
+                } else {
+                    params.temperature
+                };
+                let expected = log_softmax_at(&logits, c.token as usize, t);
+                assert!(
+                    (c.logprob - expected).abs() < 1e-5,
+                    "{} vs {expected}",
+                    c.logprob
+                );
+            }
+        }
     }
 
     #[test]

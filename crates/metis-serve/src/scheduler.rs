@@ -260,7 +260,7 @@ impl Engine {
             sent: 0,
             cut: false,
         };
-        let token = seq.sampler.sample(&logits).token;
+        let token = seq.sampler.next_token(&logits);
         match self.step(&mut seq, token) {
             Step::Continue => Some(seq),
             Step::Finished | Step::Cancelled => None,
@@ -372,7 +372,7 @@ fn sample_all(active: &mut [Active<'_>], rows: &[Vec<f32>]) -> Vec<u32> {
         return active
             .iter_mut()
             .zip(rows)
-            .map(|(a, r)| a.sampler.sample(r).token)
+            .map(|(a, r)| a.sampler.next_token(r))
             .collect();
     }
     let mut samplers: Vec<&mut Sampler> = active.iter_mut().map(|a| &mut a.sampler).collect();
@@ -384,7 +384,7 @@ fn sample_all(active: &mut [Active<'_>], rows: &[Vec<f32>]) -> Vec<u32> {
                 scope.spawn(move || {
                     ss.iter_mut()
                         .zip(rs)
-                        .map(|(s, r)| s.sample(r).token)
+                        .map(|(s, r)| s.next_token(r))
                         .collect::<Vec<u32>>()
                 })
             })

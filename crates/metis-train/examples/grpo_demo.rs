@@ -6,7 +6,7 @@
 //! cargo run --release -p metis-train --example grpo_demo -- \
 //!     [--data-dir ../shared/data] [--out /tmp/metis-grpo-demo] [--seeds 0,1,2] \
 //!     [--sft-steps 600] [--grpo-steps 80] [--grpo-lr 2e-4] [--prompts-per-step 16] \
-//!     [--no-penalty-seeds 0] [--eval-every 10] [--tag NAME]
+//!     [--penalty-seeds 0,1,2] [--no-penalty-seeds 0] [--eval-every 10] [--tag NAME]
 //!
 //! An existing `sft-seedN/final` under `--out` is reused, so several GRPO settings (told apart
 //! by `--tag`) can start from the same SFT checkpoints.
@@ -45,13 +45,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let grpo_steps: u64 = arg(&args, "--grpo-steps").map_or(Ok(80), |s| s.parse())?;
     let grpo_lr: f64 = arg(&args, "--grpo-lr").map_or(Ok(2e-4), |s| s.parse())?;
     let sft_lr: f64 = arg(&args, "--sft-lr").map_or(Ok(3e-3), |s| s.parse())?;
-    // Seeds that also get a run without the format penalty.
-    let no_penalty: Vec<u64> = arg(&args, "--no-penalty-seeds")
-        .unwrap_or_default()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()?;
+    // Seeds that get a run with the format penalty (default: all), and seeds that get one
+    // without it.
+    let seed_list = |name: &str| -> Result<Option<Vec<u64>>, std::num::ParseIntError> {
+        arg(&args, name)
+            .map(|v| {
+                v.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::parse)
+                    .collect()
+            })
+            .transpose()
+    };
+    let penalty_seeds = seed_list("--penalty-seeds")?.unwrap_or_else(|| seeds.clone());
+    let no_penalty = seed_list("--no-penalty-seeds")?.unwrap_or_default();
     // Suffix of the GRPO run directories, to keep several GRPO settings beside one SFT.
     let tag = arg(&args, "--tag")
         .map(|t| format!("-{t}"))
@@ -81,7 +88,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if !sft_final.join("model.safetensors").is_file() {
             run_sft(&sft, false)?;
         }
-        let mut runs = vec![("penalty", 1.0)];
+        let mut runs = Vec::new();
+        if penalty_seeds.contains(&seed) {
+            runs.push(("penalty", 1.0));
+        }
         if no_penalty.contains(&seed) {
             runs.push(("no-penalty", 0.0));
         }

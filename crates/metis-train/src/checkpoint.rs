@@ -184,25 +184,10 @@ fn write_side_files(src: &Path, out: &Path, dtype: DType) -> Result<()> {
 pub fn save_full(model: &TrainModel, out_dir: &Path) -> Result<()> {
     create_dir(out_dir)?;
     let dtype = save_dtype(model.dtype());
-    let deltas: HashMap<String, Tensor> = if model.adapter_enabled() {
-        model
-            .lora_adapters()
-            .into_iter()
-            .map(|(prefix, a)| Ok((format!("{prefix}.weight"), a.delta()?)))
-            .collect::<Result<_>>()?
-    } else {
-        HashMap::new()
-    };
     let tensors = model
-        .named_weights()
+        .merged_weights()?
         .into_iter()
-        .map(|(name, t)| {
-            let t = match deltas.get(&name) {
-                Some(d) => (t.to_dtype(d.dtype())? + d)?,
-                None => t,
-            };
-            Ok((name, t.to_dtype(dtype)?.detach()))
-        })
+        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
         .collect::<Result<Vec<_>>>()?;
     write_safetensors(&out_dir.join("model.safetensors"), &tensors, HashMap::new())?;
     write_side_files(model.source_dir(), out_dir, dtype)
@@ -435,6 +420,26 @@ fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "state".into());
     dir.with_file_name(format!("{name}{suffix}"))
+}
+
+/// Subdirectory of a `checkpoint-N` directory holding the training state.
+pub const STATE_DIR: &str = "state";
+
+/// The latest complete `checkpoint-N` directory in `out` (SFT and GRPO alike): one whose
+/// training state ([`save_train_state`], written last) is there, or whose state swap was
+/// interrupted between its two renames (`state.old`, which [`load_train_state`] falls back to).
+pub fn latest_checkpoint(out: &Path) -> Option<(u64, PathBuf)> {
+    std::fs::read_dir(out)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name.strip_prefix("checkpoint-")?.parse::<u64>().ok()?;
+            let state = e.path().join(STATE_DIR);
+            let complete = state.join(STATE_JSON).is_file() || with_suffix(&state, ".old").is_dir();
+            complete.then(|| (step, e.path()))
+        })
+        .max_by_key(|(s, _)| *s)
 }
 
 /// Save the training state to `dir` (replaced as a whole): `trainable.safetensors` (the

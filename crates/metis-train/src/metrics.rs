@@ -9,7 +9,14 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use metis_eval::report::{line_chart, Curve, LinePanel};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// One line of a `metrics.jsonl`: a record that knows the optimizer step it belongs to.
+pub trait StepRecord: Serialize + DeserializeOwned + Clone {
+    /// The optimizer step (0 for a record taken before the first step).
+    fn step(&self) -> u64;
+}
 
 /// One optimizer step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -17,21 +24,39 @@ pub struct StepMetrics {
     /// 1-based optimizer step.
     pub step: u64,
     /// Fractional epoch reached at the end of the step (epochs done + fraction of this one).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub epoch: f64,
     /// Mean cross-entropy over the step's loss tokens.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub loss: f64,
     /// Learning rate used for this step.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub lr: f64,
     /// Global gradient L2 norm before clipping.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub grad_norm: f64,
     /// Loss (assistant) tokens in the step.
     pub loss_tokens: u64,
     /// Non-padding tokens in the step.
     pub tokens: u64,
     /// Non-padding tokens per second of this step's wall time.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub tokens_per_s: f64,
     /// Seconds since the start of training (carried across resumes).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub elapsed_s: f64,
+}
+
+/// Reads `null` back as NaN: serde_json writes a non-finite float (a diverged loss, the
+/// step-0 line's unset reward) as `null`, and such a line must not stop a resume.
+pub fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+impl StepRecord for StepMetrics {
+    fn step(&self) -> u64 {
+        self.step
+    }
 }
 
 /// Errors writing metrics.
@@ -53,19 +78,20 @@ pub enum MetricsError {
     Chart(String),
 }
 
-/// Append-only writer of `metrics.jsonl`.
+/// Append-only writer of `metrics.jsonl` (SFT's [`StepMetrics`] by default; GRPO writes its
+/// own records through the same writer).
 #[derive(Debug)]
-pub struct MetricsWriter {
+pub struct MetricsWriter<M = StepMetrics> {
     path: PathBuf,
     file: File,
-    history: Vec<StepMetrics>,
+    history: Vec<M>,
 }
 
-impl MetricsWriter {
+impl<M: StepRecord> MetricsWriter<M> {
     /// Open `path`. `resume_step = None` starts a new file (truncating any old one);
     /// `Some(s)` keeps the lines with `step <= s` and drops the rest (steps that ran after
     /// the checkpoint being resumed are replayed, so they must not be duplicated).
-    pub fn open(path: &Path, resume_step: Option<u64>) -> Result<MetricsWriter, MetricsError> {
+    pub fn open(path: &Path, resume_step: Option<u64>) -> Result<Self, MetricsError> {
         let io = |source| MetricsError::Io {
             path: path.to_path_buf(),
             source,
@@ -80,7 +106,7 @@ impl MetricsWriter {
                     if line.trim().is_empty() {
                         continue;
                     }
-                    let m: StepMetrics = match serde_json::from_str(&line) {
+                    let m: M = match serde_json::from_str(&line) {
                         Ok(m) => m,
                         // A line cut short by a kill: everything after it is dropped too.
                         Err(_) if !line.ends_with('}') => break,
@@ -92,7 +118,7 @@ impl MetricsWriter {
                             })
                         }
                     };
-                    if m.step > s {
+                    if m.step() > s {
                         break;
                     }
                     kept.push_str(&line);
@@ -117,7 +143,7 @@ impl MetricsWriter {
     }
 
     /// Append one step (one line, flushed).
-    pub fn write(&mut self, m: &StepMetrics) -> Result<(), MetricsError> {
+    pub fn write(&mut self, m: &M) -> Result<(), MetricsError> {
         let mut line = serde_json::to_string(m).expect("metrics serialize");
         line.push('\n');
         let io = |source| MetricsError::Io {
@@ -131,10 +157,17 @@ impl MetricsWriter {
     }
 
     /// Every step written (including those kept from before a resume).
-    pub fn history(&self) -> &[StepMetrics] {
+    pub fn history(&self) -> &[M] {
         &self.history
     }
 
+    /// The history, once writing is over.
+    pub fn into_history(self) -> Vec<M> {
+        self.history
+    }
+}
+
+impl MetricsWriter<StepMetrics> {
     /// Draw loss and learning rate vs step into `path` (PNG or SVG).
     pub fn plot(&self, path: &Path) -> Result<(), MetricsError> {
         plot_curves(&self.history, path)
@@ -194,6 +227,23 @@ mod tests {
             tokens_per_s: 100.0,
             elapsed_s: step as f64,
         }
+    }
+
+    #[test]
+    fn non_finite_values_survive_a_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let mut w = MetricsWriter::open(&p, None).unwrap();
+        let mut diverged = m(1);
+        diverged.loss = f64::NAN;
+        diverged.grad_norm = f64::INFINITY;
+        w.write(&diverged).unwrap();
+        w.write(&m(2)).unwrap();
+        drop(w);
+        let w = MetricsWriter::<StepMetrics>::open(&p, Some(2)).unwrap();
+        assert_eq!(w.history().len(), 2);
+        assert!(w.history()[0].loss.is_nan() && w.history()[0].grad_norm.is_nan());
+        assert_eq!(w.history()[1], m(2));
     }
 
     #[test]

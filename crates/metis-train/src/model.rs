@@ -59,6 +59,7 @@ mod layers;
 mod layout;
 mod rope;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -527,6 +528,30 @@ impl TrainModel {
             out.push(("lm_head.weight".to_string(), w.clone()));
         }
         out
+    }
+
+    /// [`Self::named_weights`] with the enabled LoRA adapters folded in (`W + scaling * B @ A`,
+    /// summed in the adapter dtype), detached: what a merged checkpoint or an inference copy of
+    /// the policy holds. Merged weights are in the adapter dtype, the others in their own.
+    pub fn merged_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        let deltas: HashMap<String, Tensor> = if self.adapter_enabled() {
+            self.lora_adapters()
+                .into_iter()
+                .map(|(module, a)| Ok((format!("{module}.weight"), a.delta()?)))
+                .collect::<Result<_>>()?
+        } else {
+            HashMap::new()
+        };
+        self.named_weights()
+            .into_iter()
+            .map(|(name, w)| {
+                let w = match deltas.get(&name) {
+                    Some(d) => (w.to_dtype(d.dtype())? + d)?,
+                    None => w,
+                };
+                Ok((name, w.detach()))
+            })
+            .collect()
     }
 
     /// The LoRA adapters by HF module path (`model.layers.N.self_attn.q_proj`).

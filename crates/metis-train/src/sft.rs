@@ -39,7 +39,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{load_train_state, save_train_state, TrainState};
+use crate::checkpoint::{
+    latest_checkpoint, load_train_state, save_train_state, TrainState, STATE_DIR,
+};
 use crate::data::{self, collate, epoch_permutation, Batch, ChatFormatter, DataError, Sequence};
 use crate::lora::LoraConfig;
 use crate::metrics::{self, MetricsError, MetricsWriter, StepMetrics};
@@ -327,26 +329,6 @@ fn copy_tokenizer_files(tok_dir: &Path, out: &Path) -> Result<(), SftError> {
         }
     }
     Ok(())
-}
-
-/// Subdirectory of a checkpoint holding the training state.
-pub const STATE_DIR: &str = "state";
-
-/// The latest complete checkpoint (`checkpoint-N` holding `state/train_state.json`) in `out`.
-pub fn latest_checkpoint(out: &Path) -> Option<(u64, PathBuf)> {
-    std::fs::read_dir(out)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let step = name.strip_prefix("checkpoint-")?.parse::<u64>().ok()?;
-            let p = e.path();
-            p.join(STATE_DIR)
-                .join("train_state.json")
-                .is_file()
-                .then_some((step, p))
-        })
-        .max_by_key(|(s, _)| *s)
 }
 
 /// Write a checkpoint atomically: the model (full HF directory or PEFT adapter) and tokenizer

@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use metis_train::checkpoint::latest_checkpoint;
 use metis_train::lora::LoraConfig;
-use metis_train::sft::{latest_checkpoint, run_sft, SftConfig};
+use metis_train::sft::{run_sft, SftConfig};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")

@@ -21,7 +21,6 @@
 //! exactly the steps the uninterrupted run would have taken.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -40,8 +39,11 @@ use super::loss::{grpo_loss, per_token_logps, LossConfig, LossInputs};
 use super::prompts::{LoadOptions, PromptMixture, PromptRecord, PromptSampler, TaskWeights};
 use super::remote::{RemoteRollouts, RemoteSampler, RolloutSampling};
 use super::reward::{compute_rewards, RewardConfig};
-use crate::checkpoint::{load_train_state, save_train_state, TrainState};
+use crate::checkpoint::{
+    latest_checkpoint, load_train_state, save_train_state, TrainState, STATE_DIR,
+};
 use crate::lora::LoraConfig;
+use crate::metrics::{f64_or_nan, MetricsWriter, StepRecord};
 use crate::model::{BatchLayout, Result, TrainError, TrainModel, TrainModelOptions};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::schedule::{warmup_steps, Schedule};
@@ -133,42 +135,58 @@ impl GrpoConfig {
     }
 }
 
-/// One line of `metrics.jsonl`.
+/// One line of `metrics.jsonl`. Every float reads `null` (a non-finite value) back as NaN.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GrpoMetrics {
     pub step: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub loss: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub lr: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub grad_norm: f64,
     /// NaN (written as null) on the step-0 line, which only holds the starting evaluation.
     #[serde(deserialize_with = "f64_or_nan")]
     pub reward_mean: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub reward_std: f64,
     /// Mean verifier part of the reward (before the penalty).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub verifier_mean: f64,
     /// Mean format penalty.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub format_penalty_mean: f64,
     /// Share of completions with a format violation.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub format_penalty_rate: f64,
     /// Share of completions graded correct.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub accuracy: f64,
     pub reward_by_task: BTreeMap<String, (f64, f64)>,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub kl: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub clip_frac: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub completion_len_mean: f64,
     /// Share of completions cut by the length limit.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub truncated_rate: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub frac_reward_zero_std: f64,
     pub reward_timeouts: usize,
     /// Mean |sampler log-probability − policy log-probability| over the completion tokens:
     /// float noise when the sampler serves the policy being trained; more when a server
     /// serves another model (an adapter that did not load) or reports log-probabilities of
     /// other logits (vLLM without `--logprobs-mode processed_logprobs`, at temperature ≠ 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "f64_or_nan")]
     pub rollout_logprob_gap: f64,
     /// Training tokens (prompt + completion) per second of the whole step.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub tokens_per_s: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub generation_s: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub step_s: f64,
     /// Held-out accuracy (greedy), on evaluation steps.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -180,9 +198,10 @@ pub struct GrpoMetrics {
     pub heldout_format_violation_rate: Option<f64>,
 }
 
-/// `null` (how serde_json writes NaN) reads back as NaN.
-fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+impl StepRecord for GrpoMetrics {
+    fn step(&self) -> u64 {
+        self.step
+    }
 }
 
 /// What a run ended with.
@@ -230,25 +249,13 @@ impl Ctx {
 
 /// The policy's current weights as an engine model (LoRA adapters merged in).
 fn policy_engine(model: &TrainModel) -> Result<Model> {
-    let mut tensors: HashMap<String, Tensor> = model
-        .named_weights()
-        .into_iter()
-        .map(|(n, t)| (n, t.detach()))
-        .collect();
-    if model.adapter_enabled() {
-        for (module, adapter) in model.lora_adapters() {
-            let name = format!("{module}.weight");
-            if let Some(w) = tensors.get(&name) {
-                let merged = (w.to_dtype(DType::F32)? + adapter.delta()?.detach())?;
-                tensors.insert(name, merged.to_dtype(w.dtype())?);
-            }
-        }
-    }
+    // The engine has no f64 kernels; an f64 policy is served in f32.
     let dtype = match model.dtype() {
         DType::F64 => DType::F32,
         d => d,
     };
-    let tensors = tensors
+    let tensors = model
+        .merged_weights()?
         .into_iter()
         .map(|(n, t)| Ok((n, t.to_dtype(dtype)?)))
         .collect::<Result<HashMap<_, _>>>()?;
@@ -355,51 +362,6 @@ fn completion_text(g: &Generation) -> String {
     g.text.clone().unwrap_or_default()
 }
 
-/// Appends metrics lines; on resume, drops lines past the resumed step first.
-struct MetricsLog {
-    path: PathBuf,
-    history: Vec<GrpoMetrics>,
-}
-
-impl MetricsLog {
-    fn open(path: &Path, resume_step: u64) -> Result<Self> {
-        let mut history = Vec::new();
-        if resume_step > 0 {
-            if let Ok(text) = std::fs::read_to_string(path) {
-                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    if let Ok(m) = serde_json::from_str::<GrpoMetrics>(line) {
-                        if m.step <= resume_step {
-                            history.push(m);
-                        }
-                    }
-                }
-            }
-        }
-        let mut text = String::new();
-        for m in &history {
-            text.push_str(&serde_json::to_string(m).expect("metrics serialise"));
-            text.push('\n');
-        }
-        crate::checkpoint::write_atomic(path, text.as_bytes())?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            history,
-        })
-    }
-
-    fn push(&mut self, m: GrpoMetrics) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| TrainError::io(&self.path, e))?;
-        let line = serde_json::to_string(&m).expect("metrics serialise");
-        writeln!(f, "{line}").map_err(|e| TrainError::io(&self.path, e))?;
-        f.sync_data().ok();
-        self.history.push(m);
-        Ok(())
-    }
-}
-
 /// Curves of a run: reward and held-out accuracy, format-violation rate, KL, completion length.
 pub fn plot_grpo(history: &[GrpoMetrics], path: &Path) -> Result<()> {
     let series = |name: &str, f: &dyn Fn(&GrpoMetrics) -> Option<f64>| Curve {
@@ -445,22 +407,6 @@ pub fn plot_grpo(history: &[GrpoMetrics], path: &Path) -> Result<()> {
     ];
     line_chart(&panels, "step", path)
         .map_err(|e| TrainError::InvalidArgument(format!("{}: {e}", path.display())))
-}
-
-/// The latest complete `checkpoint-N` directory under `out` (with its training state).
-fn latest_checkpoint(out: &Path) -> Option<(u64, PathBuf)> {
-    let entries = std::fs::read_dir(out).ok()?;
-    entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let step: u64 = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            let state = e.path().join("state");
-            let ok = state.join("train_state.json").is_file()
-                || state.with_file_name("state.old").is_dir();
-            ok.then(|| (step, e.path()))
-        })
-        .max_by_key(|(s, _)| *s)
 }
 
 /// Runs (or with `resume`, continues) a GRPO run; see the module docs. With
@@ -582,12 +528,15 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
     let mut start = 0u64;
     if resume {
         if let Some((step, dir)) = latest_checkpoint(&cfg.out) {
-            let state: TrainState = load_train_state(&dir.join("state"), &model, &mut opt)?;
+            let state: TrainState = load_train_state(&dir.join(STATE_DIR), &model, &mut opt)?;
             start = state.step;
             debug_assert_eq!(step, start);
         }
     }
-    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), start)?;
+    let mut log = MetricsWriter::<GrpoMetrics>::open(
+        &cfg.out.join("metrics.jsonl"),
+        (start > 0).then_some(start),
+    )?;
     std::fs::write(
         cfg.out.join("grpo_config.json"),
         serde_json::to_string_pretty(cfg).expect("config serialises"),
@@ -629,7 +578,7 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
         let engine = policy_engine(&model)?;
         let (acc, fmt, sampled) = eval_policy(&engine)?;
         current_engine = Some(engine);
-        log.push(GrpoMetrics {
+        log.write(&GrpoMetrics {
             step: 0,
             heldout_accuracy: Some(acc),
             heldout_sampled_accuracy: Some(sampled),
@@ -912,12 +861,12 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
                 .unwrap_or_default()
         ));
         bar.inc(1);
-        log.push(m)?;
+        log.write(&m)?;
         if step.is_multiple_of(cfg.save_every.max(1)) || step == cfg.max_steps {
             let dir = cfg.out.join(format!("checkpoint-{step}"));
             model.save(&dir.join("model"))?;
             save_train_state(
-                &dir.join("state"),
+                &dir.join(STATE_DIR),
                 &model,
                 &opt,
                 &TrainState {
@@ -951,7 +900,7 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
     } else {
         None
     };
-    plot_grpo(&log.history, &cfg.out.join("curves.png"))?;
+    plot_grpo(log.history(), &cfg.out.join("curves.png"))?;
     // Last, so that a server failing to unload cannot cost the run its final outputs.
     if let Some(remote) = remote {
         remote.close()?;
@@ -959,6 +908,6 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
     Ok(GrpoOutcome {
         steps: step,
         final_dir,
-        history: log.history,
+        history: log.into_history(),
     })
 }

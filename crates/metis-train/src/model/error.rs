@@ -41,6 +41,9 @@ pub enum TrainError {
     /// A rollout server failed or answered something unusable (the message names the URL).
     #[error("remote rollouts: {0}")]
     RemoteRollout(metis_eval::client::ClientError),
+    /// `metrics.jsonl` could not be read back or written.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
