@@ -34,7 +34,10 @@ pub use set_metrics::{exact_set_match, jaccard, micro_f1, set_counts, MicroF1, S
 ///
 /// Ordered by technique number, then sub-technique (`T1059` < `T1059.001` < `T1060`).
 /// Serialized (serde) as the canonical string `"T1059.001"`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
 pub struct TechniqueId {
     technique: u16,
     sub: Option<u16>,
@@ -106,25 +109,18 @@ impl FromStr for TechniqueId {
     }
 }
 
-impl serde::Serialize for TechniqueId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+// Serialised as its canonical string (through the two conversions below).
+impl From<TechniqueId> for String {
+    fn from(id: TechniqueId) -> String {
+        id.to_string()
     }
 }
 
-impl<'de> serde::Deserialize<'de> for TechniqueId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = TechniqueId;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an ATT&CK technique id string such as \"T1059.001\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TechniqueId, E> {
-                v.parse().map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_str(Visitor)
+impl TryFrom<String> for TechniqueId {
+    type Error = ParseTechniqueIdError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 

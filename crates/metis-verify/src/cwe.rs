@@ -34,7 +34,10 @@ use std::str::FromStr;
 /// "CWE 4.14" (the catalog version) into a bogus `CWE-4`.
 ///
 /// Serialized (serde) as the canonical string `"CWE-79"`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
 pub struct CweId(pub u32);
 
 impl fmt::Display for CweId {
@@ -65,25 +68,18 @@ impl FromStr for CweId {
     }
 }
 
-impl serde::Serialize for CweId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+// Serialised as its canonical string (through the two conversions below).
+impl From<CweId> for String {
+    fn from(id: CweId) -> String {
+        id.to_string()
     }
 }
 
-impl<'de> serde::Deserialize<'de> for CweId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = CweId;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a CWE id string such as \"CWE-79\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CweId, E> {
-                v.parse().map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_str(Visitor)
+impl TryFrom<String> for CweId {
+    type Error = ParseCweIdError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 
