@@ -9,11 +9,13 @@
 //!     [--penalty-seeds 0,1,2] [--no-penalty-seeds 0] [--eval-every 10] [--tag NAME]
 //!
 //! An existing `sft-seedN/final` under `--out` is reused, so several GRPO settings (told apart
-//! by `--tag`) can start from the same SFT checkpoints.
+//! by `--tag`) can start from the same SFT checkpoints; GRPO runs resume, so a finished one is
+//! read back instead of run again.
 //! ```
 //!
 //! Writes per run `metrics.jsonl` and `curves.png`, and a summary `summary.json` +
-//! `heldout.png` (held-out accuracy vs GRPO step, one line per run) under `--out`.
+//! `heldout.png` (held-out accuracy and rollout format violations vs GRPO step, one line per
+//! run) under `--out`.
 
 use std::path::PathBuf;
 
@@ -74,6 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut summary = Vec::new();
     let mut curves = Vec::new();
     let mut sampled_curves = Vec::new();
+    let mut format_curves = Vec::new();
     for &seed in &seeds {
         let sft_out = out.join(format!("sft-seed{seed}"));
         let mut sft = SftConfig::new(&demo.model, &demo.sft, &sft_out);
@@ -108,7 +111,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cfg.eval_every = eval_every;
             cfg.save_every = grpo_steps;
             cfg.reward.format.penalty = penalty;
-            let outcome = run_grpo(&cfg, false)?;
+            // Resuming continues an interrupted run and returns a finished one as it is.
+            let outcome = run_grpo(&cfg, true)?;
             let held: Vec<(f64, f64)> = outcome
                 .history
                 .iter()
@@ -146,6 +150,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 name: format!("sampled, {name}, seed {seed}"),
                 points: sampled,
             });
+            // Per-step rates over 80 rollouts are noisy: a 10-step trailing mean.
+            let smoothed = fmt
+                .iter()
+                .enumerate()
+                .map(|(i, &(step, _))| {
+                    let window = &fmt[i.saturating_sub(9)..=i];
+                    (
+                        step,
+                        window.iter().map(|p| p.1).sum::<f64>() / window.len() as f64,
+                    )
+                })
+                .collect();
+            format_curves.push(Curve {
+                name: format!("{name}, seed {seed}"),
+                points: smoothed,
+            });
         }
     }
     std::fs::write(
@@ -163,6 +183,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 title: "Held-out accuracy (one sample at the rollout temperature)".into(),
                 y_label: "accuracy".into(),
                 curves: sampled_curves,
+            },
+            LinePanel {
+                title: "Rollout format-violation rate (10-step trailing mean)".into(),
+                y_label: "share of completions".into(),
+                curves: format_curves,
             },
         ],
         "GRPO step",
