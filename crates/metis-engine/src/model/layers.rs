@@ -85,7 +85,10 @@ impl Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
-            LinearWeight::Dense(w) => matmul(&x2, &w.t()?)?,
+            LinearWeight::Dense(w) => match split_matmul_t(&x2, w)? {
+                Some(y) => y,
+                None => matmul(&x2, &w.t()?)?,
+            },
             LinearWeight::Quantized(QMatMul::QTensor(q)) if rows >= DEQUANT_MIN_ROWS => {
                 // Prefill: candle's quantized kernels are vector-dot products, fine for a few
                 // rows but far slower than a gemm over hundreds; dequantizing the block once per
@@ -109,6 +112,89 @@ impl Linear {
         *out_dims.last_mut().expect("rank >= 1") = self.out_dim;
         Ok(y.reshape(out_dims)?)
     }
+}
+
+/// Rows (tokens) up to which a dense f32 product on the CPU is split over the rayon pool by
+/// output features: a decode step is bound by reading W once, gemm runs such thin products on
+/// one thread, and two cores read W faster than one.
+const SPLIT_MAX_ROWS: usize = 8;
+/// Output features per part at the least, so that each thread's share is worth its dispatch.
+const SPLIT_MIN_COLS: usize = 64;
+
+/// `x W^T` for f32 `x` [rows, in] with few rows and f32 W [out, in] on the CPU, W's rows split
+/// into one part per pool thread; None where that does not apply (the caller falls back to one
+/// gemm).
+fn split_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    use candle_core::Storage;
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let (rows, k) = x.dims2()?;
+    let (n, wk) = w.dims2()?;
+    if !x.device().is_cpu()
+        || x.dtype() != DType::F32
+        || w.dtype() != DType::F32
+        || rows > SPLIT_MAX_ROWS
+        || threads < 2
+        || n < 2 * SPLIT_MIN_COLS
+        || k != wk
+        || !x.is_contiguous()
+        || !w.is_contiguous()
+    {
+        return Ok(None);
+    }
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let (w_storage, w_layout) = w.storage_and_layout();
+    let (Storage::Cpu(xs), Storage::Cpu(ws)) = (&*x_storage, &*w_storage) else {
+        return Ok(None);
+    };
+    let xs = &xs.as_slice::<f32>()?[x_layout.start_offset()..][..rows * k];
+    let ws = &ws.as_slice::<f32>()?[w_layout.start_offset()..][..n * k];
+    let parts = threads.min(n / SPLIT_MIN_COLS);
+    let per_part = n.div_ceil(parts);
+    // Each part computes y[:, j0..j1] = x W[j0..j1]^T into its own [rows, j1 - j0] block.
+    let blocks: Vec<(usize, Vec<f32>)> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let j0 = p * per_part;
+            let cols = per_part.min(n - j0);
+            let mut block = vec![0f32; rows * cols];
+            // SAFETY: `block` is rows × cols, row-major (row stride cols); x is rows × k
+            // row-major; rhs element (kk, j) is W[j0 + j, kk], i.e. at j * k + kk from row j0.
+            // Every index stays inside these slices.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    cols,
+                    k,
+                    block.as_mut_ptr(),
+                    1,
+                    cols as isize,
+                    false,
+                    xs.as_ptr(),
+                    1,
+                    k as isize,
+                    ws.as_ptr().add(j0 * k),
+                    k as isize,
+                    1,
+                    0f32,
+                    1f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            (j0, block)
+        })
+        .collect();
+    let mut y = vec![0f32; rows * n];
+    for (j0, block) in blocks {
+        let cols = block.len() / rows;
+        for r in 0..rows {
+            y[r * n + j0..r * n + j0 + cols].copy_from_slice(&block[r * cols..(r + 1) * cols]);
+        }
+    }
+    Ok(Some(Tensor::from_vec(y, (rows, n), x.device())?))
 }
 
 /// RMSNorm as in HF Llama/Qwen: normalise in f32, cast back to the activation dtype, then
@@ -363,4 +449,53 @@ pub(crate) fn causal_mask(s: usize, offset: usize, device: &candle_core::Device)
         })
         .collect();
     Ok(Tensor::from_vec(mask, (s, kv_len), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn split_product_equals_one_gemm() {
+        let dev = Device::Cpu;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        // 1000 output features: parts of unequal size; k = 77: no SIMD-width multiple.
+        let w = Tensor::randn(0f32, 1.0, (1000, 77), &dev).unwrap();
+        for rows in [1, 3, SPLIT_MAX_ROWS] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 77), &dev).unwrap();
+            let split = pool
+                .install(|| split_matmul_t(&x, &w))
+                .unwrap()
+                .expect("a decode-sized f32 product is split");
+            let one = x.matmul(&w.t().unwrap()).unwrap();
+            let diff = (split - &one)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-4, "rows {rows}: max diff {diff}");
+        }
+        // Prefill-sized, f64 or too narrow: left to the single gemm.
+        let x = Tensor::randn(0f32, 1.0, (SPLIT_MAX_ROWS + 1, 77), &dev).unwrap();
+        assert!(pool.install(|| split_matmul_t(&x, &w)).unwrap().is_none());
+        let narrow = Tensor::randn(0f32, 1.0, (100, 77), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 77), &dev).unwrap();
+        assert!(pool
+            .install(|| split_matmul_t(&x, &narrow))
+            .unwrap()
+            .is_none());
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        let w64 = w.to_dtype(DType::F64).unwrap();
+        assert!(pool
+            .install(|| split_matmul_t(&x64, &w64))
+            .unwrap()
+            .is_none());
+    }
 }
