@@ -204,18 +204,28 @@ fn contiguous<'a, T: Real>(
     Ok(&data[a..b])
 }
 
-/// Runs `f` on the contiguous CPU data of `t`.
-fn with_data<T: Real, R>(
+/// Runs `f` on the contiguous CPU data of each of `ts` (all of element type `T`).
+fn with_data<T: Real, R, const N: usize>(
     op: &str,
-    t: &Tensor,
-    f: impl FnOnce(&[T]) -> R,
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[T]; N]) -> R,
 ) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (st, l) = t.storage_and_layout();
-    match &*st {
-        Storage::Cpu(c) => Ok(f(contiguous::<T>(op, c, l)?)),
-        _ => Err(err(op, "CPU tensors only")),
+    let ts = ts
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(N);
+    for (st, l) in &guards {
+        match &**st {
+            Storage::Cpu(c) => slices.push(contiguous::<T>(op, c, l)?),
+            _ => return Err(err(op, "CPU tensors only")),
+        }
     }
+    let Ok(slices) = <[&[T]; N]>::try_from(slices) else {
+        unreachable!("one slice per tensor")
+    };
+    Ok(f(slices))
 }
 
 fn tensor<T: Real>(v: Vec<T>, shape: &Shape, like: &Tensor) -> candle_core::Result<Tensor> {
@@ -380,11 +390,8 @@ impl CustomOp2 for RmsNorm {
             w: &Tensor,
             dy: &Tensor,
         ) -> candle_core::Result<(Tensor, Tensor)> {
-            let (dx, dw) = with_data::<T, _>(op.name(), x, |xs| {
-                with_data::<T, _>(op.name(), w, |ws| {
-                    with_data::<T, _>(op.name(), dy, |dys| op.bwd(xs, ws, dys))
-                })
-            })???;
+            let (dx, dw) =
+                with_data::<T, _, 3>(op.name(), [x, w, dy], |[xs, ws, dys]| op.bwd(xs, ws, dys))?;
             Ok((tensor(dx, x.shape(), x)?, tensor(dw, w.shape(), w)?))
         }
         let (dx, dw) = match x.dtype() {
@@ -535,11 +542,9 @@ impl CustomOp2 for Linear {
             let (out, inp) = w.dims2()?;
             let rows = x.elem_count() / inp.max(1);
             let need = (x.track_op(), w.track_op());
-            let (dx, dw) = with_data::<T, _>(n, x, |xs| {
-                with_data::<T, _>(n, w, |ws| {
-                    with_data::<T, _>(n, dy, |ds| Linear::bwd(xs, ws, ds, (rows, inp, out), need))
-                })
-            })???;
+            let (dx, dw) = with_data::<T, _, 3>(n, [x, w, dy], |[xs, ws, ds]| {
+                Linear::bwd(xs, ws, ds, (rows, inp, out), need)
+            })?;
             Ok((
                 dx.map(|v| tensor(v, x.shape(), x)).transpose()?,
                 dw.map(|v| tensor(v, w.shape(), w)).transpose()?,
@@ -695,13 +700,9 @@ impl CustomOp3 for GatedMlpIn {
         ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
             let n = op.name();
             let dims = GatedMlpIn::dims(x.dims(), wg.dims(), wu.dims())?;
-            let (dx, dwg, dwu) = with_data::<T, _>(n, x, |xs| {
-                with_data::<T, _>(n, wg, |gs| {
-                    with_data::<T, _>(n, wu, |us| {
-                        with_data::<T, _>(n, da, |ds| op.bwd(xs, gs, us, ds, dims))
-                    })
-                })
-            })?????;
+            let (dx, dwg, dwu) = with_data::<T, _, 4>(n, [x, wg, wu, da], |[xs, gs, us, ds]| {
+                op.bwd(xs, gs, us, ds, dims)
+            })??;
             Ok((
                 tensor(dx, x.shape(), x)?,
                 tensor(dwg, wg.shape(), wg)?,
@@ -807,9 +808,8 @@ impl CustomOp2 for SwiGlu {
             g: &Tensor,
         ) -> candle_core::Result<(Tensor, Tensor)> {
             let n = "metis-swiglu";
-            let (dg, du) = with_data::<T, _>(n, gate, |a| {
-                with_data::<T, _>(n, up, |b| with_data::<T, _>(n, g, |c| SwiGlu::bwd(a, b, c)))
-            })???;
+            let (dg, du) =
+                with_data::<T, _, 3>(n, [gate, up, g], |[a, b, c]| SwiGlu::bwd(a, b, c))?;
             Ok((tensor(dg, gate.shape(), gate)?, tensor(du, up.shape(), up)?))
         }
         let (dg, du) = match gate.dtype() {
@@ -1416,24 +1416,18 @@ impl CustomOp3 for Attention {
         ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
             let dm = op.dims(q.dims(), k.dims(), v.dims())?;
             let n = op.name();
-            let (dq, dk, dv) = with_data::<T, _>(n, q, |qs| {
-                with_data::<T, _>(n, k, |ks| {
-                    with_data::<T, _>(n, v, |vs| {
-                        with_data::<T, _>(n, dout, |ds| {
-                            let (qr, kr) = op.rotated(qs, ks, q.dims(), k.dims())?;
-                            let (dq, dk, dv) = op.bwd(dm, &qr, &kr, vs, ds);
-                            // Rope's backward is the inverse rotation.
-                            let inverse = Rope {
-                                tables: op.rope.clone(),
-                                inverse: true,
-                            };
-                            let dq = inverse.apply(&dq, q.dims())?;
-                            let dk = inverse.apply(&dk, k.dims())?;
-                            candle_core::Result::Ok((dq, dk, dv))
-                        })
-                    })
-                })
-            })?????;
+            let (dq, dk, dv) = with_data::<T, _, 4>(n, [q, k, v, dout], |[qs, ks, vs, ds]| {
+                let (qr, kr) = op.rotated(qs, ks, q.dims(), k.dims())?;
+                let (dq, dk, dv) = op.bwd(dm, &qr, &kr, vs, ds);
+                // Rope's backward is the inverse rotation.
+                let inverse = Rope {
+                    tables: op.rope.clone(),
+                    inverse: true,
+                };
+                let dq = inverse.apply(&dq, q.dims())?;
+                let dk = inverse.apply(&dk, k.dims())?;
+                candle_core::Result::Ok((dq, dk, dv))
+            })??;
             Ok((
                 tensor(dq, q.shape(), q)?,
                 tensor(dk, k.shape(), k)?,
@@ -1584,15 +1578,11 @@ impl CustomOp2 for TokenLogprobs {
         let t = targets.flatten_all()?.to_vec1::<u32>()?;
         let dl = match logits.dtype() {
             DType::F32 => {
-                let d = with_data::<f32, _>(n, logits, |l| {
-                    with_data::<f32, _>(n, g, |gs| self.bwd(l, &t, gs))
-                })??;
+                let d = with_data::<f32, _, 2>(n, [logits, g], |[l, gs]| self.bwd(l, &t, gs))?;
                 tensor(d, logits.shape(), logits)?
             }
             _ => {
-                let d = with_data::<f64, _>(n, logits, |l| {
-                    with_data::<f64, _>(n, g, |gs| self.bwd(l, &t, gs))
-                })??;
+                let d = with_data::<f64, _, 2>(n, [logits, g], |[l, gs]| self.bwd(l, &t, gs))?;
                 tensor(d, logits.shape(), logits)?
             }
         };
