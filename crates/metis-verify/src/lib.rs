@@ -17,6 +17,8 @@ pub mod cvss;
 pub mod cwe;
 pub mod extract;
 pub mod format;
+pub mod ifeval;
+pub mod math;
 pub mod mcq;
 pub mod reasoning;
 pub mod verifier;

@@ -1,0 +1,1 @@
+//! IFEval instruction checkers (placeholder: filled in by the IFEval work).

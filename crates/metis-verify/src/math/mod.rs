@@ -1,0 +1,1 @@
+//! Math answer extraction and equivalence (placeholder: filled in by the math work).
