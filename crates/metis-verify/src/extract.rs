@@ -198,6 +198,37 @@ pub fn last_nonempty_line(text: &str) -> Option<&str> {
     text.lines().map(str::trim).rev().find(|l| !l.is_empty())
 }
 
+/// The last-line protocol with its fallback chain. The last non-empty line decides when it
+/// holds an answer (proper format) or several different ones (ambiguous). When it holds none —
+/// real models often close with a remark after the answer ("CWE-79" then "This CWE entry
+/// covers …") — the last earlier line that is answer-shaped (`shaped`) and holds exactly one
+/// answer is taken, marked [`AnswerFormat::Lenient`]; the verdict says so in its reasons.
+/// Unlike FAITH's whole-text patterns, two different answers on that line are still ambiguous,
+/// and lines above it are never consulted.
+fn last_line_with_fallback<T>(
+    text: &str,
+    shaped: impl Fn(&str) -> bool,
+    on_line: impl Fn(&str) -> Extraction<T>,
+) -> Extraction<T> {
+    let mut lines = text.lines().map(str::trim).rev().filter(|l| !l.is_empty());
+    let Some(last) = lines.next() else {
+        return Extraction::invalid(InvalidReason::EmptyAnswer);
+    };
+    let first = on_line(last);
+    if first.reason() != Some(&InvalidReason::NoMatch) {
+        return first;
+    }
+    match lines.find(|l| shaped(l)).map(|l| on_line(l)) {
+        Some(Extraction::Valid { value, .. }) => Extraction::lenient(value),
+        Some(invalid @ Extraction::Invalid { .. })
+            if invalid.reason() != Some(&InvalidReason::NoMatch) =>
+        {
+            invalid
+        }
+        _ => first,
+    }
+}
+
 /// How several matches of one pattern are resolved (FAITH's `disambiguation`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Rule {
@@ -296,6 +327,23 @@ static MCQ_LEAD: LazyLock<Regex> = LazyLock::new(|| {
     .expect("regex")
 });
 
+/// The letters one line answers with.
+fn mcq_on_line(line: &str, spec: &ChoiceSpec) -> Extraction<LetterSet> {
+    // Prefer what follows the last "answer is"/"Answer:" lead; a line such as
+    // "C. This option is right" has a lead word inside its prose, so fall back to the
+    // whole line.
+    let after_lead = MCQ_LEAD.find_iter(line).last().map(|m| &line[m.end()..]);
+    let parsed = match after_lead {
+        Some(segment) => parse_letter_list(segment, spec)
+            .or_else(|e| parse_letter_list(line, spec).map_err(|_| e)),
+        None => parse_letter_list(line, spec),
+    };
+    match parsed {
+        Ok(set) => Extraction::proper(set),
+        Err(r) => Extraction::invalid(r),
+    }
+}
+
 /// Extracts option letters from the answer part of a multiple-choice response.
 pub fn mcq(answer: &str, protocol: Protocol, spec: &ChoiceSpec) -> Extraction<LetterSet> {
     if let Some(r) = empty_check(answer) {
@@ -303,23 +351,11 @@ pub fn mcq(answer: &str, protocol: Protocol, spec: &ChoiceSpec) -> Extraction<Le
     }
     let extraction = match protocol {
         Protocol::LastLine => {
-            let text = normalize(answer);
-            let Some(line) = last_nonempty_line(&text) else {
-                return Extraction::invalid(InvalidReason::EmptyAnswer);
-            };
-            // Prefer what follows the last "answer is"/"Answer:" lead; a line such as
-            // "C. This option is right" has a lead word inside its prose, so fall back to the
-            // whole line.
-            let after_lead = MCQ_LEAD.find_iter(line).last().map(|m| &line[m.end()..]);
-            let parsed = match after_lead {
-                Some(segment) => parse_letter_list(segment, spec)
-                    .or_else(|e| parse_letter_list(line, spec).map_err(|_| e)),
-                None => parse_letter_list(line, spec),
-            };
-            match parsed {
-                Ok(set) => Extraction::proper(set),
-                Err(r) => Extraction::invalid(r),
-            }
+            // An earlier line counts only when it announces its letter ("Answer: B"): prose
+            // lines are full of single capitals ("A vector …").
+            let shaped =
+                |line: &str| MCQ_PROPER_ABCD.is_match(line) || MCQ_ANSWER_IS.is_match(line);
+            last_line_with_fallback(&normalize(answer), shaped, |line| mcq_on_line(line, spec))
         }
         Protocol::Faith | Protocol::FaithStrict => {
             let text = match protocol {
@@ -479,31 +515,30 @@ static CWE_PROPER_STRICT: LazyLock<Regex> =
 static CWE_LENIENT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)\b(?:cwe|id):\s+(\d+)\b").expect("regex"));
 
+/// The one CWE id a line answers with.
+fn cwe_on_line(line: &str) -> Extraction<CweId> {
+    let mut ids: Vec<CweId> = Vec::new();
+    for (id, _) in find_cwe_ids(line) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    match ids.len() {
+        0 => Extraction::invalid(InvalidReason::NoMatch),
+        1 => Extraction::proper(ids[0]),
+        _ => Extraction::invalid(InvalidReason::Ambiguous {
+            candidates: ids.iter().map(ToString::to_string).collect(),
+        }),
+    }
+}
+
 /// Extracts a CWE id from the answer part of a CVE→CWE response.
 pub fn cwe(answer: &str, protocol: Protocol) -> Extraction<CweId> {
     if let Some(r) = empty_check(answer) {
         return Extraction::invalid(r);
     }
     match protocol {
-        Protocol::LastLine => {
-            let text = normalize(answer);
-            let Some(line) = last_nonempty_line(&text) else {
-                return Extraction::invalid(InvalidReason::EmptyAnswer);
-            };
-            let mut ids: Vec<CweId> = Vec::new();
-            for (id, _) in find_cwe_ids(line) {
-                if !ids.contains(&id) {
-                    ids.push(id);
-                }
-            }
-            match ids.len() {
-                0 => Extraction::invalid(InvalidReason::NoMatch),
-                1 => Extraction::proper(ids[0]),
-                _ => Extraction::invalid(InvalidReason::Ambiguous {
-                    candidates: ids.iter().map(ToString::to_string).collect(),
-                }),
-            }
-        }
+        Protocol::LastLine => last_line_with_fallback(&normalize(answer), |_| true, cwe_on_line),
         Protocol::Faith | Protocol::FaithStrict => {
             let text = match protocol {
                 Protocol::Faith => normalize(answer),
@@ -539,6 +574,24 @@ static CVSS_PROPER: LazyLock<Regex> =
 static CVSS_LENIENT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)((?:/\w+:\w+){2,})\b").expect("regex"));
 
+/// The one vector-shaped candidate a line answers with.
+fn cvss_on_line(line: &str) -> Extraction<String> {
+    let mut found: Vec<String> = Vec::new();
+    for m in CVSS_CANDIDATE.find_iter(line) {
+        // Case is kept: CVSS v2 has a mixed-case metric (`Au`); the parser folds an
+        // all-lowercase vector itself.
+        let v = m.as_str().to_owned();
+        if !found.contains(&v) {
+            found.push(v);
+        }
+    }
+    match found.len() {
+        0 => Extraction::invalid(InvalidReason::NoMatch),
+        1 => Extraction::proper(found.remove(0)),
+        _ => Extraction::invalid(InvalidReason::Ambiguous { candidates: found }),
+    }
+}
+
 /// Extracts and validates a CVSS vector. A vector written without its `CVSS:x.y/` prefix is
 /// read as `default_version` (the version the benchmark asks for).
 pub fn cvss(
@@ -550,26 +603,7 @@ pub fn cvss(
         return Extraction::invalid(r);
     }
     let candidate: Extraction<String> = match protocol {
-        Protocol::LastLine => {
-            let text = normalize(answer);
-            let Some(line) = last_nonempty_line(&text) else {
-                return Extraction::invalid(InvalidReason::EmptyAnswer);
-            };
-            let mut found: Vec<String> = Vec::new();
-            for m in CVSS_CANDIDATE.find_iter(line) {
-                // Case is kept: CVSS v2 has a mixed-case metric (`Au`); the parser folds an
-                // all-lowercase vector itself.
-                let v = m.as_str().to_owned();
-                if !found.contains(&v) {
-                    found.push(v);
-                }
-            }
-            match found.len() {
-                0 => Extraction::invalid(InvalidReason::NoMatch),
-                1 => Extraction::proper(found.remove(0)),
-                _ => Extraction::invalid(InvalidReason::Ambiguous { candidates: found }),
-            }
-        }
+        Protocol::LastLine => last_line_with_fallback(&normalize(answer), |_| true, cvss_on_line),
         Protocol::Faith | Protocol::FaithStrict => {
             let strict = protocol == Protocol::FaithStrict;
             let text = if strict {
@@ -656,18 +690,18 @@ pub fn attack(answer: &str, protocol: Protocol) -> Extraction<TechniqueSet> {
         return Extraction::invalid(r);
     }
     match protocol {
-        Protocol::LastLine => {
-            let text = normalize(answer);
-            let Some(line) = last_nonempty_line(&text) else {
-                return Extraction::invalid(InvalidReason::EmptyAnswer);
-            };
-            let set = ids_in(line);
-            if set.0.is_empty() {
-                Extraction::invalid(InvalidReason::NoMatch)
-            } else {
-                Extraction::proper(set)
-            }
-        }
+        Protocol::LastLine => last_line_with_fallback(
+            &normalize(answer),
+            |_| true,
+            |line| {
+                let set = ids_in(line);
+                if set.0.is_empty() {
+                    Extraction::invalid(InvalidReason::NoMatch)
+                } else {
+                    Extraction::proper(set)
+                }
+            },
+        ),
         Protocol::Faith => {
             let text = normalize(answer);
             match apply_pattern(&ATTACK_ANSWER_LINE, Rule::Unique, &text, |rest| {
@@ -720,6 +754,40 @@ mod tests {
     }
 
     #[test]
+    fn last_line_falls_back_to_the_last_answer_line_as_lenient() {
+        let p = Protocol::LastLine;
+        let cwe_ex = cwe(
+            "Analysis.\nCWE-79\nThis CWE entry covers cross-site scripting.",
+            p,
+        );
+        assert_eq!(
+            cwe_ex.value().map(ToString::to_string).as_deref(),
+            Some("CWE-79")
+        );
+        assert_eq!(cwe_ex.format(), Some(AnswerFormat::Lenient));
+        assert_eq!(cwe("CWE-79", p).format(), Some(AnswerFormat::Proper));
+        // Two ids on the fallback line stay ambiguous; a last line with two stays ambiguous too.
+        assert!(matches!(
+            cwe("CWE-79 or CWE-80\nHard to say.", p).reason(),
+            Some(InvalidReason::Ambiguous { .. })
+        ));
+        let v = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H";
+        let cv = cvss(
+            &format!("{v}\nThis vector indicates a critical issue."),
+            p,
+            cvss::Version::V3_1,
+        );
+        assert_eq!(cv.format(), Some(AnswerFormat::Lenient));
+        let at = attack("Answer: T1059, T1071\nThese cover execution and C2.", p);
+        assert_eq!(at.format(), Some(AnswerFormat::Lenient));
+        assert_eq!(at.value().map(|s| s.0.len()), Some(2));
+        assert_eq!(
+            cwe("No id anywhere.\nStill none.", p).reason(),
+            Some(&InvalidReason::NoMatch)
+        );
+    }
+
+    #[test]
     fn last_line_mcq_formats() {
         let p = Protocol::LastLine;
         for (text, want) in [
@@ -739,11 +807,20 @@ mod tests {
             ("A buffer overflow", None),
             ("Answer: E", None),
             ("Answer: A, C", None),
-            ("Answer: B\n\nI hope this helps!", None),
+            // The fallback chain (issue 12): an announced answer above a closing remark is
+            // taken, as lenient (checked below).
+            ("Answer: B\n\nI hope this helps!", Some("B")),
+            ("B is tempting.\nI am not sure.", None),
             ("", None),
         ] {
             assert_eq!(letters(text, p).as_deref(), want, "{text:?}");
         }
+        let closing = mcq(
+            "Answer: B\n\nI hope this helps!",
+            p,
+            &ChoiceSpec::SINGLE_ABCD,
+        );
+        assert_eq!(closing.format(), Some(AnswerFormat::Lenient));
         let amb = mcq("Answer: A, C", p, &ChoiceSpec::SINGLE_ABCD);
         assert!(matches!(
             amb.reason(),

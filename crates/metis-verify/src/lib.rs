@@ -21,8 +21,10 @@ pub mod ifeval;
 pub mod math;
 pub mod mcq;
 pub mod reasoning;
+pub mod spec;
 pub mod verifier;
 
 pub use extract::{AnswerFormat, Extraction, InvalidReason, Protocol};
 pub use reasoning::{Delimiters, ThinkStatus};
+pub use spec::{RewardShape, SpecError, VerifierFactory, VerifierSpec};
 pub use verifier::{Gold, GoldError, Task, Verdict, Verifier, VerifyOptions};

@@ -16,6 +16,7 @@ use crate::attack::{self, AttackCatalog, SetMatchOptions};
 use crate::cvss::{self, Vector};
 use crate::cwe::{CweCatalog, CweId};
 use crate::extract::{self, AnswerFormat, Extraction, InvalidReason, Protocol, TechniqueSet};
+use crate::ifeval::IfEvalGold;
 use crate::mcq::{ChoiceSpec, LetterSet};
 use crate::reasoning::{split, Delimiters, ThinkStatus};
 
@@ -31,10 +32,21 @@ pub enum Task {
     Cvss,
     /// Text → set of ATT&CK technique ids.
     Attack,
+    /// Instruction following (IFEval's 25 verifiable instruction kinds).
+    Ifeval,
+    /// A math problem's final answer (GSM8K, MATH), compared by equivalence.
+    Math,
 }
 
 impl Task {
-    pub const ALL: [Task; 4] = [Task::Mcq, Task::Cwe, Task::Cvss, Task::Attack];
+    pub const ALL: [Task; 6] = [
+        Task::Mcq,
+        Task::Cwe,
+        Task::Cvss,
+        Task::Attack,
+        Task::Ifeval,
+        Task::Math,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -42,6 +54,8 @@ impl Task {
             Task::Cwe => "cwe",
             Task::Cvss => "cvss",
             Task::Attack => "attack",
+            Task::Ifeval => "ifeval",
+            Task::Math => "math",
         }
     }
 }
@@ -69,12 +83,16 @@ pub enum Gold {
     Cwe(CweId),
     Cvss(Vector),
     Techniques(TechniqueSet),
+    /// The instructions an IFEval response must follow.
+    Instructions(IfEvalGold),
+    /// A math answer as written (LaTeX or plain), trimmed.
+    Math(String),
 }
 
 /// A gold answer that cannot be used: a dataset problem, reported, never scored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GoldError {
-    #[error("unknown task {0:?} (expected one of mcq, cwe, cvss, attack)")]
+    #[error("unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math)")]
     UnknownTask(String),
     #[error("bad gold answer for {task}: {detail}")]
     Bad { task: Task, detail: String },
@@ -134,6 +152,11 @@ impl Verdict {
         };
         if let Some(r) = extraction.reason() {
             v.reasons.push(format!("invalid answer: {r}"));
+        }
+        if extraction.format() == Some(AnswerFormat::Lenient) {
+            v.reasons.push(
+                "lenient: the answer is not where the format asks (found by a fallback)".to_owned(),
+            );
         }
         v.metric("valid", f64::from(u8::from(extraction.is_valid())));
         v.metric(
@@ -227,6 +250,9 @@ fn wrong_kind(task: Task, think: ThinkStatus) -> Verdict {
     v.reasons.push(GoldError::WrongKind { task }.to_string());
     v
 }
+
+mod general;
+pub use general::{IfEvalVerifier, MathVerifier};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -478,7 +504,9 @@ impl Verifier for AttackVerifier {
 /// Benchmark metrics over the verdicts of one trial: the mean of every item metric over the
 /// verdicts that report it, the mean `score`, `invalid_rate` (1 − mean `valid`), and where the
 /// items carry them, pooled `micro_precision`/`micro_recall`/`micro_f1` (from `tp`/`fp`/`fn`)
-/// and `mad` (the mean of `abs_error`).
+/// `mad` (the mean of `abs_error`), and IFEval's instruction-level accuracies
+/// `inst_level_strict_acc`/`inst_level_loose_acc` (followed instructions over all instructions,
+/// pooled across items).
 pub fn aggregate(verdicts: &[Verdict]) -> BTreeMap<String, f64> {
     let mut sums: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
     for v in verdicts {
@@ -490,7 +518,18 @@ pub fn aggregate(verdicts: &[Verdict]) -> BTreeMap<String, f64> {
     }
     let mut out: BTreeMap<String, f64> = sums
         .iter()
-        .filter(|(k, _)| !matches!(**k, "tp" | "fp" | "fn" | "abs_error" | "valid"))
+        .filter(|(k, _)| {
+            !matches!(
+                **k,
+                "tp" | "fp"
+                    | "fn"
+                    | "abs_error"
+                    | "valid"
+                    | "inst_strict_followed"
+                    | "inst_loose_followed"
+                    | "inst_total"
+            )
+        })
         .map(|(k, (s, n))| ((*k).to_owned(), s / *n as f64))
         .collect();
     if !verdicts.is_empty() {
@@ -504,6 +543,15 @@ pub fn aggregate(verdicts: &[Verdict]) -> BTreeMap<String, f64> {
     }
     if let Some((s, n)) = sums.get("abs_error") {
         out.insert("mad".to_owned(), s / *n as f64);
+    }
+    if let Some((total, _)) = sums.get("inst_total").filter(|(t, _)| *t > 0.0) {
+        for (followed, name) in [
+            ("inst_strict_followed", "inst_level_strict_acc"),
+            ("inst_loose_followed", "inst_level_loose_acc"),
+        ] {
+            let (k, _) = sums.get(followed).copied().unwrap_or_default();
+            out.insert(name.to_owned(), k / total);
+        }
     }
     if sums.contains_key("tp") {
         let counts: Vec<attack::SetCounts> = verdicts
@@ -522,28 +570,19 @@ pub fn aggregate(verdicts: &[Verdict]) -> BTreeMap<String, f64> {
     out
 }
 
-/// Builds the verifier for `task` with default task settings (four single-answer options,
-/// CVSS v3.1, no catalogs).
+/// The verifier for `task` with every option at its default (see
+/// [`VerifierSpec::resolved`](crate::spec::VerifierSpec::resolved)) and no data catalogs, built
+/// by the one [`VerifierFactory`](crate::spec::VerifierFactory).
 pub fn default_verifier(task: Task, options: VerifyOptions) -> Box<dyn Verifier> {
-    match task {
-        Task::Mcq => Box::new(McqVerifier {
-            options,
-            spec: ChoiceSpec::SINGLE_ABCD,
-        }),
-        Task::Cwe => Box::new(CweVerifier {
-            options,
-            catalog: None,
-        }),
-        Task::Cvss => Box::new(CvssVerifier {
-            options,
-            version: cvss::Version::V3_1,
-        }),
-        Task::Attack => Box::new(AttackVerifier {
-            options,
-            catalog: None,
-            set_options: SetMatchOptions::default(),
-        }),
-    }
+    let spec = crate::spec::VerifierSpec {
+        task: Some(task),
+        protocol: Some(options.protocol),
+        ..Default::default()
+    };
+    crate::spec::VerifierFactory::new(None)
+        .with_delimiters(options.delimiters)
+        .build_boxed(&spec)
+        .expect("a task's default spec always builds without a data directory")
 }
 
 #[cfg(test)]

@@ -1,0 +1,671 @@
+//! The one description of "how to grade this item", and the one place it becomes a verifier.
+//!
+//! A [`VerifierSpec`] is plain data (serialisable, hashable): the task, the extraction
+//! protocol, the reward shape and the task's options (MCQ option count, CVSS version, ATT&CK
+//! sub-technique credit and catalog, CWE hierarchy credit, IFEval mode, math extraction).
+//! Benchmarks declare one per item, GRPO prompt files carry one per record (a benchmark's
+//! exported prompts carry the benchmark's), and `metis score` builds one from its flags.
+//!
+//! [`VerifierFactory::build`] is the only code that turns a spec into a [`Verifier`]. It loads
+//! the data catalogs a spec names (CWE weaknesses, ATT&CK techniques) from the data directory
+//! once, shares one verifier between equal specs, and records which catalogs it used and what
+//! it could not find, so that an evaluation score and an RL reward for the same item are
+//! computed by the same code with the same data.
+//!
+//! Defaults live here and only here ([`VerifierSpec::resolved`]): a record that says only
+//! `"task": "attack"` is graded exactly like a CTIBench-ATE item.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::attack::{AttackCatalog, Domain, SetMatchOptions};
+use crate::cvss;
+use crate::cwe::CweCatalog;
+use crate::extract::Protocol;
+use crate::mcq::ChoiceSpec;
+use crate::reasoning::Delimiters;
+use crate::verifier::{
+    AttackVerifier, CvssVerifier, CweVerifier, IfEvalVerifier, MathVerifier, McqVerifier, Task,
+    Verifier, VerifyOptions,
+};
+
+/// Which view of a verdict is the RL reward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardShape {
+    /// 1 when the answer is correct, else 0 (RLVR's binary reward).
+    #[default]
+    Binary,
+    /// The graded score in [0, 1] (CVSS `1 − |Δbase|/10`, ATT&CK F1, IFEval fraction followed).
+    Graded,
+}
+
+impl FromStr for RewardShape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "binary" | "correct" => Ok(Self::Binary),
+            "graded" | "score" => Ok(Self::Graded),
+            other => Err(format!(
+                "unknown reward kind {other:?} (expected binary or graded)"
+            )),
+        }
+    }
+}
+
+/// IFEval's two ways of deciding whether an instruction was followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IfEvalMode {
+    /// The checker must pass on the response as written.
+    #[default]
+    Strict,
+    /// Some of the eight variants (markup removed, first/last line dropped) passes.
+    Loose,
+}
+
+impl FromStr for IfEvalMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strict" => Ok(Self::Strict),
+            "loose" => Ok(Self::Loose),
+            other => Err(format!(
+                "unknown IFEval mode {other:?} (expected strict or loose)"
+            )),
+        }
+    }
+}
+
+/// Which extraction decides a math item's `correct`. Every math verdict reports all of them as
+/// metrics; this picks the one that is the accuracy and the reward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MathExtraction {
+    /// A reasoning model's final answer (`\boxed{}`, "final answer is", "The answer is",
+    /// `####`, last line), compared by mathematical equivalence.
+    #[default]
+    Reasoning,
+    /// lm-eval `gsm8k` strict-match: the first `#### N`, string exact match.
+    Gsm8kStrict,
+    /// lm-eval `gsm8k_cot` strict-match: the first "The answer is N." (upstream regex,
+    /// unescaped final dot included), string exact match.
+    Gsm8kCotStrict,
+    /// lm-eval flexible-extract: the last number anywhere, string exact match.
+    Gsm8kFlexible,
+    /// lm-eval Minerva: "Final Answer: The final answer is X. I hope it is correct.",
+    /// normalised, compared by equivalence.
+    Minerva,
+}
+
+impl FromStr for MathExtraction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let all = [
+            Self::Reasoning,
+            Self::Gsm8kStrict,
+            Self::Gsm8kCotStrict,
+            Self::Gsm8kFlexible,
+            Self::Minerva,
+        ];
+        all.into_iter()
+            .find(|m| m.name() == s || m.name().replace('-', "_") == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown math extraction {s:?} (expected {})",
+                    all.map(Self::name).join(", ")
+                )
+            })
+    }
+}
+
+impl MathExtraction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reasoning => "reasoning",
+            Self::Gsm8kStrict => "gsm8k-strict",
+            Self::Gsm8kCotStrict => "gsm8k-cot-strict",
+            Self::Gsm8kFlexible => "gsm8k-flexible",
+            Self::Minerva => "minerva",
+        }
+    }
+}
+
+/// An ATT&CK technique catalog: a domain and a release, e.g. `enterprise-v15.1`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttackCatalogRef {
+    pub domain: Domain,
+    pub version: String,
+}
+
+impl AttackCatalogRef {
+    /// The release CTIBench-ATE was built on.
+    pub const DEFAULT_VERSION: &'static str = "v15.1";
+
+    pub fn new(domain: Domain, version: impl Into<String>) -> Self {
+        Self {
+            domain,
+            version: version.into(),
+        }
+    }
+
+    /// The two catalog files, relative to the data directory.
+    pub fn files(&self) -> [String; 2] {
+        let stem = format!("attack/{}-attack-{}", self.domain.as_str(), self.version);
+        [
+            format!("{stem}-techniques.tsv"),
+            format!("{stem}-revoked-map.tsv"),
+        ]
+    }
+}
+
+impl fmt::Display for AttackCatalogRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.domain.as_str(), self.version)
+    }
+}
+
+impl FromStr for AttackCatalogRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("ATT&CK catalog {s:?} is not DOMAIN-VERSION (e.g. enterprise-v15.1)");
+        let (domain, version) = s.split_once('-').ok_or_else(bad)?;
+        let domain = match domain.to_ascii_lowercase().as_str() {
+            "enterprise" => Domain::Enterprise,
+            "mobile" => Domain::Mobile,
+            _ => return Err(bad()),
+        };
+        if version.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self::new(domain, version))
+    }
+}
+
+impl Serialize for AttackCatalogRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AttackCatalogRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// How to grade one item. Absent options take the task's defaults ([`VerifierSpec::resolved`]);
+/// an option of another task is an error ([`VerifierSpec::validate`]).
+///
+/// In JSON (a GRPO record's `verifier` object, a benchmark export, `metis score --spec`):
+/// `{"task": "attack", "protocol": "last_line", "reward": "binary", "credit_parent": true,
+/// "attack_catalog": "enterprise-v15.1"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierSpec {
+    /// The verifier. Optional in JSON only where the task is given next to the spec (a GRPO
+    /// record's `task` field); [`VerifierSpec::validate`] requires it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
+    /// Answer extraction for the letter/id/vector tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// The reward shape (GRPO); evaluation reports every metric regardless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<RewardShape>,
+    /// mcq: number of options (4 = A–D).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<u8>,
+    /// mcq: several letters may be correct together (exact-set match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi: Option<bool>,
+    /// cvss: the version an unprefixed vector is read as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cvss_version: Option<String>,
+    /// cwe: give hierarchy credit from the CWE catalog of the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwe_hierarchy: Option<bool>,
+    /// attack: a predicted sub-technique counts as its parent (CTIBench-ATE golds are
+    /// parent-level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_parent: Option<bool>,
+    /// attack: the technique catalog that maps revoked ids to their replacements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack_catalog: Option<AttackCatalogRef>,
+    /// ifeval: the mode that decides `correct` and the reward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifeval_mode: Option<IfEvalMode>,
+    /// math: the extraction that decides `correct` and the reward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub math_extraction: Option<MathExtraction>,
+}
+
+/// A spec that cannot be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("verifier spec has no task")]
+    NoTask,
+    #[error("verifier field {field:?} applies to {applies_to} only, not {task}")]
+    WrongTask {
+        field: &'static str,
+        applies_to: Task,
+        task: Task,
+    },
+    #[error("verifier field {field:?}: {detail}")]
+    BadValue { field: &'static str, detail: String },
+    #[error("catalog {path}: {detail}")]
+    Catalog { path: String, detail: String },
+}
+
+impl VerifierSpec {
+    /// The spec of `task` with every option at its default.
+    pub fn for_task(task: Task) -> Self {
+        Self {
+            task: Some(task),
+            ..Self::default()
+        }
+        .resolved()
+    }
+
+    /// The task; an error when absent.
+    pub fn task(&self) -> Result<Task, SpecError> {
+        self.task.ok_or(SpecError::NoTask)
+    }
+
+    /// Checks that every option set belongs to the task and has a usable value.
+    pub fn validate(&self) -> Result<Task, SpecError> {
+        let task = self.task()?;
+        let only = |field: &'static str, set: bool, applies_to: Task| {
+            if set && task != applies_to {
+                Err(SpecError::WrongTask {
+                    field,
+                    applies_to,
+                    task,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        only("choices", self.choices.is_some(), Task::Mcq)?;
+        only("multi", self.multi.is_some(), Task::Mcq)?;
+        only("cvss_version", self.cvss_version.is_some(), Task::Cvss)?;
+        only("cwe_hierarchy", self.cwe_hierarchy.is_some(), Task::Cwe)?;
+        only("credit_parent", self.credit_parent.is_some(), Task::Attack)?;
+        only(
+            "attack_catalog",
+            self.attack_catalog.is_some(),
+            Task::Attack,
+        )?;
+        only("ifeval_mode", self.ifeval_mode.is_some(), Task::Ifeval)?;
+        only(
+            "math_extraction",
+            self.math_extraction.is_some(),
+            Task::Math,
+        )?;
+        if let Some(n) = self.choices {
+            if !(2..=26).contains(&n) {
+                return Err(SpecError::BadValue {
+                    field: "choices",
+                    detail: format!("must be between 2 and 26, got {n}"),
+                });
+            }
+        }
+        if let Some(v) = &self.cvss_version {
+            v.parse::<cvss::Version>()
+                .map_err(|_| SpecError::BadValue {
+                    field: "cvss_version",
+                    detail: format!("{v:?}: expected 2.0, 3.0, 3.1 or 4.0"),
+                })?;
+        }
+        Ok(task)
+    }
+
+    /// The same spec with every option of its task filled in with the default. This is the
+    /// one home of the defaults: a record, a benchmark and `metis score` all go through it.
+    pub fn resolved(&self) -> Self {
+        let mut s = self.clone();
+        s.protocol.get_or_insert(Protocol::default());
+        s.reward.get_or_insert(RewardShape::default());
+        match s.task {
+            Some(Task::Mcq) => {
+                s.choices.get_or_insert(ChoiceSpec::SINGLE_ABCD.options);
+                s.multi.get_or_insert(false);
+            }
+            Some(Task::Cvss) => {
+                s.cvss_version
+                    .get_or_insert_with(|| cvss::Version::V3_1.to_string());
+            }
+            Some(Task::Cwe) => {
+                s.cwe_hierarchy.get_or_insert(true);
+            }
+            Some(Task::Attack) => {
+                s.credit_parent.get_or_insert(true);
+                s.attack_catalog.get_or_insert_with(|| {
+                    AttackCatalogRef::new(Domain::Enterprise, AttackCatalogRef::DEFAULT_VERSION)
+                });
+            }
+            Some(Task::Ifeval) => {
+                s.ifeval_mode.get_or_insert(IfEvalMode::default());
+            }
+            Some(Task::Math) => {
+                s.math_extraction.get_or_insert(MathExtraction::default());
+            }
+            None => {}
+        }
+        s
+    }
+
+    /// `self` with the fields set in `over` replaced (a record's own `verifier` object over
+    /// its benchmark's or the run's defaults).
+    pub fn overridden_by(&self, over: &VerifierSpec) -> Self {
+        macro_rules! pick {
+            ($($f:ident),*) => { Self { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* } };
+        }
+        pick!(
+            task,
+            protocol,
+            reward,
+            choices,
+            multi,
+            cvss_version,
+            cwe_hierarchy,
+            credit_parent,
+            attack_catalog,
+            ifeval_mode,
+            math_extraction
+        )
+    }
+}
+
+/// The CWE weakness table used for hierarchy credit, relative to the data directory.
+pub const CWE_CATALOG_FILE: &str = "cwe/cwe-weaknesses.tsv";
+
+/// Builds verifiers from specs: the only place a spec becomes a [`Verifier`].
+///
+/// Catalogs come from `data_dir` (laid out like `shared/data`) and are loaded once. A spec
+/// that asks for a catalog the data directory lacks is graded without it, and the factory
+/// says so in [`VerifierFactory::notes`]; a catalog that exists but cannot be read is an error.
+pub struct VerifierFactory {
+    data_dir: Option<PathBuf>,
+    delimiters: Delimiters,
+    cwe: Option<Option<Arc<CweCatalog>>>,
+    attack: HashMap<AttackCatalogRef, Option<Arc<AttackCatalog>>>,
+    built: HashMap<VerifierSpec, Arc<dyn Verifier>>,
+    catalogs_used: BTreeSet<String>,
+    notes: Vec<String>,
+}
+
+impl fmt::Debug for VerifierFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifierFactory")
+            .field("data_dir", &self.data_dir)
+            .field("catalogs_used", &self.catalogs_used)
+            .field("notes", &self.notes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifierFactory {
+    /// A factory reading catalogs from `data_dir` (none: every catalog is absent).
+    pub fn new(data_dir: Option<&Path>) -> Self {
+        Self {
+            data_dir: data_dir.map(Path::to_owned),
+            delimiters: Delimiters::default(),
+            cwe: None,
+            attack: HashMap::new(),
+            built: HashMap::new(),
+            catalogs_used: BTreeSet::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Reasoning delimiters of the model being graded (a property of the model's template,
+    /// not of the item).
+    pub fn with_delimiters(mut self, delimiters: Delimiters) -> Self {
+        self.delimiters = delimiters;
+        self.built.clear();
+        self
+    }
+
+    /// The catalog files used so far, relative to the data directory.
+    pub fn catalogs_used(&self) -> &BTreeSet<String> {
+        &self.catalogs_used
+    }
+
+    /// The data directory catalogs are read from.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
+    /// What the factory did beyond building (catalogs loaded or missing), once each.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The verifier for `spec` (validated, defaults resolved); equal specs share one.
+    pub fn build(&mut self, spec: &VerifierSpec) -> Result<Arc<dyn Verifier>, SpecError> {
+        let resolved = spec.resolved();
+        if let Some(v) = self.built.get(&resolved) {
+            return Ok(Arc::clone(v));
+        }
+        let verifier: Arc<dyn Verifier> = Arc::from(self.build_boxed(spec)?);
+        self.built.insert(resolved, Arc::clone(&verifier));
+        Ok(verifier)
+    }
+
+    /// [`VerifierFactory::build`] for a caller that owns its verifier (not shared).
+    pub fn build_boxed(&mut self, spec: &VerifierSpec) -> Result<Box<dyn Verifier>, SpecError> {
+        let task = spec.validate()?;
+        let spec = spec.resolved();
+        let options = VerifyOptions {
+            protocol: spec.protocol.unwrap_or_default(),
+            delimiters: self.delimiters.clone(),
+        };
+        Ok(match task {
+            Task::Mcq => Box::new(McqVerifier {
+                options,
+                spec: ChoiceSpec {
+                    options: spec.choices.unwrap_or(ChoiceSpec::SINGLE_ABCD.options),
+                    multi: spec.multi.unwrap_or(false),
+                },
+            }),
+            Task::Cwe => Box::new(CweVerifier {
+                options,
+                catalog: if spec.cwe_hierarchy == Some(true) {
+                    self.cwe_catalog()?
+                } else {
+                    None
+                },
+            }),
+            Task::Cvss => Box::new(CvssVerifier {
+                options,
+                version: spec
+                    .cvss_version
+                    .as_deref()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(cvss::Version::V3_1),
+            }),
+            Task::Attack => Box::new(AttackVerifier {
+                options,
+                catalog: match &spec.attack_catalog {
+                    Some(r) => self.attack_catalog(r)?,
+                    None => None,
+                },
+                set_options: SetMatchOptions {
+                    credit_parent_for_sub: spec.credit_parent == Some(true),
+                },
+            }),
+            Task::Ifeval => Box::new(IfEvalVerifier {
+                options,
+                mode: spec.ifeval_mode.unwrap_or_default(),
+            }),
+            Task::Math => Box::new(MathVerifier {
+                options,
+                extraction: spec.math_extraction.unwrap_or_default(),
+            }),
+        })
+    }
+
+    fn cwe_catalog(&mut self) -> Result<Option<Arc<CweCatalog>>, SpecError> {
+        if let Some(c) = &self.cwe {
+            return Ok(c.clone());
+        }
+        let loaded = match self.present(&[CWE_CATALOG_FILE.to_owned()]) {
+            Some(dir) => {
+                let catalog = CweCatalog::from_data_dir(&dir).map_err(|e| SpecError::Catalog {
+                    path: dir.join(CWE_CATALOG_FILE).display().to_string(),
+                    detail: e.to_string(),
+                })?;
+                self.notes.push(format!(
+                    "CWE catalog {CWE_CATALOG_FILE} ({} weaknesses) gives hierarchy credit",
+                    catalog.len()
+                ));
+                Some(Arc::new(catalog))
+            }
+            None => {
+                self.notes.push(format!(
+                    "no CWE catalog at {}: exact-id grading only, no hierarchy_accuracy",
+                    self.shown(CWE_CATALOG_FILE)
+                ));
+                None
+            }
+        };
+        self.cwe = Some(loaded.clone());
+        Ok(loaded)
+    }
+
+    fn attack_catalog(
+        &mut self,
+        which: &AttackCatalogRef,
+    ) -> Result<Option<Arc<AttackCatalog>>, SpecError> {
+        if let Some(c) = self.attack.get(which) {
+            return Ok(c.clone());
+        }
+        let files = which.files();
+        let loaded = match self.present(&files) {
+            Some(dir) => {
+                let catalog = AttackCatalog::from_data_dir(&dir, which.domain, &which.version)
+                    .map_err(|e| SpecError::Catalog {
+                        path: dir.join(&files[0]).display().to_string(),
+                        detail: e.to_string(),
+                    })?;
+                self.notes.push(format!(
+                    "ATT&CK {} {} catalog ({} techniques) maps revoked ids",
+                    which.domain,
+                    which.version,
+                    catalog.len()
+                ));
+                Some(Arc::new(catalog))
+            }
+            None => {
+                self.notes.push(format!(
+                    "no ATT&CK {} {} catalog at {}: ids compared as written",
+                    which.domain,
+                    which.version,
+                    self.shown(&files[0])
+                ));
+                None
+            }
+        };
+        self.attack.insert(which.clone(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// The data directory when it holds every one of `files` (recorded as used).
+    fn present(&mut self, files: &[String]) -> Option<PathBuf> {
+        let dir = self.data_dir.clone()?;
+        if !files.iter().all(|f| dir.join(f).exists()) {
+            return None;
+        }
+        self.catalogs_used.extend(files.iter().cloned());
+        Some(dir)
+    }
+
+    fn shown(&self, file: &str) -> String {
+        match &self.data_dir {
+            Some(d) => d.join(file).display().to_string(),
+            None => format!("{file} (no data directory given)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_and_unknown_fields() {
+        let spec: VerifierSpec = serde_json::from_str(
+            r#"{"task":"attack","credit_parent":false,"attack_catalog":"mobile-v15.1"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.task, Some(Task::Attack));
+        assert_eq!(
+            spec.attack_catalog,
+            Some(AttackCatalogRef::new(Domain::Mobile, "v15.1"))
+        );
+        let back: VerifierSpec =
+            serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+        assert!(serde_json::from_str::<VerifierSpec>(r#"{"task":"mcq","bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn options_of_another_task_are_refused() {
+        let spec = VerifierSpec {
+            task: Some(Task::Cwe),
+            choices: Some(5),
+            ..VerifierSpec::default()
+        };
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::WrongTask {
+                field: "choices",
+                ..
+            })
+        ));
+        assert_eq!(VerifierSpec::default().validate(), Err(SpecError::NoTask));
+    }
+
+    #[test]
+    fn defaults_live_in_resolved() {
+        let attack = VerifierSpec::for_task(Task::Attack);
+        assert_eq!(attack.credit_parent, Some(true));
+        assert_eq!(
+            attack.attack_catalog.unwrap().to_string(),
+            "enterprise-v15.1"
+        );
+        let over = VerifierSpec {
+            credit_parent: Some(false),
+            ..VerifierSpec::default()
+        };
+        let mixed = VerifierSpec::for_task(Task::Attack).overridden_by(&over);
+        assert_eq!(mixed.credit_parent, Some(false));
+        assert_eq!(mixed.task, Some(Task::Attack));
+    }
+
+    #[test]
+    fn equal_specs_share_a_verifier_and_missing_catalogs_are_noted() {
+        let mut f = VerifierFactory::new(None);
+        let a = f.build(&VerifierSpec::for_task(Task::Attack)).unwrap();
+        let b = f
+            .build(&VerifierSpec {
+                task: Some(Task::Attack),
+                ..VerifierSpec::default()
+            })
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the unresolved spec resolves to the same"
+        );
+        assert_eq!(f.notes().len(), 1, "{:?}", f.notes());
+        assert!(f.catalogs_used().is_empty());
+    }
+}
