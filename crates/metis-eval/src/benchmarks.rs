@@ -21,12 +21,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use metis_verify::attack::{AttackCatalog, Domain, SetMatchOptions};
-use metis_verify::cvss;
-use metis_verify::cwe::CweCatalog;
-use metis_verify::mcq::ChoiceSpec;
-use metis_verify::verifier::{AttackVerifier, CvssVerifier, CweVerifier, McqVerifier};
-use metis_verify::{Protocol, Task, Verifier, VerifyOptions};
+use metis_verify::attack::Domain;
+use metis_verify::spec::{AttackCatalogRef, MathExtraction};
+use metis_verify::{Protocol, Task, Verifier, VerifierFactory, VerifierSpec};
 use sha2::{Digest, Sha256};
 
 pub use fetch::{remote_url, RemoteSource};
@@ -61,6 +58,15 @@ pub(crate) enum Format {
     MmluCsv,
     SecBenchJsonl,
     SecEvalJsonl,
+    /// IFEval's `input_data.jsonl`: key, prompt, instruction_id_list, kwargs.
+    IfEvalJsonl,
+    /// GSM8K (question, answer ending `#### N`), zero-shot prompt.
+    Gsm8kJsonl,
+    /// GSM8K with lm-eval's `gsm8k_cot` 8-shot chain-of-thought prompt.
+    Gsm8kCotJsonl,
+    /// MATH-style rows: problem, solution with a `\boxed{}` answer (and `answer` where the
+    /// file has it, as MATH-500 does).
+    MathJsonl,
 }
 
 /// How a downloaded upstream file becomes the file in the data layout.
@@ -128,6 +134,32 @@ impl BenchmarkSpec {
     pub fn multi_answer(&self) -> bool {
         self.format == Format::SecEvalJsonl
     }
+
+    /// How an item of this benchmark is graded: the task's defaults (see
+    /// [`VerifierSpec::resolved`]) plus what this benchmark declares (multi-answer MCQs, the
+    /// ATT&CK catalog of the item's platform, the GSM8K CoT strict match). The same spec goes
+    /// with the item's exported GRPO prompt, so eval and RL grade it with the same verifier.
+    pub fn verifier_spec(&self, item: &Item, protocol: Protocol) -> VerifierSpec {
+        let mut spec = VerifierSpec {
+            task: Some(self.task),
+            protocol: Some(protocol),
+            ..VerifierSpec::default()
+        };
+        match self.format {
+            Format::SecEvalJsonl => spec.multi = Some(true),
+            Format::CtiAte => {
+                let domain = item
+                    .subject
+                    .as_deref()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(Domain::Enterprise);
+                spec.attack_catalog = Some(AttackCatalogRef::new(domain, ATTACK_VERSION));
+            }
+            Format::Gsm8kCotJsonl => spec.math_extraction = Some(MathExtraction::Gsm8kCotStrict),
+            _ => {}
+        }
+        spec.resolved()
+    }
 }
 
 const CTIBENCH: RemoteSource = RemoteSource::GitHub {
@@ -154,6 +186,22 @@ const SECEVAL: RemoteSource = RemoteSource::GitHub {
     commit: "7aef3176a1a095b40bbfa806a7a2d6c5e203d5b7",
 };
 
+/// Google's IFEval prompts (`instruction_following_eval/data/input_data.jsonl`).
+const IFEVAL: RemoteSource = RemoteSource::GitHub {
+    repo: "google-research/google-research",
+    commit: "19638399cc9e03623c5b9087a1d6fa8813974ce9",
+};
+const GSM8K: RemoteSource = RemoteSource::GitHub {
+    repo: "openai/grade-school-math",
+    commit: "3101c7d5072418e28b9008a6636bde82a006892c",
+};
+/// MATH-500 (Lightman et al.), the 500-problem test subset of MATH, as published in PRM800K;
+/// the file is in Git LFS, and its pinned SHA-256 is the LFS object id.
+const PRM800K: RemoteSource = RemoteSource::GitHubLfs {
+    repo: "openai/prm800k",
+    commit: "00811d6de065642a6967b9017d4cee59550c0ef4",
+};
+
 const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str) -> DataFile {
     DataFile {
         path,
@@ -163,7 +211,7 @@ const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str
     }
 }
 
-static SPECS: [BenchmarkSpec; 11] = [
+static SPECS: [BenchmarkSpec; 15] = [
     BenchmarkSpec {
         id: "ctibench-mcqa",
         title: "CTIBench CTI-MCQ (2,500 CTI knowledge MCQs)",
@@ -324,7 +372,68 @@ static SPECS: [BenchmarkSpec; 11] = [
         }],
         format: Format::SecEvalJsonl,
     },
+    BenchmarkSpec {
+        id: "ifeval",
+        title: "IFEval (541 prompts, 25 verifiable instruction kinds)",
+        task: Task::Ifeval,
+        primary_metric: "inst_level_loose_acc",
+        secondary_metrics: &[
+            "prompt_level_strict_acc",
+            "inst_level_strict_acc",
+            "prompt_level_loose_acc",
+        ],
+        source: IFEVAL,
+        files: &[DataFile {
+            path: "ifeval/input_data.jsonl",
+            remote_path: "instruction_following_eval/data/input_data.jsonl",
+            transform: Transform::None,
+            sha256: "67ffeee0fcb87c317c5b08a2de85557b4a7e96ada6178aa645b4954fe4b53d49",
+        }],
+        format: Format::IfEvalJsonl,
+    },
+    BenchmarkSpec {
+        id: "gsm8k",
+        title: "GSM8K test (1,319), zero-shot, reasoning-model extraction",
+        task: Task::Math,
+        primary_metric: "accuracy",
+        secondary_metrics: &["strict_match", "flexible_match", "unknown"],
+        source: GSM8K,
+        files: &[GSM8K_TEST],
+        format: Format::Gsm8kJsonl,
+    },
+    BenchmarkSpec {
+        id: "gsm8k-cot",
+        title: "GSM8K test (1,319), lm-eval gsm8k_cot 8-shot chain of thought",
+        task: Task::Math,
+        primary_metric: "strict_match",
+        secondary_metrics: &["flexible_match", "reasoning_match", "unknown"],
+        source: GSM8K,
+        files: &[GSM8K_TEST],
+        format: Format::Gsm8kCotJsonl,
+    },
+    BenchmarkSpec {
+        id: "math-500",
+        title: "MATH-500 (PRM800K test subset of MATH), boxed answer, equivalence",
+        task: Task::Math,
+        primary_metric: "accuracy",
+        secondary_metrics: &["minerva_match", "unknown"],
+        source: PRM800K,
+        files: &[DataFile {
+            path: "math/math-500-test.jsonl",
+            remote_path: "prm800k/math_splits/test.jsonl",
+            transform: Transform::None,
+            sha256: "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
+        }],
+        format: Format::MathJsonl,
+    },
 ];
+
+const GSM8K_TEST: DataFile = DataFile {
+    path: "gsm8k/test.jsonl",
+    remote_path: "grade_school_math/data/test.jsonl",
+    transform: Transform::None,
+    sha256: "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+};
 
 /// Every benchmark, in presentation order.
 pub fn specs() -> &'static [BenchmarkSpec] {
@@ -449,9 +558,12 @@ pub struct Benchmark {
     /// What the loader did beyond reading rows (dropped rows, catalogs used or missing).
     pub notes: Vec<String>,
     pub protocol: Protocol,
-    default_verifier: Box<dyn Verifier>,
-    /// Verifiers chosen by [`Item::subject`] (CTIBench-ATE: one per platform).
-    by_subject: HashMap<String, Box<dyn Verifier>>,
+    /// How each item is graded, parallel to `items`.
+    specs: Vec<VerifierSpec>,
+    /// Each item's verifier, parallel to `items` (equal specs share one).
+    verifiers: Vec<Arc<dyn Verifier>>,
+    /// The task's default verifier, for an item not of this benchmark.
+    fallback: Arc<dyn Verifier>,
     index: HashMap<String, usize>,
 }
 
@@ -468,13 +580,19 @@ impl fmt::Debug for Benchmark {
 }
 
 impl Benchmark {
-    /// The verifier for an item (ATE picks by the item's platform; others one verifier).
+    /// The verifier for an item, built from its [`Benchmark::verifier_spec`].
     pub fn verifier(&self, item: &Item) -> &dyn Verifier {
-        item.subject
-            .as_ref()
-            .and_then(|s| self.by_subject.get(s))
-            .unwrap_or(&self.default_verifier)
-            .as_ref()
+        self.index
+            .get(&item.id)
+            .map_or(&*self.fallback, |&i| &*self.verifiers[i])
+    }
+
+    /// How an item is graded (ATE: with its platform's catalog).
+    pub fn verifier_spec(&self, item: &Item) -> VerifierSpec {
+        self.index.get(&item.id).map_or_else(
+            || self.spec.verifier_spec(item, self.protocol),
+            |&i| self.specs[i].clone(),
+        )
     }
 
     /// The item with id `id`.
@@ -554,17 +672,12 @@ pub async fn load(
         detail: format!("not UTF-8: {}", e.utf8_error()),
     })?;
 
-    let options = VerifyOptions {
-        protocol,
-        ..VerifyOptions::default()
-    };
-    let mut catalog_sha256 = BTreeMap::new();
-    let (default_verifier, by_subject) =
-        build_verifiers(spec, root, options, &mut catalog_sha256, &mut notes)?;
-
+    let mut factory = VerifierFactory::new(Some(root));
     let parsed = parse::parse(spec.format, &text, &path)?;
     notes.extend(parsed.notes);
     let mut items = Vec::with_capacity(parsed.rows.len());
+    let mut specs = Vec::with_capacity(parsed.rows.len());
+    let mut verifiers = Vec::with_capacity(parsed.rows.len());
     let mut first_line: HashMap<String, usize> = HashMap::new();
     for row in parsed.rows {
         if let Some(&first) = first_line.get(&row.item.id) {
@@ -575,12 +688,8 @@ pub async fn load(
                 line: row.line,
             });
         }
-        let verifier = row
-            .item
-            .subject
-            .as_ref()
-            .and_then(|s| by_subject.get(s))
-            .unwrap_or(&default_verifier);
+        let item_spec = spec.verifier_spec(&row.item, protocol);
+        let verifier = factory.build(&item_spec).map_err(|e| catalog_error(root, e))?;
         if let Err(e) = verifier.parse_gold(&row.item.gold) {
             return Err(BenchmarkError::Parse {
                 path,
@@ -591,6 +700,20 @@ pub async fn load(
         }
         first_line.insert(row.item.id.clone(), row.line);
         items.push(row.item);
+        specs.push(item_spec);
+        verifiers.push(verifier);
+    }
+    let fallback = factory
+        .build(&VerifierSpec {
+            task: Some(spec.task),
+            protocol: Some(protocol),
+            ..VerifierSpec::default()
+        })
+        .map_err(|e| catalog_error(root, e))?;
+    notes.extend(factory.notes().iter().cloned());
+    let mut catalog_sha256 = BTreeMap::new();
+    for file in factory.catalogs_used() {
+        catalog_sha256.insert(file.clone(), file_sha256(&root.join(file))?);
     }
     let index = items
         .iter()
@@ -605,113 +728,27 @@ pub async fn load(
         catalog_sha256,
         notes,
         protocol,
-        default_verifier,
-        by_subject,
+        specs,
+        verifiers,
+        fallback,
         index,
     })
 }
 
-type Verifiers = (Box<dyn Verifier>, HashMap<String, Box<dyn Verifier>>);
-
-/// The CWE weakness table used for hierarchy credit.
-const CWE_CATALOG: &str = "cwe/cwe-weaknesses.tsv";
 /// The ATT&CK release CTIBench-ATE was built on.
-const ATTACK_VERSION: &str = "v15.1";
+const ATTACK_VERSION: &str = AttackCatalogRef::DEFAULT_VERSION;
 
-fn build_verifiers(
-    spec: &BenchmarkSpec,
-    root: &Path,
-    options: VerifyOptions,
-    catalog_sha256: &mut BTreeMap<String, String>,
-    notes: &mut Vec<String>,
-) -> Result<Verifiers, BenchmarkError> {
-    let by_subject = HashMap::new();
-    let verifier: Box<dyn Verifier> = match spec.task {
-        Task::Mcq => Box::new(McqVerifier {
-            options,
-            spec: if spec.multi_answer() {
-                ChoiceSpec::MULTI_ABCD
-            } else {
-                ChoiceSpec::SINGLE_ABCD
-            },
-        }),
-        Task::Cvss => Box::new(CvssVerifier {
-            options,
-            version: cvss::Version::V3_1,
-        }),
-        Task::Cwe => {
-            let path = root.join(CWE_CATALOG);
-            let catalog = if path.exists() {
-                let catalog =
-                    CweCatalog::from_data_dir(root).map_err(|e| BenchmarkError::Catalog {
-                        path: path.clone(),
-                        detail: e.to_string(),
-                    })?;
-                catalog_sha256.insert(CWE_CATALOG.to_owned(), file_sha256(&path)?);
-                notes.push(format!(
-                    "CWE catalog {CWE_CATALOG} ({} weaknesses) gives hierarchy credit",
-                    catalog.len()
-                ));
-                Some(Arc::new(catalog))
-            } else {
-                notes.push(format!(
-                    "no CWE catalog at {}: exact-id grading only, no hierarchy_accuracy",
-                    path.display()
-                ));
-                None
-            };
-            Box::new(CweVerifier { options, catalog })
-        }
-        Task::Attack => {
-            let set_options = SetMatchOptions {
-                credit_parent_for_sub: true,
-            };
-            let mut by_subject: HashMap<String, Box<dyn Verifier>> = HashMap::new();
-            for domain in [Domain::Enterprise, Domain::Mobile] {
-                let stem = format!("attack/{}-attack-{ATTACK_VERSION}", domain.as_str());
-                let files = [
-                    format!("{stem}-techniques.tsv"),
-                    format!("{stem}-revoked-map.tsv"),
-                ];
-                let catalog = if files.iter().all(|f| root.join(f).exists()) {
-                    let catalog = AttackCatalog::from_data_dir(root, domain, ATTACK_VERSION)
-                        .map_err(|e| BenchmarkError::Catalog {
-                            path: root.join(&files[0]),
-                            detail: e.to_string(),
-                        })?;
-                    for f in &files {
-                        catalog_sha256.insert(f.clone(), file_sha256(&root.join(f))?);
-                    }
-                    notes.push(format!(
-                        "ATT&CK {domain} {ATTACK_VERSION} catalog ({} techniques) maps revoked ids",
-                        catalog.len()
-                    ));
-                    Some(Arc::new(catalog))
-                } else {
-                    notes.push(format!(
-                        "no ATT&CK {domain} {ATTACK_VERSION} catalog under {}: ids compared as written",
-                        root.join("attack").display()
-                    ));
-                    None
-                };
-                by_subject.insert(
-                    domain.to_string(),
-                    Box::new(AttackVerifier {
-                        options: options.clone(),
-                        catalog,
-                        set_options,
-                    }),
-                );
-            }
-            let default = Box::new(AttackVerifier {
-                options,
-                catalog: None,
-                set_options,
-            });
-            return Ok((default, by_subject));
-        }
-    };
-    Ok((verifier, by_subject))
+fn catalog_error(root: &Path, e: metis_verify::SpecError) -> BenchmarkError {
+    match e {
+        metis_verify::SpecError::Catalog { path, detail } => BenchmarkError::Catalog {
+            path: PathBuf::from(path),
+            detail,
+        },
+        other => BenchmarkError::Catalog {
+            path: root.to_owned(),
+            detail: other.to_string(),
+        },
+    }
 }
 
 fn file_sha256(path: &Path) -> Result<String, BenchmarkError> {

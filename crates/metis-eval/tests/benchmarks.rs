@@ -42,9 +42,75 @@ const EXPECTED: [(&str, usize); 11] = [
     ("seceval", 2180),
 ];
 
+/// The general benchmarks whose data `shared/data` holds (MATH-500 is loaded from its
+/// pinned source; its loader is tested on a fixture below).
+const GENERAL: [(&str, usize); 3] = [("ifeval", 541), ("gsm8k", 1319), ("gsm8k-cot", 1319)];
+const FETCHED_ONLY: [&str; 1] = ["math-500"];
+
+#[tokio::test]
+async fn general_benchmarks_load_with_expected_items() {
+    for (id, count) in GENERAL {
+        let b = bench(id).await;
+        assert_eq!(b.items.len(), count, "{id}");
+        assert_eq!(b.data_sha256, b.spec.data_file().sha256, "{id} pinned sha");
+        for item in &b.items {
+            let v = b.verifier(item);
+            assert_eq!(v.task(), b.spec.task);
+            v.parse_gold(&item.gold)
+                .unwrap_or_else(|e| panic!("{id} {}: {e}", item.id));
+            assert!(item.prompt.contains(item.question.trim()), "{id} {}", item.id);
+        }
+    }
+    let cot = bench("gsm8k-cot").await;
+    let first = &cot.items[0];
+    assert_eq!(first.gold, "18");
+    assert!(first.prompt.ends_with("\nA:"), "{}", first.prompt);
+    assert!(first.prompt.matches("Q: ").count() >= 9, "8 exemplars then the question");
+    let spec = cot.verifier_spec(first);
+    assert_eq!(
+        spec.math_extraction,
+        Some(metis_verify::spec::MathExtraction::Gsm8kCotStrict)
+    );
+}
+
+#[tokio::test]
+async fn math_500_loader_reads_boxed_and_answer_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("math")).unwrap();
+    std::fs::write(
+        dir.path().join("math/math-500-test.jsonl"),
+        concat!(
+            r#"{"problem": "What is $1+1$?", "solution": "So $\boxed{2}$.", "answer": "2", "subject": "Prealgebra", "level": 1, "unique_id": "test/prealgebra/1.json"}"#,
+            "\n",
+            r#"{"problem": "Simplify $\frac{2}{4}$.", "solution": "It is $\boxed{\frac{1}{2}}$.", "subject": "Algebra", "level": 2, "unique_id": "test/algebra/2.json"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let b = load("math-500", &DataSource::Dir(dir.path().to_owned()), Protocol::LastLine)
+        .await
+        .unwrap();
+    assert_eq!(b.items.len(), 2);
+    assert_eq!(b.items[0].gold, "2");
+    assert_eq!(b.items[1].gold, "\\frac{1}{2}");
+    assert_eq!(b.items[1].id, "test/algebra/2.json");
+    assert_eq!(b.items[1].subject.as_deref(), Some("Algebra"));
+    assert!(b.notes.iter().any(|n| n.contains("differs from the pinned revision")));
+    let bad = dir.path().join("math/math-500-test.jsonl");
+    std::fs::write(&bad, "{\"problem\": \"x\", \"solution\": \"no box\"}\n").unwrap();
+    let err = load("math-500", &DataSource::Dir(dir.path().to_owned()), Protocol::LastLine)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 1") && err.contains("solution"), "{err}");
+}
+
 #[tokio::test]
 async fn every_benchmark_loads_with_expected_items() {
-    assert_eq!(specs().len(), EXPECTED.len());
+    assert_eq!(
+        specs().len(),
+        EXPECTED.len() + GENERAL.len() + FETCHED_ONLY.len()
+    );
     for (id, count) in EXPECTED {
         let b = bench(id).await;
         assert_eq!(b.items.len(), count, "{id}");

@@ -20,6 +20,12 @@ pub enum RemoteSource {
         repo: &'static str,
         commit: &'static str,
     },
+    /// A GitHub repository whose file is stored with Git LFS (the raw URL serves only the
+    /// pointer); the content comes from `media.githubusercontent.com`.
+    GitHubLfs {
+        repo: &'static str,
+        commit: &'static str,
+    },
     /// A Hugging Face dataset repository at a revision (commit hash).
     HuggingFace {
         repo: &'static str,
@@ -34,6 +40,9 @@ impl RemoteSource {
         match self {
             RemoteSource::GitHub { repo, commit } => {
                 format!("https://raw.githubusercontent.com/{repo}/{commit}/{path}")
+            }
+            RemoteSource::GitHubLfs { repo, commit } => {
+                format!("https://media.githubusercontent.com/media/{repo}/{commit}/{path}")
             }
             RemoteSource::HuggingFace { repo, revision } => {
                 format!("https://huggingface.co/datasets/{repo}/resolve/{revision}/{path}")

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use metis_verify::attack::Domain;
+use metis_verify::ifeval::IfEvalGold;
+use metis_verify::math::gsm8k;
 use metis_verify::mcq::{ChoiceSpec, LetterSet};
 use serde::Deserialize;
 use serde_json::Value;
@@ -48,7 +50,111 @@ pub(crate) fn parse(format: Format, text: &str, path: &Path) -> Result<Parsed, B
         Format::MmluCsv => mmlu(text, path),
         Format::SecBenchJsonl => secbench(text, path),
         Format::SecEvalJsonl => seceval(text, path),
+        Format::IfEvalJsonl => ifeval(text, path),
+        Format::Gsm8kJsonl => gsm8k(text, path, false),
+        Format::Gsm8kCotJsonl => gsm8k(text, path, true),
+        Format::MathJsonl => math(text, path),
     }
+}
+
+/// IFEval: the prompt as is (0-shot); the gold is the instruction object
+/// `{"instruction_id_list", "kwargs"}` as JSON text, validated (every id known, every kwarg
+/// the checker needs present).
+fn ifeval(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let mut out = Parsed::default();
+    for (_, line, obj) in jsonl(text, path)? {
+        let id = match obj.get("key") {
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+            _ => return Err(perr(path, line, Some("key"), "missing or not a number")),
+        };
+        let prompt = json_str(&obj, "prompt", path, line)?;
+        let null = Value::Null;
+        let gold = IfEvalGold::from_row(
+            obj.get("instruction_id_list").unwrap_or(&null),
+            obj.get("kwargs").unwrap_or(&null),
+        )
+        .map_err(|e| perr(path, line, Some("instruction_id_list"), e.to_string()))?;
+        out.rows.push(Row {
+            item: Item {
+                id,
+                prompt: prompt.to_owned(),
+                gold: gold.to_json().to_string(),
+                subject: None,
+                question: prompt.to_owned(),
+            },
+            line,
+            gold_field: "instruction_id_list",
+        });
+    }
+    Ok(out)
+}
+
+/// GSM8K: the gold is the text after `#### ` in `answer`.
+fn gsm8k(text: &str, path: &Path, cot: bool) -> Result<Parsed, BenchmarkError> {
+    let mut out = Parsed::default();
+    for (i, line, obj) in jsonl(text, path)? {
+        let question = json_str(&obj, "question", path, line)?;
+        let solution = json_str(&obj, "answer", path, line)?;
+        let gold = gsm8k::gold_answer(solution)
+            .filter(|g| !g.trim().is_empty())
+            .ok_or_else(|| perr(path, line, Some("answer"), "no \"#### N\" final answer"))?;
+        let prompt = if cot {
+            prompts::gsm8k_cot(question)
+        } else {
+            prompts::gsm8k_zero_shot(question)
+        };
+        out.rows.push(Row {
+            item: Item {
+                id: i.to_string(),
+                prompt,
+                gold,
+                subject: None,
+                question: question.to_owned(),
+            },
+            line,
+            gold_field: "answer",
+        });
+    }
+    Ok(out)
+}
+
+/// MATH-style rows (Hendrycks MATH, MATH-500): the gold is the `answer` field where present,
+/// else the last `\boxed{}` of `solution`; the subject is `subject` or `type`.
+fn math(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let mut out = Parsed::default();
+    for (i, line, obj) in jsonl(text, path)? {
+        let problem = json_str(&obj, "problem", path, line)?;
+        let (gold, field) = match obj.get("answer") {
+            Some(Value::String(a)) if !a.trim().is_empty() => (a.trim().to_owned(), "answer"),
+            _ => {
+                let solution = json_str(&obj, "solution", path, line)?;
+                let boxed = metis_verify::math::last_boxed_only_string(solution)
+                    .and_then(metis_verify::math::remove_boxed)
+                    .ok_or_else(|| perr(path, line, Some("solution"), "no \\boxed{} answer"))?;
+                (boxed.trim().to_owned(), "solution")
+            }
+        };
+        let id = match obj.get("unique_id") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => i.to_string(),
+        };
+        let subject = ["subject", "type"]
+            .iter()
+            .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned));
+        out.rows.push(Row {
+            item: Item {
+                id,
+                prompt: prompts::math(problem),
+                gold,
+                subject,
+                question: problem.to_owned(),
+            },
+            line,
+            gold_field: field,
+        });
+    }
+    Ok(out)
 }
 
 fn perr(

@@ -11,15 +11,21 @@
 //! ```
 //!
 //! - `messages` (required): a non-empty array of `{"role", "content"}` strings.
-//! - `task` (required): the verifier, one of `metis_verify`'s tasks (`mcq`, `cwe`, `cvss`,
-//!   `attack`).
+//! - `task` (required unless the `verifier` object names it): the verifier, one of
+//!   `metis_verify`'s tasks (`mcq`, `cwe`, `cvss`, `attack`, `ifeval`, `math`).
 //! - `gold` (required): the gold answer as the task's verifier parses it (a string, or an array
-//!   of strings for sets); it is parsed at load time, so a bad gold fails the load, not a step.
+//!   of strings for sets; for `ifeval` the object `{"instruction_id_list", "kwargs"}`; for
+//!   `math` a string or a number); it is parsed at load time, so a bad gold fails the load,
+//!   not a step.
 //! - `id` (optional, string or number, unique): defaults to `line-N`.
-//! - `verifier` (optional): `protocol` (`last-line`, `faith`, `faith-strict`), `reward`
-//!   (`binary` or `graded`; default from [`LoadOptions::rewards`], else binary), and per task
-//!   `choices` (number of options) / `multi` (exact-set answers) for `mcq`, `cvss_version`
-//!   (`2.0`, `3.0`, `3.1`, `4.0`: how an unprefixed vector is read) for `cvss`.
+//! - `verifier` (optional): a [`metis_verify::VerifierSpec`] — `protocol` (`last_line`,
+//!   `faith`, `faith_strict`; the spelling with `-` is accepted too), `reward` (`binary` or
+//!   `graded`; default from [`LoadOptions::rewards`], else binary), and the task's options:
+//!   `choices`/`multi` (mcq), `cvss_version` (cvss), `cwe_hierarchy` (cwe), `credit_parent`/
+//!   `attack_catalog` (attack), `ifeval_mode` (ifeval), `math_extraction` (math). Absent
+//!   options take the spec's defaults, the same as a benchmark's, and the verifier is built by
+//!   the one [`VerifierFactory`] (catalogs from [`LoadOptions::data_dir`]). `metis eval
+//!   export-prompts BENCH` writes records whose `verifier` is the benchmark item's spec.
 //!
 //! Every bad record is reported as `file:line: field "…": why`.
 //!
@@ -29,7 +35,7 @@
 //! its weight, then the task's slots are filled from a seeded shuffle of its prompts (no
 //! repeats within a step unless a task has fewer prompts than slots).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::io::BufRead;
 use std::path::Path;
@@ -37,10 +43,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use metis_engine::chat::Message;
-use metis_verify::cvss::Version as CvssVersion;
-use metis_verify::mcq::ChoiceSpec;
-use metis_verify::verifier::{default_verifier, CvssVerifier, McqVerifier};
-use metis_verify::{Gold, Protocol, Task, Verifier, VerifyOptions};
+pub use metis_verify::VerifierSpec;
+use metis_verify::{Gold, Protocol, Task, Verifier, VerifierFactory};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -74,30 +78,15 @@ impl fmt::Display for PromptError {
 
 impl std::error::Error for PromptError {}
 
-/// Per-record verifier settings (the `verifier` object of a record).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VerifierSpec {
-    #[serde(default)]
-    pub protocol: Option<String>,
-    #[serde(default)]
-    pub reward: Option<String>,
-    /// MCQ: number of options (4 = A–D).
-    #[serde(default)]
-    pub choices: Option<u8>,
-    /// MCQ: several letters may be correct together.
-    #[serde(default)]
-    pub multi: Option<bool>,
-    /// CVSS: version an unprefixed vector is read as.
-    #[serde(default)]
-    pub cvss_version: Option<String>,
-}
-
 /// Settings shared by every record of a mixture.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadOptions {
-    /// Extraction protocol and delimiters (a record's `protocol` overrides the protocol).
-    pub verify: VerifyOptions,
+    /// Extraction protocol and reasoning delimiters (a record's `protocol` overrides the
+    /// protocol).
+    pub verify: metis_verify::VerifyOptions,
+    /// The data directory the verifiers' catalogs (CWE, ATT&CK) are read from; without one,
+    /// specs that ask for a catalog grade without it (noted in [`PromptMixture::notes`]).
+    pub data_dir: Option<std::path::PathBuf>,
     /// Reward kind per task (a record's `reward` overrides it); binary when absent.
     pub rewards: BTreeMap<Task, RewardKind>,
 }
@@ -110,6 +99,8 @@ pub struct PromptRecord {
     pub line: usize,
     pub messages: Vec<Message>,
     pub task: Task,
+    /// How the record is graded (defaults resolved).
+    pub spec: VerifierSpec,
     /// The gold answer as written in the file.
     pub gold_json: Value,
     pub gold: Arc<Gold>,
@@ -147,16 +138,10 @@ impl PromptRecord {
 pub struct PromptMixture {
     pub source: String,
     pub records: Vec<PromptRecord>,
-}
-
-/// The key verifiers are shared by: records with equal settings share one verifier.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct VerifierKey {
-    task: Task,
-    protocol: Protocol,
-    choices: u8,
-    multi: bool,
-    cvss_version: Option<CvssVersion>,
+    /// What the verifier factory noted (catalogs loaded or missing).
+    pub notes: Vec<String>,
+    /// Catalog files the verifiers read, relative to the data directory.
+    pub catalogs_used: Vec<String>,
 }
 
 impl PromptMixture {
@@ -179,7 +164,8 @@ impl PromptMixture {
         opts: &LoadOptions,
     ) -> Result<Self, PromptError> {
         let mut records = Vec::new();
-        let mut verifiers: HashMap<VerifierKey, Arc<dyn Verifier>> = HashMap::new();
+        let mut factory = VerifierFactory::new(opts.data_dir.as_deref())
+            .with_delimiters(opts.verify.delimiters.clone());
         let mut ids = HashSet::new();
         for (i, line) in reader.lines().enumerate() {
             let lineno = i + 1;
@@ -193,7 +179,7 @@ impl PromptMixture {
             if line.trim().is_empty() {
                 continue;
             }
-            let rec = parse_record(&line, lineno, opts, &mut verifiers)
+            let rec = parse_record(&line, lineno, opts, &mut factory)
                 .map_err(|(field, message)| err(field, message))?;
             if !ids.insert(rec.id.clone()) {
                 return Err(err(Some("id"), format!("duplicate id {:?}", rec.id)));
@@ -211,6 +197,8 @@ impl PromptMixture {
         Ok(Self {
             source: name.to_owned(),
             records,
+            notes: factory.notes().to_vec(),
+            catalogs_used: factory.catalogs_used().iter().cloned().collect(),
         })
     }
 
@@ -238,7 +226,7 @@ fn parse_record(
     line: &str,
     lineno: usize,
     opts: &LoadOptions,
-    verifiers: &mut HashMap<VerifierKey, Arc<dyn Verifier>>,
+    factory: &mut VerifierFactory,
 ) -> Result<PromptRecord, FieldError> {
     let value: Value = serde_json::from_str(line).map_err(|e| (None, format!("bad JSON: {e}")))?;
     let Value::Object(obj) = value else {
@@ -270,67 +258,9 @@ fn parse_record(
         return Err((Some("messages"), "must not be empty".to_owned()));
     }
 
-    let task = match obj.get("task") {
-        None => return Err((Some("task"), "missing".to_owned())),
-        Some(Value::String(s)) => Task::from_str(s).map_err(|e| (Some("task"), e.to_string()))?,
-        Some(other) => return Err((Some("task"), format!("must be a string, got {other}"))),
-    };
-
-    let spec: VerifierSpec = match obj.get("verifier") {
-        None | Some(Value::Null) => VerifierSpec::default(),
-        Some(v) => {
-            serde_json::from_value(v.clone()).map_err(|e| (Some("verifier"), e.to_string()))?
-        }
-    };
-    let protocol = match &spec.protocol {
-        Some(p) => p
-            .parse::<Protocol>()
-            .map_err(|e| (Some("verifier.protocol"), e))?,
-        None => opts.verify.protocol,
-    };
-    let reward = match &spec.reward {
-        Some(r) => r.parse().map_err(|e| (Some("verifier.reward"), e))?,
-        None => opts.rewards.get(&task).copied().unwrap_or_default(),
-    };
-    if task != Task::Mcq && (spec.choices.is_some() || spec.multi.is_some()) {
-        return Err((
-            Some("verifier"),
-            format!("choices/multi apply to mcq only, not {task}"),
-        ));
-    }
-    if task != Task::Cvss && spec.cvss_version.is_some() {
-        return Err((
-            Some("verifier.cvss_version"),
-            format!("applies to cvss only, not {task}"),
-        ));
-    }
-    let cvss_version = spec
-        .cvss_version
-        .as_deref()
-        .map(|v| {
-            v.parse::<CvssVersion>()
-                .map_err(|e| (Some("verifier.cvss_version"), e.to_string()))
-        })
-        .transpose()?;
-    let choices = spec.choices.unwrap_or(ChoiceSpec::SINGLE_ABCD.options);
-    if !(2..=26).contains(&choices) {
-        return Err((
-            Some("verifier.choices"),
-            format!("must be between 2 and 26, got {choices}"),
-        ));
-    }
-    let key = VerifierKey {
-        task,
-        protocol,
-        choices,
-        multi: spec.multi.unwrap_or(false),
-        cvss_version,
-    };
-    let verifier = Arc::clone(
-        verifiers
-            .entry(key.clone())
-            .or_insert_with(|| build_verifier(&key, &opts.verify)),
-    );
+    let (spec, verifier) = record_verifier(&obj, opts, factory)?;
+    let task = spec.task().map_err(|e| (Some("task"), e.to_string()))?;
+    let reward = spec.reward.unwrap_or_default();
 
     let gold_json = obj
         .get("gold")
@@ -345,6 +275,7 @@ fn parse_record(
         line: lineno,
         messages,
         task,
+        spec,
         gold_json,
         gold: Arc::new(gold),
         verifier,
@@ -352,25 +283,76 @@ fn parse_record(
     })
 }
 
-fn build_verifier(key: &VerifierKey, base: &VerifyOptions) -> Arc<dyn Verifier> {
-    let options = VerifyOptions {
-        protocol: key.protocol,
-        delimiters: base.delimiters.clone(),
+/// The record's verifier spec — its `verifier` object over the run's defaults (protocol,
+/// per-task reward) — and the verifier the factory builds from it.
+fn record_verifier(
+    obj: &serde_json::Map<String, Value>,
+    opts: &LoadOptions,
+    factory: &mut VerifierFactory,
+) -> Result<(VerifierSpec, Arc<dyn Verifier>), FieldError> {
+    let task = match obj.get("task") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            Some(Task::from_str(s).map_err(|e| (Some("task"), e.to_string()))?)
+        }
+        Some(other) => return Err((Some("task"), format!("must be a string, got {other}"))),
     };
-    match key.task {
-        Task::Mcq => Arc::new(McqVerifier {
-            options,
-            spec: ChoiceSpec {
-                options: key.choices,
-                multi: key.multi,
-            },
-        }),
-        Task::Cvss if key.cvss_version.is_some() => Arc::new(CvssVerifier {
-            options,
-            version: key.cvss_version.unwrap_or(CvssVersion::V3_1),
-        }),
-        task => Arc::from(default_verifier(task, options)),
+    let own: VerifierSpec = match obj.get("verifier") {
+        None | Some(Value::Null) => VerifierSpec::default(),
+        Some(v) => spec_from_json(v)?,
+    };
+    let task = match (task, own.task) {
+        (Some(t), Some(v)) if t != v => {
+            return Err((
+                Some("verifier.task"),
+                format!("{v} differs from the record's task {t}"),
+            ))
+        }
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => return Err((Some("task"), "missing".to_owned())),
+    };
+    let run_defaults = VerifierSpec {
+        task: Some(task),
+        protocol: Some(opts.verify.protocol),
+        reward: Some(opts.rewards.get(&task).copied().unwrap_or_default()),
+        ..VerifierSpec::default()
+    };
+    let spec = run_defaults.overridden_by(&own).resolved();
+    let verifier = factory
+        .build(&spec)
+        .map_err(|e| (Some("verifier"), e.to_string()))?;
+    Ok((spec, verifier))
+}
+
+/// A record's `verifier` object. Protocol names are accepted in the CLI's spelling too
+/// (`last-line`), and errors name the offending field.
+fn spec_from_json(v: &Value) -> Result<VerifierSpec, FieldError> {
+    let mut v = v.clone();
+    if let Some(Value::String(p)) = v.get("protocol") {
+        let protocol: Protocol = p
+            .parse()
+            .map_err(|e: String| (Some("verifier.protocol"), e))?;
+        v["protocol"] = serde_json::to_value(protocol).map_err(|e| (Some("verifier"), e.to_string()))?;
     }
+    if let Some(Value::String(r)) = v.get("reward") {
+        let reward: metis_verify::RewardShape =
+            r.parse().map_err(|e: String| (Some("verifier.reward"), e))?;
+        v["reward"] = serde_json::to_value(reward).map_err(|e| (Some("verifier"), e.to_string()))?;
+    }
+    if let Some(Value::String(c)) = v.get("cvss_version") {
+        if c.parse::<metis_verify::cvss::Version>().is_err() {
+            return Err((
+                Some("verifier.cvss_version"),
+                format!("{c:?}: expected 2.0, 3.0, 3.1 or 4.0"),
+            ));
+        }
+    }
+    let spec: VerifierSpec =
+        serde_json::from_value(v).map_err(|e| (Some("verifier"), e.to_string()))?;
+    spec.task
+        .map_or(Ok(()), |_| spec.validate().map(|_| ()))
+        .map_err(|e| (Some("verifier"), e.to_string()))?;
+    Ok(spec)
 }
 
 // ---------------------------------------------------------------------------------------------

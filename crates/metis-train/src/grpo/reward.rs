@@ -27,29 +27,9 @@ use metis_verify::format::{check, FormatPolicy, FormatReport};
 use metis_verify::{Gold, Verdict, Verifier};
 use serde::{Deserialize, Serialize};
 
-/// Which view of the verdict is the reward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RewardKind {
-    /// 1 when the answer is correct, else 0 (RLVR's binary reward).
-    #[default]
-    Binary,
-    /// The graded score in [0, 1] (e.g. CVSS `1 − |Δbase|/10`, ATT&CK F1).
-    Graded,
-}
-
-impl std::str::FromStr for RewardKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "binary" | "correct" => Ok(Self::Binary),
-            "graded" | "score" => Ok(Self::Graded),
-            other => Err(format!(
-                "unknown reward kind {other:?} (expected binary or graded)"
-            )),
-        }
-    }
-}
+/// Which view of the verdict is the reward: the verifier spec's reward shape (one type for
+/// the spec, the prompt file and the trainer).
+pub use metis_verify::RewardShape as RewardKind;
 
 /// How rewards are computed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
