@@ -689,7 +689,9 @@ pub async fn load(
             });
         }
         let item_spec = spec.verifier_spec(&row.item, protocol);
-        let verifier = factory.build(&item_spec).map_err(|e| catalog_error(root, e))?;
+        let verifier = factory
+            .build(&item_spec)
+            .map_err(|e| catalog_error(root, e))?;
         if let Err(e) = verifier.parse_gold(&row.item.gold) {
             return Err(BenchmarkError::Parse {
                 path,

@@ -1,5 +1,5 @@
 //! The Metis benchmark harness: the cyber benchmarks (CTIBench, CyberMetric, MMLU computer
-//! security, SecBench, SecEval) each declared once as data + prompt + verifier + metrics,
+//! security, SecBench, SecEval) and the general ones (IFEval, GSM8K, MATH-500) each declared once as data + prompt + verifier + metrics,
 //! queried through any OpenAI-compatible endpoint, every response committed to a SQLite store
 //! as it arrives (so runs resume), graded with `metis-verify`, and summarised across trials
 //! with mean ± std, standard error and bootstrap confidence intervals.
@@ -10,5 +10,6 @@ pub mod fake_server;
 pub mod local;
 pub mod report;
 pub mod run;
+pub mod samples;
 pub mod stats;
 pub mod store;

@@ -366,6 +366,29 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// Calls `f` on every record of a benchmark and model (all parameter hashes), in the order
+    /// of [`Store::records`], one row at a time: a store of any size is streamed, not loaded.
+    pub fn for_each_record(
+        &self,
+        benchmark: &str,
+        model: &str,
+        mut f: impl FnMut(ResponseRecord) -> Result<(), StoreError>,
+    ) -> Result<usize, StoreError> {
+        let sql = format!(
+            "SELECT {SELECT_COLUMNS} FROM responses
+             WHERE benchmark = ?1 AND model = ?2
+             ORDER BY trial, item, params_hash"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![benchmark, model])?;
+        let mut n = 0;
+        while let Some(row) = rows.next()? {
+            f(row_to_record(row)?)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Every distinct `(benchmark, model, params_hash)` with its ok/failed counts, ordered by
     /// benchmark, model, params_hash.
     pub fn runs(&self) -> Result<Vec<RunSummary>, StoreError> {

@@ -58,14 +58,21 @@ async fn general_benchmarks_load_with_expected_items() {
             assert_eq!(v.task(), b.spec.task);
             v.parse_gold(&item.gold)
                 .unwrap_or_else(|e| panic!("{id} {}: {e}", item.id));
-            assert!(item.prompt.contains(item.question.trim()), "{id} {}", item.id);
+            assert!(
+                item.prompt.contains(item.question.trim()),
+                "{id} {}",
+                item.id
+            );
         }
     }
     let cot = bench("gsm8k-cot").await;
     let first = &cot.items[0];
     assert_eq!(first.gold, "18");
     assert!(first.prompt.ends_with("\nA:"), "{}", first.prompt);
-    assert!(first.prompt.matches("Q: ").count() >= 9, "8 exemplars then the question");
+    assert!(
+        first.prompt.matches("Q: ").count() >= 9,
+        "8 exemplars then the question"
+    );
     let spec = cot.verifier_spec(first);
     assert_eq!(
         spec.math_extraction,
@@ -80,28 +87,39 @@ async fn math_500_loader_reads_boxed_and_answer_fields() {
     std::fs::write(
         dir.path().join("math/math-500-test.jsonl"),
         concat!(
-            r#"{"problem": "What is $1+1$?", "solution": "So $\boxed{2}$.", "answer": "2", "subject": "Prealgebra", "level": 1, "unique_id": "test/prealgebra/1.json"}"#,
+            r#"{"problem": "What is $1+1$?", "solution": "So $\\boxed{2}$.", "answer": "2", "subject": "Prealgebra", "level": 1, "unique_id": "test/prealgebra/1.json"}"#,
             "\n",
-            r#"{"problem": "Simplify $\frac{2}{4}$.", "solution": "It is $\boxed{\frac{1}{2}}$.", "subject": "Algebra", "level": 2, "unique_id": "test/algebra/2.json"}"#,
+            r#"{"problem": "Simplify $\\frac{2}{4}$.", "solution": "It is $\\boxed{\\frac{1}{2}}$.", "subject": "Algebra", "level": 2, "unique_id": "test/algebra/2.json"}"#,
             "\n"
         ),
     )
     .unwrap();
-    let b = load("math-500", &DataSource::Dir(dir.path().to_owned()), Protocol::LastLine)
-        .await
-        .unwrap();
+    let b = load(
+        "math-500",
+        &DataSource::Dir(dir.path().to_owned()),
+        Protocol::LastLine,
+    )
+    .await
+    .unwrap();
     assert_eq!(b.items.len(), 2);
     assert_eq!(b.items[0].gold, "2");
     assert_eq!(b.items[1].gold, "\\frac{1}{2}");
     assert_eq!(b.items[1].id, "test/algebra/2.json");
     assert_eq!(b.items[1].subject.as_deref(), Some("Algebra"));
-    assert!(b.notes.iter().any(|n| n.contains("differs from the pinned revision")));
+    assert!(b
+        .notes
+        .iter()
+        .any(|n| n.contains("differs from the pinned revision")));
     let bad = dir.path().join("math/math-500-test.jsonl");
     std::fs::write(&bad, "{\"problem\": \"x\", \"solution\": \"no box\"}\n").unwrap();
-    let err = load("math-500", &DataSource::Dir(dir.path().to_owned()), Protocol::LastLine)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = load(
+        "math-500",
+        &DataSource::Dir(dir.path().to_owned()),
+        Protocol::LastLine,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("line 1") && err.contains("solution"), "{err}");
 }
 

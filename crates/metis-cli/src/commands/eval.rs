@@ -37,6 +37,34 @@ enum EvalCommand {
         #[arg(long, env = "METIS_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Write a benchmark as a GRPO prompt file (JSONL): each item's prompt, gold and verifier
+    /// spec, so `metis train grpo` rewards it exactly as the benchmark scores it.
+    ExportPrompts {
+        benchmark: String,
+        #[arg(long, env = "METIS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "last-line")]
+        protocol: String,
+        /// Output file (default: standard output).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Per-sample results: every stored response of a model on a benchmark, graded, one JSON
+    /// line each (prompt, response, reasoning, extracted answer, validity, score, correctness).
+    Samples {
+        benchmark: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value = "metis-eval.sqlite")]
+        store: PathBuf,
+        #[arg(long, env = "METIS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "last-line")]
+        protocol: String,
+        /// Output file (default: standard output).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Paired comparison of two models on the benchmarks both have in the store.
     Compare {
         model_a: String,
@@ -162,6 +190,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Some(EvalCommand::ExportPrompts {
+                benchmark,
+                data_dir,
+                protocol,
+                out,
+            }) => {
+                let b = load_for_output(&benchmark, data_dir, &protocol).await?;
+                let n = with_output(out.as_deref(), |w| {
+                    metis_eval::samples::export_prompts(&b, w).map_err(anyhow::Error::from)
+                })?;
+                eprintln!("{n} prompts from {benchmark}");
+                Ok(())
+            }
+            Some(EvalCommand::Samples {
+                benchmark,
+                model,
+                store,
+                data_dir,
+                protocol,
+                out,
+            }) => {
+                if !store.exists() {
+                    bail!("no response store at {}", store.display());
+                }
+                let b = load_for_output(&benchmark, data_dir, &protocol).await?;
+                let store = Store::open(&store)?;
+                let n = with_output(out.as_deref(), |w| {
+                    Ok(metis_eval::samples::write_samples(&store, &b, &model, w)?)
+                })?;
+                eprintln!("{n} samples of {model} on {benchmark}");
+                Ok(())
+            }
             Some(EvalCommand::Compare {
                 model_a,
                 model_b,
@@ -178,6 +238,53 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             None => evaluate(args.run).await,
         }
+    })
+}
+
+async fn load_for_output(
+    benchmark: &str,
+    data_dir: Option<PathBuf>,
+    protocol: &str,
+) -> anyhow::Result<Benchmark> {
+    let protocol: Protocol = protocol.parse().map_err(anyhow::Error::msg)?;
+    Ok(benchmarks::load(benchmark, &DataSource::resolve(data_dir), protocol).await?)
+}
+
+/// Runs `write` on a buffered `path` (written atomically: a temporary file renamed into
+/// place) or on standard output, where a reader that goes away ends the command quietly.
+fn with_output(
+    path: Option<&Path>,
+    write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<usize>,
+) -> anyhow::Result<usize> {
+    use std::io::Write;
+    match path {
+        Some(path) => {
+            let tmp = path.with_extension("partial");
+            let file = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let n = write(&mut w)?;
+            w.flush()?;
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+            Ok(n)
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            let result = write(&mut w).and_then(|n| Ok(w.flush().map(|_| n)?));
+            match result {
+                Err(e) if is_broken_pipe(&e) => Ok(0),
+                other => other,
+            }
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
 

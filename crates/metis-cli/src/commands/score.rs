@@ -3,61 +3,68 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
-use metis_verify::attack::{AttackCatalog, Domain, SetMatchOptions};
 use metis_verify::cvss;
-use metis_verify::cwe::CweCatalog;
 use metis_verify::format::{self, FormatPolicy};
-use metis_verify::mcq::ChoiceSpec;
 use metis_verify::reasoning::Delimiters;
-use metis_verify::verifier::{
-    AttackVerifier, CvssVerifier, CweVerifier, McqVerifier, Task, Verifier, VerifyOptions,
-};
-use metis_verify::Protocol;
+use metis_verify::spec::AttackCatalogRef;
+use metis_verify::{Protocol, Verifier, VerifierFactory, VerifierSpec};
 use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Which verifier grades the response.
-    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack"])]
-    task: String,
-    /// The gold answer: a letter or letter set (mcq), a CWE id, a CVSS vector, or
-    /// comma-separated technique ids (attack).
+    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack", "ifeval", "math"])]
+    task: Option<String>,
+    /// The gold answer: a letter or letter set (mcq), a CWE id, a CVSS vector,
+    /// comma-separated technique ids (attack), the instruction object
+    /// `{"instruction_id_list": [...], "kwargs": [...]}` (ifeval), or a math answer (math).
     #[arg(long)]
     gold: String,
     /// File holding the model's response (`-` for stdin).
     #[arg(long)]
     response: PathBuf,
+    /// The whole verifier spec as JSON (what a GRPO record's `verifier` or a benchmark export
+    /// carries); flags given next to it override its fields.
+    #[arg(long)]
+    spec: Option<String>,
     /// Answer-extraction protocol.
-    #[arg(long, default_value = "last-line", value_parser = ["last-line", "faith", "faith-strict"])]
-    protocol: String,
+    #[arg(long, value_parser = ["last-line", "faith", "faith-strict"])]
+    protocol: Option<String>,
     /// Opening and closing reasoning delimiters.
     #[arg(long, num_args = 2, value_names = ["OPEN", "CLOSE"], default_values = ["<think>", "</think>"])]
     delimiters: Vec<String>,
     /// mcq: number of options (4 = A–D).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=26))]
-    options: u8,
+    #[arg(long, value_parser = clap::value_parser!(u8).range(2..=26))]
+    options: Option<u8>,
     /// mcq: several options may be correct (exact-set match).
     #[arg(long)]
     multi: bool,
     /// cvss: version assumed for a vector written without its `CVSS:x.y/` prefix.
-    #[arg(long, default_value = "3.1")]
-    cvss_version: String,
+    #[arg(long)]
+    cvss_version: Option<String>,
     /// Data directory in the layout of the shared data (cwe/, attack/); enables the CWE
     /// hierarchy metric and ATT&CK revocation mapping.
     #[arg(long, env = "METIS_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// attack: catalog version.
-    #[arg(long, default_value = "v15.1")]
-    attack_version: String,
-    /// attack: catalog domain (enterprise or mobile).
-    #[arg(long, default_value = "enterprise")]
-    attack_domain: String,
-    /// attack: a predicted sub-technique counts as its parent technique.
     #[arg(long)]
-    credit_parent: bool,
+    attack_version: Option<String>,
+    /// attack: catalog domain (enterprise or mobile).
+    #[arg(long)]
+    attack_domain: Option<String>,
+    /// attack: a predicted sub-technique counts as its parent technique (the default, as
+    /// CTIBench-ATE grades); `--credit-parent false` compares ids as written.
+    #[arg(long)]
+    credit_parent: Option<bool>,
+    /// ifeval: the mode that decides correctness (strict or loose).
+    #[arg(long)]
+    ifeval_mode: Option<String>,
+    /// math: the extraction that decides correctness (reasoning, gsm8k-strict,
+    /// gsm8k-cot-strict, gsm8k-flexible, minerva).
+    #[arg(long)]
+    math_extraction: Option<String>,
     /// The chat template opened the reasoning block in the prompt (format check).
     #[arg(long)]
     prefilled_think: bool,
@@ -66,60 +73,68 @@ pub struct Args {
     json: bool,
 }
 
+/// The verifier spec the flags describe: `--spec` first, then each flag over it.
+fn spec(args: &Args) -> anyhow::Result<VerifierSpec> {
+    let mut spec: VerifierSpec = match &args.spec {
+        Some(json) => serde_json::from_str(json).context("--spec")?,
+        None => VerifierSpec::default(),
+    };
+    if let Some(t) = &args.task {
+        spec.task = Some(t.parse()?);
+    }
+    if spec.task.is_none() {
+        anyhow::bail!("give --task or a --spec that names its task");
+    }
+    if let Some(p) = &args.protocol {
+        spec.protocol = Some(p.parse::<Protocol>().map_err(anyhow::Error::msg)?);
+    }
+    if args.options.is_some() {
+        spec.choices = args.options;
+    }
+    if args.multi {
+        spec.multi = Some(true);
+    }
+    if let Some(v) = &args.cvss_version {
+        v.parse::<cvss::Version>()
+            .map_err(|_| anyhow::anyhow!("--cvss-version: expected 2.0, 3.0, 3.1 or 4.0"))?;
+        spec.cvss_version = Some(v.clone());
+    }
+    if args.credit_parent.is_some() {
+        spec.credit_parent = args.credit_parent;
+    }
+    if args.attack_domain.is_some() || args.attack_version.is_some() {
+        let domain = args.attack_domain.as_deref().unwrap_or("enterprise");
+        let version = args
+            .attack_version
+            .as_deref()
+            .unwrap_or(AttackCatalogRef::DEFAULT_VERSION);
+        spec.attack_catalog = Some(
+            format!("{domain}-{version}")
+                .parse::<AttackCatalogRef>()
+                .map_err(|e| anyhow::anyhow!("--attack-domain/--attack-version: {e}"))?,
+        );
+    }
+    if let Some(m) = &args.ifeval_mode {
+        spec.ifeval_mode = Some(m.parse().map_err(anyhow::Error::msg)?);
+    }
+    if let Some(m) = &args.math_extraction {
+        spec.math_extraction = Some(m.parse().map_err(anyhow::Error::msg)?);
+    }
+    spec.validate()?;
+    Ok(spec.resolved())
+}
+
 fn build(args: &Args) -> anyhow::Result<Box<dyn Verifier>> {
-    let task: Task = args.task.parse()?;
-    let protocol: Protocol = args.protocol.parse().map_err(anyhow::Error::msg)?;
     let delimiters = Delimiters::new(&args.delimiters[0], &args.delimiters[1])
         .context("--delimiters: both must be non-empty and different")?;
-    let options = VerifyOptions {
-        protocol,
-        delimiters,
-    };
-    Ok(match task {
-        Task::Mcq => Box::new(McqVerifier {
-            options,
-            spec: ChoiceSpec {
-                options: args.options,
-                multi: args.multi,
-            },
-        }),
-        Task::Cwe => {
-            let catalog = match &args.data_dir {
-                Some(dir) => Some(Arc::new(CweCatalog::from_data_dir(dir)?)),
-                None => None,
-            };
-            Box::new(CweVerifier { options, catalog })
+    let mut factory = VerifierFactory::new(args.data_dir.as_deref()).with_delimiters(delimiters);
+    let verifier = factory.build_boxed(&spec(args)?)?;
+    if args.data_dir.is_some() {
+        for note in factory.notes() {
+            eprintln!("note: {note}");
         }
-        Task::Cvss => Box::new(CvssVerifier {
-            options,
-            version: args
-                .cvss_version
-                .parse::<cvss::Version>()
-                .map_err(|_| anyhow::anyhow!("--cvss-version: expected 2.0, 3.0, 3.1 or 4.0"))?,
-        }),
-        Task::Attack => {
-            let catalog = match &args.data_dir {
-                Some(dir) => {
-                    let domain: Domain = args.attack_domain.parse().map_err(|_| {
-                        anyhow::anyhow!("--attack-domain: expected enterprise or mobile")
-                    })?;
-                    Some(Arc::new(AttackCatalog::from_data_dir(
-                        dir,
-                        domain,
-                        &args.attack_version,
-                    )?))
-                }
-                None => None,
-            };
-            Box::new(AttackVerifier {
-                options,
-                catalog,
-                set_options: SetMatchOptions {
-                    credit_parent_for_sub: args.credit_parent,
-                },
-            })
-        }
-    })
+    }
+    Ok(verifier)
 }
 
 fn read_response(path: &PathBuf) -> anyhow::Result<String> {

@@ -44,9 +44,15 @@ struct GrpoArgs {
     /// Reference model for the KL penalty (default: --model).
     #[arg(long)]
     ref_model: Option<PathBuf>,
-    /// Prompt mixture: JSONL, {"messages": [...], "task": "mcq|cwe|cvss|attack", "gold": ...}.
+    /// Prompt mixture: JSONL, {"messages": [...], "task": "mcq|cwe|cvss|attack|ifeval|math",
+    /// "gold": ..., "verifier": {...}} (`metis eval export-prompts BENCH` writes one from any
+    /// benchmark).
     #[arg(long)]
     prompts: PathBuf,
+    /// Data directory for the verifiers' catalogs (CWE hierarchy, ATT&CK revoked ids), the
+    /// same one `metis eval` reads.
+    #[arg(long, env = "METIS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Held-out prompts (same format), scored greedily every --eval-every steps.
     #[arg(long)]
     eval_prompts: Option<PathBuf>,
@@ -82,7 +88,7 @@ struct GrpoArgs {
     /// Size of the format penalty (0 = off).
     #[arg(long, default_value_t = 1.0)]
     format_penalty: f64,
-    /// Per-task mixture weights, e.g. mcq=2,cvss=1.
+    /// Per-task mixture weights, e.g. mcq=2,cvss=1,ifeval=1,math=1.
     #[arg(long)]
     task_weights: Option<String>,
     /// Seconds one verifier call may take.
@@ -319,6 +325,7 @@ fn sft(a: SftArgs) -> anyhow::Result<()> {
 
 fn grpo(a: GrpoArgs) -> anyhow::Result<()> {
     let mut cfg = GrpoConfig::new(a.model, a.prompts, a.out);
+    cfg.data_dir = a.data_dir.clone();
     cfg.tokenizer = a.tokenizer;
     cfg.ref_model = a.ref_model;
     cfg.eval_prompts = a.eval_prompts;

@@ -320,8 +320,28 @@ fn record_verifier(
     let spec = run_defaults.overridden_by(&own).resolved();
     let verifier = factory
         .build(&spec)
-        .map_err(|e| (Some("verifier"), e.to_string()))?;
+        .map_err(|e| (Some(spec_error_field(&e)), e.to_string()))?;
     Ok((spec, verifier))
+}
+
+/// The record field a spec error is about (`verifier.choices`, …).
+fn spec_error_field(e: &metis_verify::SpecError) -> &'static str {
+    use metis_verify::SpecError;
+    let field = match e {
+        SpecError::WrongTask { field, .. } | SpecError::BadValue { field, .. } => *field,
+        _ => "",
+    };
+    match field {
+        "choices" => "verifier.choices",
+        "multi" => "verifier.multi",
+        "cvss_version" => "verifier.cvss_version",
+        "cwe_hierarchy" => "verifier.cwe_hierarchy",
+        "credit_parent" => "verifier.credit_parent",
+        "attack_catalog" => "verifier.attack_catalog",
+        "ifeval_mode" => "verifier.ifeval_mode",
+        "math_extraction" => "verifier.math_extraction",
+        _ => "verifier",
+    }
 }
 
 /// A record's `verifier` object. Protocol names are accepted in the CLI's spelling too
@@ -332,12 +352,15 @@ fn spec_from_json(v: &Value) -> Result<VerifierSpec, FieldError> {
         let protocol: Protocol = p
             .parse()
             .map_err(|e: String| (Some("verifier.protocol"), e))?;
-        v["protocol"] = serde_json::to_value(protocol).map_err(|e| (Some("verifier"), e.to_string()))?;
+        v["protocol"] =
+            serde_json::to_value(protocol).map_err(|e| (Some("verifier"), e.to_string()))?;
     }
     if let Some(Value::String(r)) = v.get("reward") {
-        let reward: metis_verify::RewardShape =
-            r.parse().map_err(|e: String| (Some("verifier.reward"), e))?;
-        v["reward"] = serde_json::to_value(reward).map_err(|e| (Some("verifier"), e.to_string()))?;
+        let reward: metis_verify::RewardShape = r
+            .parse()
+            .map_err(|e: String| (Some("verifier.reward"), e))?;
+        v["reward"] =
+            serde_json::to_value(reward).map_err(|e| (Some("verifier"), e.to_string()))?;
     }
     if let Some(Value::String(c)) = v.get("cvss_version") {
         if c.parse::<metis_verify::cvss::Version>().is_err() {
@@ -351,7 +374,7 @@ fn spec_from_json(v: &Value) -> Result<VerifierSpec, FieldError> {
         serde_json::from_value(v).map_err(|e| (Some("verifier"), e.to_string()))?;
     spec.task
         .map_or(Ok(()), |_| spec.validate().map(|_| ()))
-        .map_err(|e| (Some("verifier"), e.to_string()))?;
+        .map_err(|e| (Some(spec_error_field(&e)), e.to_string()))?;
     Ok(spec)
 }
 

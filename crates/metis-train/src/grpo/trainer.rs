@@ -38,6 +38,7 @@ use super::advantage::{group_advantages, ScaleRewards};
 use super::loss::{grpo_loss, per_token_logps, LossConfig, LossInputs};
 use super::prompts::{LoadOptions, PromptMixture, PromptRecord, PromptSampler, TaskWeights};
 use super::remote::{RemoteRollouts, RemoteSampler, RolloutSampling};
+use super::reward::RewardBreakdown;
 use super::reward::{compute_rewards, RewardConfig};
 use crate::checkpoint::{
     latest_checkpoint, load_train_state, save_train_state, TrainState, STATE_DIR,
@@ -47,6 +48,7 @@ use crate::metrics::{f64_or_nan, MetricsWriter, StepRecord};
 use crate::model::{BatchLayout, Result, TrainError, TrainModel, TrainModelOptions};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::schedule::{warmup_steps, Schedule};
+use metis_verify::Task;
 
 /// Settings of a GRPO run (defaults: the report's recipe where it gives one — 5 generations,
 /// beta 0.02, `grpo` aggregation — and TRL's otherwise).
@@ -58,6 +60,9 @@ pub struct GrpoConfig {
     /// Reference model for the KL (default: the starting model).
     pub ref_model: Option<PathBuf>,
     pub prompts: PathBuf,
+    /// Data directory the verifiers' catalogs (CWE, ATT&CK) are read from, as `metis eval`
+    /// reads them, so that a reward and a benchmark score agree.
+    pub data_dir: Option<PathBuf>,
     /// Held-out prompts scored greedily every `eval_every` steps.
     pub eval_prompts: Option<PathBuf>,
     pub out: PathBuf,
@@ -123,6 +128,7 @@ impl GrpoConfig {
             scale_rewards: ScaleRewards::Group,
             reward: RewardConfig::default(),
             task_weights: TaskWeights::default(),
+            data_dir: None,
             lora: None,
             seed: 0,
             save_every: 50,
@@ -133,6 +139,50 @@ impl GrpoConfig {
             stop_after_steps: None,
         }
     }
+}
+
+/// One task's share of a GRPO step: how the completions of that task's prompts were rewarded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStepMetrics {
+    /// Completions of the task in the step.
+    pub n: usize,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub reward_mean: f64,
+    /// Mean verifier part (binary correctness or graded score) before the format penalty.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub verifier_mean: f64,
+    /// Share graded correct by the task's verifier.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub accuracy: f64,
+    /// Share with a format violation (penalised).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub format_penalty_rate: f64,
+}
+
+/// Per-task metrics of a step, from each completion's task and reward breakdown.
+pub fn task_step_metrics<'a>(
+    rewards: impl IntoIterator<Item = (Task, &'a RewardBreakdown)>,
+) -> BTreeMap<String, TaskStepMetrics> {
+    let mut groups: BTreeMap<String, Vec<&RewardBreakdown>> = BTreeMap::new();
+    for (task, r) in rewards {
+        groups.entry(task.name().to_owned()).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|(task, rs)| {
+            let n = rs.len() as f64;
+            let mean =
+                |f: &dyn Fn(&RewardBreakdown) -> f64| rs.iter().map(|r| f(r)).sum::<f64>() / n;
+            let m = TaskStepMetrics {
+                n: rs.len(),
+                reward_mean: mean(&|r| r.total),
+                verifier_mean: mean(&|r| r.verifier),
+                accuracy: mean(&|r| f64::from(u8::from(r.correct))),
+                format_penalty_rate: mean(&|r| f64::from(u8::from(r.format_violation))),
+            };
+            (task, m)
+        })
+        .collect()
 }
 
 /// One line of `metrics.jsonl`. Every float reads `null` (a non-finite value) back as NaN.
@@ -163,6 +213,10 @@ pub struct GrpoMetrics {
     #[serde(deserialize_with = "f64_or_nan")]
     pub accuracy: f64,
     pub reward_by_task: BTreeMap<String, (f64, f64)>,
+    /// Per task of the mixture: reward, verifier part, accuracy and format-penalty rate of
+    /// this step's completions (absent from lines written before it existed).
+    #[serde(default)]
+    pub task_metrics: BTreeMap<String, TaskStepMetrics>,
     #[serde(deserialize_with = "f64_or_nan")]
     pub kl: f64,
     #[serde(deserialize_with = "f64_or_nan")]
@@ -362,7 +416,15 @@ fn completion_text(g: &Generation) -> String {
     g.text.clone().unwrap_or_default()
 }
 
-/// Curves of a run: reward and held-out accuracy, format-violation rate, KL, completion length.
+/// Every task that appears in a run's per-task metrics.
+fn task_names(history: &[GrpoMetrics]) -> Vec<String> {
+    let names: std::collections::BTreeSet<&String> =
+        history.iter().flat_map(|m| m.task_metrics.keys()).collect();
+    names.into_iter().cloned().collect()
+}
+
+/// Curves of a run: reward and held-out accuracy, format-violation rate, accuracy by task, KL,
+/// completion length.
 pub fn plot_grpo(history: &[GrpoMetrics], path: &Path) -> Result<()> {
     let series = |name: &str, f: &dyn Fn(&GrpoMetrics) -> Option<f64>| Curve {
         name: name.to_string(),
@@ -391,6 +453,14 @@ pub fn plot_grpo(history: &[GrpoMetrics], path: &Path) -> Result<()> {
             curves: vec![series("format-violation rate", &|m| {
                 Some(m.format_penalty_rate)
             })],
+        },
+        LinePanel {
+            title: "Rollout accuracy by task".into(),
+            y_label: "accuracy".into(),
+            curves: task_names(history)
+                .iter()
+                .map(|t| series(t, &|m| m.task_metrics.get(t).map(|x| x.accuracy)))
+                .collect(),
         },
         LinePanel {
             title: "KL to the reference (k3)".into(),
@@ -477,7 +547,10 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
         render,
     };
 
-    let load_opts = LoadOptions::default();
+    let load_opts = LoadOptions {
+        data_dir: cfg.data_dir.clone(),
+        ..LoadOptions::default()
+    };
     let mixture = PromptMixture::load(&cfg.prompts, &load_opts)
         .map_err(|e| TrainError::InvalidArgument(e.to_string()))?;
     let sampler = PromptSampler::new(&mixture, &cfg.task_weights, cfg.seed)
@@ -789,11 +862,14 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
         let mut by_task: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for (r, t) in rolls.iter().zip(&totals) {
             let task = prepared[picks[r.prompt]].record.task;
-            by_task
-                .entry(format!("{task:?}").to_lowercase())
-                .or_default()
-                .push(*t);
+            by_task.entry(task.name().to_owned()).or_default().push(*t);
         }
+        let task_metrics = task_step_metrics(
+            rolls
+                .iter()
+                .map(|r| prepared[picks[r.prompt]].record.task)
+                .zip(&summary.rewards),
+        );
         let step_s = t0.elapsed().as_secs_f64();
         let mut m = GrpoMetrics {
             step,
@@ -820,6 +896,7 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
                 .into_iter()
                 .map(|(k, v)| (k, mean_std(&v)))
                 .collect(),
+            task_metrics,
             kl: if tok_sum > 0.0 { kl_sum / tok_sum } else { 0.0 },
             clip_frac: if tok_sum > 0.0 {
                 clip_sum / tok_sum

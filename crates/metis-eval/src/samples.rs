@@ -1,0 +1,153 @@
+//! Per-item output of a benchmark, one JSON line each:
+//!
+//! - [`write_samples`]: every stored response graded (what lm-eval calls `--log_samples`), so
+//!   a user can see *why* an item was wrong: prompt, response, reasoning, extracted answer,
+//!   validity and reason, score, correctness and the verdict's metrics. Records are streamed
+//!   from the [`Store`] one at a time and graded with the benchmark's own verifiers.
+//! - [`export_prompts`]: a benchmark as a GRPO prompt file, each record carrying the item's
+//!   [`VerifierSpec`](metis_verify::VerifierSpec), so RL rewards the item exactly as the
+//!   benchmark scores it.
+
+use std::io::{self, Write};
+
+use metis_verify::{InvalidReason, Verdict};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::benchmarks::{Benchmark, Item};
+use crate::run::gradable_text;
+use crate::store::{Status, Store, StoreError};
+
+/// One graded response.
+#[derive(Debug, Serialize)]
+pub struct Sample<'a> {
+    pub benchmark: &'a str,
+    pub model: &'a str,
+    pub item: &'a str,
+    pub trial: u32,
+    pub params_hash: &'a str,
+    pub prompt: &'a str,
+    pub gold: &'a str,
+    /// `ok`, or `failed` with the request's error (graded as an empty answer).
+    pub status: Status,
+    pub error: Option<&'a str>,
+    pub response: Option<&'a str>,
+    pub reasoning: Option<&'a str>,
+    pub finish_reason: Option<&'a str>,
+    pub extracted: Option<&'a str>,
+    pub valid: bool,
+    pub invalid_reason: Option<&'a InvalidReason>,
+    pub score: f64,
+    pub correct: bool,
+    pub reasons: &'a [String],
+    pub metrics: &'a std::collections::BTreeMap<String, f64>,
+}
+
+/// Errors of [`write_samples`].
+#[derive(Debug, thiserror::Error)]
+pub enum SamplesError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing samples: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Grades every stored response of `bench` by `model` (every trial and parameter hash) and
+/// writes one JSON line per response to `out`; returns the number written. Records of items
+/// the benchmark no longer has are skipped.
+pub fn write_samples(
+    store: &Store,
+    bench: &Benchmark,
+    model: &str,
+    mut out: impl Write,
+) -> Result<usize, SamplesError> {
+    let mut written = 0;
+    let mut io_error: Option<io::Error> = None;
+    store
+        .for_each_record(bench.id(), model, |record| {
+            let Some(item) = bench.item(&record.key.item) else {
+                return Ok(());
+            };
+            let Some(verdict) = grade(bench, item, &record) else {
+                return Ok(());
+            };
+            let sample = Sample {
+                benchmark: bench.id(),
+                model,
+                item: &item.id,
+                trial: record.key.trial,
+                params_hash: &record.key.params_hash,
+                prompt: &item.prompt,
+                gold: &item.gold,
+                status: record.status,
+                error: record.error.as_deref(),
+                response: record.response.as_deref(),
+                reasoning: record.reasoning.as_deref(),
+                finish_reason: record.finish_reason.as_deref(),
+                extracted: verdict.extracted.as_deref(),
+                valid: verdict.is_valid(),
+                invalid_reason: verdict.invalid.as_ref(),
+                score: verdict.score,
+                correct: verdict.correct,
+                reasons: &verdict.reasons,
+                metrics: &verdict.metrics,
+            };
+            let line = serde_json::to_string(&sample).map_err(StoreError::Json)?;
+            if let Err(e) = writeln!(out, "{line}") {
+                io_error = Some(e);
+                // Stop the scan: the reader is gone or the disk is full.
+                return Err(StoreError::Io {
+                    path: "samples output".into(),
+                    source: io::Error::other("write failed"),
+                });
+            }
+            written += 1;
+            Ok(())
+        })
+        .map_err(|e| match io_error.take() {
+            Some(io) => SamplesError::Io(io),
+            None => SamplesError::Store(e),
+        })?;
+    Ok(written)
+}
+
+/// The verdict the harness gives a stored record (a failed request is an empty answer).
+/// `None` only for a gold the verifier rejects, which the loader has already refused.
+fn grade(bench: &Benchmark, item: &Item, record: &crate::store::ResponseRecord) -> Option<Verdict> {
+    let verifier = bench.verifier(item);
+    let text = if record.status == Status::Ok {
+        gradable_text(record)
+    } else {
+        String::new()
+    };
+    let gold = verifier.parse_gold(&item.gold).ok()?;
+    Some(verifier.verify(&text, &gold))
+}
+
+/// The GRPO prompt record of one item: `id`, `task`, `gold` (JSON as the verifier reads it),
+/// `messages` (the benchmark prompt as the user turn), `verifier` (the item's spec) and
+/// `source` (benchmark id, for provenance).
+pub fn prompt_record(bench: &Benchmark, item: &Item) -> Value {
+    let spec = bench.verifier_spec(item);
+    // IFEval's gold is an instruction object kept as JSON text in the item.
+    let gold = match serde_json::from_str::<Value>(&item.gold) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => Value::String(item.gold.clone()),
+    };
+    json!({
+        "id": format!("{}/{}", bench.id(), item.id),
+        "task": bench.spec.task,
+        "gold": gold,
+        "messages": [{"role": "user", "content": item.prompt}],
+        "verifier": spec,
+        "source": bench.id(),
+    })
+}
+
+/// Writes every item of `bench` as a GRPO prompt record, one JSON line each; returns the count.
+pub fn export_prompts(bench: &Benchmark, mut out: impl Write) -> io::Result<usize> {
+    for item in &bench.items {
+        writeln!(out, "{}", prompt_record(bench, item))?;
+    }
+    Ok(bench.items.len())
+}
