@@ -85,6 +85,7 @@ pub struct MetricsWriter<M = StepMetrics> {
     path: PathBuf,
     file: File,
     history: Vec<M>,
+    keep_history: bool,
 }
 
 impl<M: StepRecord> MetricsWriter<M> {
@@ -139,7 +140,16 @@ impl<M: StepRecord> MetricsWriter<M> {
             path: path.to_path_buf(),
             file,
             history,
+            keep_history: true,
         })
+    }
+
+    /// Stop keeping written records in memory (a log of large records, such as rollouts,
+    /// that is only ever read back from the file).
+    pub fn without_history(mut self) -> Self {
+        self.keep_history = false;
+        self.history = Vec::new();
+        self
     }
 
     /// Append one step (one line, flushed).
@@ -152,7 +162,9 @@ impl<M: StepRecord> MetricsWriter<M> {
         };
         self.file.write_all(line.as_bytes()).map_err(io)?;
         self.file.flush().map_err(io)?;
-        self.history.push(m.clone());
+        if self.keep_history {
+            self.history.push(m.clone());
+        }
         Ok(())
     }
 

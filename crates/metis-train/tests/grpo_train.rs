@@ -197,3 +197,117 @@ fn every_trainable_tensor_gets_a_gradient_through_the_grpo_loss() {
         );
     }
 }
+
+/// GRPO on the report's mixture — cyber (the demo's MCQ prompts), IFEval and GSM8K prompts
+/// exported from their benchmarks — writes per-task metrics, and each task's numbers are
+/// those of its own verifier: every logged completion, re-graded with the verifier its record
+/// names, gets the reward the trainer logged, and the per-task means are over that task's
+/// completions only.
+#[test]
+fn grpo_on_a_mixture_reports_per_task_metrics_from_each_verifier() {
+    use metis_eval::benchmarks::{load, DataSource};
+    use metis_eval::samples::prompt_record;
+    use metis_train::grpo::prompts::LoadOptions;
+    use metis_train::grpo::trainer::StepRollouts;
+    use metis_train::grpo::{compute_reward, PromptMixture};
+    use metis_verify::format::FormatPolicy;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = tiny_demo(tmp.path(), 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut lines: Vec<String> = std::fs::read_to_string(&demo.prompts)
+        .unwrap()
+        .lines()
+        .take(6)
+        .map(str::to_owned)
+        .collect();
+    for bench in ["ifeval", "gsm8k"] {
+        let b = rt
+            .block_on(load(
+                bench,
+                &DataSource::Dir(common::data_dir()),
+                metis_verify::Protocol::LastLine,
+            ))
+            .unwrap();
+        // Short prompts keep the tiny model's context (512) and the run small.
+        for item in b.items.iter().filter(|i| i.prompt.len() < 300).take(6) {
+            lines.push(prompt_record(&b, item).to_string());
+        }
+    }
+    let mix_path = tmp.path().join("mixture.jsonl");
+    std::fs::write(&mix_path, lines.join("\n") + "\n").unwrap();
+
+    let out = tmp.path().join("mix");
+    let mut cfg = GrpoConfig::new(demo.model.clone(), mix_path.clone(), out.clone());
+    cfg.num_generations = 2;
+    cfg.prompts_per_step = 6;
+    cfg.max_steps = 2;
+    cfg.max_completion_len = 24;
+    cfg.save_every = 2;
+    cfg.seed = 5;
+    cfg.log_rollouts = true;
+    cfg.data_dir = Some(common::data_dir());
+    cfg.task_weights = "mcq=1,ifeval=1,math=1".parse().unwrap();
+    run_grpo(&cfg, false).unwrap();
+
+    let mixture = PromptMixture::load(
+        &mix_path,
+        &LoadOptions {
+            data_dir: Some(common::data_dir()),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let metrics = metrics(&out);
+    let rollouts: Vec<StepRollouts> = std::fs::read_to_string(out.join("rollouts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rollouts.len(), 2);
+    let mut seen = std::collections::BTreeSet::new();
+    for step in &rollouts {
+        let m = metrics
+            .iter()
+            .find(|m| m["step"] == step.step)
+            .expect("a metrics line per step");
+        let per_task = m["task_metrics"].as_object().expect("task_metrics");
+        let mut by_task: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+        for r in &step.rollouts {
+            let record = mixture
+                .records
+                .iter()
+                .find(|p| p.id == r.prompt_id)
+                .unwrap();
+            assert_eq!(record.task, r.task);
+            let regraded = compute_reward(
+                &record.reward_job(r.completion.clone()),
+                &FormatPolicy::default(),
+            );
+            assert_eq!(
+                regraded.total, r.reward.total,
+                "{}: {:?}",
+                r.prompt_id, r.completion
+            );
+            assert_eq!(regraded.correct, r.reward.correct);
+            by_task
+                .entry(r.task.name())
+                .or_default()
+                .push(r.reward.total);
+        }
+        assert_eq!(
+            per_task.keys().map(String::as_str).collect::<Vec<_>>(),
+            by_task.keys().copied().collect::<Vec<_>>()
+        );
+        for (task, totals) in &by_task {
+            seen.insert(*task);
+            let logged = &per_task[*task];
+            assert_eq!(logged["n"].as_u64().unwrap() as usize, totals.len());
+            let mean = totals.iter().sum::<f64>() / totals.len() as f64;
+            assert!((logged["reward_mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+        }
+    }
+    assert!(seen.len() >= 2, "the mixture drew several tasks: {seen:?}");
+}

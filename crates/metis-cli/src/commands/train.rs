@@ -88,6 +88,9 @@ struct GrpoArgs {
     /// Size of the format penalty (0 = off).
     #[arg(long, default_value_t = 1.0)]
     format_penalty: f64,
+    /// Write every rollout with its prompt id, task and reward to OUT/rollouts.jsonl.
+    #[arg(long)]
+    log_rollouts: bool,
     /// Per-task mixture weights, e.g. mcq=2,cvss=1,ifeval=1,math=1.
     #[arg(long)]
     task_weights: Option<String>,
@@ -326,6 +329,7 @@ fn sft(a: SftArgs) -> anyhow::Result<()> {
 fn grpo(a: GrpoArgs) -> anyhow::Result<()> {
     let mut cfg = GrpoConfig::new(a.model, a.prompts, a.out);
     cfg.data_dir = a.data_dir.clone();
+    cfg.log_rollouts = a.log_rollouts;
     cfg.tokenizer = a.tokenizer;
     cfg.ref_model = a.ref_model;
     cfg.eval_prompts = a.eval_prompts;

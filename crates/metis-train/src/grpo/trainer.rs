@@ -60,6 +60,8 @@ pub struct GrpoConfig {
     /// Reference model for the KL (default: the starting model).
     pub ref_model: Option<PathBuf>,
     pub prompts: PathBuf,
+    /// Write every rollout with its reward to `rollouts.jsonl` (one line per step).
+    pub log_rollouts: bool,
     /// Data directory the verifiers' catalogs (CWE, ATT&CK) are read from, as `metis eval`
     /// reads them, so that a reward and a benchmark score agree.
     pub data_dir: Option<PathBuf>,
@@ -129,6 +131,7 @@ impl GrpoConfig {
             reward: RewardConfig::default(),
             task_weights: TaskWeights::default(),
             data_dir: None,
+            log_rollouts: false,
             lora: None,
             seed: 0,
             save_every: 50,
@@ -138,6 +141,30 @@ impl GrpoConfig {
             remote: None,
             stop_after_steps: None,
         }
+    }
+}
+
+/// One step's rollouts (`rollouts.jsonl`, with `--log-rollouts`): every completion with its
+/// prompt, task and reward breakdown, so a run can be audited — what the policy wrote and
+/// why it was rewarded so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRollouts {
+    pub step: u64,
+    pub rollouts: Vec<RolloutLog>,
+}
+
+/// One logged completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutLog {
+    pub prompt_id: String,
+    pub task: Task,
+    pub completion: String,
+    pub reward: RewardBreakdown,
+}
+
+impl StepRecord for StepRollouts {
+    fn step(&self) -> u64 {
+        self.step
     }
 }
 
@@ -610,6 +637,17 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
         &cfg.out.join("metrics.jsonl"),
         (start > 0).then_some(start),
     )?;
+    let mut rollout_log = if cfg.log_rollouts {
+        Some(
+            MetricsWriter::<StepRollouts>::open(
+                &cfg.out.join("rollouts.jsonl"),
+                (start > 0).then_some(start),
+            )?
+            .without_history(),
+        )
+    } else {
+        None
+    };
     std::fs::write(
         cfg.out.join("grpo_config.json"),
         serde_json::to_string_pretty(cfg).expect("config serialises"),
@@ -863,6 +901,25 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
         for (r, t) in rolls.iter().zip(&totals) {
             let task = prepared[picks[r.prompt]].record.task;
             by_task.entry(task.name().to_owned()).or_default().push(*t);
+        }
+        if let Some(rl) = rollout_log.as_mut() {
+            rl.write(&StepRollouts {
+                step,
+                rollouts: rolls
+                    .iter()
+                    .zip(&texts)
+                    .zip(&summary.rewards)
+                    .map(|((r, text), reward)| {
+                        let record = &prepared[picks[r.prompt]].record;
+                        RolloutLog {
+                            prompt_id: record.id.clone(),
+                            task: record.task,
+                            completion: text.clone(),
+                            reward: reward.clone(),
+                        }
+                    })
+                    .collect(),
+            })?;
         }
         let task_metrics = task_step_metrics(
             rolls
