@@ -8,9 +8,14 @@
 //! - [`reasoning`] separates `<think>…</think>` reasoning from the final answer;
 //! - [`extract`] finds the answer in the answer part (last-line or FAITH-compatible protocol);
 //! - [`mcq`], [`cwe`], [`cvss`], [`attack`] parse, validate and compare task-specific answers;
+//!   [`ifeval`] checks IFEval's verifiable instructions, [`math`] extracts final answers and
+//!   decides mathematical equivalence;
 //! - [`format`] scores the shape of a response (the guard against reward hacking);
 //! - [`verifier`] ties them together behind one [`Verifier`] interface and aggregates
-//!   item verdicts into benchmark metrics.
+//!   item verdicts into benchmark metrics;
+//! - [`spec`] describes how an item is graded ([`VerifierSpec`], serialisable, the one home of
+//!   the defaults) and builds its verifier ([`VerifierFactory`], the only constructor callers
+//!   use), so a benchmark, a GRPO prompt file and `metis score` grade alike.
 
 pub mod attack;
 pub mod cvss;
