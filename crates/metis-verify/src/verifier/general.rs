@@ -270,3 +270,100 @@ impl MathVerifier {
 fn is_lenient(method: ExtractMethod) -> bool {
     matches!(method, ExtractMethod::LastNumber | ExtractMethod::LastLine)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{VerifierFactory, VerifierSpec};
+    use crate::verifier::aggregate;
+
+    fn build(spec: VerifierSpec) -> std::sync::Arc<dyn Verifier> {
+        VerifierFactory::new(None).build(&spec).unwrap()
+    }
+
+    const NO_COMMA_3_WORDS: &str = r#"{"instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"], "kwargs": [{}, {"relation": "at least", "num_words": 3}]}"#;
+
+    #[test]
+    fn ifeval_modes_scores_and_pooled_instruction_accuracy() {
+        let v = build(VerifierSpec::for_task(Task::Ifeval));
+        let ok = v
+            .grade("<think>plan</think>hello there my friend", NO_COMMA_3_WORDS)
+            .unwrap();
+        assert!(ok.correct && ok.score == 1.0, "{ok:?}");
+        let half = v
+            .grade("<think>p</think>hello, there", NO_COMMA_3_WORDS)
+            .unwrap();
+        assert!(!half.correct);
+        assert_eq!(half.score, 0.0, "both fail: a comma, and 2 words");
+        let one = v
+            .grade("<think>p</think>hello, there my friend", NO_COMMA_3_WORDS)
+            .unwrap();
+        assert_eq!(one.score, 0.5);
+        assert!(one
+            .reasons
+            .iter()
+            .any(|r| r.contains("punctuation:no_comma")));
+        let cut = v.grade("<think>never closed", NO_COMMA_3_WORDS).unwrap();
+        assert!(!cut.is_valid() && cut.metrics["inst_strict_followed"] == 0.0);
+        let agg = aggregate(&[ok, one, cut]);
+        assert!((agg["inst_level_strict_acc"] - 3.0 / 6.0).abs() < 1e-12);
+        assert!((agg["prompt_level_strict_acc"] - 1.0 / 3.0).abs() < 1e-12);
+        assert!(!agg.contains_key("inst_total"));
+        assert!(v.grade("x", "not json").is_err());
+        assert!(v
+            .grade(
+                "x",
+                r#"{"instruction_id_list": ["nope:nope"], "kwargs": [{}]}"#
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn ifeval_loose_mode_decides_correctness_when_asked() {
+        let gold = r#"{"instruction_id_list": ["startend:quotation"], "kwargs": [{}]}"#;
+        let response = "<think>p</think>Sure:\n\"a quoted answer\"";
+        let strict = build(VerifierSpec::for_task(Task::Ifeval));
+        let loose = build(VerifierSpec {
+            task: Some(Task::Ifeval),
+            ifeval_mode: Some(IfEvalMode::Loose),
+            ..VerifierSpec::default()
+        });
+        assert!(!strict.grade(response, gold).unwrap().correct);
+        let l = loose.grade(response, gold).unwrap();
+        assert!(
+            l.correct,
+            "dropping the first line quotes the answer: {l:?}"
+        );
+        assert_eq!(l.metrics["prompt_level_strict_acc"], 0.0);
+    }
+
+    #[test]
+    fn math_reports_every_extraction_and_unknowns() {
+        let v = build(VerifierSpec::for_task(Task::Math));
+        let boxed = v.grade("<think>9*2</think>So \\boxed{18}.", "18").unwrap();
+        assert!(boxed.correct && boxed.format == Some(crate::AnswerFormat::Proper));
+        assert_eq!(boxed.metrics["strict_match"], 0.0, "no #### line");
+        let hashes = v
+            .grade("<think>x</think>9 * 2 = 18\n#### 18", "18")
+            .unwrap();
+        assert!(hashes.correct);
+        assert_eq!(hashes.metrics["strict_match"], 1.0);
+        assert_eq!(hashes.metrics["flexible_match"], 1.0);
+        let frac = v.grade("The answer is \\frac{1}{2}.", "0.5").unwrap();
+        assert!(frac.correct, "{frac:?}");
+        let wrong = v.grade("\\boxed{17}", "18").unwrap();
+        assert!(!wrong.correct && wrong.is_valid());
+        let none = v.grade("<think>x</think>I cannot tell.", "18").unwrap();
+        assert!(!none.is_valid());
+        let strict = build(VerifierSpec {
+            task: Some(Task::Math),
+            math_extraction: Some(MathExtraction::Gsm8kStrict),
+            ..VerifierSpec::default()
+        });
+        let s = strict.grade("\\boxed{18}", "18").unwrap();
+        assert!(!s.correct, "lm-eval strict needs ####");
+        assert_eq!(s.metrics["reasoning_match"], 1.0);
+        assert!(v.parse_gold_json(&serde_json::json!(18)).is_ok());
+        assert!(v.grade("x", "  ").is_err());
+    }
+}
