@@ -227,7 +227,7 @@ fn response(answer: &str, g: &mut Gen) -> String {
         1 => format!("{think}{answer}\nThis entry covers the described issue."),
         2 => format!("{think}Some analysis first.\n{answer}"),
         3 => "<think>\nThe reasoning never ends".to_owned(),
-        4 => format!("{think}"),
+        4 => think.to_owned(),
         5 => answer.to_owned(),
         6 => format!("{think}{answer}\n\n{answer}"),
         7 => format!("{think}I am not sure.\n{answer} or maybe not."),

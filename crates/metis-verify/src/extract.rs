@@ -218,7 +218,7 @@ fn last_line_with_fallback<T>(
     if first.reason() != Some(&InvalidReason::NoMatch) {
         return first;
     }
-    match lines.find(|l| shaped(l)).map(|l| on_line(l)) {
+    match lines.find(|l| shaped(l)).map(&on_line) {
         Some(Extraction::Valid { value, .. }) => Extraction::lenient(value),
         Some(invalid @ Extraction::Invalid { .. })
             if invalid.reason() != Some(&InvalidReason::NoMatch) =>

@@ -99,6 +99,36 @@ pub fn mcq_chat(question: &str, choices: &[String], multi: bool) -> String {
     prompt
 }
 
+/// The instruction a zero-shot GSM8K prompt ends with: the final answer in lm-eval's
+/// `#### N` form, so that its strict match applies to a chat model's answer too.
+pub const GSM8K_ANSWER_INSTRUCTION: &str =
+    "Solve the problem step by step. On the last line, write the final answer as \"#### N\", where N is a number.";
+
+/// Zero-shot GSM8K for a chat (reasoning) model.
+pub fn gsm8k_zero_shot(question: &str) -> String {
+    format!("{}\n\n{GSM8K_ANSWER_INSTRUCTION}", question.trim())
+}
+
+/// lm-eval's `gsm8k_cot`: the eight fixed chain-of-thought exemplars as `Q: …\nA: …` blocks
+/// separated by blank lines, then `Q: {question}\nA:`.
+pub fn gsm8k_cot(question: &str) -> String {
+    let mut out = String::new();
+    for (q, a) in metis_verify::math::gsm8k::COT_EXEMPLARS.iter() {
+        out.push_str(&format!("Q: {q}\nA: {a}\n\n"));
+    }
+    out.push_str(&format!("Q: {question}\nA:"));
+    out
+}
+
+/// The instruction a MATH prompt ends with (the reasoning-model form of the answer).
+pub const MATH_ANSWER_INSTRUCTION: &str =
+    "Solve the problem step by step, and put your final answer within \\boxed{}.";
+
+/// A MATH problem for a chat (reasoning) model, in Minerva's `Problem:` layout.
+pub fn math(problem: &str) -> String {
+    format!("Problem:\n{}\n\n{MATH_ANSWER_INSTRUCTION}", problem.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,34 +160,4 @@ mod tests {
             format!("Map it to a CWE.\n\n{LAST_LINE_INSTRUCTION}")
         );
     }
-}
-
-/// The instruction a zero-shot GSM8K prompt ends with: the final answer in lm-eval's
-/// `#### N` form, so that its strict match applies to a chat model's answer too.
-pub const GSM8K_ANSWER_INSTRUCTION: &str =
-    "Solve the problem step by step. On the last line, write the final answer as \"#### N\", where N is a number.";
-
-/// Zero-shot GSM8K for a chat (reasoning) model.
-pub fn gsm8k_zero_shot(question: &str) -> String {
-    format!("{}\n\n{GSM8K_ANSWER_INSTRUCTION}", question.trim())
-}
-
-/// lm-eval's `gsm8k_cot`: the eight fixed chain-of-thought exemplars as `Q: …\nA: …` blocks
-/// separated by blank lines, then `Q: {question}\nA:`.
-pub fn gsm8k_cot(question: &str) -> String {
-    let mut out = String::new();
-    for (q, a) in metis_verify::math::gsm8k::COT_EXEMPLARS.iter() {
-        out.push_str(&format!("Q: {q}\nA: {a}\n\n"));
-    }
-    out.push_str(&format!("Q: {question}\nA:"));
-    out
-}
-
-/// The instruction a MATH prompt ends with (the reasoning-model form of the answer).
-pub const MATH_ANSWER_INSTRUCTION: &str =
-    "Solve the problem step by step, and put your final answer within \\boxed{}.";
-
-/// A MATH problem for a chat (reasoning) model, in Minerva's `Problem:` layout.
-pub fn math(problem: &str) -> String {
-    format!("Problem:\n{}\n\n{MATH_ANSWER_INSTRUCTION}", problem.trim())
 }
