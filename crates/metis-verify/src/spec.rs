@@ -29,9 +29,10 @@ use crate::cwe::CweCatalog;
 use crate::extract::Protocol;
 use crate::mcq::ChoiceSpec;
 use crate::reasoning::Delimiters;
+use crate::taa::{ActorCatalog, TaaRule};
 use crate::verifier::{
-    AttackVerifier, CvssVerifier, CweVerifier, IfEvalVerifier, MathVerifier, McqVerifier, Task,
-    Verifier, VerifyOptions,
+    AttackVerifier, CvssVerifier, CweVerifier, IfEvalVerifier, MathVerifier, McqVerifier,
+    TaaVerifier, Task, Verifier, VerifyOptions,
 };
 
 /// Which view of a verdict is the RL reward.
@@ -245,6 +246,9 @@ pub struct VerifierSpec {
     /// math: the extraction that decides `correct` and the reward.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub math_extraction: Option<MathExtraction>,
+    /// taa: the scoring rule that decides `correct` (both are reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taa_rule: Option<TaaRule>,
 }
 
 /// A spec that cannot be built.
@@ -357,6 +361,9 @@ impl VerifierSpec {
             Some(Task::Math) => {
                 s.math_extraction.get_or_insert(MathExtraction::default());
             }
+            Some(Task::Taa) => {
+                s.taa_rule.get_or_insert(TaaRule::default());
+            }
             None => {}
         }
         s
@@ -379,7 +386,8 @@ impl VerifierSpec {
             credit_parent,
             attack_catalog,
             ifeval_mode,
-            math_extraction
+            math_extraction,
+            taa_rule
         )
     }
 }
@@ -396,6 +404,7 @@ pub struct VerifierFactory {
     data_dir: Option<PathBuf>,
     delimiters: Delimiters,
     cwe: Option<Option<Arc<CweCatalog>>>,
+    actors: Option<Option<Arc<ActorCatalog>>>,
     attack: HashMap<AttackCatalogRef, Option<Arc<AttackCatalog>>>,
     built: HashMap<VerifierSpec, Arc<dyn Verifier>>,
     catalogs_used: BTreeSet<String>,
@@ -419,6 +428,7 @@ impl VerifierFactory {
             data_dir: data_dir.map(Path::to_owned),
             delimiters: Delimiters::default(),
             cwe: None,
+            actors: None,
             attack: HashMap::new(),
             built: HashMap::new(),
             catalogs_used: BTreeSet::new(),
@@ -510,6 +520,11 @@ impl VerifierFactory {
                 options,
                 extraction: spec.math_extraction.unwrap_or_default(),
             }),
+            Task::Taa => Box::new(TaaVerifier {
+                options,
+                catalog: self.actor_catalog()?,
+                rule: spec.taa_rule.unwrap_or_default(),
+            }),
         })
     }
 
@@ -538,6 +553,36 @@ impl VerifierFactory {
             }
         };
         self.cwe = Some(loaded.clone());
+        Ok(loaded)
+    }
+
+    fn actor_catalog(&mut self) -> Result<Option<Arc<ActorCatalog>>, SpecError> {
+        use crate::taa::{ALIAS_FILE, RELATED_FILE};
+        if let Some(c) = &self.actors {
+            return Ok(c.clone());
+        }
+        let loaded = match self.present(&[ALIAS_FILE.to_owned(), RELATED_FILE.to_owned()]) {
+            Some(dir) => {
+                let catalog =
+                    ActorCatalog::from_data_dir(&dir).map_err(|e| SpecError::Catalog {
+                        path: e.file.clone(),
+                        detail: e.detail,
+                    })?;
+                self.notes.push(format!(
+                    "CTIBench-TAA alias and related-group dictionaries ({} names)",
+                    catalog.len()
+                ));
+                Some(Arc::new(catalog))
+            }
+            None => {
+                self.notes.push(format!(
+                    "no CTIBench-TAA dictionaries at {}: only the gold's own name counts",
+                    self.shown(ALIAS_FILE)
+                ));
+                None
+            }
+        };
+        self.actors = Some(loaded.clone());
         Ok(loaded)
     }
 

@@ -36,16 +36,19 @@ pub enum Task {
     Ifeval,
     /// A math problem's final answer (GSM8K, MATH), compared by equivalence.
     Math,
+    /// Threat report → the threat actor responsible (CTIBench-TAA).
+    Taa,
 }
 
 impl Task {
-    pub const ALL: [Task; 6] = [
+    pub const ALL: [Task; 7] = [
         Task::Mcq,
         Task::Cwe,
         Task::Cvss,
         Task::Attack,
         Task::Ifeval,
         Task::Math,
+        Task::Taa,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Task {
             Task::Attack => "attack",
             Task::Ifeval => "ifeval",
             Task::Math => "math",
+            Task::Taa => "taa",
         }
     }
 }
@@ -87,12 +91,14 @@ pub enum Gold {
     Instructions(IfEvalGold),
     /// A math answer as written (LaTeX or plain), trimmed.
     Math(String),
+    /// A threat actor's name as the dataset writes it.
+    Actor(String),
 }
 
 /// A gold answer that cannot be used: a dataset problem, reported, never scored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GoldError {
-    #[error("unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math)")]
+    #[error("unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa)")]
     UnknownTask(String),
     #[error("bad gold answer for {task}: {detail}")]
     Bad { task: Task, detail: String },
@@ -252,7 +258,9 @@ fn wrong_kind(task: Task, think: ThinkStatus) -> Verdict {
 }
 
 mod general;
+mod taa;
 pub use general::{IfEvalVerifier, MathVerifier};
+pub use taa::TaaVerifier;
 
 // ---------------------------------------------------------------------------------------------
 
