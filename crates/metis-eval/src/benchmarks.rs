@@ -54,6 +54,9 @@ pub(crate) enum Format {
     CtiRcm,
     CtiVsp,
     CtiAte,
+    /// CTI-TAA reports (`URL, Text, Prompt`) with the gold actors of a companion file
+    /// (`URL, GT`, rows aligned).
+    CtiTaa,
     CyberMetric,
     MmluCsv,
     SecBenchJsonl,
@@ -81,6 +84,8 @@ pub enum Transform {
     SecEvalJsArray,
     /// MMLU: drop the header row and the 7th (`ChatGPT Response`) column of the GitHub copy.
     MmluDropHeaderAndExtraColumn,
+    /// CTIBench-TAA gold: the `URL` and `GT` columns of CTIBench's released response table.
+    TaaGoldColumn,
 }
 
 impl Transform {
@@ -211,7 +216,7 @@ const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str
     }
 }
 
-static SPECS: [BenchmarkSpec; 15] = [
+static SPECS: [BenchmarkSpec; 16] = [
     BenchmarkSpec {
         id: "ctibench-mcqa",
         title: "CTIBench CTI-MCQ (2,500 CTI knowledge MCQs)",
@@ -281,6 +286,32 @@ static SPECS: [BenchmarkSpec; 15] = [
             "79e5354a5c6aae0c979389786853e768201f8d129fb0f0ca5af392555f238f28",
         )],
         format: Format::CtiAte,
+    },
+    BenchmarkSpec {
+        id: "ctibench-taa",
+        title: "CTIBench CTI-TAA (threat report → threat actor, 50 reports)",
+        task: Task::Taa,
+        primary_metric: "accuracy",
+        secondary_metrics: &[
+            "plausible_accuracy",
+            "ctibench_accuracy",
+            "ctibench_plausible_accuracy",
+        ],
+        source: CTIBENCH,
+        files: &[
+            cti(
+                "ctibench/cti-taa.tsv",
+                "data/cti-taa.tsv",
+                "2f14c3209ea83bd9e7bc456e336d10a78870cfe2b9b4dc3f86ea50621d6f6321",
+            ),
+            DataFile {
+                path: "ctibench/cti-taa-gold.tsv",
+                remote_path: "evaluation/responses/cti-taa-responses.tsv",
+                transform: Transform::TaaGoldColumn,
+                sha256: "4fbf0db257c67a1c200ebfbd25d621747ab2ca26a220e4485b61303126a75c7f",
+            },
+        ],
+        format: Format::CtiTaa,
     },
     BenchmarkSpec {
         id: "cybermetric-80",
@@ -632,48 +663,27 @@ pub async fn load(
 ) -> Result<Benchmark, BenchmarkError> {
     let spec = spec(id)?;
     let root = source.root();
-    let file = spec.data_file();
-    let path = root.join(file.path);
     let mut notes = Vec::new();
-    if matches!(source, DataSource::Cache(_)) && !path.exists() {
-        let sha = fetch::download(spec, file, &path).await?;
-        notes.push(format!(
-            "downloaded {} from {} (sha256 {sha})",
-            file.path,
-            remote_url(spec, file)
-        ));
+    let mut files = Vec::with_capacity(spec.files().len());
+    for file in spec.files() {
+        files.push(read_data_file(spec, file, source, &mut notes).await?);
     }
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|source| BenchmarkError::Io {
-            path: path.clone(),
-            source,
-        })?;
-    let data_sha256 = sha256_hex(&bytes);
-    if data_sha256 != file.sha256 {
-        tracing::warn!(
-            benchmark = spec.id,
-            path = %path.display(),
-            "data file differs from the pinned revision (sha256 {data_sha256}, pinned {})",
-            file.sha256
-        );
-        notes.push(format!(
-            "{} differs from the pinned revision (sha256 {data_sha256}, pinned {})",
-            file.path, file.sha256
-        ));
-    }
-    let text = String::from_utf8(bytes).map_err(|e| BenchmarkError::Parse {
-        path: path.clone(),
-        line: 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count(),
-        field: None,
-        detail: format!("not UTF-8: {}", e.utf8_error()),
-    })?;
+    let data_sha256 = match files.as_slice() {
+        [(_, _, sha)] => sha.clone(),
+        // Several files: one fingerprint over each file's hash and name.
+        many => sha256_hex(
+            many.iter()
+                .zip(spec.files())
+                .map(|((_, _, sha), f)| format!("{sha}  {}\n", f.path))
+                .collect::<String>()
+                .as_bytes(),
+        ),
+    };
+    let (path, text, _) = files.remove(0);
+    let companions: Vec<(PathBuf, String)> = files.into_iter().map(|(p, t, _)| (p, t)).collect();
 
     let mut factory = VerifierFactory::new(Some(root));
-    let parsed = parse::parse(spec.format, &text, &path)?;
+    let parsed = parse::parse(spec.format, &text, &path, &companions)?;
     notes.extend(parsed.notes);
     let mut items = Vec::with_capacity(parsed.rows.len());
     let mut specs = Vec::with_capacity(parsed.rows.len());
@@ -735,6 +745,55 @@ pub async fn load(
         fallback,
         index,
     })
+}
+
+/// Reads one data file of `spec` (downloading it into the cache first when the source is the
+/// cache and the file is missing): its path, its text and its SHA-256. A file that differs from
+/// the pinned revision is read all the same, with a warning and a note.
+async fn read_data_file(
+    spec: &BenchmarkSpec,
+    file: &DataFile,
+    source: &DataSource,
+    notes: &mut Vec<String>,
+) -> Result<(PathBuf, String, String), BenchmarkError> {
+    let path = source.root().join(file.path);
+    if matches!(source, DataSource::Cache(_)) && !path.exists() {
+        let sha = fetch::download(spec, file, &path).await?;
+        notes.push(format!(
+            "downloaded {} from {} (sha256 {sha})",
+            file.path,
+            remote_url(spec, file)
+        ));
+    }
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|source| BenchmarkError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    let sha = sha256_hex(&bytes);
+    if sha != file.sha256 {
+        tracing::warn!(
+            benchmark = spec.id,
+            path = %path.display(),
+            "data file differs from the pinned revision (sha256 {sha}, pinned {})",
+            file.sha256
+        );
+        notes.push(format!(
+            "{} differs from the pinned revision (sha256 {sha}, pinned {})",
+            file.path, file.sha256
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| BenchmarkError::Parse {
+        path: path.clone(),
+        line: 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
+        field: None,
+        detail: format!("not UTF-8: {}", e.utf8_error()),
+    })?;
+    Ok((path, text, sha))
 }
 
 /// The ATT&CK release CTIBench-ATE was built on.

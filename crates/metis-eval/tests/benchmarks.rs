@@ -46,6 +46,70 @@ const EXPECTED: [(&str, usize); 11] = [
 /// pinned source; its loader is tested on a fixture below).
 const GENERAL: [(&str, usize); 3] = [("ifeval", 541), ("gsm8k", 1319), ("gsm8k-cot", 1319)];
 const FETCHED_ONLY: [&str; 1] = ["math-500"];
+/// Benchmarks with several data files (their fingerprint covers all of them).
+const MULTI_FILE: [(&str, usize); 1] = [("ctibench-taa", 50)];
+
+#[tokio::test]
+async fn ctibench_taa_pairs_reports_with_gold_actors_and_grades_aliases() {
+    let (id, count) = MULTI_FILE[0];
+    let b = bench(id).await;
+    assert_eq!(b.items.len(), count);
+    assert_eq!(b.spec.files().len(), 2);
+    assert_eq!(b.items[0].gold, "SideCopy");
+    assert!(b.items[0].prompt.contains("[PLACEHOLDER]"));
+    assert!(b.items[0].prompt.to_lowercase().contains("last line"));
+    assert!(b
+        .catalog_sha256
+        .contains_key("ctibench/taa-alias-dict.json"));
+    let v = b.verifier(&b.items[0]);
+    let grade = |answer: &str| {
+        v.grade(
+            &format!("<think>TTPs point to it</think>{answer}"),
+            &b.items[0].gold,
+        )
+        .unwrap()
+    };
+    assert!(grade("Threat actor: SideCopy").correct);
+    assert!(!grade("Threat actor: Lazarus Group").correct);
+    // A related group (SideCopy's parent, Transparent Tribe) is plausible, not correct.
+    let related = grade("Transparent Tribe");
+    assert!(!related.correct, "{related:?}");
+    assert_eq!(related.metrics["plausible_accuracy"], 1.0, "{related:?}");
+    // Every gold, written as a model would, is correct under the fixed rule.
+    for item in &b.items {
+        let r = v
+            .grade(
+                &format!("<think>x</think>**Threat actor:** {}.", item.gold.trim()),
+                &item.gold,
+            )
+            .unwrap();
+        assert!(r.correct, "{}: {r:?}", item.id);
+    }
+    // A report file whose gold rows do not line up is refused, naming the file and line.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ctibench")).unwrap();
+    let data = PathBuf::from(DATA);
+    std::fs::copy(
+        data.join("ctibench/cti-taa.tsv"),
+        dir.path().join("ctibench/cti-taa.tsv"),
+    )
+    .unwrap();
+    let gold = std::fs::read_to_string(data.join("ctibench/cti-taa-gold.tsv")).unwrap();
+    let swapped = gold.replacen("https://", "https://x.", 2);
+    std::fs::write(dir.path().join("ctibench/cti-taa-gold.tsv"), swapped).unwrap();
+    let err = load(
+        id,
+        &DataSource::Dir(dir.path().to_owned()),
+        Protocol::LastLine,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("cti-taa-gold.tsv line 2") && err.contains("URL"),
+        "{err}"
+    );
+}
 
 #[tokio::test]
 async fn general_benchmarks_load_with_expected_items() {
@@ -127,7 +191,7 @@ async fn math_500_loader_reads_boxed_and_answer_fields() {
 async fn every_benchmark_loads_with_expected_items() {
     assert_eq!(
         specs().len(),
-        EXPECTED.len() + GENERAL.len() + FETCHED_ONLY.len()
+        EXPECTED.len() + GENERAL.len() + FETCHED_ONLY.len() + MULTI_FILE.len()
     );
     for (id, count) in EXPECTED {
         let b = bench(id).await;

@@ -183,6 +183,20 @@ fn answer_for(task: &str, gold: &str, g: &mut Gen, pair: &Pair) -> String {
                 _ => value,
             }
         }
+        "taa" => {
+            let name = match g.below(6) {
+                0 | 1 => gold.trim().to_owned(),
+                2 => gold.trim().to_uppercase().replace(' ', "-"),
+                3 => "Lazarus Group".to_owned(),
+                4 => "Transparent Tribe".to_owned(),
+                _ => "APT28 or Turla".to_owned(),
+            };
+            match g.below(3) {
+                0 => format!("Threat actor: {name}"),
+                1 => format!("**{name}**"),
+                _ => name,
+            }
+        }
         _ => ifeval_text(g),
     }
 }
@@ -297,6 +311,7 @@ identity_test!(multi_answer_mcq_reward_equals_eval_verdict, "seceval");
 identity_test!(cwe_reward_equals_eval_verdict, "ctibench-rcm");
 identity_test!(cvss_reward_equals_eval_verdict, "ctibench-vsp");
 identity_test!(attack_reward_equals_eval_verdict, "ctibench-ate");
+identity_test!(taa_reward_equals_eval_verdict, "ctibench-taa");
 identity_test!(ifeval_reward_equals_eval_verdict, "ifeval");
 identity_test!(math_reward_equals_eval_verdict, "gsm8k");
 

@@ -15,7 +15,7 @@ use serde_json::json;
 #[derive(clap::Args)]
 pub struct Args {
     /// Which verifier grades the response.
-    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack", "ifeval", "math"])]
+    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack", "ifeval", "math", "taa"])]
     task: Option<String>,
     /// The gold answer: a letter or letter set (mcq), a CWE id, a CVSS vector,
     /// comma-separated technique ids (attack), the instruction object
@@ -65,6 +65,9 @@ pub struct Args {
     /// gsm8k-cot-strict, gsm8k-flexible, minerva).
     #[arg(long)]
     math_extraction: Option<String>,
+    /// taa: the scoring rule that decides correctness (fixed or ctibench; both are reported).
+    #[arg(long)]
+    taa_rule: Option<String>,
     /// The chat template opened the reasoning block in the prompt (format check).
     #[arg(long)]
     prefilled_think: bool,
@@ -119,6 +122,13 @@ fn spec(args: &Args) -> anyhow::Result<VerifierSpec> {
     }
     if let Some(m) = &args.math_extraction {
         spec.math_extraction = Some(m.parse().map_err(anyhow::Error::msg)?);
+    }
+    if let Some(r) = &args.taa_rule {
+        spec.taa_rule = Some(match r.as_str() {
+            "fixed" => metis_verify::taa::TaaRule::Fixed,
+            "ctibench" => metis_verify::taa::TaaRule::Ctibench,
+            other => anyhow::bail!("--taa-rule: expected fixed or ctibench, got {other:?}"),
+        });
     }
     spec.validate()?;
     Ok(spec.resolved())

@@ -167,6 +167,29 @@ pub fn apply_transform(transform: Transform, body: &[u8]) -> Result<Vec<u8>, Str
             }
             Ok(out.into_bytes())
         }
+        Transform::TaaGoldColumn => {
+            // CTIBench's response table: keep its `URL` and `GT` columns, in order.
+            let mut reader = csv::ReaderBuilder::new()
+                .delimiter(b'\t')
+                .has_headers(true)
+                .flexible(true)
+                .from_reader(body);
+            let headers = reader.headers().map_err(|e| e.to_string())?.clone();
+            let col = |name: &str| {
+                headers
+                    .iter()
+                    .position(|h| h.trim() == name)
+                    .ok_or_else(|| format!("no {name:?} column in the response table"))
+            };
+            let (url, gt) = (col("URL")?, col("GT")?);
+            let mut out = String::from("URL\tGT\n");
+            for record in reader.records() {
+                let record = record.map_err(|e| e.to_string())?;
+                let field = |i: usize| record.get(i).unwrap_or_default().replace(['\t', '\n'], " ");
+                out.push_str(&format!("{}\t{}\n", field(url), field(gt)));
+            }
+            Ok(out.into_bytes())
+        }
         Transform::MmluDropHeaderAndExtraColumn => {
             let mut reader = csv::ReaderBuilder::new()
                 .has_headers(true)

@@ -41,11 +41,22 @@ impl Parsed {
     }
 }
 
-pub(crate) fn parse(format: Format, text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+/// Parses the main data file; `companions` are the benchmark's other files (path, text), in
+/// the order its spec lists them.
+pub(crate) fn parse(
+    format: Format,
+    text: &str,
+    path: &Path,
+    companions: &[(std::path::PathBuf, String)],
+) -> Result<Parsed, BenchmarkError> {
     match format {
         Format::CtiMcq => cti_mcq(text, path),
         Format::CtiRcm | Format::CtiVsp => cti_cve(text, path),
         Format::CtiAte => cti_ate(text, path),
+        Format::CtiTaa => match companions {
+            [(gold_path, gold_text)] => cti_taa(text, path, gold_text, gold_path),
+            _ => Err(perr(path, 0, None, "CTI-TAA needs its gold-actor file")),
+        },
         Format::CyberMetric => cybermetric(text, path),
         Format::MmluCsv => mmlu(text, path),
         Format::SecBenchJsonl => secbench(text, path),
@@ -449,6 +460,61 @@ fn cti_ate(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
                 question: tsv.get(rec, "Description", path, line)?.to_owned(),
             },
             line,
+            gold_field: "GT",
+        });
+    }
+    Ok(out)
+}
+
+/// CTI-TAA: the reports file (`URL, Text, Prompt`) and the gold file (`URL, GT`), whose rows
+/// align one to one (checked by URL). Ids are 0-based row indices; the gold is kept as
+/// CTIBench wrote it (case and trailing spaces included: CTIBench's rule normalises them).
+fn cti_taa(
+    text: &str,
+    path: &Path,
+    gold_text: &str,
+    gold_path: &Path,
+) -> Result<Parsed, BenchmarkError> {
+    let reports = Tsv::read(text, path, &["URL", "Text", "Prompt"])?;
+    let golds = Tsv::read(gold_text, gold_path, &["URL", "GT"])?;
+    if reports.rows.len() != golds.rows.len() {
+        return Err(perr(
+            gold_path,
+            0,
+            None,
+            format!(
+                "{} gold rows for {} reports in {}",
+                golds.rows.len(),
+                reports.rows.len(),
+                path.display()
+            ),
+        ));
+    }
+    let mut out = Parsed::default();
+    for ((i, line, rec), (_, gline, grec)) in reports.rows.iter().zip(&golds.rows) {
+        let (line, gline) = (*line, *gline);
+        let url = reports.get(rec, "URL", path, line)?;
+        if golds.get(grec, "URL", gold_path, gline)? != url {
+            return Err(perr(
+                gold_path,
+                gline,
+                Some("URL"),
+                format!("does not match line {line} of {} ({url})", path.display()),
+            ));
+        }
+        let gold = grec
+            .get(golds.columns["GT"])
+            .filter(|g| !g.trim().is_empty())
+            .ok_or_else(|| perr(gold_path, gline, Some("GT"), "empty value"))?;
+        out.rows.push(Row {
+            item: Item {
+                id: i.to_string(),
+                prompt: prompts::ctibench(reports.raw(rec, "Prompt", path, line)?),
+                gold: gold.to_owned(),
+                subject: None,
+                question: reports.get(rec, "Text", path, line)?.to_owned(),
+            },
+            line: gline,
             gold_field: "GT",
         });
     }
