@@ -32,7 +32,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GSM8K = os.environ.get("GSM8K_TEST", "/work/shared/data/gsm8k/test.jsonl")
+GSM8K = os.environ.get(
+    "GSM8K_TEST", os.path.join(ROOT, "..", "shared", "data", "gsm8k", "test.jsonl")
+)
 FIXTURE = os.path.join(ROOT, "crates/metis-verify/tests/fixtures/math_reference.jsonl.gz")
 
 PREAMBLES = [

@@ -26,8 +26,8 @@ enum Command {
     /// Score CVSS vectors (v2.0, v3.0, v3.1, v4.0) given as arguments or one per line on stdin.
     Cvss(commands::cvss::Args),
     /// Grade one model response against a gold answer.
-    Score(commands::score::Args),
-    /// Run the cyber benchmarks against an OpenAI-compatible endpoint, or grade given answers.
+    Score(Box<commands::score::Args>),
+    /// Run the benchmarks against an OpenAI-compatible endpoint, or grade given answers.
     Eval(Box<commands::eval::Args>),
     /// Tables and charts from evaluation results.
     Report(commands::report::Args),
@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Cvss(args) => commands::cvss::run(args),
-        Command::Score(args) => commands::score::run(args),
+        Command::Score(args) => commands::score::run(*args),
         Command::Eval(args) => commands::eval::run(*args),
         Command::Report(args) => commands::report::run(args),
         Command::Generate(args) => commands::generate::run_generate(*args),

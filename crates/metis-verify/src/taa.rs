@@ -266,7 +266,6 @@ pub fn extract_actor(
         let rest = &lower[at + label.len()..];
         let colon = rest.find(':')?;
         rest[..colon]
-            .trim()
             .split_whitespace()
             .count()
             .le(&2)
