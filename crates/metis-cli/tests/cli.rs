@@ -192,3 +192,121 @@ fn score_grades_a_response() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad gold answer"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `metis eval export-prompts` writes one GRPO record per item, each with the item's verifier
+/// spec; `metis eval samples` streams every stored response graded, and a closed stdout ends
+/// either quietly.
+#[test]
+fn export_prompts_and_per_sample_results() {
+    let dir = tempfile_dir("export-samples");
+    let prompts = dir.join("ate.jsonl");
+    let out = metis()
+        .args(["eval", "export-prompts", "ctibench-ate", "-o"])
+        .arg(&prompts)
+        .arg("--data-dir")
+        .arg(data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&prompts)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 60);
+    let first = &records[0];
+    assert_eq!(first["task"], "attack");
+    assert_eq!(first["verifier"]["credit_parent"], true);
+    assert!(first["verifier"]["attack_catalog"]
+        .as_str()
+        .unwrap()
+        .ends_with("-v15.1"));
+
+    // Answers for two GSM8K items, imported into a store, then exported per sample.
+    let answers = dir.join("answers.jsonl");
+    std::fs::write(
+        &answers,
+        concat!(
+            r#"{"benchmark": "gsm8k", "item": "0", "trial": 0, "response": "9 eggs * $2\n#### 18", "reasoning": "16-3-4=9", "model": "m"}"#,
+            "\n",
+            r#"{"benchmark": "gsm8k", "item": "1", "trial": 0, "response": "The answer is 4.", "model": "m"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let store = dir.join("store.sqlite");
+    let out = metis()
+        .args(["eval", "--responses"])
+        .arg(&answers)
+        .arg("--store")
+        .arg(&store)
+        .arg("--data-dir")
+        .arg(data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = metis()
+        .args(["eval", "samples", "gsm8k", "--model", "m", "--store"])
+        .arg(&store)
+        .arg("--data-dir")
+        .arg(data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(samples.len(), 2);
+    assert_eq!(samples[0]["item"], "0");
+    assert_eq!(samples[0]["correct"], true);
+    assert_eq!(samples[0]["extracted"], "18");
+    assert_eq!(samples[0]["reasoning"], "16-3-4=9");
+    assert_eq!(samples[1]["correct"], false, "gold 3, answered 4");
+    assert_eq!(samples[1]["valid"], true);
+    assert!(samples[1]["prompt"].as_str().unwrap().contains("####"));
+
+    // A reader that stops after one line: no error, no broken-pipe message.
+    let mut child = metis()
+        .args(["eval", "export-prompts", "gsm8k", "--data-dir"])
+        .arg(data_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first_bytes = [0u8; 64];
+    std::io::Read::read_exact(&mut stdout, &mut first_bytes).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tempfile_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("metis-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -581,6 +581,20 @@ impl ItemSums {
                     _ => 0.0,
                 }
             }
+            "inst_level_strict_acc" | "inst_level_loose_acc" => {
+                // IFEval pools instructions across items, as `aggregate` does.
+                let g = |n: &str| self.total(n, idx).map_or(0.0, |(s, _)| s);
+                let followed = match name {
+                    "inst_level_strict_acc" => g("inst_strict_followed"),
+                    _ => g("inst_loose_followed"),
+                };
+                let total = g("inst_total");
+                if total > 0.0 {
+                    followed / total
+                } else {
+                    f64::NAN
+                }
+            }
             other => ratio(other),
         }
     }

@@ -169,7 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(EvalCommand::List) => {
                 for s in benchmarks::specs() {
                     println!(
-                        "{:<20} {:<8} {:<12} {}",
+                        "{:<20} {:<8} {:<22} {}",
                         s.id, s.task, s.primary_metric, s.title
                     );
                 }
@@ -200,7 +200,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let n = with_output(out.as_deref(), |w| {
                     metis_eval::samples::export_prompts(&b, w).map_err(anyhow::Error::from)
                 })?;
-                eprintln!("{n} prompts from {benchmark}");
+                if let Some(n) = n {
+                    eprintln!("{n} prompts from {benchmark}");
+                }
                 Ok(())
             }
             Some(EvalCommand::Samples {
@@ -219,7 +221,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let n = with_output(out.as_deref(), |w| {
                     Ok(metis_eval::samples::write_samples(&store, &b, &model, w)?)
                 })?;
-                eprintln!("{n} samples of {model} on {benchmark}");
+                if let Some(n) = n {
+                    eprintln!("{n} samples of {model} on {benchmark}");
+                }
                 Ok(())
             }
             Some(EvalCommand::Compare {
@@ -251,11 +255,12 @@ async fn load_for_output(
 }
 
 /// Runs `write` on a buffered `path` (written atomically: a temporary file renamed into
-/// place) or on standard output, where a reader that goes away ends the command quietly.
+/// place) or on standard output, where a reader that goes away ends the command quietly
+/// (`None`: how much was read is unknown).
 fn with_output(
     path: Option<&Path>,
     write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<usize>,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Option<usize>> {
     use std::io::Write;
     match path {
         Some(path) => {
@@ -267,15 +272,15 @@ fn with_output(
             w.flush()?;
             std::fs::rename(&tmp, path)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-            Ok(n)
+            Ok(Some(n))
         }
         None => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::new(stdout.lock());
             let result = write(&mut w).and_then(|n| Ok(w.flush().map(|_| n)?));
             match result {
-                Err(e) if is_broken_pipe(&e) => Ok(0),
-                other => other,
+                Err(e) if is_broken_pipe(&e) => Ok(None),
+                other => other.map(Some),
             }
         }
     }
@@ -286,6 +291,27 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Every benchmark, except — with a data directory, where nothing is downloaded — those whose
+/// files it lacks (said on stderr; `--bench ID` asks for one all the same and fails clearly).
+fn available_benchmark_ids(data: &DataSource) -> Vec<String> {
+    let DataSource::Dir(root) = data else {
+        return all_benchmark_ids();
+    };
+    let (present, missing): (Vec<_>, Vec<_>) = benchmarks::specs()
+        .iter()
+        .partition(|s| s.files().iter().all(|f| root.join(f.path).exists()));
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|s| s.id).collect();
+        eprintln!(
+            "note: skipping {}: not in {} (nothing is downloaded into a --data-dir; without \
+             --data-dir, benchmarks are fetched from their pinned sources into the cache)",
+            names.join(", "),
+            root.display()
+        );
+    }
+    present.iter().map(|s| s.id.to_owned()).collect()
 }
 
 fn all_benchmark_ids() -> Vec<String> {
@@ -318,12 +344,12 @@ fn sampling(a: &RunArgs) -> Sampling {
 
 async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
     let protocol: Protocol = a.protocol.parse().map_err(anyhow::Error::msg)?;
+    let data = DataSource::resolve(a.data_dir.clone());
     let ids = if a.benchmarks.is_empty() {
-        all_benchmark_ids()
+        available_benchmark_ids(&data)
     } else {
         a.benchmarks.clone()
     };
-    let data = DataSource::resolve(a.data_dir.clone());
     let benches = run::load_benchmarks(&ids, &data, protocol, a.limit).await?;
     let system_prompt = match &a.system_prompt {
         Some(p) => Some(
