@@ -70,6 +70,9 @@ pub(crate) enum Format {
     /// MATH-style rows: problem, solution with a `\boxed{}` answer (and `answer` where the
     /// file has it, as MATH-500 does).
     MathJsonl,
+    /// The full MATH test set from PRM800K's two splits: its test file (MATH-500) plus the rows
+    /// of its train file that are original MATH test problems (`unique_id` `test/…`).
+    MathFullTest,
 }
 
 /// How a downloaded upstream file becomes the file in the data layout.
@@ -216,7 +219,7 @@ const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str
     }
 }
 
-static SPECS: [BenchmarkSpec; 16] = [
+static SPECS: [BenchmarkSpec; 17] = [
     BenchmarkSpec {
         id: "ctibench-mcqa",
         title: "CTIBench CTI-MCQ (2,500 CTI knowledge MCQs)",
@@ -449,15 +452,35 @@ static SPECS: [BenchmarkSpec; 16] = [
         primary_metric: "accuracy",
         secondary_metrics: &["minerva_match", "unknown"],
         source: PRM800K,
-        files: &[DataFile {
-            path: "math/math-500-test.jsonl",
-            remote_path: "prm800k/math_splits/test.jsonl",
-            transform: Transform::None,
-            sha256: "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
-        }],
+        files: &[MATH_500_TEST],
         format: Format::MathJsonl,
     },
+    BenchmarkSpec {
+        id: "math",
+        title: "MATH test (5,000; Hendrycks et al.), boxed answer, equivalence",
+        task: Task::Math,
+        primary_metric: "accuracy",
+        secondary_metrics: &["minerva_match", "unknown"],
+        source: PRM800K,
+        files: &[
+            MATH_500_TEST,
+            DataFile {
+                path: "math/prm800k-math-train.jsonl",
+                remote_path: "prm800k/math_splits/train.jsonl",
+                transform: Transform::None,
+                sha256: "90d96daeac3fe343ebb1e22ce93dd99690f75983e957f88de42f87cffe1e8076",
+            },
+        ],
+        format: Format::MathFullTest,
+    },
 ];
+
+const MATH_500_TEST: DataFile = DataFile {
+    path: "math/math-500-test.jsonl",
+    remote_path: "prm800k/math_splits/test.jsonl",
+    transform: Transform::None,
+    sha256: "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
+};
 
 const GSM8K_TEST: DataFile = DataFile {
     path: "gsm8k/test.jsonl",

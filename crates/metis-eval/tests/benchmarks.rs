@@ -45,7 +45,7 @@ const EXPECTED: [(&str, usize); 11] = [
 /// The general benchmarks whose data `shared/data` holds (MATH-500 is loaded from its
 /// pinned source; its loader is tested on a fixture below).
 const GENERAL: [(&str, usize); 3] = [("ifeval", 541), ("gsm8k", 1319), ("gsm8k-cot", 1319)];
-const FETCHED_ONLY: [&str; 1] = ["math-500"];
+const FETCHED_ONLY: [&str; 2] = ["math-500", "math"];
 /// Benchmarks with several data files (their fingerprint covers all of them).
 const MULTI_FILE: [(&str, usize); 1] = [("ctibench-taa", 50)];
 
@@ -185,6 +185,56 @@ async fn math_500_loader_reads_boxed_and_answer_fields() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("line 1") && err.contains("solution"), "{err}");
+}
+
+/// `math`: MATH-500 plus the original test problems PRM800K moved into its train split.
+#[tokio::test]
+async fn math_full_test_joins_both_prm800k_splits() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("math")).unwrap();
+    let row = |id: &str, answer: &str| {
+        format!(
+            r#"{{"problem": "Problem {id}", "solution": "So $\boxed{{{answer}}}$.", "answer": "{answer}", "subject": "Algebra", "level": 1, "unique_id": "{id}"}}"#
+        ) + "\n"
+    };
+    std::fs::write(
+        dir.path().join("math/math-500-test.jsonl"),
+        row("test/algebra/1.json", "2"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("math/prm800k-math-train.jsonl"),
+        row("train/algebra/5.json", "3")
+            + &row("test/geometry/7.json", "\\\\pi")
+            + &row("train/x/1.json", "1"),
+    )
+    .unwrap();
+    let b = load(
+        "math",
+        &DataSource::Dir(dir.path().to_owned()),
+        Protocol::LastLine,
+    )
+    .await
+    .unwrap();
+    let ids: Vec<&str> = b.items.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["test/algebra/1.json", "test/geometry/7.json"]);
+    assert_eq!(b.items[1].gold, "\\pi");
+    assert!(
+        b.notes.iter().any(|n| n.contains("1 of the 3 rows")),
+        "{:?}",
+        b.notes
+    );
+    assert!(
+        b.notes.iter().any(|n| n.contains("expected 5,000")),
+        "{:?}",
+        b.notes
+    );
+    let v = b.verifier(&b.items[1]);
+    assert!(
+        v.grade("<think>area</think>\\boxed{\\pi}", &b.items[1].gold)
+            .unwrap()
+            .correct
+    );
 }
 
 #[tokio::test]

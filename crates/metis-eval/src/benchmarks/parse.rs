@@ -65,6 +65,10 @@ pub(crate) fn parse(
         Format::Gsm8kJsonl => gsm8k(text, path, false),
         Format::Gsm8kCotJsonl => gsm8k(text, path, true),
         Format::MathJsonl => math(text, path),
+        Format::MathFullTest => match companions {
+            [(train_path, train_text)] => math_full_test(text, path, train_text, train_path),
+            _ => Err(perr(path, 0, None, "MATH needs PRM800K's train split too")),
+        },
     }
 }
 
@@ -126,6 +130,40 @@ fn gsm8k(text: &str, path: &Path, cot: bool) -> Result<Parsed, BenchmarkError> {
             line,
             gold_field: "answer",
         });
+    }
+    Ok(out)
+}
+
+/// The 5,000 MATH test problems: MATH-500 (PRM800K's test split) and the 4,500 original test
+/// problems PRM800K moved into its train split, recognised by their `unique_id`
+/// (`test/<subject>/<n>.json`). A count other than 5,000 is noted, not refused.
+fn math_full_test(
+    text: &str,
+    path: &Path,
+    train_text: &str,
+    train_path: &Path,
+) -> Result<Parsed, BenchmarkError> {
+    let mut out = math(text, path)?;
+    let from_test = out.rows.len();
+    let moved = math(train_text, train_path)?;
+    let total_train = moved.rows.len();
+    out.rows.extend(
+        moved
+            .rows
+            .into_iter()
+            .filter(|r| r.item.id.starts_with("test/")),
+    );
+    let n = out.rows.len();
+    out.notes.push(format!(
+        "MATH test: {from_test} from {} and {} of the {total_train} rows of {} (original test \
+         problems)",
+        path.display(),
+        n - from_test,
+        train_path.display()
+    ));
+    if n != 5000 {
+        out.notes
+            .push(format!("expected 5,000 MATH test problems, found {n}"));
     }
     Ok(out)
 }
