@@ -46,7 +46,23 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     metis_train::allocator::keep_freed_memory();
     let cli = Cli::parse();
-    match cli.command {
+    match run(cli.command) {
+        // The reader of our output went away (`metis … | head`): nothing left to say.
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether an error comes from writing to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Cvss(args) => commands::cvss::run(args),
         Command::Score(args) => commands::score::run(*args),
         Command::Eval(args) => commands::eval::run(*args),

@@ -310,3 +310,89 @@ fn tempfile_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Hostile input as a new user might pipe it: 5 MB of random bytes give one error object per
+/// input line (none for valid lines is lost), and a closed stdout ends the command quietly.
+#[test]
+fn cvss_survives_random_bytes_and_a_closed_pipe() {
+    // SplitMix64: deterministic "random" bytes with newlines here and there.
+    let mut state = 0x5eed_u64;
+    let mut bytes = Vec::with_capacity(5 << 20);
+    while bytes.len() < 5 << 20 {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        bytes.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    bytes.extend_from_slice(b"\nCVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H\n");
+    let lines_in = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    let mut child = metis()
+        .args(["cvss", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&bytes));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("output is UTF-8");
+    let objects: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    // Blank input lines are scored too (as errors), so count non-empty ones at least.
+    assert!(
+        objects.len() >= lines_in,
+        "{} objects for {lines_in} lines",
+        objects.len()
+    );
+    assert!(objects.iter().any(|o| o["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("not valid UTF-8"))));
+    assert_eq!(
+        objects.last().unwrap()["base"],
+        9.8,
+        "the valid last line is scored"
+    );
+
+    // `metis cvss … | head -1`: the reader goes away; no error, no message.
+    let mut child = metis()
+        .args(["cvss", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let line = b"CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H\n".repeat(200_000);
+        let _ = stdin.write_all(&line);
+    });
+    let mut first = [0u8; 32];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,5 +1,7 @@
-//! `metis cvss`: bulk CVSS scoring. A bad vector is reported on its own line and the run goes
-//! on; only usage errors end it with a non-zero status.
+//! `metis cvss`: bulk CVSS scoring. A bad vector — or an input line that is not UTF-8 or is far
+//! too long to be one — is reported on its own line and the run goes on; only usage errors end
+//! it with a non-zero status. A reader that goes away (`metis cvss … | head`) ends the command
+//! quietly.
 
 use std::io::{self, BufRead, BufWriter, Write};
 
@@ -72,29 +74,103 @@ fn human(line: &Line<'_>) -> String {
     }
 }
 
+/// The longest input line read as a vector: a v4.0 vector with every metric is about 300 bytes.
+const MAX_LINE_BYTES: usize = 4096;
+/// How much of a rejected line is echoed back in its error object.
+const ECHO_CHARS: usize = 120;
+
+/// Reads one line into `buf`, keeping at most `cap` bytes of it (a newline-free stream of any
+/// size never fills memory); returns the line's full length without its newline, or `None` at
+/// the end of input.
+fn read_line_capped(
+    r: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> io::Result<Option<usize>> {
+    buf.clear();
+    let (mut len, mut any) = (0usize, false);
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(any.then_some(len));
+        }
+        any = true;
+        let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], Some(i + 1)),
+            None => (chunk, None),
+        };
+        let room = cap.saturating_sub(buf.len());
+        buf.extend_from_slice(&part[..part.len().min(room)]);
+        len += part.len();
+        let used = done.unwrap_or(chunk.len());
+        r.consume(used);
+        if done.is_some() {
+            return Ok(Some(len));
+        }
+    }
+}
+
+/// One input line that cannot be a vector, reported without scoring (`raw` holds at most
+/// [`MAX_LINE_BYTES`] + 1 bytes of a line of `len` bytes).
+fn unreadable(raw: &[u8], len: usize) -> Option<(String, String)> {
+    let echo = |s: &str| s.chars().take(ECHO_CHARS).collect::<String>();
+    if len > MAX_LINE_BYTES {
+        return Some((
+            echo(&String::from_utf8_lossy(raw)),
+            format!("input line of {len} bytes is too long to be a CVSS vector"),
+        ));
+    }
+    match std::str::from_utf8(raw) {
+        Err(e) => Some((
+            echo(&String::from_utf8_lossy(raw)),
+            format!(
+                "input line is not valid UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )),
+        Ok(_) => None,
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    match score_all(&args) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+fn score_all(args: &Args) -> io::Result<()> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let mut emit = |raw: &str| -> io::Result<()> {
-        let vector = raw.trim_end_matches(['\r', '\n']).trim();
-        let line = score(vector);
+    let mut emit = |line: &Line<'_>| -> io::Result<()> {
         if args.json {
             // Serialising plain numbers and strings cannot fail.
-            let text = serde_json::to_string(&line).unwrap_or_default();
+            let text = serde_json::to_string(line).unwrap_or_default();
             writeln!(out, "{text}")
         } else {
-            writeln!(out, "{}", human(&line))
+            writeln!(out, "{}", human(line))
         }
     };
     if args.vectors.is_empty() {
-        for line in io::stdin().lock().lines() {
-            emit(&line?)?;
+        let mut stdin = io::stdin().lock();
+        let mut buf = Vec::new();
+        while let Some(len) = read_line_capped(&mut stdin, &mut buf, MAX_LINE_BYTES + 1)? {
+            let raw = buf.strip_suffix(b"\r").unwrap_or(&buf);
+            match unreadable(raw, len) {
+                Some((vector, error)) => emit(&Line::Failed {
+                    vector: &vector,
+                    error,
+                })?,
+                None => {
+                    let text = std::str::from_utf8(raw).unwrap_or_default();
+                    emit(&score(text.trim()))?
+                }
+            }
         }
     } else {
         for v in &args.vectors {
-            emit(v)?;
+            emit(&score(v.trim()))?;
         }
     }
-    out.flush()?;
-    Ok(())
+    out.flush()
 }

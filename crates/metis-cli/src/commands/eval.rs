@@ -167,12 +167,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         match args.command {
             Some(EvalCommand::List) => {
-                for s in benchmarks::specs() {
-                    println!(
-                        "{:<20} {:<8} {:<22} {}",
-                        s.id, s.task, s.primary_metric, s.title
-                    );
-                }
+                with_output(None, |w| {
+                    for s in benchmarks::specs() {
+                        writeln!(
+                            w,
+                            "{:<20} {:<8} {:<22} {}",
+                            s.id, s.task, s.primary_metric, s.title
+                        )?;
+                    }
+                    Ok(benchmarks::specs().len())
+                })?;
                 Ok(())
             }
             Some(EvalCommand::Items {
@@ -185,9 +189,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     Protocol::LastLine,
                 )
                 .await?;
-                for item in &b.items {
-                    println!("{}", item.id);
-                }
+                with_output(None, |w| {
+                    for item in &b.items {
+                        writeln!(w, "{}", item.id)?;
+                    }
+                    Ok(b.items.len())
+                })?;
                 Ok(())
             }
             Some(EvalCommand::ExportPrompts {
@@ -287,10 +294,7 @@ fn with_output(
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    crate::is_broken_pipe(e)
 }
 
 /// Every benchmark, except — with a data directory, where nothing is downloaded — those whose
