@@ -8,7 +8,7 @@
 //! - [`reasoning`] separates `<think>…</think>` reasoning from the final answer;
 //! - [`extract`] finds the answer in the answer part (last-line or FAITH-compatible protocol);
 //! - [`mcq`], [`cwe`], [`cvss`], [`attack`] parse, validate and compare task-specific answers;
-//!   [`taa`] judges threat actor attributions; [`ifeval`] checks IFEval's verifiable instructions, [`math`] extracts final answers and
+//!   [`taa`] judges threat actor attributions; [`qa`] scores short answers (EM, token F1); [`ifeval`] checks IFEval's verifiable instructions, [`math`] extracts final answers and
 //!   decides mathematical equivalence;
 //! - [`format`] scores the shape of a response (the guard against reward hacking);
 //! - [`verifier`] ties them together behind one [`Verifier`] interface and aggregates
@@ -25,6 +25,7 @@ pub mod format;
 pub mod ifeval;
 pub mod math;
 pub mod mcq;
+pub mod qa;
 pub mod reasoning;
 pub mod spec;
 pub mod taa;

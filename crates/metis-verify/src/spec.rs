@@ -28,11 +28,12 @@ use crate::cvss;
 use crate::cwe::CweCatalog;
 use crate::extract::Protocol;
 use crate::mcq::ChoiceSpec;
+use crate::qa::QaRule;
 use crate::reasoning::Delimiters;
 use crate::taa::{ActorCatalog, TaaRule};
 use crate::verifier::{
     AttackVerifier, CvssVerifier, CweVerifier, IfEvalVerifier, MathVerifier, McqVerifier,
-    TaaVerifier, Task, Verifier, VerifyOptions,
+    QaVerifier, TaaVerifier, Task, Verifier, VerifyOptions,
 };
 
 /// Which view of a verdict is the RL reward.
@@ -249,6 +250,9 @@ pub struct VerifierSpec {
     /// taa: the scoring rule that decides `correct` (both are reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taa_rule: Option<TaaRule>,
+    /// qa: the official HotpotQA/2Wiki scoring (yes/no rule) or LongBench's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qa_rule: Option<QaRule>,
 }
 
 /// A spec that cannot be built.
@@ -364,6 +368,9 @@ impl VerifierSpec {
             Some(Task::Taa) => {
                 s.taa_rule.get_or_insert(TaaRule::default());
             }
+            Some(Task::Qa) => {
+                s.qa_rule.get_or_insert(QaRule::default());
+            }
             None => {}
         }
         s
@@ -387,7 +394,8 @@ impl VerifierSpec {
             attack_catalog,
             ifeval_mode,
             math_extraction,
-            taa_rule
+            taa_rule,
+            qa_rule
         )
     }
 }
@@ -524,6 +532,10 @@ impl VerifierFactory {
                 options,
                 catalog: self.actor_catalog()?,
                 rule: spec.taa_rule.unwrap_or_default(),
+            }),
+            Task::Qa => Box::new(QaVerifier {
+                options,
+                rule: spec.qa_rule.unwrap_or_default(),
             }),
         })
     }

@@ -38,10 +38,12 @@ pub enum Task {
     Math,
     /// Threat report → the threat actor responsible (CTIBench-TAA).
     Taa,
+    /// Short-answer QA scored by exact match and token F1 (HotpotQA, 2WikiMultihopQA).
+    Qa,
 }
 
 impl Task {
-    pub const ALL: [Task; 7] = [
+    pub const ALL: [Task; 8] = [
         Task::Mcq,
         Task::Cwe,
         Task::Cvss,
@@ -49,6 +51,7 @@ impl Task {
         Task::Ifeval,
         Task::Math,
         Task::Taa,
+        Task::Qa,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Task {
             Task::Ifeval => "ifeval",
             Task::Math => "math",
             Task::Taa => "taa",
+            Task::Qa => "qa",
         }
     }
 }
@@ -93,12 +97,14 @@ pub enum Gold {
     Math(String),
     /// A threat actor's name as the dataset writes it.
     Actor(String),
+    /// Accepted short answers (a gold and its aliases).
+    Answers(Vec<String>),
 }
 
 /// A gold answer that cannot be used: a dataset problem, reported, never scored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GoldError {
-    #[error("unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa)")]
+    #[error("unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa, qa)")]
     UnknownTask(String),
     #[error("bad gold answer for {task}: {detail}")]
     Bad { task: Task, detail: String },
@@ -258,8 +264,10 @@ fn wrong_kind(task: Task, think: ThinkStatus) -> Verdict {
 }
 
 mod general;
+mod qa;
 mod taa;
 pub use general::{IfEvalVerifier, MathVerifier};
+pub use qa::QaVerifier;
 pub use taa::TaaVerifier;
 
 // ---------------------------------------------------------------------------------------------

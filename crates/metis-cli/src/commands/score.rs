@@ -15,7 +15,7 @@ use serde_json::json;
 #[derive(clap::Args)]
 pub struct Args {
     /// Which verifier grades the response.
-    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack", "ifeval", "math", "taa"])]
+    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack", "ifeval", "math", "taa", "qa"])]
     task: Option<String>,
     /// The gold answer: a letter or letter set (mcq), a CWE id, a CVSS vector,
     /// comma-separated technique ids (attack), the instruction object
@@ -68,6 +68,9 @@ pub struct Args {
     /// taa: the scoring rule that decides correctness (fixed or ctibench; both are reported).
     #[arg(long)]
     taa_rule: Option<String>,
+    /// qa: official (HotpotQA/2Wiki scripts, yes/no rule) or longbench scoring.
+    #[arg(long)]
+    qa_rule: Option<String>,
     /// The chat template opened the reasoning block in the prompt (format check).
     #[arg(long)]
     prefilled_think: bool,
@@ -128,6 +131,13 @@ fn spec(args: &Args) -> anyhow::Result<VerifierSpec> {
             "fixed" => metis_verify::taa::TaaRule::Fixed,
             "ctibench" => metis_verify::taa::TaaRule::Ctibench,
             other => anyhow::bail!("--taa-rule: expected fixed or ctibench, got {other:?}"),
+        });
+    }
+    if let Some(r) = &args.qa_rule {
+        spec.qa_rule = Some(match r.as_str() {
+            "official" => metis_verify::qa::QaRule::Official,
+            "longbench" => metis_verify::qa::QaRule::LongBench,
+            other => anyhow::bail!("--qa-rule: expected official or longbench, got {other:?}"),
         });
     }
     spec.validate()?;

@@ -12,7 +12,7 @@
 //!
 //! - `messages` (required): a non-empty array of `{"role", "content"}` strings.
 //! - `task` (required unless the `verifier` object names it): the verifier, one of
-//!   `metis_verify`'s tasks (`mcq`, `cwe`, `cvss`, `attack`, `ifeval`, `math`).
+//!   `metis_verify`'s tasks (`mcq`, `cwe`, `cvss`, `attack`, `ifeval`, `math`, `taa`, `qa`).
 //! - `gold` (required): the gold answer as the task's verifier parses it (a string, or an array
 //!   of strings for sets; for `ifeval` the object `{"instruction_id_list", "kwargs"}`; for
 //!   `math` a string or a number); it is parsed at load time, so a bad gold fails the load,
@@ -22,7 +22,8 @@
 //!   `faith`, `faith_strict`; the spelling with `-` is accepted too), `reward` (`binary` or
 //!   `graded`; default from [`LoadOptions::rewards`], else binary), and the task's options:
 //!   `choices`/`multi` (mcq), `cvss_version` (cvss), `cwe_hierarchy` (cwe), `credit_parent`/
-//!   `attack_catalog` (attack), `ifeval_mode` (ifeval), `math_extraction` (math). Absent
+//!   `attack_catalog` (attack), `ifeval_mode` (ifeval), `math_extraction` (math), `taa_rule`
+//!   (taa), `qa_rule` (qa). Absent
 //!   options take the spec's defaults, the same as a benchmark's, and the verifier is built by
 //!   the one [`VerifierFactory`] (catalogs from [`LoadOptions::data_dir`]). `metis eval
 //!   export-prompts BENCH` writes records whose `verifier` is the benchmark item's spec.
@@ -340,6 +341,8 @@ fn spec_error_field(e: &metis_verify::SpecError) -> &'static str {
         "attack_catalog" => "verifier.attack_catalog",
         "ifeval_mode" => "verifier.ifeval_mode",
         "math_extraction" => "verifier.math_extraction",
+        "taa_rule" => "verifier.taa_rule",
+        "qa_rule" => "verifier.qa_rule",
         _ => "verifier",
     }
 }
