@@ -62,52 +62,40 @@ pub fn write_samples(
     mut out: impl Write,
 ) -> Result<usize, SamplesError> {
     let mut written = 0;
-    let mut io_error: Option<io::Error> = None;
-    store
-        .for_each_record(bench.id(), model, |record| {
-            let Some(item) = bench.item(&record.key.item) else {
-                return Ok(());
-            };
-            let Some(verdict) = grade(bench, item, &record) else {
-                return Ok(());
-            };
-            let sample = Sample {
-                benchmark: bench.id(),
-                model,
-                item: &item.id,
-                trial: record.key.trial,
-                params_hash: &record.key.params_hash,
-                prompt: &item.prompt,
-                gold: &item.gold,
-                status: record.status,
-                error: record.error.as_deref(),
-                response: record.response.as_deref(),
-                reasoning: record.reasoning.as_deref(),
-                finish_reason: record.finish_reason.as_deref(),
-                extracted: verdict.extracted.as_deref(),
-                valid: verdict.is_valid(),
-                invalid_reason: verdict.invalid.as_ref(),
-                score: verdict.score,
-                correct: verdict.correct,
-                reasons: &verdict.reasons,
-                metrics: &verdict.metrics,
-            };
-            let line = serde_json::to_string(&sample).map_err(StoreError::Json)?;
-            if let Err(e) = writeln!(out, "{line}") {
-                io_error = Some(e);
-                // Stop the scan: the reader is gone or the disk is full.
-                return Err(StoreError::Io {
-                    path: "samples output".into(),
-                    source: io::Error::other("write failed"),
-                });
-            }
-            written += 1;
-            Ok(())
-        })
-        .map_err(|e| match io_error.take() {
-            Some(io) => SamplesError::Io(io),
-            None => SamplesError::Store(e),
-        })?;
+    store.for_each_record(bench.id(), model, |record| {
+        let Some(item) = bench.item(&record.key.item) else {
+            return Ok(());
+        };
+        let Some(verdict) = grade(bench, item, &record) else {
+            return Ok(());
+        };
+        let sample = Sample {
+            benchmark: bench.id(),
+            model,
+            item: &item.id,
+            trial: record.key.trial,
+            params_hash: &record.key.params_hash,
+            prompt: &item.prompt,
+            gold: &item.gold,
+            status: record.status,
+            error: record.error.as_deref(),
+            response: record.response.as_deref(),
+            reasoning: record.reasoning.as_deref(),
+            finish_reason: record.finish_reason.as_deref(),
+            extracted: verdict.extracted.as_deref(),
+            valid: verdict.is_valid(),
+            invalid_reason: verdict.invalid.as_ref(),
+            score: verdict.score,
+            correct: verdict.correct,
+            reasons: &verdict.reasons,
+            metrics: &verdict.metrics,
+        };
+        let line = serde_json::to_string(&sample).map_err(StoreError::Json)?;
+        // A failed write (the reader is gone, the disk is full) stops the scan.
+        writeln!(out, "{line}")?;
+        written += 1;
+        Ok::<(), SamplesError>(())
+    })?;
     Ok(written)
 }
 

@@ -368,22 +368,25 @@ impl Store {
 
     /// Calls `f` on every record of a benchmark and model (all parameter hashes), in the order
     /// of [`Store::records`], one row at a time: a store of any size is streamed, not loaded.
-    pub fn for_each_record(
+    /// `f`'s own error type stops the scan and is returned as is.
+    pub fn for_each_record<E: From<StoreError>>(
         &self,
         benchmark: &str,
         model: &str,
-        mut f: impl FnMut(ResponseRecord) -> Result<(), StoreError>,
-    ) -> Result<usize, StoreError> {
+        mut f: impl FnMut(ResponseRecord) -> Result<(), E>,
+    ) -> Result<usize, E> {
         let sql = format!(
             "SELECT {SELECT_COLUMNS} FROM responses
              WHERE benchmark = ?1 AND model = ?2
              ORDER BY trial, item, params_hash"
         );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(params![benchmark, model])?;
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(StoreError::from)?;
+        let mut rows = stmt
+            .query(params![benchmark, model])
+            .map_err(StoreError::from)?;
         let mut n = 0;
-        while let Some(row) = rows.next()? {
-            f(row_to_record(row)?)?;
+        while let Some(row) = rows.next().map_err(StoreError::from)? {
+            f(row_to_record(row).map_err(StoreError::from)?)?;
             n += 1;
         }
         Ok(n)

@@ -544,26 +544,22 @@ impl VerifierFactory {
         if let Some(c) = &self.cwe {
             return Ok(c.clone());
         }
-        let loaded = match self.present(&[CWE_CATALOG_FILE.to_owned()]) {
-            Some(dir) => {
-                let catalog = CweCatalog::from_data_dir(&dir).map_err(|e| SpecError::Catalog {
+        let loaded = self.load_catalog(
+            &[CWE_CATALOG_FILE.to_owned()],
+            |dir| {
+                CweCatalog::from_data_dir(dir).map_err(|e| SpecError::Catalog {
                     path: dir.join(CWE_CATALOG_FILE).display().to_string(),
                     detail: e.to_string(),
-                })?;
-                self.notes.push(format!(
+                })
+            },
+            |c| {
+                format!(
                     "CWE catalog {CWE_CATALOG_FILE} ({} weaknesses) gives hierarchy credit",
-                    catalog.len()
-                ));
-                Some(Arc::new(catalog))
-            }
-            None => {
-                self.notes.push(format!(
-                    "no CWE catalog at {}: exact-id grading only, no hierarchy_accuracy",
-                    self.shown(CWE_CATALOG_FILE)
-                ));
-                None
-            }
-        };
+                    c.len()
+                )
+            },
+            |at| format!("no CWE catalog at {at}: exact-id grading only, no hierarchy_accuracy"),
+        )?;
         self.cwe = Some(loaded.clone());
         Ok(loaded)
     }
@@ -573,27 +569,22 @@ impl VerifierFactory {
         if let Some(c) = &self.actors {
             return Ok(c.clone());
         }
-        let loaded = match self.present(&[ALIAS_FILE.to_owned(), RELATED_FILE.to_owned()]) {
-            Some(dir) => {
-                let catalog =
-                    ActorCatalog::from_data_dir(&dir).map_err(|e| SpecError::Catalog {
-                        path: e.file.clone(),
-                        detail: e.detail,
-                    })?;
-                self.notes.push(format!(
+        let loaded = self.load_catalog(
+            &[ALIAS_FILE.to_owned(), RELATED_FILE.to_owned()],
+            |dir| {
+                ActorCatalog::from_data_dir(dir).map_err(|e| SpecError::Catalog {
+                    path: e.file,
+                    detail: e.detail,
+                })
+            },
+            |c| {
+                format!(
                     "CTIBench-TAA alias and related-group dictionaries ({} names)",
-                    catalog.len()
-                ));
-                Some(Arc::new(catalog))
-            }
-            None => {
-                self.notes.push(format!(
-                    "no CTIBench-TAA dictionaries at {}: only the gold's own name counts",
-                    self.shown(ALIAS_FILE)
-                ));
-                None
-            }
-        };
+                    c.len()
+                )
+            },
+            |at| format!("no CTIBench-TAA dictionaries at {at}: only the gold's own name counts"),
+        )?;
         self.actors = Some(loaded.clone());
         Ok(loaded)
     }
@@ -606,33 +597,45 @@ impl VerifierFactory {
             return Ok(c.clone());
         }
         let files = which.files();
-        let loaded = match self.present(&files) {
-            Some(dir) => {
-                let catalog = AttackCatalog::from_data_dir(&dir, which.domain, &which.version)
-                    .map_err(|e| SpecError::Catalog {
-                        path: dir.join(&files[0]).display().to_string(),
-                        detail: e.to_string(),
-                    })?;
-                self.notes.push(format!(
-                    "ATT&CK {} {} catalog ({} techniques) maps revoked ids",
-                    which.domain,
-                    which.version,
-                    catalog.len()
-                ));
-                Some(Arc::new(catalog))
-            }
-            None => {
-                self.notes.push(format!(
-                    "no ATT&CK {} {} catalog at {}: ids compared as written",
-                    which.domain,
-                    which.version,
-                    self.shown(&files[0])
-                ));
-                None
-            }
-        };
+        let (domain, version) = (which.domain, which.version.as_str());
+        let loaded = self.load_catalog(
+            &files,
+            |dir| {
+                AttackCatalog::from_data_dir(dir, domain, version).map_err(|e| SpecError::Catalog {
+                    path: dir.join(&files[0]).display().to_string(),
+                    detail: e.to_string(),
+                })
+            },
+            |c| {
+                format!(
+                    "ATT&CK {domain} {version} catalog ({} techniques) maps revoked ids",
+                    c.len()
+                )
+            },
+            |at| format!("no ATT&CK {domain} {version} catalog at {at}: ids compared as written"),
+        )?;
         self.attack.insert(which.clone(), loaded.clone());
         Ok(loaded)
+    }
+
+    /// Loads a catalog made of `files` when the data directory holds them all, noting what was
+    /// loaded (`found`) or that it is missing (`missing`, given where the first file was
+    /// looked for); a catalog that is there but unreadable is an error.
+    fn load_catalog<T>(
+        &mut self,
+        files: &[String],
+        load: impl FnOnce(&Path) -> Result<T, SpecError>,
+        found: impl FnOnce(&T) -> String,
+        missing: impl FnOnce(&str) -> String,
+    ) -> Result<Option<Arc<T>>, SpecError> {
+        let Some(dir) = self.present(files) else {
+            let at = self.shown(&files[0]);
+            self.notes.push(missing(&at));
+            return Ok(None);
+        };
+        let catalog = load(&dir)?;
+        self.notes.push(found(&catalog));
+        Ok(Some(Arc::new(catalog)))
     }
 
     /// The data directory when it holds every one of `files` (recorded as used).

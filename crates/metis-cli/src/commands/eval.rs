@@ -207,9 +207,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let n = with_output(out.as_deref(), |w| {
                     metis_eval::samples::export_prompts(&b, w).map_err(anyhow::Error::from)
                 })?;
-                if let Some(n) = n {
-                    eprintln!("{n} prompts from {benchmark}");
-                }
+                eprintln!("{n} prompts from {benchmark}");
                 Ok(())
             }
             Some(EvalCommand::Samples {
@@ -228,9 +226,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let n = with_output(out.as_deref(), |w| {
                     Ok(metis_eval::samples::write_samples(&store, &b, &model, w)?)
                 })?;
-                if let Some(n) = n {
-                    eprintln!("{n} samples of {model} on {benchmark}");
-                }
+                eprintln!("{n} samples of {model} on {benchmark}");
                 Ok(())
             }
             Some(EvalCommand::Compare {
@@ -262,12 +258,12 @@ async fn load_for_output(
 }
 
 /// Runs `write` on a buffered `path` (written atomically: a temporary file renamed into
-/// place) or on standard output, where a reader that goes away ends the command quietly
-/// (`None`: how much was read is unknown).
+/// place) or on standard output. A reader that goes away surfaces as a broken-pipe error,
+/// which `main` turns into a quiet exit.
 fn with_output(
     path: Option<&Path>,
     write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<usize>,
-) -> anyhow::Result<Option<usize>> {
+) -> anyhow::Result<usize> {
     use std::io::Write;
     match path {
         Some(path) => {
@@ -279,22 +275,16 @@ fn with_output(
             w.flush()?;
             std::fs::rename(&tmp, path)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-            Ok(Some(n))
+            Ok(n)
         }
         None => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::new(stdout.lock());
-            let result = write(&mut w).and_then(|n| Ok(w.flush().map(|_| n)?));
-            match result {
-                Err(e) if is_broken_pipe(&e) => Ok(None),
-                other => other.map(Some),
-            }
+            let n = write(&mut w)?;
+            w.flush()?;
+            Ok(n)
         }
     }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    crate::is_broken_pipe(e)
 }
 
 /// Every benchmark, except — with a data directory, where nothing is downloaded — those whose

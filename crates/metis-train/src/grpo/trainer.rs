@@ -175,6 +175,9 @@ pub struct TaskStepMetrics {
     pub n: usize,
     #[serde(deserialize_with = "f64_or_nan")]
     pub reward_mean: f64,
+    /// Population standard deviation of the task's rewards.
+    #[serde(default, deserialize_with = "f64_or_nan")]
+    pub reward_std: f64,
     /// Mean verifier part (binary correctness or graded score) before the format penalty.
     #[serde(deserialize_with = "f64_or_nan")]
     pub verifier_mean: f64,
@@ -200,9 +203,12 @@ pub fn task_step_metrics<'a>(
             let n = rs.len() as f64;
             let mean =
                 |f: &dyn Fn(&RewardBreakdown) -> f64| rs.iter().map(|r| f(r)).sum::<f64>() / n;
+            let totals: Vec<f64> = rs.iter().map(|r| r.total).collect();
+            let (reward_mean, reward_std) = mean_std(&totals);
             let m = TaskStepMetrics {
                 n: rs.len(),
-                reward_mean: mean(&|r| r.total),
+                reward_mean,
+                reward_std,
                 verifier_mean: mean(&|r| r.verifier),
                 accuracy: mean(&|r| f64::from(u8::from(r.correct))),
                 format_penalty_rate: mean(&|r| f64::from(u8::from(r.format_violation))),
@@ -897,11 +903,6 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
         // 6. Metrics, evaluation, checkpoint.
         let n = totals.len() as f64;
         let (mean, std) = mean_std(&totals);
-        let mut by_task: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for (r, t) in rolls.iter().zip(&totals) {
-            let task = prepared[picks[r.prompt]].record.task;
-            by_task.entry(task.name().to_owned()).or_default().push(*t);
-        }
         if let Some(rl) = rollout_log.as_mut() {
             rl.write(&StepRollouts {
                 step,
@@ -949,9 +950,9 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
                 .count() as f64
                 / n,
             accuracy: summary.rewards.iter().filter(|r| r.correct).count() as f64 / n,
-            reward_by_task: by_task
-                .into_iter()
-                .map(|(k, v)| (k, mean_std(&v)))
+            reward_by_task: task_metrics
+                .iter()
+                .map(|(k, m)| (k.clone(), (m.reward_mean, m.reward_std)))
                 .collect(),
             task_metrics,
             kl: if tok_sum > 0.0 { kl_sum / tok_sum } else { 0.0 },

@@ -608,51 +608,9 @@ impl<'a> Parser<'a> {
         match self.peek() {
             Some(Tok::Num(_)) | Some(Tok::Ident(_)) => true,
             Some(Tok::Op(c)) => matches!(c, '(' | '{'),
-            Some(Tok::Cmd(c)) => matches!(
-                c.as_str(),
-                "frac"
-                    | "sqrt"
-                    | "pi"
-                    | "infty"
-                    | "sin"
-                    | "cos"
-                    | "tan"
-                    | "cot"
-                    | "sec"
-                    | "csc"
-                    | "arcsin"
-                    | "arccos"
-                    | "arctan"
-                    | "ln"
-                    | "log"
-                    | "exp"
-                    | "lfloor"
-                    | "lceil"
-                    | "binom"
-                    | "alpha"
-                    | "beta"
-                    | "gamma"
-                    | "theta"
-                    | "phi"
-                    | "lambda"
-                    | "mu"
-                    | "sigma"
-                    | "omega"
-                    | "tau"
-                    | "rho"
-                    | "delta"
-                    | "epsilon"
-                    | "varepsilon"
-                    | "psi"
-                    | "eta"
-                    | "xi"
-                    | "zeta"
-                    | "kappa"
-                    | "nu"
-                    | "chi"
-                    | "varphi"
-                    | "vartheta"
-            ),
+            Some(Tok::Cmd(c)) => {
+                FACTOR_COMMANDS.contains(&c.as_str()) || GREEK.contains(&c.as_str())
+            }
             None => false,
         }
     }
@@ -895,40 +853,44 @@ impl<'a> Parser<'a> {
             "{" => {
                 return Err(ParseError::Unsupported("\\{".into()));
             }
-            greek if self.starts_greek(greek) => Node::Sym(format!("\\{greek}")),
+            greek if GREEK.contains(&greek) => Node::Sym(format!("\\{greek}")),
             other => return Err(ParseError::Unsupported(format!("\\{other}"))),
         })
     }
-
-    fn starts_greek(&self, c: &str) -> bool {
-        matches!(
-            c,
-            "alpha"
-                | "beta"
-                | "gamma"
-                | "theta"
-                | "phi"
-                | "lambda"
-                | "mu"
-                | "sigma"
-                | "omega"
-                | "tau"
-                | "rho"
-                | "delta"
-                | "epsilon"
-                | "varepsilon"
-                | "psi"
-                | "eta"
-                | "xi"
-                | "zeta"
-                | "kappa"
-                | "nu"
-                | "chi"
-                | "varphi"
-                | "vartheta"
-        )
-    }
 }
+
+/// Greek letters read as symbols (`\alpha` → the variable α).
+const GREEK: &[&str] = &[
+    "alpha",
+    "beta",
+    "gamma",
+    "theta",
+    "phi",
+    "lambda",
+    "mu",
+    "sigma",
+    "omega",
+    "tau",
+    "rho",
+    "delta",
+    "epsilon",
+    "varepsilon",
+    "psi",
+    "eta",
+    "xi",
+    "zeta",
+    "kappa",
+    "nu",
+    "chi",
+    "varphi",
+    "vartheta",
+];
+
+/// Commands other than Greek letters that open a factor.
+const FACTOR_COMMANDS: &[&str] = &[
+    "frac", "sqrt", "pi", "infty", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos",
+    "arctan", "ln", "log", "exp", "lfloor", "lceil", "binom",
+];
 
 /// Parses one item (expression or relation) from normalised text.
 pub fn parse_item(s: &str) -> Result<Item, ParseError> {
