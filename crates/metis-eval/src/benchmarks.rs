@@ -73,6 +73,12 @@ pub(crate) enum Format {
     /// The full MATH test set from PRM800K's two splits: its test file (MATH-500) plus the rows
     /// of its train file that are original MATH test problems (`unique_id` `test/…`).
     MathFullTest,
+    /// MMLU's 57 subjects as one JSONL file (`Transform::MmluTar`), 5-shot generative.
+    MmluJsonl,
+    /// GPQA's CSV (a local copy: the dataset is gated upstream).
+    GpqaCsv,
+    /// A LongBench QA file (`input`, `context`, `answers`).
+    LongBenchJsonl,
 }
 
 /// How a downloaded upstream file becomes the file in the data layout.
@@ -89,13 +95,21 @@ pub enum Transform {
     MmluDropHeaderAndExtraColumn,
     /// CTIBench-TAA gold: the `URL` and `GT` columns of CTIBench's released response table.
     TaaGoldColumn,
+    /// MMLU's `data.tar`: every `dev` and `test` CSV as one JSONL file (`subject`, `split`,
+    /// `question`, `choices`, `answer`), subjects in name order, rows in file order.
+    MmluTar,
+    /// One member of a zip archive, byte-identical (LongBench's `data.zip`).
+    ZipMember(&'static str),
 }
 
 impl Transform {
     /// Whether the transform reproduces the data-layout file byte for byte (so a checksum
     /// mismatch after download is an error rather than a warning).
     pub fn is_exact(self) -> bool {
-        matches!(self, Transform::None | Transform::SecBenchEnglish)
+        matches!(
+            self,
+            Transform::None | Transform::SecBenchEnglish | Transform::ZipMember(_)
+        )
     }
 }
 
@@ -108,9 +122,14 @@ pub struct DataFile {
     pub remote_path: &'static str,
     /// How the upstream file is turned into `path`.
     pub transform: Transform,
-    /// SHA-256 of the file as laid out in `shared/data` (the pinned content).
+    /// SHA-256 of the file as laid out in `shared/data` (the pinned content); empty where no
+    /// copy could be checked when the benchmark was added ([`UNPINNED`]): the hash of the first
+    /// download is then recorded beside the cached file and later reads are checked against it.
     pub sha256: &'static str,
 }
+
+/// [`DataFile::sha256`] of a file whose content is pinned by its source revision only.
+pub const UNPINNED: &str = "";
 
 /// A benchmark declared once.
 #[derive(Debug)]
@@ -123,6 +142,15 @@ pub struct BenchmarkSpec {
     pub secondary_metrics: &'static [&'static str],
     /// The public source of the data, pinned to a revision.
     pub source: RemoteSource,
+    /// Items in the pinned data (what `metis eval list` shows; the loader's count is checked
+    /// against it in tests).
+    pub items: usize,
+    /// Few-shot exemplars in each prompt (`0`, `5`, `8 (CoT)`).
+    pub shots: &'static str,
+    /// The prompt and answer-extraction protocol, in a line.
+    pub protocol: &'static str,
+    /// The data's licence as its source states it.
+    pub licence: &'static str,
     files: &'static [DataFile],
     format: Format,
 }
@@ -219,7 +247,7 @@ const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str
     }
 }
 
-static SPECS: [BenchmarkSpec; 17] = [
+static SPECS: [BenchmarkSpec; 22] = [
     BenchmarkSpec {
         id: "ctibench-mcqa",
         title: "CTIBench CTI-MCQ (2,500 CTI knowledge MCQs)",
@@ -232,6 +260,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             "data/cti-mcq.tsv",
             "11e0af8db2dae9706c6e79901d2390bcdf9746e8feccbd9ba10682df649bcc6a",
         )],
+        items: 2500,
+        shots: "0",
+        protocol: "CTIBench prompt; option letter on the last line",
+        licence: "CC BY-NC-SA 4.0",
         format: Format::CtiMcq,
     },
     BenchmarkSpec {
@@ -246,6 +278,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             "data/cti-rcm.tsv",
             "ed7d7fa79fc912c627f96e229eaa38b3c4b6be813d834d434580be6d4703d700",
         )],
+        items: 1000,
+        shots: "0",
+        protocol: "CTIBench prompt; CWE id on the last line, exact and hierarchy match",
+        licence: "CC BY-NC-SA 4.0",
         format: Format::CtiRcm,
     },
     BenchmarkSpec {
@@ -260,6 +296,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             "data/cti-rcm-2021.tsv",
             "a1fc5348b4bc181778dd98055f267b584755215580dd8a18896134e2670d43d3",
         )],
+        items: 1000,
+        shots: "0",
+        protocol: "CTIBench prompt; CWE id on the last line, exact and hierarchy match",
+        licence: "CC BY-NC-SA 4.0",
         format: Format::CtiRcm,
     },
     BenchmarkSpec {
@@ -274,6 +314,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             "data/cti-vsp.tsv",
             "43d4ceefe042236a7d0885cb8506bf6537426cf2359eddb2450dd151864a498b",
         )],
+        items: 1000,
+        shots: "0",
+        protocol: "CTIBench prompt; CVSS v3.1 vector on the last line, mean absolute score deviation",
+        licence: "CC BY-NC-SA 4.0",
         format: Format::CtiVsp,
     },
     BenchmarkSpec {
@@ -288,6 +332,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             "data/cti-ate.tsv",
             "79e5354a5c6aae0c979389786853e768201f8d129fb0f0ca5af392555f238f28",
         )],
+        items: 60,
+        shots: "0",
+        protocol: "CTIBench prompt; technique ids on the last line, sub-techniques folded, micro-F1",
+        licence: "CC BY-NC-SA 4.0",
         format: Format::CtiAte,
     },
     BenchmarkSpec {
@@ -314,6 +362,10 @@ static SPECS: [BenchmarkSpec; 17] = [
                 sha256: "4fbf0db257c67a1c200ebfbd25d621747ab2ca26a220e4485b61303126a75c7f",
             },
         ],
+        items: 50,
+        shots: "0",
+        protocol: "CTIBench prompt; actor on the last line; alias = correct, related group = plausible",
+        licence: "CC BY-NC-SA 4.0",
         format: Format::CtiTaa,
     },
     BenchmarkSpec {
@@ -329,6 +381,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             transform: Transform::None,
             sha256: "1624aeecc54761198bff4828442ce4a10de6cb87c9da3298088b34ae11e15ba0",
         }],
+        items: 80,
+        shots: "0",
+        protocol: "FAITH MCQA chat template; Answer: $LETTER",
+        licence: "none stated",
         format: Format::CyberMetric,
     },
     BenchmarkSpec {
@@ -344,6 +400,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             transform: Transform::None,
             sha256: "036747c989da9f38f39a6b33fa2d5ab14147c928df0274217bbecab20be88faa",
         }],
+        items: 500,
+        shots: "0",
+        protocol: "FAITH MCQA chat template; Answer: $LETTER",
+        licence: "none stated",
         format: Format::CyberMetric,
     },
     BenchmarkSpec {
@@ -359,6 +419,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             transform: Transform::None,
             sha256: "3ccc4d425bc4e74d27e0e9790d62369e4626e325d2b661d851c61b1648a0cd4a",
         }],
+        items: 2000,
+        shots: "0",
+        protocol: "FAITH MCQA chat template; Answer: $LETTER",
+        licence: "none stated",
         format: Format::CyberMetric,
     },
     BenchmarkSpec {
@@ -374,6 +438,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             transform: Transform::MmluDropHeaderAndExtraColumn,
             sha256: "8e40f809858db9dd8585036b53984e570b6101f72be2214b85e979c7fafa307f",
         }],
+        items: 100,
+        shots: "0",
+        protocol: "FAITH MCQA chat template; Answer: $LETTER",
+        licence: "MIT",
         format: Format::MmluCsv,
     },
     BenchmarkSpec {
@@ -389,6 +457,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             transform: Transform::SecBenchEnglish,
             sha256: "bd2f21d9d2c2286897df1c746ac5b41ced3c295996b968979f00f54bf822461e",
         }],
+        items: 652,
+        shots: "0",
+        protocol: "FAITH MCQA chat template; Answer: $LETTER",
+        licence: "none stated",
         format: Format::SecBenchJsonl,
     },
     BenchmarkSpec {
@@ -404,6 +476,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             transform: Transform::SecEvalJsArray,
             sha256: "a75527758d522ee6e92566ab88c6f040e0565b1c6ceaec5728d8ff490addc15c",
         }],
+        items: 2180,
+        shots: "0",
+        protocol: "FAITH MCQA chat template, multi-answer; exact letter set",
+        licence: "CC BY-NC-SA 4.0",
         format: Format::SecEvalJsonl,
     },
     BenchmarkSpec {
@@ -423,6 +499,10 @@ static SPECS: [BenchmarkSpec; 17] = [
             transform: Transform::None,
             sha256: "67ffeee0fcb87c317c5b08a2de85557b4a7e96ada6178aa645b4954fe4b53d49",
         }],
+        items: 541,
+        shots: "0",
+        protocol: "prompt as is; 25 instruction checkers, strict and loose",
+        licence: "Apache-2.0",
         format: Format::IfEvalJsonl,
     },
     BenchmarkSpec {
@@ -433,6 +513,10 @@ static SPECS: [BenchmarkSpec; 17] = [
         secondary_metrics: &["strict_match", "flexible_match", "unknown"],
         source: GSM8K,
         files: &[GSM8K_TEST],
+        items: 1319,
+        shots: "0",
+        protocol: "question + final-answer instruction; last number, equivalence",
+        licence: "MIT",
         format: Format::Gsm8kJsonl,
     },
     BenchmarkSpec {
@@ -443,6 +527,10 @@ static SPECS: [BenchmarkSpec; 17] = [
         secondary_metrics: &["flexible_match", "reasoning_match", "unknown"],
         source: GSM8K,
         files: &[GSM8K_TEST],
+        items: 1319,
+        shots: "8 (CoT)",
+        protocol: "lm-eval gsm8k_cot; strict \"The answer is N.\" match",
+        licence: "MIT",
         format: Format::Gsm8kCotJsonl,
     },
     BenchmarkSpec {
@@ -453,6 +541,10 @@ static SPECS: [BenchmarkSpec; 17] = [
         secondary_metrics: &["minerva_match", "unknown"],
         source: PRM800K,
         files: &[MATH_500_TEST],
+        items: 500,
+        shots: "0",
+        protocol: "problem + \\boxed{} instruction; last boxed answer, equivalence",
+        licence: "MIT",
         format: Format::MathJsonl,
     },
     BenchmarkSpec {
@@ -471,9 +563,123 @@ static SPECS: [BenchmarkSpec; 17] = [
                 sha256: "90d96daeac3fe343ebb1e22ce93dd99690f75983e957f88de42f87cffe1e8076",
             },
         ],
+        items: 5000,
+        shots: "0",
+        protocol: "problem + \\boxed{} instruction; last boxed answer, equivalence",
+        licence: "MIT",
         format: Format::MathFullTest,
     },
+    BenchmarkSpec {
+        id: "mmlu",
+        title: "MMLU (57 subjects, test split), 5-shot generative",
+        task: Task::Mcq,
+        primary_metric: "accuracy",
+        secondary_metrics: &[],
+        source: MMLU_ORIGINAL,
+        items: 14042,
+        shots: "5",
+        protocol: "lm-eval mmlu_generative prompt (first 5 dev rows); option letter, Metis MCQ extraction",
+        licence: "MIT",
+        files: &[DataFile {
+            path: "mmlu/mmlu-dev-test.jsonl",
+            remote_path: "data.tar",
+            transform: Transform::MmluTar,
+            sha256: UNPINNED,
+        }],
+        format: Format::MmluJsonl,
+    },
+    BenchmarkSpec {
+        id: "gpqa-diamond",
+        title: "GPQA diamond (198), 0-shot chain of thought",
+        task: Task::Mcq,
+        primary_metric: "accuracy",
+        secondary_metrics: &[],
+        source: GPQA,
+        items: 198,
+        shots: "0 (CoT)",
+        protocol: "lm-eval gpqa cot_zeroshot prompt, choices in a fixed per-question order; option letter",
+        licence: "CC BY 4.0 (gated)",
+        files: &[DataFile {
+            path: "gpqa/gpqa_diamond.csv",
+            remote_path: "gpqa_diamond.csv",
+            transform: Transform::None,
+            sha256: UNPINNED,
+        }],
+        format: Format::GpqaCsv,
+    },
+    BenchmarkSpec {
+        id: "gpqa-main",
+        title: "GPQA main (448), 0-shot chain of thought",
+        task: Task::Mcq,
+        primary_metric: "accuracy",
+        secondary_metrics: &[],
+        source: GPQA,
+        items: 448,
+        shots: "0 (CoT)",
+        protocol: "lm-eval gpqa cot_zeroshot prompt, choices in a fixed per-question order; option letter",
+        licence: "CC BY 4.0 (gated)",
+        files: &[DataFile {
+            path: "gpqa/gpqa_main.csv",
+            remote_path: "gpqa_main.csv",
+            transform: Transform::None,
+            sha256: UNPINNED,
+        }],
+        format: Format::GpqaCsv,
+    },
+    BenchmarkSpec {
+        id: "hotpotqa",
+        title: "HotpotQA (LongBench, 200 dev questions with passages), token F1",
+        task: Task::Qa,
+        primary_metric: "f1",
+        secondary_metrics: &["exact_match"],
+        source: LONGBENCH,
+        items: 200,
+        shots: "0",
+        protocol: "LongBench prompt; answer after </think>, SQuAD normalisation, best F1/EM over answers, official yes/no rule",
+        licence: "MIT (LongBench); HotpotQA CC BY-SA 4.0",
+        files: &[DataFile {
+            path: "longbench/hotpotqa.jsonl",
+            remote_path: "data.zip",
+            transform: Transform::ZipMember("data/hotpotqa.jsonl"),
+            sha256: UNPINNED,
+        }],
+        format: Format::LongBenchJsonl,
+    },
+    BenchmarkSpec {
+        id: "2wikimultihopqa",
+        title: "2WikiMultihopQA (LongBench, 200 dev questions with passages), token F1",
+        task: Task::Qa,
+        primary_metric: "f1",
+        secondary_metrics: &["exact_match"],
+        source: LONGBENCH,
+        items: 200,
+        shots: "0",
+        protocol: "LongBench prompt; answer after </think>, SQuAD normalisation, best F1/EM over answers, official yes/no rule",
+        licence: "MIT (LongBench); 2WikiMultihopQA Apache-2.0",
+        files: &[DataFile {
+            path: "longbench/2wikimqa.jsonl",
+            remote_path: "data.zip",
+            transform: Transform::ZipMember("data/2wikimqa.jsonl"),
+            sha256: UNPINNED,
+        }],
+        format: Format::LongBenchJsonl,
+    },
 ];
+
+/// MMLU as its authors distribute it (`data.tar`: dev, val, test and auxiliary_train CSVs).
+const MMLU_ORIGINAL: RemoteSource = RemoteSource::Url {
+    base: "https://people.eecs.berkeley.edu/~hendrycks",
+};
+/// GPQA (Rein et al.): gated on the Hugging Face hub, so never downloaded.
+const GPQA: RemoteSource = RemoteSource::Gated {
+    page: "https://huggingface.co/datasets/Idavidrein/gpqa",
+};
+/// LongBench (Bai et al.), whose `data.zip` carries the 200-question HotpotQA and
+/// 2WikiMultihopQA sets lm-eval's `longbench_hotpotqa`/`longbench_2wikimqa` use.
+const LONGBENCH: RemoteSource = RemoteSource::HuggingFace {
+    repo: "THUDM/LongBench",
+    revision: "313939aaa70997a6fb4e5033ff431e0f5744569f",
+};
 
 const MATH_500_TEST: DataFile = DataFile {
     path: "math/math-500-test.jsonl",
@@ -488,6 +694,65 @@ const GSM8K_TEST: DataFile = DataFile {
     transform: Transform::None,
     sha256: "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
 };
+
+/// What `metis eval list` and the README say about a benchmark.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Card {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub task: Task,
+    pub items: usize,
+    pub shots: &'static str,
+    pub metric: &'static str,
+    pub protocol: &'static str,
+    /// Default `max_tokens` per answer with the reasoning / instruct sampling defaults.
+    pub token_budget: [u32; 2],
+    pub source: String,
+    pub licence: &'static str,
+}
+
+impl BenchmarkSpec {
+    pub fn card(&self) -> Card {
+        Card {
+            id: self.id,
+            title: self.title,
+            task: self.task,
+            items: self.items,
+            shots: self.shots,
+            metric: self.primary_metric,
+            protocol: self.protocol,
+            token_budget: [
+                crate::run::Sampling::reasoning().max_tokens,
+                crate::run::Sampling::instruct().max_tokens,
+            ],
+            source: self.source.describe(),
+            licence: self.licence,
+        }
+    }
+}
+
+/// The benchmark table as Markdown (the README's is this output).
+pub fn catalogue_markdown() -> String {
+    let mut out = String::from(
+        "| benchmark | items | shots | metric | protocol | max tokens (reasoning / instruct) | source | licence |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for c in specs().iter().map(BenchmarkSpec::card) {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} | {} / {} | {} | {} |\n",
+            c.id,
+            c.items,
+            c.shots,
+            c.metric,
+            c.protocol.replace('|', "\\|"),
+            c.token_budget[0],
+            c.token_budget[1],
+            c.source,
+            c.licence
+        ));
+    }
+    out
+}
 
 /// Every benchmark, in presentation order.
 pub fn specs() -> &'static [BenchmarkSpec] {
@@ -787,6 +1052,10 @@ async fn read_data_file(
             file.path,
             remote_url(spec, file)
         ));
+        if file.sha256 == UNPINNED {
+            fetch::write_atomically(&recorded_hash_path(&path), format!("{sha}\n").as_bytes())
+                .await?;
+        }
     }
     let bytes = tokio::fs::read(&path)
         .await
@@ -795,16 +1064,28 @@ async fn read_data_file(
             source,
         })?;
     let sha = sha256_hex(&bytes);
-    if sha != file.sha256 {
+    let pinned = match file.sha256 {
+        UNPINNED => match tokio::fs::read_to_string(recorded_hash_path(&path)).await {
+            Ok(recorded) => recorded.trim().to_owned(),
+            Err(_) => {
+                notes.push(format!(
+                    "{} is not pinned by content (sha256 {sha}); its source is pinned by revision only",
+                    file.path
+                ));
+                sha.clone()
+            }
+        },
+        pinned => pinned.to_owned(),
+    };
+    if sha != pinned {
         tracing::warn!(
             benchmark = spec.id,
             path = %path.display(),
-            "data file differs from the pinned revision (sha256 {sha}, pinned {})",
-            file.sha256
+            "data file differs from the pinned revision (sha256 {sha}, pinned {pinned})"
         );
         notes.push(format!(
-            "{} differs from the pinned revision (sha256 {sha}, pinned {})",
-            file.path, file.sha256
+            "{} differs from the pinned revision (sha256 {sha}, pinned {pinned})",
+            file.path
         ));
     }
     let text = String::from_utf8(bytes).map_err(|e| BenchmarkError::Parse {
@@ -817,6 +1098,13 @@ async fn read_data_file(
         detail: format!("not UTF-8: {}", e.utf8_error()),
     })?;
     Ok((path, text, sha))
+}
+
+/// Where the hash of an [`UNPINNED`] file's first download is kept: beside it, `<name>.sha256`.
+fn recorded_hash_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".sha256");
+    path.with_file_name(name)
 }
 
 /// The ATT&CK release CTIBench-ATE was built on.

@@ -45,7 +45,15 @@ const EXPECTED: [(&str, usize); 11] = [
 /// The general benchmarks whose data `shared/data` holds (MATH-500 is loaded from its
 /// pinned source; its loader is tested on a fixture below).
 const GENERAL: [(&str, usize); 3] = [("ifeval", 541), ("gsm8k", 1319), ("gsm8k-cot", 1319)];
-const FETCHED_ONLY: [&str; 2] = ["math-500", "math"];
+const FETCHED_ONLY: [&str; 7] = [
+    "math-500",
+    "math",
+    "mmlu",
+    "gpqa-diamond",
+    "gpqa-main",
+    "hotpotqa",
+    "2wikimultihopqa",
+];
 /// Benchmarks with several data files (their fingerprint covers all of them).
 const MULTI_FILE: [(&str, usize); 1] = [("ctibench-taa", 50)];
 
@@ -116,6 +124,10 @@ async fn general_benchmarks_load_with_expected_items() {
     for (id, count) in GENERAL {
         let b = bench(id).await;
         assert_eq!(b.items.len(), count, "{id}");
+        assert_eq!(
+            b.spec.items, count,
+            "{id}: the count `metis eval list` shows"
+        );
         assert_eq!(b.data_sha256, b.spec.data_file().sha256, "{id} pinned sha");
         for item in &b.items {
             let v = b.verifier(item);
@@ -246,6 +258,10 @@ async fn every_benchmark_loads_with_expected_items() {
     for (id, count) in EXPECTED {
         let b = bench(id).await;
         assert_eq!(b.items.len(), count, "{id}");
+        assert_eq!(
+            b.spec.items, count,
+            "{id}: the count `metis eval list` shows"
+        );
         assert_eq!(b.data_sha256, b.spec.data_file().sha256, "{id} pinned sha");
         let ids: HashSet<&str> = b.items.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids.len(), count, "{id}: ids unique");
@@ -845,7 +861,17 @@ fn remote_urls_are_pinned() {
         for f in s.files() {
             let u = remote_url(s, f);
             assert!(u.starts_with("https://") && !u.contains("//data//"), "{u}");
-            assert_eq!(f.sha256.len(), 64);
+            // Only sources without a checkable copy here may leave the content unpinned.
+            if f.sha256 == benchmarks::UNPINNED {
+                assert!(
+                    !matches!(s.source, RemoteSource::GitHub { .. }),
+                    "{}: {}",
+                    s.id,
+                    f.path
+                );
+            } else {
+                assert_eq!(f.sha256.len(), 64);
+            }
         }
     }
 }

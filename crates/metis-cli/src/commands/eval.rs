@@ -29,8 +29,15 @@ pub struct Args {
 
 #[derive(Subcommand)]
 enum EvalCommand {
-    /// List the benchmarks.
-    List,
+    /// List the benchmarks: items, shots, metric, protocol, token budget, source, licence.
+    List {
+        /// One JSON object per benchmark.
+        #[arg(long, conflicts_with = "markdown")]
+        json: bool,
+        /// A Markdown table (the README's).
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Print the item ids of a benchmark, one per line, in data-file order.
     Items {
         benchmark: String,
@@ -166,14 +173,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match args.command {
-            Some(EvalCommand::List) => {
+            Some(EvalCommand::List { json, markdown }) => {
                 with_output(None, |w| {
-                    for s in benchmarks::specs() {
-                        writeln!(
-                            w,
-                            "{:<20} {:<8} {:<22} {}",
-                            s.id, s.task, s.primary_metric, s.title
-                        )?;
+                    if markdown {
+                        write!(w, "{}", benchmarks::catalogue_markdown())?;
+                    }
+                    for card in benchmarks::specs().iter().map(|s| s.card()) {
+                        if json {
+                            writeln!(w, "{}", serde_json::to_string(&card)?)?;
+                        } else if !markdown {
+                            write_card(w, &card)?;
+                        }
                     }
                     Ok(benchmarks::specs().len())
                 })?;
@@ -313,6 +323,18 @@ fn all_benchmark_ids() -> Vec<String> {
         .iter()
         .map(|s| s.id.to_owned())
         .collect()
+}
+
+/// A benchmark's entry in `metis eval list`.
+fn write_card(w: &mut dyn std::io::Write, c: &benchmarks::Card) -> std::io::Result<()> {
+    writeln!(w, "{:<18} {}", c.id, c.title)?;
+    writeln!(
+        w,
+        "    task {} · {} items · shots {} · metric {} · max tokens {} (reasoning) / {} (instruct)",
+        c.task, c.items, c.shots, c.metric, c.token_budget[0], c.token_budget[1]
+    )?;
+    writeln!(w, "    protocol: {}", c.protocol)?;
+    writeln!(w, "    source: {} · licence {}", c.source, c.licence)
 }
 
 fn sampling(a: &RunArgs) -> Sampling {

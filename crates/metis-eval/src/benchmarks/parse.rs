@@ -14,6 +14,8 @@ use serde_json::Value;
 
 use super::{prompts, BenchmarkError, Format, Item};
 
+mod general;
+
 pub(crate) struct Row {
     pub item: Item,
     /// 1-based physical line of the row (its first line if it spans several).
@@ -69,6 +71,9 @@ pub(crate) fn parse(
             [(train_path, train_text)] => math_full_test(text, path, train_text, train_path),
             _ => Err(perr(path, 0, None, "MATH needs PRM800K's train split too")),
         },
+        Format::MmluJsonl => general::mmlu_five_shot(text, path),
+        Format::GpqaCsv => general::gpqa(text, path),
+        Format::LongBenchJsonl => general::longbench_qa(text, path),
     }
 }
 
@@ -276,8 +281,18 @@ struct Tsv {
 
 impl Tsv {
     fn read(text: &str, path: &Path, required: &[&str]) -> Result<Tsv, BenchmarkError> {
+        Self::read_delimited(text, path, required, b'\t')
+    }
+
+    /// A delimited file with a header row (`\t` for CTIBench, `,` for GPQA's CSV).
+    fn read_delimited(
+        text: &str,
+        path: &Path,
+        required: &[&str],
+        delimiter: u8,
+    ) -> Result<Tsv, BenchmarkError> {
         let mut reader = csv::ReaderBuilder::new()
-            .delimiter(b'\t')
+            .delimiter(delimiter)
             .has_headers(true)
             // Ragged rows are rejected below, with the row's own line number (the csv crate's
             // error for them points at the previous record).
