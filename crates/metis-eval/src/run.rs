@@ -417,6 +417,8 @@ pub struct Graded {
     pub benchmark: String,
     pub model: String,
     pub item_ids: Vec<String>,
+    /// Each item's subject (BBH task, MMLU subject, ATE platform), parallel to `item_ids`.
+    pub subjects: Vec<Option<String>>,
     /// `verdicts[trial][item]`.
     pub verdicts: Vec<Vec<Verdict>>,
     pub failed: usize,
@@ -495,6 +497,7 @@ pub fn grade(
         benchmark: bench.spec.id.to_owned(),
         model: model.to_owned(),
         item_ids: bench.items.iter().map(|i| i.id.clone()).collect(),
+        subjects: bench.items.iter().map(|i| i.subject.clone()).collect(),
         verdicts,
         failed,
         reasoning_chars,
@@ -636,6 +639,7 @@ pub fn summarize(g: &Graded, primary_metric: &str) -> ResultRow {
             },
         );
     }
+    metrics.extend(subject_metrics(g, &sums, primary_metric));
     // Reasoning length percentiles per trial, summarised like the metrics (no CI).
     for (label, p) in [
         ("reasoning_chars_p50", 50.0),
@@ -681,6 +685,71 @@ pub fn summarize(g: &Graded, primary_metric: &str) -> ResultRow {
         primary_metric: primary_metric.to_owned(),
         metrics,
     }
+}
+
+/// The items of each subject, for benchmarks whose items span two or more subjects.
+fn subject_groups(g: &Graded) -> BTreeMap<&str, Vec<usize>> {
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, subject) in g.subjects.iter().enumerate() {
+        if let Some(s) = subject {
+            groups.entry(s.as_str()).or_default().push(i);
+        }
+    }
+    if groups.len() < 2 {
+        groups.clear();
+    }
+    groups
+}
+
+/// The primary metric per subject (`<metric>/<subject>`) and its unweighted mean over
+/// subjects (`<metric>_subject_mean`, BBH's mean over its 27 tasks), each as mean ± std over
+/// trials with a bootstrap CI over the items (within the subject, or over all items).
+fn subject_metrics(g: &Graded, sums: &ItemSums, metric: &str) -> BTreeMap<String, Summary> {
+    let groups = subject_groups(g);
+    let mut out = BTreeMap::new();
+    if groups.is_empty() {
+        return out;
+    }
+    let trial_value = |trial: &[Verdict], idx: &[usize]| {
+        let subset: Vec<Verdict> = idx.iter().filter_map(|&i| trial.get(i).cloned()).collect();
+        aggregate(&subset).get(metric).copied().unwrap_or(f64::NAN)
+    };
+    let summary = |xs: Vec<f64>, (ci_low, ci_high): (f64, f64)| Summary {
+        mean: stats::mean(&xs),
+        std: stats::population_std(&xs),
+        stderr: stats::standard_error(&xs),
+        ci_low,
+        ci_high,
+    };
+    for (subject, idx) in &groups {
+        let xs = g.verdicts.iter().map(|t| trial_value(t, idx)).collect();
+        let ci = stats::bootstrap_ci(idx.len(), BOOTSTRAP_RESAMPLES, 0.95, BOOTSTRAP_SEED, |r| {
+            let picked: Vec<usize> = r.iter().map(|&k| idx[k]).collect();
+            sums.metric(metric, &picked)
+        });
+        out.insert(format!("{metric}/{subject}"), summary(xs, ci));
+    }
+    let mean_over_subjects = |value: &dyn Fn(&[usize]) -> f64, members: &[usize]| {
+        let mut by_subject: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for &i in members {
+            if let Some(s) = g.subjects[i].as_deref() {
+                by_subject.entry(s).or_default().push(i);
+            }
+        }
+        let values: Vec<f64> = by_subject.values().map(|idx| value(idx)).collect();
+        stats::mean(&values)
+    };
+    let all: Vec<usize> = (0..g.item_ids.len()).collect();
+    let xs = g
+        .verdicts
+        .iter()
+        .map(|t| mean_over_subjects(&|idx| trial_value(t, idx), &all))
+        .collect();
+    let ci = stats::bootstrap_ci(all.len(), BOOTSTRAP_RESAMPLES, 0.95, BOOTSTRAP_SEED, |r| {
+        mean_over_subjects(&|idx| sums.metric(metric, idx), r)
+    });
+    out.insert(format!("{metric}_subject_mean"), summary(xs, ci));
+    out
 }
 
 /// Per-item mean score over trials (for paired comparisons).

@@ -336,3 +336,40 @@ async fn local_engine_backend_answers_and_stores_every_item() {
     assert_eq!(row.invalid, 6);
     assert!((row.metrics["truncated"].mean - 1.0).abs() < 1e-12);
 }
+
+/// Per-subject accuracy and the unweighted mean over subjects (BBH's mean over its tasks),
+/// computed by hand: subject `a` 1 of 2 right, subject `b` 1 of 1, over two identical trials.
+#[test]
+fn subject_breakdown_and_unweighted_subject_mean() {
+    use metis_verify::{Task, VerifierFactory, VerifierSpec};
+    let v = VerifierFactory::new(None)
+        .build(&VerifierSpec::for_task(Task::Mcq))
+        .unwrap();
+    let verdict = |answer: &str| v.grade(&format!("<think>t</think>{answer}"), "A").unwrap();
+    let trial = vec![verdict("A"), verdict("B"), verdict("A")];
+    let graded = run::Graded {
+        benchmark: "b".into(),
+        model: "m".into(),
+        item_ids: vec!["0".into(), "1".into(), "2".into()],
+        subjects: vec![Some("a".into()), Some("a".into()), Some("b".into())],
+        verdicts: vec![trial.clone(), trial],
+        failed: 0,
+        reasoning_chars: vec![vec![], vec![]],
+    };
+    let row = run::summarize(&graded, "accuracy");
+    let m = |k: &str| row.metrics[k].mean;
+    assert!((m("accuracy") - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(m("accuracy/a"), 0.5);
+    assert_eq!(m("accuracy/b"), 1.0);
+    assert_eq!(m("accuracy_subject_mean"), 0.75);
+    let ci = &row.metrics["accuracy_subject_mean"];
+    assert!(ci.ci_low <= 0.75 && 0.75 <= ci.ci_high, "{ci:?}");
+    // One subject: no breakdown.
+    let single = run::Graded {
+        subjects: vec![Some("a".into()); 3],
+        ..graded
+    };
+    assert!(!run::summarize(&single, "accuracy")
+        .metrics
+        .contains_key("accuracy_subject_mean"));
+}
