@@ -73,6 +73,9 @@ pub struct ActorCatalog {
     both: Graph,
     /// Every known normalised name, longest first (for finding names in text).
     names: Vec<String>,
+    /// Normalised name → CTIBench's spellings of it that differ from it (`apt c 36` →
+    /// `apt-c-36`).
+    spellings: HashMap<String, Vec<String>>,
 }
 
 impl ActorCatalog {
@@ -107,13 +110,32 @@ impl ActorCatalog {
         let both = graph(&[&alias, &related], fixed);
         let mut names: Vec<String> = both.keys().cloned().collect();
         names.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        let mut spellings: HashMap<String, Vec<String>> = HashMap::new();
+        for raw in raw_both.keys() {
+            if let Some(name) = fixed(raw).filter(|n| n != raw) {
+                spellings.entry(name).or_default().push(raw.clone());
+            }
+        }
         Ok(Self {
             raw_alias,
             raw_both,
             alias: fixed_alias,
             both,
             names,
+            spellings,
         })
+    }
+
+    /// A known name (normalised) as `text` writes it when that is one of CTIBench's own
+    /// spellings (`apt-c-36` for a text saying `APT-C-36`), else the name itself. CTIBench's
+    /// rule compares spellings, so the extracted answer keeps the one the model used.
+    pub fn as_written(&self, name: &str, text: &str) -> String {
+        let lower = text.to_lowercase();
+        self.spellings
+            .get(name)
+            .and_then(|raw| raw.iter().find(|r| lower.contains(r.as_str())))
+            .cloned()
+            .unwrap_or_else(|| name.to_owned())
     }
 
     /// Number of distinct names known (normalised).
@@ -245,7 +267,7 @@ pub fn extract_actor(
                 acc
             });
             return if distinct.len() == 1 {
-                Ok(Some(first.clone()))
+                Ok(Some(c.as_written(first, line)))
             } else {
                 Err(distinct)
             };
