@@ -1126,7 +1126,7 @@ async fn bbh_wrong_answers_score_exactly() {
         .items
         .iter()
         .map(|i| {
-            let response = if bbh_index(i) % 3 == 0 {
+            let response = if bbh_index(i).is_multiple_of(3) {
                 bbh_wrong(i)
             } else {
                 format!("So the answer is {}.", i.gold)

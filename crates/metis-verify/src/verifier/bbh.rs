@@ -10,7 +10,9 @@ use super::{extract_unless_truncated, wrong_kind, Gold, GoldError, Task, Verdict
 use super::{Verifier, VerifyOptions};
 
 /// One BBH answer type. Item metrics: `accuracy` (the chosen extraction's exact match),
-/// `fixed_match` and `upstream_match` (each extraction's, 0/1).
+/// `fixed_match` and `upstream_match` (each extraction's, 0/1). The generic extraction
+/// [`Protocol`](crate::Protocol) does not apply: BBH has its own two, chosen by
+/// [`BbhExtraction`].
 #[derive(Debug, Clone)]
 pub struct BbhVerifier {
     pub options: VerifyOptions,
@@ -122,6 +124,32 @@ mod tests {
         let none = upstream.grade("The answer is True.", "True").unwrap();
         assert_eq!(none.invalid, Some(InvalidReason::NoMatch), "case-sensitive");
         assert!(fixed.grade("x", "maybe").is_err(), "a bad gold is an error");
+    }
+
+    #[test]
+    fn spec_fields_belong_to_bbh_and_default_in_resolved() {
+        let spec = VerifierSpec::for_task(Task::Bbh);
+        assert_eq!(spec.bbh_answer, Some(BbhAnswer::MultipleChoice));
+        assert_eq!(spec.bbh_extraction, Some(BbhExtraction::Fixed));
+        let stray = VerifierSpec {
+            task: Some(Task::Mcq),
+            bbh_extraction: Some(BbhExtraction::Upstream),
+            ..VerifierSpec::default()
+        };
+        assert!(matches!(
+            stray.validate(),
+            Err(crate::SpecError::WrongTask {
+                field: "bbh_extraction",
+                ..
+            })
+        ));
+        let json: VerifierSpec = serde_json::from_str(
+            r#"{"task":"bbh","bbh_answer":"yes_no","bbh_extraction":"upstream"}"#,
+        )
+        .unwrap();
+        assert_eq!(json.bbh_answer, Some(BbhAnswer::YesNo));
+        assert_eq!(json.bbh_extraction, Some(BbhExtraction::Upstream));
+        assert_eq!("bbh".parse::<Task>(), Ok(Task::Bbh));
     }
 
     #[test]
