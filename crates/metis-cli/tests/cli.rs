@@ -396,3 +396,57 @@ fn cvss_survives_random_bytes_and_a_closed_pipe() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `metis score --task bbh`: the answer type and the extraction come from flags; the fixed
+/// reading accepts a final "True" without a period, lm-eval's regex cuts it to "Tru".
+#[test]
+fn score_grades_bbh_with_either_extraction() {
+    let grade = |extraction: &str| {
+        let mut cmd = metis();
+        cmd.args([
+            "score",
+            "--task",
+            "bbh",
+            "--bbh-answer",
+            "boolean",
+            "--bbh-extraction",
+            extraction,
+            "--gold",
+            "True",
+            "--json",
+            "--response",
+            "-",
+        ]);
+        let out = run_with_stdin(cmd, "<think>not False is True</think>So the answer is True");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["verdict"].clone()
+    };
+    let fixed = grade("fixed");
+    assert_eq!(fixed["correct"], true);
+    assert_eq!(fixed["extracted"], "True");
+    let upstream = grade("upstream");
+    assert_eq!(upstream["correct"], false);
+    assert_eq!(upstream["extracted"], "Tru");
+    assert_eq!(upstream["metrics"]["fixed_match"], 1.0);
+
+    // An unknown answer type is refused with the list of types.
+    let mut cmd = metis();
+    cmd.args([
+        "score",
+        "--task",
+        "bbh",
+        "--bbh-answer",
+        "letters",
+        "--gold",
+        "(A)",
+        "--response",
+        "-",
+    ]);
+    let out = run_with_stdin(cmd, "x");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multiple_choice"));
+}

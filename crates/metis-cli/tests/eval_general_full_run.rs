@@ -25,7 +25,7 @@ fn shared_data() -> PathBuf {
 /// The benchmarks of the run.
 /// (`math-500` is left out: its prompts are the first of `math`, and the fake model is keyed
 /// by prompt.)
-const BENCHMARKS: [&str; 10] = [
+const BENCHMARKS: [&str; 11] = [
     "ifeval",
     "gsm8k",
     "gsm8k-cot",
@@ -36,9 +36,10 @@ const BENCHMARKS: [&str; 10] = [
     "hotpotqa",
     "2wikimultihopqa",
     "ctibench-taa",
+    "bbh",
 ];
 /// Shared data folders the run reads.
-const SHARED: [&str; 5] = ["ifeval", "gsm8k", "ctibench", "attack", "cwe"];
+const SHARED: [&str; 6] = ["ifeval", "gsm8k", "ctibench", "attack", "cwe", "bbh"];
 const LIMIT: usize = 12;
 const TRIALS: u32 = 2;
 const SEED: u64 = 7;

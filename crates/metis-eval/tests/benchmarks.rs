@@ -5,14 +5,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use metis_eval::benchmarks::Item;
 use metis_eval::benchmarks::{
     self, fetch::apply_transform, load, remote_url, spec, specs, Benchmark, BenchmarkError,
     DataSource, RemoteSource, Transform,
 };
+use metis_verify::bbh::{self, BbhAnswer, BbhExtraction};
 use metis_verify::cvss::Vector;
 use metis_verify::cwe::{CweCatalog, View};
 use metis_verify::verifier::aggregate;
-use metis_verify::{Protocol, Verdict};
+use metis_verify::{InvalidReason, Protocol, Verdict, VerifierFactory, VerifierSpec};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
 
@@ -55,7 +57,7 @@ const FETCHED_ONLY: [&str; 7] = [
     "2wikimultihopqa",
 ];
 /// Benchmarks with several data files (their fingerprint covers all of them).
-const MULTI_FILE: [(&str, usize); 1] = [("ctibench-taa", 50)];
+const MULTI_FILE: [(&str, usize); 2] = [("ctibench-taa", 50), ("bbh", 6511)];
 
 #[tokio::test]
 async fn ctibench_taa_pairs_reports_with_gold_actors_and_grades_aliases() {
@@ -943,4 +945,391 @@ fn transforms_rebuild_the_data_layout_files() {
         "\"Multi\nline, q\",a,b,c,d,A\n"
     );
     assert!(Transform::None.is_exact() && !Transform::SecEvalJsArray.is_exact());
+}
+
+// ---------------------------------------------------------------------------------------------
+// BIG-Bench Hard
+
+/// Examples per task, as `shared/data/bbh/SOURCES.md` counts them.
+fn bbh_expected_count(task: &str) -> usize {
+    match task {
+        "causal_judgement" => 187,
+        "penguins_in_a_table" => 146,
+        "snarks" => 178,
+        _ => 250,
+    }
+}
+
+/// The item's 0-based index within its task (`<task>/<index>`).
+fn bbh_index(item: &Item) -> usize {
+    item.id.rsplit('/').next().unwrap().parse().unwrap()
+}
+
+fn bbh_answer(item: &Item) -> BbhAnswer {
+    bbh::answer_type(item.subject.as_deref().unwrap()).unwrap()
+}
+
+/// The text of option `gold` (`(B)`) in the question: its `\n(B) …` line.
+fn option_text<'q>(question: &'q str, gold: &str) -> &'q str {
+    let start = question.find(&format!("\n{gold} ")).unwrap() + gold.len() + 2;
+    question[start..].lines().next().unwrap()
+}
+
+/// `11520` → `11,520`, `-1234` → `-1,234`.
+fn with_thousands(n: &str) -> String {
+    let (sign, digits) = n.split_at(usize::from(n.starts_with('-')));
+    let grouped: Vec<String> = digits
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    format!("{sign}{}", grouped.join(","))
+}
+
+/// The gold written the ways models write it.
+fn bbh_correct_styles(item: &Item) -> Vec<String> {
+    let g = item.gold.as_str();
+    let mut styles = vec![
+        format!("<think>Work through it step by step.</think>\nSo the answer is {g}."),
+        format!("**The answer is {g}**"),
+        format!("Let me check the steps once more.\nThe answer is: {g}"),
+        format!("<think>\nhmm\n</think>\n\nTherefore, the final answer is **{g}**."),
+        format!("So the answer is {g}. I double-checked each step, and nothing else fits."),
+        format!("the answer is {}.", g.to_lowercase()),
+        format!("Final answer:\n\n{g}"),
+    ];
+    let letter = g.len() == 3 && g.starts_with('(');
+    match bbh_answer(item) {
+        BbhAnswer::MultipleChoice if letter => {
+            styles.push(format!(
+                "So the answer is {g} {}.",
+                option_text(&item.question, g)
+            ));
+            styles.push(format!("Some reasoning.\n\n{g}"));
+            styles.push(format!("The answer is {}", &g[1..2]));
+        }
+        BbhAnswer::Integer => styles.push(format!("The answer is {}.", with_thousands(g))),
+        BbhAnswer::Dyck => styles.push(format!("The answer is `{}`", g.replace(' ', ""))),
+        BbhAnswer::SortedWords => styles.push(format!("The answer is: {}.", g.replace(' ', ", "))),
+        BbhAnswer::Boolean | BbhAnswer::YesNo | BbhAnswer::Validity => {
+            styles.push(format!("So the answer is {}", g.to_uppercase()));
+            styles.push(format!("Reasoning done.\n{g}"));
+        }
+        _ => {}
+    }
+    styles
+}
+
+/// A valid answer that is certainly wrong: another option, the negated boolean, the number
+/// plus one, one more bracket or word, a letter for a text target.
+fn bbh_wrong(item: &Item) -> String {
+    let g = item.gold.as_str();
+    let answer = match bbh_answer(item) {
+        BbhAnswer::MultipleChoice if g == "(A)" => "(B)".to_owned(),
+        BbhAnswer::MultipleChoice => "(A)".to_owned(),
+        BbhAnswer::Boolean => if g == "True" { "False" } else { "True" }.to_owned(),
+        BbhAnswer::YesNo => if g.eq_ignore_ascii_case("yes") {
+            "No"
+        } else {
+            "Yes"
+        }
+        .to_owned(),
+        BbhAnswer::Validity => if g == "valid" { "invalid" } else { "valid" }.to_owned(),
+        BbhAnswer::Integer => (g.parse::<i64>().unwrap() + 1).to_string(),
+        BbhAnswer::Dyck => format!("{g} )"),
+        BbhAnswer::SortedWords | BbhAnswer::FreeText => format!("{g} zebra"),
+    };
+    format!("<think>A quick guess.</think>\nSo the answer is {answer}.")
+}
+
+fn bbh_grade(b: &Benchmark, item: &Item, response: &str) -> Verdict {
+    let v = b.verifier(item);
+    v.verify(response, &v.parse_gold(&item.gold).unwrap())
+}
+
+#[tokio::test]
+async fn bbh_loads_27_tasks_with_cot_prompts() {
+    let b = bench("bbh").await;
+    assert_eq!(b.items.len(), 6511);
+    assert_eq!(b.spec.files().len(), 54);
+    let mut per_task: BTreeMap<&str, usize> = BTreeMap::new();
+    for item in &b.items {
+        *per_task
+            .entry(item.subject.as_deref().unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(per_task.len(), 27);
+    for (task, _) in bbh::TASKS {
+        assert_eq!(per_task[task], bbh_expected_count(task), "{task}");
+    }
+    // Every file is the pinned one; the fingerprint covers all 54.
+    for f in b.spec.files() {
+        let bytes = std::fs::read(data_dir().join(f.path)).unwrap();
+        assert_eq!(benchmarks::sha256_hex(&bytes), f.sha256, "{}", f.path);
+    }
+    assert!(
+        b.notes.iter().all(|n| !n.contains("differs")),
+        "{:?}",
+        b.notes
+    );
+    assert_ne!(b.data_sha256, b.spec.data_file().sha256);
+    // The quirks stay as the dataset writes them.
+    assert_eq!(
+        b.item("movie_recommendation/163").unwrap().gold,
+        "Monsters, Inc"
+    );
+    assert_eq!(
+        b.item("ruin_names/99").unwrap().gold,
+        "dearth, wind, & fire"
+    );
+    // The prompt: the CoT file without canary and `-----`, then the question (lm-eval).
+    let cot = std::fs::read_to_string(data_dir().join("bbh/cot-prompts/boolean_expressions.txt"))
+        .unwrap();
+    let exemplars = cot.splitn(3, '\n').nth(2).unwrap();
+    let first = b.item("boolean_expressions/0").unwrap();
+    assert_eq!(
+        first.prompt,
+        format!("{exemplars}\n\nQ: not ( True ) and ( True ) is\nA: Let's think step by step.\n")
+    );
+    assert!(first
+        .prompt
+        .starts_with("Evaluate the result of a random Boolean expression.\n\nQ: "));
+    for item in &b.items {
+        let task = item.subject.as_deref().unwrap();
+        assert_eq!(item.id, format!("{task}/{}", bbh_index(item)));
+        assert!(!item.prompt.contains("canary"), "{}", item.id);
+        assert_eq!(
+            item.prompt.matches("A: Let's think step by step.").count(),
+            4
+        );
+        assert!(item.prompt.ends_with(&format!(
+            "\n\nQ: {}\nA: Let's think step by step.\n",
+            item.question
+        )));
+        let spec = b.verifier_spec(item);
+        assert_eq!(spec.bbh_answer, bbh::answer_type(task), "{}", item.id);
+        assert_eq!(spec.bbh_extraction, Some(BbhExtraction::Fixed));
+    }
+}
+
+#[tokio::test]
+async fn bbh_golds_written_as_models_write_them_score_full_marks() {
+    let b = bench("bbh").await;
+    let mut responses = 0;
+    for item in &b.items {
+        for (s, response) in bbh_correct_styles(item).iter().enumerate() {
+            let r = bbh_grade(&b, item, response);
+            assert!(
+                r.correct && r.is_valid(),
+                "{} style {s}: {response:?} → {r:?}",
+                item.id
+            );
+            responses += 1;
+        }
+        // lm-eval's own format ("So the answer is X.") is what the upstream regex expects.
+        let lm_eval = bbh_grade(&b, item, &format!("So the answer is {}.", item.gold));
+        assert_eq!(lm_eval.metrics["upstream_match"], 1.0, "{}", item.id);
+    }
+    assert!(responses > 6511 * 8, "{responses}");
+}
+
+#[tokio::test]
+async fn bbh_wrong_answers_score_exactly() {
+    let b = bench("bbh").await;
+    let all_wrong: Vec<Verdict> = b
+        .items
+        .iter()
+        .map(|i| bbh_grade(&b, i, &bbh_wrong(i)))
+        .collect();
+    let m = aggregate(&all_wrong);
+    assert_close(m["accuracy"], 0.0, "all wrong");
+    assert_close(m["invalid_rate"], 0.0, "wrong answers are valid");
+    assert_close(m["upstream_match"], 0.0, "all wrong upstream");
+    // Every third item of each task wrong: the pooled mean and the unweighted task mean are
+    // known exactly.
+    let mixed: Vec<(String, Verdict)> = b
+        .items
+        .iter()
+        .map(|i| {
+            let response = if bbh_index(i).is_multiple_of(3) {
+                bbh_wrong(i)
+            } else {
+                format!("So the answer is {}.", i.gold)
+            };
+            (i.subject.clone().unwrap(), bbh_grade(&b, i, &response))
+        })
+        .collect();
+    let verdicts: Vec<Verdict> = mixed.iter().map(|(_, v)| v.clone()).collect();
+    let right = |n: usize| n - n.div_ceil(3);
+    let counts: Vec<usize> = bbh::TASKS
+        .iter()
+        .map(|(t, _)| bbh_expected_count(t))
+        .collect();
+    let pooled = counts.iter().map(|&n| right(n)).sum::<usize>() as f64 / 6511.0;
+    assert_close(aggregate(&verdicts)["accuracy"], pooled, "pooled accuracy");
+    let task_mean = counts
+        .iter()
+        .map(|&n| right(n) as f64 / n as f64)
+        .sum::<f64>()
+        / 27.0;
+    // The harness's summary reports it as `accuracy_subject_mean` (one trial here).
+    let graded = metis_eval::run::Graded {
+        benchmark: "bbh".into(),
+        model: "m".into(),
+        item_ids: b.items.iter().map(|i| i.id.clone()).collect(),
+        subjects: mixed.iter().map(|(t, _)| Some(t.clone())).collect(),
+        verdicts: vec![verdicts.clone()],
+        failed: 0,
+        reasoning_chars: vec![vec![]],
+    };
+    let row = metis_eval::run::summarize(&graded, "accuracy");
+    assert_close(
+        row.metrics["accuracy_subject_mean"].mean,
+        task_mean,
+        "unweighted task mean",
+    );
+    assert_close(
+        row.metrics["accuracy/word_sorting"].mean,
+        right(250) as f64 / 250.0,
+        "per-task accuracy",
+    );
+    assert!((pooled - task_mean).abs() > 1e-6, "the two means differ");
+}
+
+#[tokio::test]
+async fn bbh_responses_without_an_answer_are_invalid() {
+    let b = bench("bbh").await;
+    for item in &b.items {
+        let mut empty = vec![
+            "<think>Let me think about the expression".to_owned(),
+            "<think>All reasoning, no answer.</think>\n\n".to_owned(),
+        ];
+        // A free-text line is a word list; for every other type it is no answer.
+        if bbh_answer(item) != BbhAnswer::SortedWords {
+            empty.push("<think>x</think>\nI am not able to determine this.".to_owned());
+        }
+        for response in &empty {
+            let r = bbh_grade(&b, item, response);
+            assert!(
+                !r.is_valid() && !r.correct,
+                "{} {response:?}: {r:?}",
+                item.id
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn bbh_upstream_protocol_reproduces_lm_eval() {
+    let b = bench("bbh").await;
+    let mut upstream = VerifierFactory::new(None);
+    for item in &b.items {
+        let spec = VerifierSpec {
+            bbh_extraction: Some(BbhExtraction::Upstream),
+            ..b.verifier_spec(item)
+        };
+        let v = upstream.build(&spec).unwrap();
+        let gold = v.parse_gold(&item.gold).unwrap();
+        let g = &item.gold;
+        // lm-eval's format scores.
+        let ok = v.verify(&format!("<think>x</think>So the answer is {g}."), &gold);
+        assert!(ok.correct, "{}: {ok:?}", item.id);
+        // No final period: the regex drops the answer's last character ("Tru").
+        let cut = v.verify(&format!("So the answer is {g}"), &gold);
+        assert!(!cut.correct, "{}", item.id);
+        let chars: Vec<char> = g.chars().collect();
+        let dropped: String = chars[..chars.len() - 1].iter().collect();
+        // A one-character target leaves nothing: an empty answer.
+        let want = Some(dropped.trim()).filter(|d| !d.is_empty());
+        assert_eq!(cut.extracted.as_deref(), want, "{}", item.id);
+        assert_eq!(
+            cut.metrics["fixed_match"], 1.0,
+            "{}: the fixed reading is right",
+            item.id
+        );
+        // Capital "The answer is" is not seen; markdown is not removed.
+        let capital = v.verify(&format!("The answer is {g}."), &gold);
+        assert_eq!(capital.invalid, Some(InvalidReason::NoMatch), "{}", item.id);
+        let bold = v.verify(&format!("So the answer is **{g}**."), &gold);
+        assert!(
+            !bold.correct && bold.metrics["fixed_match"] == 1.0,
+            "{}",
+            item.id
+        );
+    }
+}
+
+/// A copy of the BBH data in a temporary data directory, with `rel` replaced by `content`.
+fn bbh_copy_with(rel: &str, content: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in spec("bbh").unwrap().files() {
+        let to = dir.path().join(f.path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(data_dir().join(f.path), to).unwrap();
+    }
+    write(dir.path(), rel, content);
+    dir
+}
+
+async fn bbh_parse_error(rel: &str, content: &str) -> (usize, Option<String>, String) {
+    let dir = bbh_copy_with(rel, content);
+    match load(
+        "bbh",
+        &DataSource::Dir(dir.path().to_owned()),
+        Protocol::LastLine,
+    )
+    .await
+    {
+        Err(BenchmarkError::Parse {
+            path,
+            line,
+            field,
+            detail,
+        }) => {
+            assert!(path.ends_with(rel), "{}", path.display());
+            (line, field, detail)
+        }
+        other => panic!("{rel}: expected a parse error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bbh_broken_files_name_file_line_and_field() {
+    let task_file = |second: &str| {
+        format!(
+            "{{\n\"canary\": \"c\",\n\"examples\": [\n{{\"input\": \"List: b a\", \"target\": \"a b\"}},\n{second}\n]}}"
+        )
+    };
+    // A missing target: the example's own line and the field.
+    let rel = "bbh/bbh/word_sorting.json";
+    let (line, field, detail) = bbh_parse_error(rel, &task_file(r#"{"input": "List: d c"}"#)).await;
+    assert_eq!((line, field.as_deref()), (5, Some("target")), "{detail}");
+    assert!(detail.contains("example 1"), "{detail}");
+    // A target that is not of the task's type, in another task's file.
+    let rel = "bbh/bbh/boolean_expressions.json";
+    let content = task_file(r#"{"input": "True is", "target": "Maybe"}"#).replace("a b", "True");
+    let (line, field, detail) = bbh_parse_error(rel, &content).await;
+    assert_eq!((line, field.as_deref()), (5, Some("target")), "{detail}");
+    assert!(detail.contains("boolean"), "{detail}");
+    // Broken JSON: serde's line.
+    let (line, _, _) = bbh_parse_error("bbh/bbh/navigate.json", "{\n\"examples\": [\n{,]}").await;
+    assert_eq!(line, 3);
+    // No examples array.
+    let (line, field, _) = bbh_parse_error("bbh/bbh/snarks.json", "{\"canary\": \"c\"}").await;
+    assert_eq!((line, field.as_deref()), (1, Some("examples")));
+    // A CoT prompt file without its `-----` line.
+    let (line, _, detail) =
+        bbh_parse_error("bbh/cot-prompts/navigate.txt", "canary\nQ: x\nA: y").await;
+    assert_eq!(line, 2, "{detail}");
+    // The intact copy loads.
+    let dir = bbh_copy_with("bbh/unused.txt", "");
+    let ok = load(
+        "bbh",
+        &DataSource::Dir(dir.path().to_owned()),
+        Protocol::LastLine,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.items.len(), 6511);
 }

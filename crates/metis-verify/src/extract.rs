@@ -205,7 +205,7 @@ pub fn last_nonempty_line(text: &str) -> Option<&str> {
 /// answer is taken, marked [`AnswerFormat::Lenient`]; the verdict says so in its reasons.
 /// Unlike FAITH's whole-text patterns, two different answers on that line are still ambiguous,
 /// and lines above it are never consulted.
-fn last_line_with_fallback<T>(
+pub(crate) fn last_line_with_fallback<T>(
     text: &str,
     shaped: impl Fn(&str) -> bool,
     on_line: impl Fn(&str) -> Extraction<T>,

@@ -2,7 +2,8 @@
 //!
 //! A [`VerifierSpec`] is plain data (serialisable, hashable): the task, the extraction
 //! protocol, the reward shape and the task's options (MCQ option count, CVSS version, ATT&CK
-//! sub-technique credit and catalog, CWE hierarchy credit, IFEval mode, math extraction).
+//! sub-technique credit and catalog, CWE hierarchy credit, IFEval mode, math extraction, BBH
+//! answer type and extraction).
 //! Benchmarks declare one per item, GRPO prompt files carry one per record (a benchmark's
 //! exported prompts carry the benchmark's), and `metis score` builds one from its flags.
 //!
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::attack::{AttackCatalog, Domain, SetMatchOptions};
+use crate::bbh::{BbhAnswer, BbhExtraction};
 use crate::cvss;
 use crate::cwe::CweCatalog;
 use crate::extract::Protocol;
@@ -32,8 +34,8 @@ use crate::qa::QaRule;
 use crate::reasoning::Delimiters;
 use crate::taa::{ActorCatalog, TaaRule};
 use crate::verifier::{
-    AttackVerifier, CvssVerifier, CweVerifier, IfEvalVerifier, MathVerifier, McqVerifier,
-    QaVerifier, TaaVerifier, Task, Verifier, VerifyOptions,
+    AttackVerifier, BbhVerifier, CvssVerifier, CweVerifier, IfEvalVerifier, MathVerifier,
+    McqVerifier, QaVerifier, TaaVerifier, Task, Verifier, VerifyOptions,
 };
 
 /// Which view of a verdict is the RL reward.
@@ -253,6 +255,13 @@ pub struct VerifierSpec {
     /// qa: the official HotpotQA/2Wiki scoring (yes/no rule) or LongBench's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qa_rule: Option<QaRule>,
+    /// bbh: the answer type (how the answer is read and compared); a BBH benchmark item takes
+    /// its task's type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bbh_answer: Option<BbhAnswer>,
+    /// bbh: the extraction that decides `correct` (both are reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bbh_extraction: Option<BbhExtraction>,
 }
 
 /// A spec that cannot be built.
@@ -317,6 +326,8 @@ impl VerifierSpec {
             self.math_extraction.is_some(),
             Task::Math,
         )?;
+        only("bbh_answer", self.bbh_answer.is_some(), Task::Bbh)?;
+        only("bbh_extraction", self.bbh_extraction.is_some(), Task::Bbh)?;
         if let Some(n) = self.choices {
             if !(2..=26).contains(&n) {
                 return Err(SpecError::BadValue {
@@ -371,6 +382,10 @@ impl VerifierSpec {
             Some(Task::Qa) => {
                 s.qa_rule.get_or_insert(QaRule::default());
             }
+            Some(Task::Bbh) => {
+                s.bbh_answer.get_or_insert(BbhAnswer::default());
+                s.bbh_extraction.get_or_insert(BbhExtraction::default());
+            }
             None => {}
         }
         s
@@ -395,7 +410,9 @@ impl VerifierSpec {
             ifeval_mode,
             math_extraction,
             taa_rule,
-            qa_rule
+            qa_rule,
+            bbh_answer,
+            bbh_extraction
         )
     }
 }
@@ -536,6 +553,11 @@ impl VerifierFactory {
             Task::Qa => Box::new(QaVerifier {
                 options,
                 rule: spec.qa_rule.unwrap_or_default(),
+            }),
+            Task::Bbh => Box::new(BbhVerifier {
+                options,
+                answer: spec.bbh_answer.unwrap_or_default(),
+                extraction: spec.bbh_extraction.unwrap_or_default(),
             }),
         })
     }

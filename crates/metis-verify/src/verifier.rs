@@ -40,10 +40,13 @@ pub enum Task {
     Taa,
     /// Short-answer QA scored by exact match and token F1 (HotpotQA, 2WikiMultihopQA).
     Qa,
+    /// BIG-Bench Hard: one of eight answer types (option, booleans, integer, Dyck closing,
+    /// sorted words, free text), exact match.
+    Bbh,
 }
 
 impl Task {
-    pub const ALL: [Task; 8] = [
+    pub const ALL: [Task; 9] = [
         Task::Mcq,
         Task::Cwe,
         Task::Cvss,
@@ -52,6 +55,7 @@ impl Task {
         Task::Math,
         Task::Taa,
         Task::Qa,
+        Task::Bbh,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +68,7 @@ impl Task {
             Task::Math => "math",
             Task::Taa => "taa",
             Task::Qa => "qa",
+            Task::Bbh => "bbh",
         }
     }
 }
@@ -99,12 +104,16 @@ pub enum Gold {
     Actor(String),
     /// Accepted short answers (a gold and its aliases).
     Answers(Vec<String>),
+    /// A BIG-Bench Hard target and its reading as the task's answer type.
+    Bbh(crate::bbh::BbhGold),
 }
 
 /// A gold answer that cannot be used: a dataset problem, reported, never scored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GoldError {
-    #[error("unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa, qa)")]
+    #[error(
+        "unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa, qa, bbh)"
+    )]
     UnknownTask(String),
     #[error("bad gold answer for {task}: {detail}")]
     Bad { task: Task, detail: String },
@@ -263,9 +272,11 @@ fn wrong_kind(task: Task, think: ThinkStatus) -> Verdict {
     v
 }
 
+mod bbh;
 mod general;
 mod qa;
 mod taa;
+pub use bbh::BbhVerifier;
 pub use general::{IfEvalVerifier, MathVerifier};
 pub use qa::QaVerifier;
 pub use taa::TaaVerifier;

@@ -15,11 +15,12 @@ use serde_json::json;
 #[derive(clap::Args)]
 pub struct Args {
     /// Which verifier grades the response.
-    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack", "ifeval", "math", "taa", "qa"])]
+    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack", "ifeval", "math", "taa", "qa", "bbh"])]
     task: Option<String>,
     /// The gold answer: a letter or letter set (mcq), a CWE id, a CVSS vector,
     /// comma-separated technique ids (attack), the instruction object
-    /// `{"instruction_id_list": [...], "kwargs": [...]}` (ifeval), or a math answer (math).
+    /// `{"instruction_id_list": [...], "kwargs": [...]}` (ifeval), a math answer (math), or a
+    /// BBH target as the dataset writes it (bbh: `(B)`, `True`, `-11520`, `] ] >`).
     #[arg(long)]
     gold: String,
     /// File holding the model's response (`-` for stdin).
@@ -71,6 +72,14 @@ pub struct Args {
     /// qa: official (HotpotQA/2Wiki scripts, yes/no rule) or longbench scoring.
     #[arg(long)]
     qa_rule: Option<String>,
+    /// bbh: the answer type (multiple_choice, boolean, yes_no, validity, integer, dyck,
+    /// sorted_words, free_text).
+    #[arg(long)]
+    bbh_answer: Option<String>,
+    /// bbh: the extraction that decides correctness (fixed, or upstream for lm-eval's
+    /// `bbh_cot_fewshot` regex; both are reported).
+    #[arg(long)]
+    bbh_extraction: Option<String>,
     /// The chat template opened the reasoning block in the prompt (format check).
     #[arg(long)]
     prefilled_think: bool,
@@ -139,6 +148,12 @@ fn spec(args: &Args) -> anyhow::Result<VerifierSpec> {
             "longbench" => metis_verify::qa::QaRule::LongBench,
             other => anyhow::bail!("--qa-rule: expected official or longbench, got {other:?}"),
         });
+    }
+    if let Some(a) = &args.bbh_answer {
+        spec.bbh_answer = Some(a.parse().map_err(anyhow::Error::msg)?);
+    }
+    if let Some(e) = &args.bbh_extraction {
+        spec.bbh_extraction = Some(e.parse().map_err(anyhow::Error::msg)?);
     }
     spec.validate()?;
     Ok(spec.resolved())

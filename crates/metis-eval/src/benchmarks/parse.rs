@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use metis_verify::attack::Domain;
+use metis_verify::bbh;
 use metis_verify::ifeval::IfEvalGold;
 use metis_verify::math::gsm8k;
 use metis_verify::mcq::{ChoiceSpec, LetterSet};
@@ -74,6 +75,7 @@ pub(crate) fn parse(
         Format::MmluJsonl => general::mmlu_five_shot(text, path),
         Format::GpqaCsv => general::gpqa(text, path),
         Format::LongBenchJsonl => general::longbench_qa(text, path),
+        Format::Bbh => bbh(text, path, companions),
     }
 }
 
@@ -589,7 +591,8 @@ struct CmQuestion {
     solution: String,
 }
 
-/// The 1-based line on which each object of the top-level `questions` array opens.
+/// The 1-based line on which each object of the top-level object's array opens (CyberMetric's
+/// `questions`, BBH's `examples`).
 fn question_object_lines(text: &str) -> Vec<usize> {
     let (mut line, mut depth) = (1usize, 0usize);
     let (mut in_string, mut escaped) = (false, false);
@@ -904,6 +907,137 @@ fn seceval(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
         "whose answer is not a set of distinct letters A–D",
         &dropped,
     );
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// BIG-Bench Hard: `bbh/<task>.json` ({"canary", "examples": [{"input", "target"}]}) and
+// `cot-prompts/<task>.txt` (canary, `-----`, description and three exemplars) per task.
+
+/// BBH: every task of [`bbh::TASKS`] from its task file and its CoT prompt file, found among
+/// the main file and the companions by name. Items are `<task>/<index>` (0-based, file order),
+/// with the task as subject; each target is checked against the task's answer type here, so
+/// that an error names the task's own file.
+fn bbh(
+    text: &str,
+    path: &Path,
+    companions: &[(std::path::PathBuf, String)],
+) -> Result<Parsed, BenchmarkError> {
+    let files: Vec<(&Path, &str)> = std::iter::once((path, text))
+        .chain(companions.iter().map(|(p, t)| (p.as_path(), t.as_str())))
+        .collect();
+    let find = |task: &str, ext: &str| {
+        files
+            .iter()
+            .find(|(p, _)| {
+                p.file_stem().is_some_and(|s| s == task) && p.extension().is_some_and(|e| e == ext)
+            })
+            .copied()
+            .ok_or_else(|| {
+                perr(
+                    path,
+                    0,
+                    None,
+                    format!("no {task}.{ext} among the BBH files"),
+                )
+            })
+    };
+    let mut out = Parsed::default();
+    for (task, answer) in bbh::TASKS {
+        let (prompt_path, prompt_text) = find(task, "txt")?;
+        let exemplars = bbh_exemplars(prompt_text, prompt_path)?;
+        let (examples_path, examples_text) = find(task, "json")?;
+        for (i, line, input, target) in bbh_examples(examples_text, examples_path)? {
+            bbh::parse_gold(&target, answer).map_err(|e| {
+                perr(
+                    examples_path,
+                    line,
+                    Some("target"),
+                    format!("example {i}: {e}"),
+                )
+            })?;
+            out.rows.push(Row {
+                item: Item {
+                    id: format!("{task}/{i}"),
+                    prompt: prompts::bbh_cot_fewshot(exemplars, &input),
+                    gold: target,
+                    subject: Some(task.to_owned()),
+                    question: input,
+                },
+                line,
+                gold_field: "target",
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The task description and exemplars of a CoT prompt file: its text after the canary line
+/// and the `-----` line, which lm-eval's prompt does not contain.
+fn bbh_exemplars<'t>(text: &'t str, path: &Path) -> Result<&'t str, BenchmarkError> {
+    let mut parts = text.splitn(3, '\n');
+    let (_canary, rule, body) = (parts.next(), parts.next(), parts.next());
+    if rule != Some("-----") {
+        return Err(perr(
+            path,
+            2,
+            None,
+            "expected the line \"-----\" after the canary",
+        ));
+    }
+    match body {
+        Some(b) if !b.trim().is_empty() => Ok(b),
+        _ => Err(perr(path, 3, None, "no task description and exemplars")),
+    }
+}
+
+/// (0-based index, 1-based line, input, target) of each example of a BBH task file.
+type BbhExample = (usize, usize, String, String);
+
+fn bbh_examples(text: &str, path: &Path) -> Result<Vec<BbhExample>, BenchmarkError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| perr(path, e.line(), None, e.to_string()))?;
+    let Some(Value::Array(examples)) = value.get("examples") else {
+        return Err(perr(path, 1, Some("examples"), "missing or not an array"));
+    };
+    let lines = question_object_lines(text);
+    let mut out = Vec::with_capacity(examples.len());
+    for (i, example) in examples.iter().enumerate() {
+        let line = lines.get(i).copied().unwrap_or(1);
+        let Value::Object(obj) = example else {
+            return Err(perr(
+                path,
+                line,
+                Some("examples"),
+                format!(
+                    "example {i}: expected an object, found {}",
+                    json_kind(example)
+                ),
+            ));
+        };
+        let field = |key: &str| {
+            json_str(obj, key, path, line).map_err(|e| match e {
+                BenchmarkError::Parse {
+                    path,
+                    line,
+                    field,
+                    detail,
+                } => BenchmarkError::Parse {
+                    path,
+                    line,
+                    field,
+                    detail: format!("example {i}: {detail}"),
+                },
+                other => other,
+            })
+        };
+        out.push((
+            i,
+            line,
+            field("input")?.to_owned(),
+            field("target")?.to_owned(),
+        ));
+    }
     Ok(out)
 }
 

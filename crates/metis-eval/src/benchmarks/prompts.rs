@@ -7,6 +7,8 @@
 //!   SecEval) use FAITH's chat MCQA template (faith-protocol §2.2: instruction, blank line,
 //!   question, blank line, `A. …` lines), with the instruction asking for `Answer: $LETTER`
 //!   (or `Answer: $LETTERS` for multi-answer questions) on the last line.
+//! - [`bbh_cot_fewshot`]: BIG-Bench Hard as lm-eval's `bbh_cot_fewshot` asks it (three
+//!   chain-of-thought exemplars ending "So the answer is …").
 
 /// Option letters, in order.
 const LETTERS: [char; 26] = [
@@ -118,6 +120,22 @@ pub fn gsm8k_cot(question: &str) -> String {
     }
     out.push_str(&format!("Q: {question}\nA:"));
     out
+}
+
+/// lm-eval's `bbh_cot_fewshot` prompt (`EleutherAI/lm-evaluation-harness`,
+/// `lm_eval/tasks/bbh/cot_fewshot/`, task metadata version 4.0): the task description, the
+/// three chain-of-thought exemplars, then `Q: {input}\nA: Let's think step by step.\n`.
+///
+/// lm-eval builds it as `description` + each exemplar's `doc_to_text` + target (empty
+/// `target_delimiter`) + the default `fewshot_delimiter` `\n\n` + the question's
+/// `doc_to_text`; its YAMLs hold the exemplars of BBH's `cot-prompts/<task>.txt`, so the
+/// result is that file's text after its canary and `-----` lines (`exemplars`, which ends
+/// without a newline), `\n\n`, and the question. Checked byte for byte against lm-eval's
+/// `movie_recommendation.yaml` and `temporal_sequences.yaml`. lm-eval's chat-template path
+/// moves the description into a system turn; Metis sends the whole prompt as one user turn,
+/// as lm-eval does without a chat template.
+pub fn bbh_cot_fewshot(exemplars: &str, input: &str) -> String {
+    format!("{exemplars}\n\nQ: {input}\nA: Let's think step by step.\n")
 }
 
 /// The instruction a MATH prompt ends with (the reasoning-model form of the answer).
