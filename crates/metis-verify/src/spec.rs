@@ -33,7 +33,7 @@ use crate::reasoning::Delimiters;
 use crate::taa::{ActorCatalog, TaaRule};
 use crate::verifier::{
     AttackVerifier, CvssVerifier, CweVerifier, IfEvalVerifier, MathVerifier, McqVerifier,
-    QaVerifier, TaaVerifier, Task, Verifier, VerifyOptions,
+    OpenEndedVerifier, QaVerifier, TaaVerifier, Task, Verifier, VerifyOptions,
 };
 
 /// Which view of a verdict is the RL reward.
@@ -371,6 +371,8 @@ impl VerifierSpec {
             Some(Task::Qa) => {
                 s.qa_rule.get_or_insert(QaRule::default());
             }
+            // Nothing to choose: the judge, not the verifier, grades the answer.
+            Some(Task::OpenEnded) => {}
             None => {}
         }
         s
@@ -537,6 +539,7 @@ impl VerifierFactory {
                 options,
                 rule: spec.qa_rule.unwrap_or_default(),
             }),
+            Task::OpenEnded => Box::new(OpenEndedVerifier { options }),
         })
     }
 

@@ -40,10 +40,13 @@ pub enum Task {
     Taa,
     /// Short-answer QA scored by exact match and token F1 (HotpotQA, 2WikiMultihopQA).
     Qa,
+    /// An open-ended answer (AlpacaEval): graded by a judge model against a reference answer,
+    /// not by a rule; the verifier only isolates the answer the judge sees.
+    OpenEnded,
 }
 
 impl Task {
-    pub const ALL: [Task; 8] = [
+    pub const ALL: [Task; 9] = [
         Task::Mcq,
         Task::Cwe,
         Task::Cvss,
@@ -52,6 +55,7 @@ impl Task {
         Task::Math,
         Task::Taa,
         Task::Qa,
+        Task::OpenEnded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +68,7 @@ impl Task {
             Task::Math => "math",
             Task::Taa => "taa",
             Task::Qa => "qa",
+            Task::OpenEnded => "open_ended",
         }
     }
 }
@@ -99,12 +104,14 @@ pub enum Gold {
     Actor(String),
     /// Accepted short answers (a gold and its aliases).
     Answers(Vec<String>),
+    /// The reference answer a judge compares an open-ended answer with, verbatim.
+    Reference(String),
 }
 
 /// A gold answer that cannot be used: a dataset problem, reported, never scored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GoldError {
-    #[error("unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa, qa)")]
+    #[error("unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa, qa, open_ended)")]
     UnknownTask(String),
     #[error("bad gold answer for {task}: {detail}")]
     Bad { task: Task, detail: String },
@@ -264,9 +271,11 @@ fn wrong_kind(task: Task, think: ThinkStatus) -> Verdict {
 }
 
 mod general;
+mod open_ended;
 mod qa;
 mod taa;
 pub use general::{IfEvalVerifier, MathVerifier};
+pub use open_ended::OpenEndedVerifier;
 pub use qa::QaVerifier;
 pub use taa::TaaVerifier;
 
