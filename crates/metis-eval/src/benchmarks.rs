@@ -73,6 +73,9 @@ pub(crate) enum Format {
     /// The full MATH test set from PRM800K's two splits: its test file (MATH-500) plus the rows
     /// of its train file that are original MATH test problems (`unique_id` `test/…`).
     MathFullTest,
+    /// AlpacaEval's model outputs (a JSON array of `instruction`, `output`, `generator`,
+    /// `dataset`): the instruction is the prompt, the output the reference a judge compares with.
+    AlpacaEvalJson,
 }
 
 /// How a downloaded upstream file becomes the file in the data layout.
@@ -108,8 +111,18 @@ pub struct DataFile {
     pub remote_path: &'static str,
     /// How the upstream file is turned into `path`.
     pub transform: Transform,
-    /// SHA-256 of the file as laid out in `shared/data` (the pinned content).
+    /// SHA-256 of the file as laid out in `shared/data` (the pinned content); empty when no
+    /// checksum could be pinned (the source revision still fixes the content; see
+    /// [`DataFile::is_pinned`]).
     pub sha256: &'static str,
+}
+
+impl DataFile {
+    /// Whether a SHA-256 is pinned: a file without one is checked only by its source
+    /// revision, and the loader notes the SHA-256 of what it read so it can be pinned.
+    pub fn is_pinned(&self) -> bool {
+        !self.sha256.is_empty()
+    }
 }
 
 /// A benchmark declared once.
@@ -210,6 +223,17 @@ const PRM800K: RemoteSource = RemoteSource::GitHubLfs {
     commit: "00811d6de065642a6967b9017d4cee59550c0ef4",
 };
 
+/// AlpacaEval 2's instructions with the outputs of its baseline (`gpt4_1106_preview`, GPT-4
+/// Turbo), from the repository's results at the commit whose judge configuration Metis
+/// reproduces ([`crate::judge::alpaca`]). Upstream evaluates against the Hugging Face copy
+/// (`tatsu-lab/alpaca_eval`, `alpaca_eval_gpt4_baseline`), the same 805 rows. Data licence
+/// CC BY-NC 4.0: fetched into the cache, never vendored. No SHA-256 is pinned: the file could
+/// not be fetched where this was written; the commit pins its content.
+const ALPACA_EVAL: RemoteSource = RemoteSource::GitHub {
+    repo: "tatsu-lab/alpaca_eval",
+    commit: "cd543a149df89434d8a54582c0151c0b945c3d20",
+};
+
 const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str) -> DataFile {
     DataFile {
         path,
@@ -219,7 +243,7 @@ const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str
     }
 }
 
-static SPECS: [BenchmarkSpec; 17] = [
+static SPECS: [BenchmarkSpec; 18] = [
     BenchmarkSpec {
         id: "ctibench-mcqa",
         title: "CTIBench CTI-MCQ (2,500 CTI knowledge MCQs)",
@@ -472,6 +496,21 @@ static SPECS: [BenchmarkSpec; 17] = [
             },
         ],
         format: Format::MathFullTest,
+    },
+    BenchmarkSpec {
+        id: "alpacaeval2",
+        title: "AlpacaEval 2 (805 instructions vs GPT-4 Turbo), judged, length-controlled win rate",
+        task: Task::OpenEnded,
+        primary_metric: "lc_win_rate",
+        secondary_metrics: &["win_rate", "discrete_win_rate", "judge_invalid"],
+        source: ALPACA_EVAL,
+        files: &[DataFile {
+            path: "alpacaeval/gpt4_1106_preview-model_outputs.json",
+            remote_path: "results/gpt4_1106_preview/model_outputs.json",
+            transform: Transform::None,
+            sha256: "",
+        }],
+        format: Format::AlpacaEvalJson,
     },
 ];
 
@@ -795,7 +834,12 @@ async fn read_data_file(
             source,
         })?;
     let sha = sha256_hex(&bytes);
-    if sha != file.sha256 {
+    if !file.is_pinned() {
+        notes.push(format!(
+            "{}: no SHA-256 is pinned (the source commit fixes the content); read sha256 {sha}",
+            file.path
+        ));
+    } else if sha != file.sha256 {
         tracing::warn!(
             benchmark = spec.id,
             path = %path.display(),

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::alpaca::{self, Comparison, JudgeRequest};
 use super::winrate::{self, GlmReference, LengthControlled, WinRate};
-use crate::benchmarks::{Benchmark, Item};
+use crate::benchmarks::{Benchmark, BenchmarkSpec, Item};
 use crate::client::{ChatLogprobsResponse, Client, ClientError};
 use crate::report::ResultRow;
 use crate::run::{self, gradable_text};
@@ -47,9 +47,9 @@ impl Judge {
     }
 }
 
-/// Whether `bench` is graded by a judge rather than by its verifier.
-pub fn is_judged(bench: &Benchmark) -> bool {
-    bench.spec.task == Task::OpenEnded
+/// Whether a benchmark is graded by a judge rather than by its verifier.
+pub fn is_judged(spec: &BenchmarkSpec) -> bool {
+    spec.task == Task::OpenEnded
 }
 
 /// Errors of the judging stage.
