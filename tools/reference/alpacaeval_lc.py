@@ -264,12 +264,43 @@ def expected(case):
     return out
 
 
+# The scripted run of crates/metis-eval/tests/alpacaeval.rs: ten instructions, a truncated
+# answer (a loss, length 0) and one judge-invalid verdict (NaN); no df_gamed.csv.
+END_TO_END = dict(
+    reference_chars=[120, 300, 80, 500, 250, 60, 410, 150, 90, 220],
+    answer_chars=[200, 90, 300, 480, 100, 400, 50, 0, 260, 210],
+    preference=[1.9, 1.35, 1.85, 1.7, None, 1.8, 1.6, 1.0, 1.95, 1.75],
+)
+
+
+def end_to_end_case():
+    n = len(END_TO_END["preference"])
+    return dict(
+        name="end_to_end",
+        **END_TO_END,
+        instruction_difficulty=[0.0] * n,
+        gamed=None,
+        _gamed_for_upstream=[
+            dict(
+                model="none",
+                index=i,
+                preference=0.5,
+                std_delta_len=0.0,
+                instruction_difficulty=0.0,
+                not_gamed_baseline=False,
+            )
+            for i in range(n)
+        ],
+    )
+
+
 def main():
     rng = np.random.default_rng(20240501)
     cases = [
         synthetic_case("approximation", 40, rng, False, 0, 0.9, [3, 17], [8]),
         synthetic_case("upstream_regularised", 60, rng, True, 2, 1.1, [5], [11, 30]),
         synthetic_case("strong_length_effect", 30, rng, True, 0, 3.0, [], []),
+        end_to_end_case(),
     ]
     for case in cases:
         case["expected"] = expected(case)

@@ -142,10 +142,9 @@ fn case_inputs(case: &Value) -> (Vec<winrate::Comparison>, GlmReference) {
                 .collect()
         })
         .unwrap_or_default();
-    // The "approximation" case is upstream run with difficulty 0 and no gamed rows: exactly
-    // what Metis does without df_gamed.csv.
-    let reference = if case["name"] == "approximation" {
-        assert!(difficulty.values().all(|&d| d == 0.0) && gamed.is_empty());
+    // Upstream run with difficulty 0 and no gamed rows ("approximation", "end_to_end") is
+    // exactly what Metis does without df_gamed.csv.
+    let reference = if difficulty.values().all(|&d| d == 0.0) && gamed.is_empty() {
         GlmReference::Approximation
     } else {
         GlmReference::Upstream {
@@ -165,7 +164,7 @@ fn length_controlled_win_rate_equals_upstreams_glm() {
         assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
     }
     let cases = fx["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 3);
+    assert_eq!(cases.len(), 4);
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let (comparisons, reference) = case_inputs(case);
