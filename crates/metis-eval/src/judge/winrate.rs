@@ -76,14 +76,18 @@ fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
 
-/// pandas' `sem` (ddof 1); NaN under two values.
-fn sem(xs: &[f64]) -> f64 {
+/// pandas' `std` (ddof 1); NaN under two values.
+fn sample_std(xs: &[f64]) -> f64 {
     if xs.len() < 2 {
         return f64::NAN;
     }
     let m = mean(xs);
-    let var = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (xs.len() - 1) as f64;
-    (var / xs.len() as f64).sqrt()
+    (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
+}
+
+/// pandas' `sem` (ddof 1); NaN under two values.
+fn sem(xs: &[f64]) -> f64 {
+    sample_std(xs) / (xs.len() as f64).sqrt()
 }
 
 /// `get_winrate` on a list of preferences (NaN = no preference).
@@ -344,7 +348,7 @@ fn standardised_length_deltas(comparisons: &[Comparison]) -> Result<Vec<f64>, Gl
         .iter()
         .map(|c| c.reference_chars as f64 - c.answer_chars as f64)
         .collect();
-    let spread = sem(&deltas) * (deltas.len() as f64).sqrt();
+    let spread = sample_std(&deltas);
     if !(spread.is_finite() && spread > 0.0) {
         return Err(GlmError::NoLengthSpread);
     }
@@ -469,6 +473,42 @@ mod tests {
     fn folds_are_round_robin_from_the_last_row() {
         let folds: Vec<usize> = (0..7).map(|r| fold_of(r, 7)).collect();
         assert_eq!(folds, [1, 0, 4, 3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn df_gamed_gives_difficulty_and_gamed_rows_and_names_bad_cells() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("df_gamed.csv");
+        let header = "model,index,preference,std_delta_len,instruction_difficulty,not_gamed_baseline";
+        std::fs::write(
+            &path,
+            format!(
+                "{header}\na,0,0.25,-1.5,0.7,False\na,1,,0.2,-0.3,False\nb,0,0.5,0.1,9.9,False\n"
+            ),
+        )
+        .unwrap();
+        let GlmReference::Upstream {
+            difficulty, gamed, ..
+        } = GlmReference::load(&path).unwrap()
+        else {
+            panic!("df_gamed.csv read as the approximation");
+        };
+        assert_eq!(difficulty[&0], 0.7, "the first row of an index gives its difficulty");
+        assert_eq!(difficulty[&1], -0.3);
+        assert_eq!(gamed.len(), 2, "the empty (NaN) preference is dropped");
+        assert_eq!(gamed[1].instruction_difficulty, 9.9);
+
+        std::fs::write(&path, format!("{header}\na,0,1.5,0.1,0.2,False\n")).unwrap();
+        let err = GlmReference::load(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("\"preference\""), "{err}");
+        std::fs::write(&path, "model,index\na,0\n").unwrap();
+        let err = GlmReference::load(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("missing column"), "{err}");
+        assert_eq!(
+            GlmReference::from_data_dir(dir.path()).unwrap(),
+            GlmReference::Approximation,
+            "no alpacaeval/df_gamed.csv under the data directory"
+        );
     }
 
     #[test]
