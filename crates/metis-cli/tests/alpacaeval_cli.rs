@@ -39,7 +39,9 @@ fn write_data(dir: &Path) {
 
 fn item_of(text: &str) -> usize {
     (0..ITEMS)
-        .find(|&k| text.contains(&format!("\"\"\"{}\"\"\"", instruction(k))) || text == instruction(k))
+        .find(|&k| {
+            text.contains(&format!("\"\"\"{}\"\"\"", instruction(k))) || text == instruction(k)
+        })
         .unwrap()
 }
 
@@ -123,7 +125,12 @@ async fn sigkill_while_judging_then_resume_asks_nothing_stored_again() {
     let model_server = FakeServer::start(model()).await.unwrap();
     let judge_server = FakeServer::start_with_logprobs(judge()).await.unwrap();
     let with_judge = |cmd: &mut Command| {
-        cmd.args(["--judge-url", &judge_server.base_url, "--judge-model", JUDGE]);
+        cmd.args([
+            "--judge-url",
+            &judge_server.base_url,
+            "--judge-model",
+            JUDGE,
+        ]);
     };
 
     let mut first = eval(dir.path(), &store, &model_server.base_url);
@@ -133,7 +140,10 @@ async fn sigkill_while_judging_then_resume_asks_nothing_stored_again() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while judge_server.total_requests() < total / 3 {
         assert!(Instant::now() < deadline, "the judge pass made no progress");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before the kill");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the kill"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     child.kill().unwrap(); // SIGKILL
@@ -147,19 +157,35 @@ async fn sigkill_while_judging_then_resume_asks_nothing_stored_again() {
         .filter(|j| j.status == Status::Ok)
         .map(|j| (j.key.item, j.key.trial))
         .collect();
-    assert!(!stored.is_empty() && (stored.len() as u64) < total, "{}", stored.len());
+    assert!(
+        !stored.is_empty() && (stored.len() as u64) < total,
+        "{}",
+        stored.len()
+    );
 
     let mut resume = eval(dir.path(), &store, &model_server.base_url);
     with_judge(&mut resume);
     let out = resume.arg("--json").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (req, _) in &judge_server.request_log()[asked_before_kill..] {
         let key = judged(req);
-        assert!(!stored.contains(&key), "{key:?} was stored before the kill but asked again");
+        assert!(
+            !stored.contains(&key),
+            "{key:?} was stored before the kill but asked again"
+        );
     }
-    let row: serde_json::Value =
-        serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().next().unwrap())
-            .unwrap();
+    let row: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(row["primary_metric"], "lc_win_rate");
     assert_eq!(row["judge"]["judge"], JUDGE);
     assert_eq!(row["judge"]["n_judged"], total);
@@ -169,7 +195,11 @@ async fn sigkill_while_judging_then_resume_asks_nothing_stored_again() {
         .unwrap()
         .judgments("alpacaeval2", "fake")
         .unwrap();
-    assert_eq!(judgments.len() as u64, total, "one judgment per (item, trial)");
+    assert_eq!(
+        judgments.len() as u64,
+        total,
+        "one judgment per (item, trial)"
+    );
 
     // Reporting the stored judgments needs only the judge's name, and asks nothing.
     let asked = judge_server.total_requests();
@@ -177,11 +207,18 @@ async fn sigkill_while_judging_then_resume_asks_nothing_stored_again() {
         .args(["--rescore", "--judge-model", JUDGE])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let line = format!("LC win rate (judge: {JUDGE} @ {})", judge_server.base_url);
     assert!(text.contains(&line), "{text}");
-    assert!(text.contains("differ from the official leaderboard"), "{text}");
+    assert!(
+        text.contains("differ from the official leaderboard"),
+        "{text}"
+    );
     assert_eq!(judge_server.total_requests(), asked);
     model_server.shutdown().await;
     judge_server.shutdown().await;

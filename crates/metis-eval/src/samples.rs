@@ -113,13 +113,16 @@ pub fn write_samples(
     Ok(written)
 }
 
+/// Judgments by the response they judge: (params hash, trial, item).
+type JudgmentsByResponse = HashMap<(String, u32, String), Vec<JudgmentRecord>>;
+
 /// The stored judgments of `model`'s responses to a judged benchmark, by the response they
-/// judge (params hash, trial, item); empty for other benchmarks.
+/// judge; empty for other benchmarks.
 fn judgments_by_response(
     store: &Store,
     bench: &Benchmark,
     model: &str,
-) -> Result<HashMap<(String, u32, String), Vec<JudgmentRecord>>, StoreError> {
+) -> Result<JudgmentsByResponse, StoreError> {
     let mut out: HashMap<_, Vec<_>> = HashMap::new();
     if !crate::judge::is_judged(bench.spec) {
         return Ok(out);

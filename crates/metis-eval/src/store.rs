@@ -315,8 +315,8 @@ fn row_to_judgment(row: &Row<'_>) -> rusqlite::Result<JudgmentRecord> {
     let status =
         Status::parse(&status).ok_or_else(|| corrupt(8, format!("unknown status {status:?}")))?;
     let top: String = row.get(11)?;
-    let top_logprobs =
-        serde_json::from_str(&top).map_err(|e| corrupt(11, format!("top_logprobs {top:?}: {e}")))?;
+    let top_logprobs = serde_json::from_str(&top)
+        .map_err(|e| corrupt(11, format!("top_logprobs {top:?}: {e}")))?;
     let trial: i64 = row.get(2)?;
     Ok(JudgmentRecord {
         key: JudgmentKey {

@@ -114,7 +114,11 @@ fn judge_responder(seen_swaps: Arc<Mutex<Vec<(usize, bool)>>>) -> LogprobRespond
         let top = match MODEL_WINS[k] {
             None => vec![("Both".to_owned(), -0.2), ("The".to_owned(), -1.9)],
             Some(q) => {
-                let (first, second) = if model_first { (q, 1.0 - q) } else { (1.0 - q, q) };
+                let (first, second) = if model_first {
+                    (q, 1.0 - q)
+                } else {
+                    (1.0 - q, q)
+                };
                 vec![("m".to_owned(), first.ln()), ("M".to_owned(), second.ln())]
             }
         };
@@ -150,13 +154,27 @@ async fn loader_reads_upstream_outputs_and_names_bad_rows() {
     assert_eq!(b.items.len(), 10);
     assert_eq!(b.items[3].id, "3");
     assert_eq!(b.items[3].prompt, instruction(3), "the instruction as is");
-    assert_eq!(b.items[3].gold, reference(3), "the reference output verbatim");
+    assert_eq!(
+        b.items[3].gold,
+        reference(3),
+        "the reference output verbatim"
+    );
     assert_eq!(b.items[3].subject.as_deref(), Some("koala"));
-    assert!(b.notes.iter().any(|n| n.contains("gpt4_1106_preview")), "{:?}", b.notes);
-    assert!(b.notes.iter().any(|n| n.contains("no SHA-256 is pinned")), "{:?}", b.notes);
+    assert!(
+        b.notes.iter().any(|n| n.contains("gpt4_1106_preview")),
+        "{:?}",
+        b.notes
+    );
+    assert!(
+        b.notes.iter().any(|n| n.contains("no SHA-256 is pinned")),
+        "{:?}",
+        b.notes
+    );
 
     // A null output on the third element (which opens on line 14 of the pretty JSON).
-    let path = dir.path().join("alpacaeval/gpt4_1106_preview-model_outputs.json");
+    let path = dir
+        .path()
+        .join("alpacaeval/gpt4_1106_preview-model_outputs.json");
     let mut rows: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     rows[2]["output"] = serde_json::Value::Null;
@@ -229,12 +247,20 @@ async fn scripted_judge_gives_the_hand_and_upstream_win_rates_and_resumes() {
         assert_eq!(*model_first, c.swapped(), "item {k}");
     }
     let swapped: Vec<bool> = swaps.lock().unwrap().iter().map(|s| s.1).collect();
-    assert!(swapped.contains(&true) && swapped.contains(&false), "{swapped:?}");
+    assert!(
+        swapped.contains(&true) && swapped.contains(&false),
+        "{swapped:?}"
+    );
 
     // Stored judgments: preferences in the unswapped order, whatever the order shown.
-    let judgments = Store::open(&store).unwrap().judgments("alpacaeval2", "fake").unwrap();
+    let judgments = Store::open(&store)
+        .unwrap()
+        .judgments("alpacaeval2", "fake")
+        .unwrap();
     assert_eq!(judgments.len(), 9);
-    assert!(judgments.iter().all(|j| j.key.item != TRUNCATED.to_string()));
+    assert!(judgments
+        .iter()
+        .all(|j| j.key.item != TRUNCATED.to_string()));
     for j in &judgments {
         let k: usize = j.key.item.parse().unwrap();
         assert_eq!(j.status, Status::Ok);
@@ -356,12 +382,26 @@ async fn failed_judge_requests_are_stored_as_failed_and_retried() {
         model: "scripted-judge".into(),
         client: client(&server.base_url),
     };
-    let s = judge::judge_pass(&store, &benches[0], "fake", &records, &judge, 2, stop.clone())
-        .await
-        .unwrap();
+    let s = judge::judge_pass(
+        &store,
+        &benches[0],
+        "fake",
+        &records,
+        &judge,
+        2,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     assert_eq!((s.asked, s.failed), (8, 1), "{s:?}");
-    let judgments = Store::open(&store).unwrap().judgments("alpacaeval2", "fake").unwrap();
-    let failed: Vec<_> = judgments.iter().filter(|j| j.status == Status::Failed).collect();
+    let judgments = Store::open(&store)
+        .unwrap()
+        .judgments("alpacaeval2", "fake")
+        .unwrap();
+    let failed: Vec<_> = judgments
+        .iter()
+        .filter(|j| j.status == Status::Failed)
+        .collect();
     assert_eq!(failed.len(), 1);
     assert!(failed[0].error.as_deref().unwrap().contains("400"));
     let (_, report) = judge::grade_judged(

@@ -175,7 +175,11 @@ fn length_controlled_win_rate_equals_upstreams_glm() {
         assert_eq!(lc.c, f(&tight["c"]), "{name}: chosen C (tight)");
         assert_eq!(lc.c, f(&upstream["c"]), "{name}: chosen C (upstream)");
         for (got, want) in lc.weights.iter().zip(floats(&tight["weights"])) {
-            assert!((got - want).abs() < 1e-6, "{name}: weights {:?}", lc.weights);
+            assert!(
+                (got - want).abs() < 1e-6,
+                "{name}: weights {:?}",
+                lc.weights
+            );
         }
         for (got, want) in lc.cv_scores.iter().zip(floats(&tight["cv_scores"])) {
             assert!(
@@ -185,7 +189,11 @@ fn length_controlled_win_rate_equals_upstreams_glm() {
             );
         }
         let want = f(&tight["length_controlled_winrate"]);
-        assert!((lc.lc_win_rate - want).abs() < 1e-6, "{name}: {} vs {want}", lc.lc_win_rate);
+        assert!(
+            (lc.lc_win_rate - want).abs() < 1e-6,
+            "{name}: {} vs {want}",
+            lc.lc_win_rate
+        );
         let want_se = f(&tight["lc_standard_error"]);
         assert!((lc.lc_standard_error - want_se).abs() < 1e-6, "{name}: se");
         let upstream_lc = f(&upstream["length_controlled_winrate"]);
@@ -203,7 +211,11 @@ fn raw_win_rate_equals_get_winrate() {
         let want = &case["expected"]["win_rate"];
         let w = winrate::win_rate(&floats(&case["preference"]));
         let close = |got: f64, key: &str| {
-            assert!((got - f(&want[key])).abs() < 1e-9, "{key}: {got} vs {}", want[key]);
+            assert!(
+                (got - f(&want[key])).abs() < 1e-9,
+                "{key}: {got} vs {}",
+                want[key]
+            );
         };
         close(w.win_rate, "win_rate");
         close(w.standard_error, "standard_error");

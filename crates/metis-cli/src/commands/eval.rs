@@ -561,7 +561,7 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
                 );
             }
             if let Some(judge) = &judge {
-                judge_answers(&benches, &model, judge, &a, &keep, stop).await?;
+                judge_answers(&benches, &model, judge, &a, keep, stop).await?;
             }
         }
         let mut store = Store::open(&a.store)?;
@@ -572,11 +572,18 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
                 let judgments = store.judgments(b.spec.id, &model)?;
                 let judge_model = judge_name(&a, judge.as_ref());
                 let (row, report) = judge::grade_judged(
-                    b, &model, a.trials, records, &keep, &judgments, &judge_model, &glm,
+                    b,
+                    &model,
+                    a.trials,
+                    records,
+                    keep,
+                    &judgments,
+                    &judge_model,
+                    &glm,
                 );
                 (row, Some(report))
             } else {
-                let graded = run::grade(b, &model, a.trials, records, &keep);
+                let graded = run::grade(b, &model, a.trials, records, keep);
                 (run::summarize(&graded, b.spec.primary_metric), None)
             };
             let run_hash = run::params_hash(system_prompt.as_deref(), "", &sampling, 0);

@@ -116,7 +116,10 @@ fn alpaca_eval(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
                 id: i.to_string(),
                 prompt: instruction.to_owned(),
                 gold: output.to_owned(),
-                subject: obj.get("dataset").and_then(Value::as_str).map(str::to_owned),
+                subject: obj
+                    .get("dataset")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
                 question: instruction.to_owned(),
             },
             line,
@@ -960,6 +963,9 @@ mod tests {
         let text =
             "{\n \"questions\": [\n{\"question\": \"a {b\\\" [\"},\n\n{\"question\": \"x\"}]}";
         assert_eq!(object_lines(text, 2), vec![3, 5]);
-        assert_eq!(object_lines("[\n {\"a\": {\"b\": 1}},\n\n {}\n]", 1), vec![2, 4]);
+        assert_eq!(
+            object_lines("[\n {\"a\": {\"b\": 1}},\n\n {}\n]", 1),
+            vec![2, 4]
+        );
     }
 }

@@ -236,9 +236,15 @@ mod tests {
         let pm = (-4.048_847f64).exp() / ((-4.048_847f64).exp() + (-0.017_597_131f64).exp());
         assert!((p - (2.0 - pm)).abs() < 1e-15, "{p}");
         assert!(p > 1.9 && p < 2.0);
-        assert_eq!(parse_preference(&top(&[("m", -0.1), ("Both", -3.0)])), Some(1.0));
+        assert_eq!(
+            parse_preference(&top(&[("m", -0.1), ("Both", -3.0)])),
+            Some(1.0)
+        );
         assert_eq!(parse_preference(&top(&[("M", -2.0)])), Some(2.0));
-        assert_eq!(parse_preference(&top(&[("m", -1.0), ("M", -1.0)])), Some(1.5));
+        assert_eq!(
+            parse_preference(&top(&[("m", -1.0), ("M", -1.0)])),
+            Some(1.5)
+        );
         assert_eq!(parse_preference(&top(&[(" m", -0.1), ("The", -1.0)])), None);
         assert_eq!(parse_preference(&[]), None);
         assert_eq!(unswap(1.2, true), 1.8);
@@ -250,12 +256,16 @@ mod tests {
         let msgs = prompt_to_chat(&fill_template("Say hi.", "Hi!", "Hello."));
         assert_eq!(msgs.len(), 2);
         assert_eq!(msgs[0].role, "system");
-        assert!(msgs[0].content.starts_with("You are a highly efficient assistant"));
+        assert!(msgs[0]
+            .content
+            .starts_with("You are a highly efficient assistant"));
         assert!(msgs[0].content.ends_with("human-preferred answers."));
         assert_eq!(msgs[1].role, "user");
         assert!(msgs[1].content.starts_with("I require a leaderboard"));
         assert!(msgs[1].content.ends_with("## Best Model Identifier"));
-        assert!(msgs[1].content.contains("\"instruction\": \"\"\"Say hi.\"\"\","));
+        assert!(msgs[1]
+            .content
+            .contains("\"instruction\": \"\"\"Say hi.\"\"\","));
     }
 
     #[test]

@@ -76,10 +76,10 @@ fn derivatives<const D: usize>(rows: &[Row<D>], c: f64, w: &[f64; D]) -> ([f64; 
     for r in rows {
         let q = sigmoid(dot(w, &r.x));
         let (dz, curvature) = (c * r.weight * (q - r.p), c * r.weight * q * (1.0 - q));
-        for j in 0..D {
-            g[j] += dz * r.x[j];
-            for k in 0..D {
-                h[j][k] += curvature * r.x[j] * r.x[k];
+        for ((gj, hj), xj) in g.iter_mut().zip(h.iter_mut()).zip(&r.x) {
+            *gj += dz * xj;
+            for (hjk, xk) in hj.iter_mut().zip(&r.x) {
+                *hjk += curvature * xj * xk;
             }
         }
     }
@@ -202,8 +202,15 @@ mod tests {
     fn weak_regularisation_recovers_the_generating_slope_and_strong_zeroes_it() {
         let rows = rows();
         let w = fit(&rows, 1e4);
-        assert!((w[0] - 1.5).abs() < 0.2 && (w[1] + 0.5).abs() < 0.2, "{w:?}");
-        assert_eq!(fit(&rows, 1e-4), [0.0, 0.0], "|∇| ≤ 1 at 0: the L1 optimum is 0");
+        assert!(
+            (w[0] - 1.5).abs() < 0.2 && (w[1] + 0.5).abs() < 0.2,
+            "{w:?}"
+        );
+        assert_eq!(
+            fit(&rows, 1e-4),
+            [0.0, 0.0],
+            "|∇| ≤ 1 at 0: the L1 optimum is 0"
+        );
     }
 
     #[test]

@@ -82,7 +82,10 @@ pub struct JudgePassStats {
 /// The comparison a graded answer makes with its item's reference; `None` when the verifier
 /// found no answer to judge.
 fn comparison<'a>(item: &'a Item, verdict: &'a Verdict) -> Option<Comparison<'a>> {
-    let answer = verdict.extracted.as_deref().filter(|_| verdict.is_valid())?;
+    let answer = verdict
+        .extracted
+        .as_deref()
+        .filter(|_| verdict.is_valid())?;
     Some(Comparison {
         instruction: &item.question,
         reference: &item.gold,
@@ -237,8 +240,8 @@ fn judgment_record(
                 .next()
                 .map(|t| t.top_logprobs)
                 .unwrap_or_default();
-            record.preference = alpaca::parse_preference(&record.top_logprobs)
-                .map(|p| alpaca::unswap(p, swapped));
+            record.preference =
+                alpaca::parse_preference(&record.top_logprobs).map(|p| alpaca::unswap(p, swapped));
             if record.preference.is_none() {
                 stats.judge_invalid += 1;
             }
@@ -315,7 +318,10 @@ impl JudgeReport {
             urls => format!(
                 "{} @ {}",
                 self.judge,
-                urls.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", ")
+                urls.iter()
+                    .map(|u| u.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -350,7 +356,16 @@ pub fn grade_judged(
     let by_request: HashMap<(u32, &str, &str), &JudgmentRecord> = judgments
         .iter()
         .filter(|j| j.status == Status::Ok && j.key.judge == judge_model)
-        .map(|j| ((j.key.trial, j.key.item.as_str(), j.key.request_hash.as_str()), j))
+        .map(|j| {
+            (
+                (
+                    j.key.trial,
+                    j.key.item.as_str(),
+                    j.key.request_hash.as_str(),
+                ),
+                j,
+            )
+        })
         .collect();
     let mut graded = run::grade(bench, model, trials, records, keep);
     let mut report = JudgeReport {
@@ -422,9 +437,10 @@ pub fn grade_judged(
 /// sets `judge_invalid` (not a win, not a loss).
 fn attach_preference(verdict: &mut Verdict, preference: f64) {
     if verdict.is_valid() {
-        verdict
-            .metrics
-            .insert("judge_invalid".to_owned(), f64::from(u8::from(preference.is_nan())));
+        verdict.metrics.insert(
+            "judge_invalid".to_owned(),
+            f64::from(u8::from(preference.is_nan())),
+        );
     }
     if preference.is_nan() {
         verdict
@@ -433,20 +449,15 @@ fn attach_preference(verdict: &mut Verdict, preference: f64) {
         return;
     }
     let win = preference - 1.0;
-    let discrete = match win {
-        w if w == 0.5 => 0.5,
-        w if w > 0.5 => 1.0,
-        _ => 0.0,
-    };
     verdict.score = win;
     verdict.correct = win > 0.5;
     verdict.metrics.insert("win_rate".to_owned(), win);
     verdict
         .metrics
-        .insert("discrete_win_rate".to_owned(), discrete);
-    verdict
-        .reasons
-        .push(format!("judge preference {preference:.4} (2 = this answer wins)"));
+        .insert("discrete_win_rate".to_owned(), winrate::discrete_win(win));
+    verdict.reasons.push(format!(
+        "judge preference {preference:.4} (2 = this answer wins)"
+    ));
 }
 
 fn trial_numbers(
@@ -492,8 +503,10 @@ fn add_trial_metrics(row: &mut ResultRow, trials: &[TrialJudgment]) {
         ("standard_error", raw_se),
     ] {
         if !xs.is_empty() {
-            row.metrics
-                .insert(name.to_owned(), Summary::from_trials(&xs, (f64::NAN, f64::NAN)));
+            row.metrics.insert(
+                name.to_owned(),
+                Summary::from_trials(&xs, (f64::NAN, f64::NAN)),
+            );
         }
     }
 }

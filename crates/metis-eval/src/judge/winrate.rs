@@ -90,6 +90,18 @@ fn sem(xs: &[f64]) -> f64 {
     sample_std(xs) / (xs.len() as f64).sqrt()
 }
 
+/// `ZeroOneScoringRule`'s view of a win probability `p − 1`: a preference of exactly 1.5 is a
+/// draw (½), any other is rounded to a win (1) or a loss (0).
+pub fn discrete_win(win: f64) -> f64 {
+    if win == 0.5 {
+        0.5
+    } else if win > 0.5 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
 /// `get_winrate` on a list of preferences (NaN = no preference).
 pub fn win_rate(preferences: &[f64]) -> WinRate {
     let prefs: Vec<f64> = preferences.iter().map(|&p| draw_as_half(p)).collect();
@@ -99,15 +111,7 @@ pub fn win_rate(preferences: &[f64]) -> WinRate {
         .filter(|&&p| is_preference(p))
         .map(|p| p - 1.0)
         .collect();
-    // ZeroOneScoringRule: 1.5 is a draw (½), otherwise the rounded preference decides.
-    let discrete: Vec<f64> = wins
-        .iter()
-        .map(|&w| match w {
-            w if w == 0.5 => 0.5,
-            w if w > 0.5 => 1.0,
-            _ => 0.0,
-        })
-        .collect();
+    let discrete: Vec<f64> = wins.iter().map(|&w| discrete_win(w)).collect();
     WinRate {
         win_rate: mean(&wins) * 100.0,
         standard_error: sem(&wins) * 100.0,
@@ -165,7 +169,9 @@ pub enum GlmError {
     },
     #[error("{n} judged row(s): the {N_SPLITS}-fold cross-validation needs at least {N_SPLITS}")]
     TooFewRows { n: usize },
-    #[error("every answer differs from its reference by the same length: std_delta_len is undefined")]
+    #[error(
+        "every answer differs from its reference by the same length: std_delta_len is undefined"
+    )]
     NoLengthSpread,
     #[error("instruction {index} has no difficulty in {path}")]
     NoDifficulty { index: usize, path: String },
@@ -451,7 +457,10 @@ mod tests {
         // NaN and 2.5 dropped; wins > 0.5: 2, base wins < 0.5: 1, draws (1.5 or 0): 2.
         let w = win_rate(&[2.0, 1.0, 1.5, 1.8, 0.0, f64::NAN, 2.5]);
         assert!((w.win_rate - 56.0).abs() < 1e-12, "{w:?}");
-        assert_eq!((w.n_wins, w.n_wins_base, w.n_draws, w.n_total), (2, 1, 2, 5));
+        assert_eq!(
+            (w.n_wins, w.n_wins_base, w.n_draws, w.n_total),
+            (2, 1, 2, 5)
+        );
         // Discrete: [1, 0, ½, 1, ½] → 60 %.
         assert!((w.discrete_win_rate - 60.0).abs() < 1e-12);
         // sem of [1, 0, .5, .8, .5]: sd = sqrt(0.563/4·…) computed independently below.
@@ -479,7 +488,8 @@ mod tests {
     fn df_gamed_gives_difficulty_and_gamed_rows_and_names_bad_cells() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("df_gamed.csv");
-        let header = "model,index,preference,std_delta_len,instruction_difficulty,not_gamed_baseline";
+        let header =
+            "model,index,preference,std_delta_len,instruction_difficulty,not_gamed_baseline";
         std::fs::write(
             &path,
             format!(
@@ -493,17 +503,26 @@ mod tests {
         else {
             panic!("df_gamed.csv read as the approximation");
         };
-        assert_eq!(difficulty[&0], 0.7, "the first row of an index gives its difficulty");
+        assert_eq!(
+            difficulty[&0], 0.7,
+            "the first row of an index gives its difficulty"
+        );
         assert_eq!(difficulty[&1], -0.3);
         assert_eq!(gamed.len(), 2, "the empty (NaN) preference is dropped");
         assert_eq!(gamed[1].instruction_difficulty, 9.9);
 
         std::fs::write(&path, format!("{header}\na,0,1.5,0.1,0.2,False\n")).unwrap();
         let err = GlmReference::load(&path).unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("\"preference\""), "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("\"preference\""),
+            "{err}"
+        );
         std::fs::write(&path, "model,index\na,0\n").unwrap();
         let err = GlmReference::load(&path).unwrap_err().to_string();
-        assert!(err.contains("line 1") && err.contains("missing column"), "{err}");
+        assert!(
+            err.contains("line 1") && err.contains("missing column"),
+            "{err}"
+        );
         assert_eq!(
             GlmReference::from_data_dir(dir.path()).unwrap(),
             GlmReference::Approximation,

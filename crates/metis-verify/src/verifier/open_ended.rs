@@ -76,12 +76,18 @@ mod tests {
             .build(&VerifierSpec::for_task(Task::OpenEnded))
             .unwrap();
         let ok = v
-            .grade("<think>plan the poem</think>\n  Roses are red.\n", "A reference.")
+            .grade(
+                "<think>plan the poem</think>\n  Roses are red.\n",
+                "A reference.",
+            )
             .unwrap();
         assert!(ok.is_valid(), "{ok:?}");
         assert_eq!(ok.extracted.as_deref(), Some("Roses are red."));
         assert_eq!(ok.metrics["answer_chars"], 14.0);
-        assert!(!ok.correct && ok.score == 0.0, "the judge grades, not the verifier");
+        assert!(
+            !ok.correct && ok.score == 0.0,
+            "the judge grades, not the verifier"
+        );
 
         let cut = v.grade("<think>never closes", "A reference.").unwrap();
         assert_eq!(cut.invalid, Some(InvalidReason::Truncated));
@@ -90,7 +96,10 @@ mod tests {
         assert_eq!(empty.invalid, Some(InvalidReason::EmptyAnswer));
 
         let unicode = v.grade("héllo", "ref").unwrap();
-        assert_eq!(unicode.metrics["answer_chars"], 5.0, "characters, not bytes");
+        assert_eq!(
+            unicode.metrics["answer_chars"], 5.0,
+            "characters, not bytes"
+        );
         assert!(v.parse_gold("  \n").is_err());
         assert_eq!(
             v.parse_gold(" kept as is ").unwrap(),
