@@ -683,31 +683,6 @@ async fn grade_imported(
     Ok(rows)
 }
 
-/// The line a judged result adds to the summary: the judge's identity next to the numbers.
-fn judged_line(row: &ResultRow, report: &JudgeReport) -> String {
-    let pct = |name: &str| {
-        row.metrics.get(name).map_or_else(
-            || "n/a".to_owned(),
-            |s| format!("{:.2}% ± {:.2}", 100.0 * s.mean, 100.0 * s.std),
-        )
-    };
-    format!(
-        "{} / {}: LC win rate (judge: {}) = {}; raw win rate = {}; {} judged, {} judge-invalid, \
-         {} empty or truncated answers (losses), {} unjudged; LC GLM: {}. A judge other than \
-         upstream's gpt-4-1106-preview makes these numbers differ from the official leaderboard.",
-        row.benchmark,
-        row.model,
-        report.judge_identity(),
-        pct("lc_win_rate"),
-        pct("win_rate"),
-        report.n_judged,
-        report.n_judge_invalid,
-        report.n_empty_answers,
-        report.n_unjudged,
-        report.glm
-    )
-}
-
 fn output(
     rows: &[ResultRow],
     reports: &[JudgeReport],
@@ -739,7 +714,7 @@ fn output(
                 );
             }
             if let Some(j) = report_of(r) {
-                println!("{}", judged_line(r, j));
+                println!("{}", j.summary_line(r));
             }
         }
     }

@@ -265,16 +265,6 @@ async fn stopped(stop: &AtomicBool) {
     }
 }
 
-/// What happened to one answered (item, trial).
-enum Outcome {
-    /// The answer is empty or truncated: a loss, without asking the judge.
-    EmptyAnswer,
-    /// The judge's preference (NaN: judge-invalid).
-    Judged(f64),
-    /// No stored judgment by this judge for this exact request.
-    Unjudged,
-}
-
 /// One trial's numbers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrialJudgment {
@@ -325,6 +315,33 @@ impl JudgeReport {
             ),
         }
     }
+
+    /// The line a judged result adds to a text report: the numbers of `row` (its metrics in
+    /// percent, mean ± std over trials) with the judge named next to them.
+    pub fn summary_line(&self, row: &ResultRow) -> String {
+        let pct = |name: &str| {
+            row.metrics.get(name).map_or_else(
+                || "n/a".to_owned(),
+                |s| format!("{:.2}% ± {:.2}", 100.0 * s.mean, 100.0 * s.std),
+            )
+        };
+        format!(
+            "{} / {}: LC win rate (judge: {}) = {}; raw win rate = {}; {} judged, {} \
+             judge-invalid, {} empty or truncated answers (losses), {} unjudged; LC GLM: {}. A \
+             judge other than upstream's gpt-4-1106-preview makes these numbers differ from the \
+             official leaderboard.",
+            row.benchmark,
+            row.model,
+            self.judge_identity(),
+            pct("lc_win_rate"),
+            pct("win_rate"),
+            self.n_judged,
+            self.n_judge_invalid,
+            self.n_empty_answers,
+            self.n_unjudged,
+            self.glm
+        )
+    }
 }
 
 /// Grades one model's stored responses to a judged benchmark and summarises them with the
@@ -349,24 +366,11 @@ pub fn grade_judged(
         .filter(|r| {
             bench
                 .item(&r.key.item)
-                .is_some_and(|item| keep(item, r.key.trial, r))
+                .is_some_and(|i| keep(i, r.key.trial, r))
         })
         .map(|r| (r.key.item.clone(), r.key.trial))
         .collect();
-    let by_request: HashMap<(u32, &str, &str), &JudgmentRecord> = judgments
-        .iter()
-        .filter(|j| j.status == Status::Ok && j.key.judge == judge_model)
-        .map(|j| {
-            (
-                (
-                    j.key.trial,
-                    j.key.item.as_str(),
-                    j.key.request_hash.as_str(),
-                ),
-                j,
-            )
-        })
-        .collect();
+    let judgments = Judgments::of(judgments, judge_model);
     let mut graded = run::grade(bench, model, trials, records, keep);
     let mut report = JudgeReport {
         benchmark: bench.id().to_owned(),
@@ -388,34 +392,8 @@ pub fn grade_judged(
             if !answered.contains(&(item.id.clone(), t)) {
                 continue; // the generation failed: no answer to compare
             }
-            report.n_answered += 1;
-            let outcome = match comparison(item, verdict) {
-                None => Outcome::EmptyAnswer,
-                Some(c) => {
-                    let hash = c.request(judge_model).hash;
-                    match by_request.get(&(t, item.id.as_str(), hash.as_str())) {
-                        Some(j) => {
-                            report.judge_urls.extend(j.judge_url.iter().cloned());
-                            Outcome::Judged(j.preference.unwrap_or(f64::NAN))
-                        }
-                        None => Outcome::Unjudged,
-                    }
-                }
-            };
-            let preference = match outcome {
-                Outcome::EmptyAnswer => {
-                    report.n_empty_answers += 1;
-                    1.0
-                }
-                Outcome::Judged(p) => {
-                    report.n_judged += 1;
-                    report.n_judge_invalid += usize::from(p.is_nan());
-                    p
-                }
-                Outcome::Unjudged => {
-                    report.n_unjudged += 1;
-                    continue;
-                }
+            let Some(preference) = judgments.preference(t, item, verdict, &mut report) else {
+                continue;
             };
             attach_preference(verdict, preference);
             comparisons.push(winrate::Comparison {
@@ -430,6 +408,61 @@ pub fn grade_judged(
     let mut row = run::summarize(&graded, "lc_win_rate");
     add_trial_metrics(&mut row, &report.trials);
     (row, report)
+}
+
+/// One judge's stored verdicts, by the exact request they answered.
+struct Judgments<'j> {
+    judge: &'j str,
+    by_request: HashMap<(u32, &'j str, &'j str), &'j JudgmentRecord>,
+}
+
+impl<'j> Judgments<'j> {
+    fn of(judgments: &'j [JudgmentRecord], judge: &'j str) -> Self {
+        let by_request = judgments
+            .iter()
+            .filter(|j| j.status == Status::Ok && j.key.judge == judge)
+            .map(|j| {
+                (
+                    (
+                        j.key.trial,
+                        j.key.item.as_str(),
+                        j.key.request_hash.as_str(),
+                    ),
+                    j,
+                )
+            })
+            .collect();
+        Self { judge, by_request }
+    }
+
+    /// The preference an answered (item, trial) gets, counted in `report`: 1 (a loss, without
+    /// asking the judge) for an empty or truncated answer, the stored judgment's (NaN when the
+    /// judge gave none) for the exact request this answer makes, `None` when it has none.
+    fn preference(
+        &self,
+        trial: u32,
+        item: &Item,
+        verdict: &Verdict,
+        report: &mut JudgeReport,
+    ) -> Option<f64> {
+        report.n_answered += 1;
+        let Some(comparison) = comparison(item, verdict) else {
+            report.n_empty_answers += 1;
+            return Some(1.0);
+        };
+        let hash = comparison.request(self.judge).hash;
+        let Some(judgment) = self
+            .by_request
+            .get(&(trial, item.id.as_str(), hash.as_str()))
+        else {
+            report.n_unjudged += 1;
+            return None;
+        };
+        report.judge_urls.extend(judgment.judge_url.iter().cloned());
+        report.n_judged += 1;
+        report.n_judge_invalid += usize::from(judgment.preference.is_none());
+        Some(judgment.preference.unwrap_or(f64::NAN))
+    }
 }
 
 /// Puts a preference on a verdict: `win_rate` = p − 1 (the score), `discrete_win_rate`
