@@ -320,6 +320,26 @@ async fn scripted_judge_gives_the_hand_and_upstream_win_rates_and_resumes() {
     // The judge-invalid item is neither a win nor a loss: it has no win_rate at all.
     assert_eq!(row.metrics["judge_invalid"].mean, 1.0 / 9.0);
 
+    // Per-sample output carries each response's judgment (order shown, logprobs, preference).
+    let mut out = Vec::new();
+    let n =
+        metis_eval::samples::write_samples(&Store::open(&store).unwrap(), bench, "fake", &mut out)
+            .unwrap();
+    assert_eq!(n, 10);
+    for line in String::from_utf8(out).unwrap().lines() {
+        let sample: serde_json::Value = serde_json::from_str(line).unwrap();
+        let k: usize = sample["item"].as_str().unwrap().parse().unwrap();
+        let judgments = sample["judgments"].as_array();
+        if k == TRUNCATED {
+            assert!(judgments.is_none(), "{sample}");
+            continue;
+        }
+        let j = &judgments.unwrap()[0];
+        assert_eq!(j["key"]["judge"], "scripted-judge");
+        assert_eq!(j["top_logprobs"].as_array().unwrap().len(), 2);
+        assert_eq!(j["preference"].is_null(), k == JUDGE_INVALID, "{sample}");
+    }
+
     // Resume: a second pass asks the judge nothing.
     let before = judge_server.total_requests();
     let again = judge::judge_pass(&store, bench, "fake", &records, &judge, 4, stop)
