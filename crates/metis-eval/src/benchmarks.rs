@@ -83,6 +83,9 @@ pub(crate) enum Format {
     /// BIG-Bench Hard: one task file and one CoT prompt file per task (54 files), lm-eval's
     /// `bbh_cot_fewshot` 3-shot prompt.
     Bbh,
+    /// AlpacaEval's model outputs (a JSON array of `instruction`, `output`, `generator`,
+    /// `dataset`): the instruction is the prompt, the output the reference a judge compares with.
+    AlpacaEvalJson,
 }
 
 /// How a downloaded upstream file becomes the file in the data layout.
@@ -134,6 +137,14 @@ pub struct DataFile {
 
 /// [`DataFile::sha256`] of a file whose content is pinned by its source revision only.
 pub const UNPINNED: &str = "";
+
+impl DataFile {
+    /// Whether a SHA-256 is pinned: a file without one ([`UNPINNED`]) is checked against the
+    /// hash recorded at its first download.
+    pub fn is_pinned(&self) -> bool {
+        !self.sha256.is_empty()
+    }
+}
 
 /// A benchmark declared once.
 #[derive(Debug)]
@@ -243,6 +254,17 @@ const PRM800K: RemoteSource = RemoteSource::GitHubLfs {
     commit: "00811d6de065642a6967b9017d4cee59550c0ef4",
 };
 
+/// AlpacaEval 2's instructions with the outputs of its baseline (`gpt4_1106_preview`, GPT-4
+/// Turbo), from the repository's results at the commit whose judge configuration Metis
+/// reproduces ([`crate::judge::alpaca`]). Upstream evaluates against the Hugging Face copy
+/// (`tatsu-lab/alpaca_eval`, `alpaca_eval_gpt4_baseline`), the same 805 rows. Data licence
+/// CC BY-NC 4.0: fetched into the cache, never vendored. No SHA-256 is pinned: the file could
+/// not be fetched where this was written; the commit pins its content.
+const ALPACA_EVAL: RemoteSource = RemoteSource::GitHub {
+    repo: "tatsu-lab/alpaca_eval",
+    commit: "cd543a149df89434d8a54582c0151c0b945c3d20",
+};
+
 const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str) -> DataFile {
     DataFile {
         path,
@@ -252,7 +274,7 @@ const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str
     }
 }
 
-static SPECS: [BenchmarkSpec; 23] = [
+static SPECS: [BenchmarkSpec; 24] = [
     BenchmarkSpec {
         id: "ctibench-mcqa",
         title: "CTIBench CTI-MCQ (2,500 CTI knowledge MCQs)",
@@ -682,6 +704,25 @@ static SPECS: [BenchmarkSpec; 23] = [
         licence: "MIT",
         files: BBH_FILES,
         format: Format::Bbh,
+    },
+    BenchmarkSpec {
+        id: "alpacaeval2",
+        title: "AlpacaEval 2 (805 instructions vs GPT-4 Turbo), judged, length-controlled win rate",
+        task: Task::OpenEnded,
+        primary_metric: "lc_win_rate",
+        secondary_metrics: &["win_rate", "discrete_win_rate", "judge_invalid"],
+        source: ALPACA_EVAL,
+        items: 805,
+        shots: "0",
+        protocol: "instruction as is; answer after </think> judged against GPT-4 Turbo's by an OpenAI-compatible judge (upstream prompt, logprob preference), LC win rate",
+        licence: "CC BY-NC 4.0 (not vendored)",
+        files: &[DataFile {
+            path: "alpacaeval/gpt4_1106_preview-model_outputs.json",
+            remote_path: "results/gpt4_1106_preview/model_outputs.json",
+            transform: Transform::None,
+            sha256: UNPINNED,
+        }],
+        format: Format::AlpacaEvalJson,
     },
 ];
 
@@ -1240,7 +1281,7 @@ async fn read_data_file(
             file.path,
             remote_url(spec, file)
         ));
-        if file.sha256 == UNPINNED {
+        if !file.is_pinned() {
             fetch::write_atomically(&recorded_hash_path(&path), format!("{sha}\n").as_bytes())
                 .await?;
         }

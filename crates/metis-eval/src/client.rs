@@ -1,7 +1,9 @@
 //! OpenAI-compatible chat-completions client (vLLM, llama.cpp `llama-server`, Ollama, OpenAI),
 //! plus what an RL trainer needs from a vLLM fleet: token-level completions with per-token
 //! log-probabilities ([`Client::token_completions`]) and LoRA adapters hot-loaded on every
-//! replica ([`Client::load_lora_adapter`], [`Client::unload_lora_adapter`]).
+//! replica ([`Client::load_lora_adapter`], [`Client::unload_lora_adapter`]); and for a logprob
+//! judge, chat completions with the top log-probabilities of each token
+//! ([`Client::chat_logprobs`]).
 //!
 //! One [`Client`] wraps a single pooled `reqwest::Client` (HTTP/1.1 keep-alive, large idle
 //! pool) and any number of data-parallel replica [`Endpoint`]s. Each request goes to the
@@ -88,6 +90,31 @@ pub struct ChatResponse {
     pub latency_ms: u64,
     /// `base_url` of the endpoint that produced the response.
     pub endpoint: String,
+}
+
+/// One candidate token and its log-probability (an entry of `top_logprobs`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f64,
+}
+
+/// One generated token of a chat completion with its log-probability and the most likely
+/// alternatives at its position (`choices[0].logprobs.content[k]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: String,
+    pub logprob: f64,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// A chat completion asked for with `logprobs` and `top_logprobs` (a logprob judge):
+/// the response plus the per-token log-probabilities, in generation order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChatLogprobsResponse {
+    pub chat: ChatResponse,
+    /// Empty when the server sent no `logprobs` (some servers ignore the request).
+    pub tokens: Vec<TokenLogprobs>,
 }
 
 /// A completion request on token ids (`POST {base}/completions` with vLLM's extensions): the
@@ -366,6 +393,11 @@ struct WireRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
     stream: bool,
+    /// Chat `logprobs`: sent only by [`Client::chat_logprobs`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -380,6 +412,15 @@ struct WireChoice {
     message: WireMessage,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<WireChoiceLogprobs>,
+}
+
+/// `choices[0].logprobs` of a chat completion (`null` when not asked for).
+#[derive(Deserialize)]
+struct WireChoiceLogprobs {
+    #[serde(default)]
+    content: Option<Vec<TokenLogprobs>>,
 }
 
 #[derive(Deserialize)]
@@ -556,6 +597,8 @@ impl Client {
             max_tokens: req.params.max_tokens,
             seed: req.params.seed,
             stream: false,
+            logprobs: None,
+            top_logprobs: None,
         })
         .map_err(|e| ClientError::Malformed(format!("serialising request: {e}")))?;
         let timeout = self.inner.retry.request_timeout;
@@ -575,6 +618,48 @@ impl Client {
         resp.attempts = attempts;
         resp.latency_ms = start.elapsed().as_millis().min(u64::MAX as u128) as u64;
         resp.endpoint = ep.base_url.clone();
+        Ok(resp)
+    }
+
+    /// [`Client::chat`] asking for the log-probabilities of the generated tokens and the
+    /// `top_logprobs` most likely alternatives at each position (OpenAI's chat `logprobs`,
+    /// `top_logprobs`; vLLM and llama.cpp serve the same fields). A logprob judge reads its
+    /// verdict from them.
+    pub async fn chat_logprobs(
+        &self,
+        req: &ChatRequest,
+        top_logprobs: u32,
+    ) -> Result<ChatLogprobsResponse, ClientError> {
+        let start = Instant::now();
+        let body = serde_json::to_vec(&WireRequest {
+            model: &req.model,
+            messages: &req.messages,
+            temperature: req.params.temperature,
+            top_p: req.params.top_p,
+            max_tokens: req.params.max_tokens,
+            seed: req.params.seed,
+            stream: false,
+            logprobs: Some(true),
+            top_logprobs: Some(top_logprobs),
+        })
+        .map_err(|e| ClientError::Malformed(format!("serialising request: {e}")))?;
+        let timeout = self.inner.retry.request_timeout;
+        let http = &self.inner.http;
+        let body = &body;
+        let (mut resp, attempts, ep) = self
+            .with_retries(|ep| async move {
+                let rb = ep.authorize(
+                    http.post(ep.chat_url.clone())
+                        .timeout(timeout)
+                        .body(body.clone()),
+                );
+                let bytes = send(rb).await?;
+                parse_chat_logprobs_body(&bytes).map_err(AttemptError::from)
+            })
+            .await?;
+        resp.chat.attempts = attempts;
+        resp.chat.latency_ms = start.elapsed().as_millis().min(u64::MAX as u128) as u64;
+        resp.chat.endpoint = ep.base_url.clone();
         Ok(resp)
     }
 
@@ -920,6 +1005,21 @@ fn parse_chat_body(bytes: &[u8]) -> Result<ChatResponse, ClientError> {
     })
 }
 
+/// Parses a chat-completions body that carries `logprobs` (see [`Client::chat_logprobs`]).
+fn parse_chat_logprobs_body(bytes: &[u8]) -> Result<ChatLogprobsResponse, ClientError> {
+    let chat = parse_chat_body(bytes)?;
+    let wire: WireResponse = serde_json::from_slice(bytes)
+        .map_err(|e| ClientError::Malformed(malformed_msg(&e, bytes)))?;
+    let tokens = wire
+        .choices
+        .into_iter()
+        .next()
+        .and_then(|c| c.logprobs)
+        .and_then(|l| l.content)
+        .unwrap_or_default();
+    Ok(ChatLogprobsResponse { chat, tokens })
+}
+
 /// Parses a token-level completions body into `n` choices in `index` order (see
 /// [`Client::token_completions`]); `endpoint` names the URL in errors.
 fn parse_token_completions(
@@ -1116,6 +1216,22 @@ mod tests {
             parse_chat_body(b"{not json"),
             Err(ClientError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn parses_chat_logprobs() {
+        // The shape OpenAI returns (alpaca_eval's `logprob_parser` docstring shows the same).
+        let body = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"M"},"finish_reason":"length","logprobs":{"content":[{"token":"M","bytes":[77],"logprob":-0.0176,"top_logprobs":[{"token":"M","bytes":[77],"logprob":-0.0176},{"token":"m","bytes":[109],"logprob":-4.0488}]}]}}]}"#;
+        let r = parse_chat_logprobs_body(body).unwrap();
+        assert_eq!(r.chat.content, "M");
+        assert_eq!(r.tokens.len(), 1);
+        assert_eq!(r.tokens[0].top_logprobs[1].token, "m");
+        assert_eq!(r.tokens[0].top_logprobs[1].logprob, -4.0488);
+        let none = parse_chat_logprobs_body(
+            br#"{"choices":[{"message":{"content":"m"},"logprobs":null}]}"#,
+        )
+        .unwrap();
+        assert!(none.tokens.is_empty() && none.chat.content == "m");
     }
 
     #[test]

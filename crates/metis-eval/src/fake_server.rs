@@ -5,6 +5,10 @@
 //! counted per identical `(messages, seed)`), so a script can fail the first attempt of a
 //! prompt and answer the retry. Faults reproduce what real servers do under load: 429 with
 //! `Retry-After`, 500, hanging connections, malformed bodies and truncated `<think>` output.
+//!
+//! A scripted logprob judge ([`FakeServer::start_with_logprobs`]) also gives the top
+//! log-probabilities of its first token, returned in `choices[0].logprobs` when the request
+//! asks for `logprobs`, as OpenAI does.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -88,6 +92,14 @@ impl Scripted {
 /// `(messages, seed)` (1-based). Called synchronously on arrival.
 pub type Responder = Arc<dyn Fn(&FakeRequest, u64) -> Result<Scripted, Fault> + Send + Sync>;
 
+/// The top log-probabilities `(token, logprob)` of a scripted answer's first token, most likely
+/// first (what a logprob judge reads).
+pub type TopLogprobs = Vec<(String, f64)>;
+
+/// A [`Responder`] that also scripts the top log-probabilities of the answer's first token.
+pub type LogprobResponder =
+    Arc<dyn Fn(&FakeRequest, u64) -> Result<(Scripted, TopLogprobs), Fault> + Send + Sync>;
+
 /// A chat request as the fake server received it.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct FakeRequest {
@@ -102,6 +114,11 @@ pub struct FakeRequest {
     pub top_p: f64,
     #[serde(default)]
     pub max_tokens: u32,
+    /// Chat `logprobs`: whether the client asked for token log-probabilities.
+    #[serde(default)]
+    pub logprobs: bool,
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
 }
 
 fn one() -> f64 {
@@ -125,7 +142,7 @@ type LogEntry = (FakeRequest, Result<(), String>);
 type AttemptMap = HashMap<Option<u64>, HashMap<Vec<ChatMessage>, u64>>;
 
 struct Shared {
-    responder: Responder,
+    responder: LogprobResponder,
     total: AtomicU64,
     attempts: Mutex<AttemptMap>,
     log: Mutex<Vec<LogEntry>>,
@@ -154,6 +171,14 @@ impl std::fmt::Debug for FakeServer {
 impl FakeServer {
     /// Binds `127.0.0.1:0` and starts serving on the current Tokio runtime.
     pub async fn start(responder: Responder) -> std::io::Result<FakeServer> {
+        Self::start_with_logprobs(Arc::new(move |req, attempt| {
+            responder(req, attempt).map(|s| (s, Vec::new()))
+        }))
+        .await
+    }
+
+    /// [`FakeServer::start`] with a responder that also scripts top log-probabilities.
+    pub async fn start_with_logprobs(responder: LogprobResponder) -> std::io::Result<FakeServer> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let (stop, shutdown) = watch::channel(false);
@@ -258,6 +283,53 @@ struct WireChoice<'a> {
     index: u32,
     message: WireMessage<'a>,
     finish_reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<WireLogprobs>,
+}
+
+/// `choices[0].logprobs`: one entry, for the first token of the content.
+#[derive(Serialize)]
+struct WireLogprobs {
+    content: Vec<WireTokenLogprob>,
+}
+
+#[derive(Serialize)]
+struct WireTokenLogprob {
+    token: String,
+    logprob: f64,
+    top_logprobs: Vec<WireTopLogprob>,
+}
+
+#[derive(Serialize)]
+struct WireTopLogprob {
+    token: String,
+    logprob: f64,
+}
+
+/// The `logprobs` a request asked for: the first whitespace-separated word of the content
+/// stands for the first token, with its scripted log-probability (0 when the script does not
+/// list it), and the first `top_logprobs` scripted alternatives.
+fn wire_logprobs(req_top: Option<u32>, content: &str, top: &TopLogprobs) -> WireLogprobs {
+    let token = content.split_whitespace().next().unwrap_or("").to_owned();
+    let logprob = top
+        .iter()
+        .find(|(t, _)| *t == token)
+        .map_or(0.0, |(_, lp)| *lp);
+    let keep = req_top.map_or(top.len(), |k| k as usize);
+    WireLogprobs {
+        content: vec![WireTokenLogprob {
+            token,
+            logprob,
+            top_logprobs: top
+                .iter()
+                .take(keep)
+                .map(|(token, logprob)| WireTopLogprob {
+                    token: token.clone(),
+                    logprob: *logprob,
+                })
+                .collect(),
+        }],
+    }
 }
 
 #[derive(Serialize)]
@@ -328,6 +400,7 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let outcome = (shared.responder)(&req, attempt);
     let prompt_tokens: u64 = req.messages.iter().map(|m| words(&m.content)).sum();
     let model = req.model.clone();
+    let asked_logprobs = req.logprobs.then_some(req.top_logprobs);
     lock(&shared.log).push((
         req,
         match &outcome {
@@ -336,8 +409,8 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         },
     ));
 
-    let scripted = match outcome {
-        Ok(s) => s,
+    let (scripted, top) = match outcome {
+        Ok(answer) => answer,
         Err(Fault::TooManyRequests { retry_after_s }) => {
             let mut resp = error_response(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -374,12 +447,15 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
             return error_response(status, &body, "invalid_request_error");
         }
-        Err(Fault::TruncatedThink) => Scripted {
-            content: "<think>reasoning that never closes".into(),
-            reasoning: None,
-            finish_reason: "length".into(),
-            delay: Duration::ZERO,
-        },
+        Err(Fault::TruncatedThink) => (
+            Scripted {
+                content: "<think>reasoning that never closes".into(),
+                reasoning: None,
+                finish_reason: "length".into(),
+                delay: Duration::ZERO,
+            },
+            Vec::new(),
+        ),
     };
 
     if !scripted.delay.is_zero() {
@@ -400,6 +476,7 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
                 reasoning_content: scripted.reasoning.as_deref(),
             },
             finish_reason: &scripted.finish_reason,
+            logprobs: asked_logprobs.map(|k| wire_logprobs(k, &scripted.content, &top)),
         }],
         usage: WireUsage {
             prompt_tokens,

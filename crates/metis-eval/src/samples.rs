@@ -3,11 +3,14 @@
 //! - [`write_samples`]: every stored response graded (what lm-eval calls `--log_samples`), so
 //!   a user can see *why* an item was wrong: prompt, response, reasoning, extracted answer,
 //!   validity and reason, score, correctness and the verdict's metrics. Records are streamed
-//!   from the [`Store`] one at a time and graded with the benchmark's own verifiers.
+//!   from the [`Store`] one at a time and graded with the benchmark's own verifiers. A judged
+//!   benchmark's samples also carry the stored judgments of the response (judge, order shown,
+//!   top log-probabilities, preference).
 //! - [`export_prompts`]: a benchmark as a GRPO prompt file, each record carrying the item's
 //!   [`VerifierSpec`](metis_verify::VerifierSpec), so RL rewards the item exactly as the
 //!   benchmark scores it.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 
 use metis_verify::{InvalidReason, Verdict};
@@ -16,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::benchmarks::{Benchmark, Item};
 use crate::run::gradable_text;
-use crate::store::{Status, Store, StoreError};
+use crate::store::{JudgmentRecord, Status, Store, StoreError};
 
 /// One graded response.
 #[derive(Debug, Serialize)]
@@ -41,6 +44,9 @@ pub struct Sample<'a> {
     pub correct: bool,
     pub reasons: &'a [String],
     pub metrics: &'a std::collections::BTreeMap<String, f64>,
+    /// Judged benchmarks: the judgments of this response, by every judge that made one.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub judgments: &'a [JudgmentRecord],
 }
 
 /// Errors of [`write_samples`].
@@ -62,6 +68,7 @@ pub fn write_samples(
     mut out: impl Write,
 ) -> Result<usize, SamplesError> {
     let mut written = 0;
+    let judgments = judgments_by_response(store, bench, model)?;
     store.for_each_record(bench.id(), model, |record| {
         let Some(item) = bench.item(&record.key.item) else {
             return Ok(());
@@ -89,6 +96,13 @@ pub fn write_samples(
             correct: verdict.correct,
             reasons: &verdict.reasons,
             metrics: &verdict.metrics,
+            judgments: judgments
+                .get(&(
+                    record.key.params_hash.clone(),
+                    record.key.trial,
+                    record.key.item.clone(),
+                ))
+                .map_or(&[], Vec::as_slice),
         };
         let line = serde_json::to_string(&sample).map_err(StoreError::Json)?;
         // A failed write (the reader is gone, the disk is full) stops the scan.
@@ -97,6 +111,28 @@ pub fn write_samples(
         Ok::<(), SamplesError>(())
     })?;
     Ok(written)
+}
+
+/// Judgments by the response they judge: (params hash, trial, item).
+type JudgmentsByResponse = HashMap<(String, u32, String), Vec<JudgmentRecord>>;
+
+/// The stored judgments of `model`'s responses to a judged benchmark, by the response they
+/// judge; empty for other benchmarks.
+fn judgments_by_response(
+    store: &Store,
+    bench: &Benchmark,
+    model: &str,
+) -> Result<JudgmentsByResponse, StoreError> {
+    let mut out: HashMap<_, Vec<_>> = HashMap::new();
+    if !crate::judge::is_judged(bench.spec) {
+        return Ok(out);
+    }
+    for j in store.judgments(bench.id(), model)? {
+        out.entry((j.params_hash.clone(), j.key.trial, j.key.item.clone()))
+            .or_default()
+            .push(j);
+    }
+    Ok(out)
 }
 
 /// The verdict the harness gives a stored record (a failed request is an empty answer).

@@ -11,6 +11,12 @@
 //! Upsert rule: an `Ok` record is never replaced by a `Failed` one; anything else replaces the
 //! stored record (a `Failed` one by a newer attempt, an `Ok` one by a newer `Ok`). The first
 //! insertion time and the last update time (unix ms) are kept per record.
+//!
+//! Judged benchmarks (AlpacaEval) keep each judge verdict in a `judgments` table, keyed by the
+//! response it judges and the exact judge request ([`JudgmentKey`]), with the same upsert rule,
+//! so that a killed judging pass resumes without asking the judge again. The table is created
+//! whenever a store is opened (`CREATE TABLE IF NOT EXISTS`), so stores written before it
+//! existed gain it without a schema migration.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -76,6 +82,41 @@ pub struct ResponseRecord {
     pub completion_tokens: Option<u64>,
     /// `"query"` (obtained from an endpoint) or `"import"` (loaded from a file).
     pub source: String,
+}
+
+/// Identity of one judgment: the judged response (benchmark, item, trial, model) and the judge
+/// request (the judge model and `request_hash`, a hash of the exact messages and parameters
+/// sent: a changed answer, reference or template is a different request).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct JudgmentKey {
+    pub benchmark: String,
+    pub item: String,
+    pub trial: u32,
+    pub model: String,
+    pub judge: String,
+    pub request_hash: String,
+}
+
+/// One stored judge verdict (or a failed judge request).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JudgmentRecord {
+    pub key: JudgmentKey,
+    /// The `params_hash` of the judged response (provenance).
+    pub params_hash: String,
+    /// The judge endpoint that answered.
+    pub judge_url: Option<String>,
+    pub status: Status,
+    /// Whether the judge saw the judged answer first (AlpacaEval's order randomisation).
+    pub swapped: bool,
+    /// The judge's text.
+    pub content: Option<String>,
+    /// The top log-probabilities of the judge's first token, as returned.
+    pub top_logprobs: Vec<crate::client::TopLogprob>,
+    /// The preference in AlpacaEval's scale (1 = reference wins, 2 = judged answer wins), in
+    /// the unswapped order; `None` when the judge's answer gave no preference (judge-invalid).
+    pub preference: Option<f64>,
+    pub error: Option<String>,
+    pub latency_ms: Option<u64>,
 }
 
 /// One run in the store: a distinct `(benchmark, model, params_hash)` with record counts.
@@ -153,6 +194,48 @@ CREATE TABLE IF NOT EXISTS run_info (
 ) WITHOUT ROWID;
 ";
 
+/// Judge verdicts (see [`JudgmentRecord`]); created on every open, so older stores gain it.
+const JUDGMENT_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS judgments (
+    benchmark     TEXT    NOT NULL,
+    model         TEXT    NOT NULL,
+    trial         INTEGER NOT NULL,
+    item          TEXT    NOT NULL,
+    judge         TEXT    NOT NULL,
+    request_hash  TEXT    NOT NULL,
+    params_hash   TEXT    NOT NULL,
+    judge_url     TEXT,
+    status        TEXT    NOT NULL CHECK (status IN ('ok', 'failed')),
+    swapped       INTEGER NOT NULL,
+    content       TEXT,
+    top_logprobs  TEXT    NOT NULL,
+    preference    REAL,
+    error         TEXT,
+    latency_ms    INTEGER,
+    created_ms    INTEGER NOT NULL,
+    updated_ms    INTEGER NOT NULL,
+    PRIMARY KEY (benchmark, model, trial, item, judge, request_hash)
+) WITHOUT ROWID;
+";
+
+const UPSERT_JUDGMENT: &str = "
+INSERT INTO judgments (benchmark, model, trial, item, judge, request_hash, params_hash, judge_url,
+    status, swapped, content, top_logprobs, preference, error, latency_ms, created_ms, updated_ms)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16)
+ON CONFLICT (benchmark, model, trial, item, judge, request_hash) DO UPDATE SET
+    params_hash = excluded.params_hash,
+    judge_url = excluded.judge_url,
+    status = excluded.status,
+    swapped = excluded.swapped,
+    content = excluded.content,
+    top_logprobs = excluded.top_logprobs,
+    preference = excluded.preference,
+    error = excluded.error,
+    latency_ms = excluded.latency_ms,
+    updated_ms = excluded.updated_ms
+WHERE NOT (judgments.status = 'ok' AND excluded.status = 'failed')
+";
+
 const UPSERT: &str = "
 INSERT INTO responses (benchmark, model, params_hash, trial, item, status, response, reasoning,
     finish_reason, error, attempts, latency_ms, prompt_tokens, completion_tokens, source,
@@ -220,6 +303,39 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<ResponseRecord> {
         prompt_tokens: from_sql_u64(row.get(12)?),
         completion_tokens: from_sql_u64(row.get(13)?),
         source: row.get(14)?,
+    })
+}
+
+/// A judgment row in the column order of [`Store::judgments`]' query.
+fn row_to_judgment(row: &Row<'_>) -> rusqlite::Result<JudgmentRecord> {
+    let corrupt = |col: usize, detail: String| {
+        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, detail.into())
+    };
+    let status: String = row.get(8)?;
+    let status =
+        Status::parse(&status).ok_or_else(|| corrupt(8, format!("unknown status {status:?}")))?;
+    let top: String = row.get(11)?;
+    let top_logprobs = serde_json::from_str(&top)
+        .map_err(|e| corrupt(11, format!("top_logprobs {top:?}: {e}")))?;
+    let trial: i64 = row.get(2)?;
+    Ok(JudgmentRecord {
+        key: JudgmentKey {
+            benchmark: row.get(0)?,
+            model: row.get(1)?,
+            trial: u32::try_from(trial).unwrap_or(u32::MAX),
+            item: row.get(3)?,
+            judge: row.get(4)?,
+            request_hash: row.get(5)?,
+        },
+        params_hash: row.get(6)?,
+        judge_url: row.get(7)?,
+        status,
+        swapped: row.get(9)?,
+        content: row.get(10)?,
+        top_logprobs,
+        preference: row.get(12)?,
+        error: row.get(13)?,
+        latency_ms: from_sql_u64(row.get(14)?),
     })
 }
 
@@ -292,6 +408,7 @@ impl Store {
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
+        tx.execute_batch(JUDGMENT_SCHEMA)?;
         tx.commit()?;
         Ok(Store { conn, path })
     }
@@ -435,6 +552,50 @@ impl Store {
         )?;
         stmt.execute(params![benchmark, model, params_hash, json, now_ms()])?;
         Ok(())
+    }
+
+    /// Inserts or updates one judgment (same upsert rule as responses: an `Ok` judgment is
+    /// never replaced by a `Failed` one), committed on return.
+    pub fn put_judgment(&mut self, rec: &JudgmentRecord) -> Result<(), StoreError> {
+        let k = &rec.key;
+        let top = serde_json::to_string(&rec.top_logprobs)?;
+        let mut stmt = self.conn.prepare_cached(UPSERT_JUDGMENT)?;
+        stmt.execute(params![
+            k.benchmark,
+            k.model,
+            i64::from(k.trial),
+            k.item,
+            k.judge,
+            k.request_hash,
+            rec.params_hash,
+            rec.judge_url,
+            rec.status.as_str(),
+            rec.swapped,
+            rec.content,
+            top,
+            rec.preference,
+            rec.error,
+            to_sql_u64(rec.latency_ms),
+            now_ms(),
+        ])?;
+        Ok(())
+    }
+
+    /// Every judgment (ok and failed) of the responses of `model` on `benchmark`, by every
+    /// judge, ordered by trial, item, judge and request.
+    pub fn judgments(
+        &self,
+        benchmark: &str,
+        model: &str,
+    ) -> Result<Vec<JudgmentRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT benchmark, model, trial, item, judge, request_hash, params_hash, judge_url,
+                    status, swapped, content, top_logprobs, preference, error, latency_ms
+             FROM judgments WHERE benchmark = ?1 AND model = ?2
+             ORDER BY trial, item, judge, request_hash",
+        )?;
+        let rows = stmt.query_map(params![benchmark, model], row_to_judgment)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// The description saved by [`Store::save_run_info`], if any.

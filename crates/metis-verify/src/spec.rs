@@ -35,7 +35,7 @@ use crate::reasoning::Delimiters;
 use crate::taa::{ActorCatalog, TaaRule};
 use crate::verifier::{
     AttackVerifier, BbhVerifier, CvssVerifier, CweVerifier, IfEvalVerifier, MathVerifier,
-    McqVerifier, QaVerifier, TaaVerifier, Task, Verifier, VerifyOptions,
+    McqVerifier, OpenEndedVerifier, QaVerifier, TaaVerifier, Task, Verifier, VerifyOptions,
 };
 
 /// Which view of a verdict is the RL reward.
@@ -386,6 +386,8 @@ impl VerifierSpec {
                 s.bbh_answer.get_or_insert(BbhAnswer::default());
                 s.bbh_extraction.get_or_insert(BbhExtraction::default());
             }
+            // Nothing to choose: the judge, not the verifier, grades the answer.
+            Some(Task::OpenEnded) => {}
             None => {}
         }
         s
@@ -559,6 +561,7 @@ impl VerifierFactory {
                 answer: spec.bbh_answer.unwrap_or_default(),
                 extraction: spec.bbh_extraction.unwrap_or_default(),
             }),
+            Task::OpenEnded => Box::new(OpenEndedVerifier { options }),
         })
     }
 

@@ -43,10 +43,13 @@ pub enum Task {
     /// BIG-Bench Hard: one of eight answer types (option, booleans, integer, Dyck closing,
     /// sorted words, free text), exact match.
     Bbh,
+    /// An open-ended answer (AlpacaEval): graded by a judge model against a reference answer,
+    /// not by a rule; the verifier only isolates the answer the judge sees.
+    OpenEnded,
 }
 
 impl Task {
-    pub const ALL: [Task; 9] = [
+    pub const ALL: [Task; 10] = [
         Task::Mcq,
         Task::Cwe,
         Task::Cvss,
@@ -56,6 +59,7 @@ impl Task {
         Task::Taa,
         Task::Qa,
         Task::Bbh,
+        Task::OpenEnded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +73,7 @@ impl Task {
             Task::Taa => "taa",
             Task::Qa => "qa",
             Task::Bbh => "bbh",
+            Task::OpenEnded => "open_ended",
         }
     }
 }
@@ -106,13 +111,15 @@ pub enum Gold {
     Answers(Vec<String>),
     /// A BIG-Bench Hard target and its reading as the task's answer type.
     Bbh(crate::bbh::BbhGold),
+    /// The reference answer a judge compares an open-ended answer with, verbatim.
+    Reference(String),
 }
 
 /// A gold answer that cannot be used: a dataset problem, reported, never scored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GoldError {
     #[error(
-        "unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa, qa, bbh)"
+        "unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa, qa, bbh, open_ended)"
     )]
     UnknownTask(String),
     #[error("bad gold answer for {task}: {detail}")]
@@ -274,10 +281,12 @@ fn wrong_kind(task: Task, think: ThinkStatus) -> Verdict {
 
 mod bbh;
 mod general;
+mod open_ended;
 mod qa;
 mod taa;
 pub use bbh::BbhVerifier;
 pub use general::{IfEvalVerifier, MathVerifier};
+pub use open_ended::OpenEndedVerifier;
 pub use qa::QaVerifier;
 pub use taa::TaaVerifier;
 

@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Args as ClapArgs, Subcommand};
 use metis_eval::benchmarks::{self, Benchmark, DataSource};
 use metis_eval::client::{Client, Endpoint, RetryPolicy};
+use metis_eval::judge::{self, GlmReference, Judge, JudgeReport};
 use metis_eval::local::LocalModel;
 use metis_eval::report::{self, ResultRow};
 use metis_eval::run::{self, Backend, RunConfig, Sampling};
@@ -165,6 +166,17 @@ struct RunArgs {
     /// Also write results.{json,md,csv} and chart.png into this directory.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Judged benchmarks (alpacaeval2): base URL of the judge's OpenAI-compatible endpoint. It
+    /// must return `top_logprobs` on chat completions; upstream's judge is gpt-4-1106-preview.
+    #[arg(long, env = "METIS_JUDGE_URL")]
+    judge_url: Option<String>,
+    /// Judged benchmarks: the judge model's name (also selects the stored judgments to report,
+    /// e.g. with --rescore).
+    #[arg(long, env = "METIS_JUDGE_MODEL")]
+    judge_model: Option<String>,
+    /// Environment variable holding the judge endpoint's API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    judge_api_key_env: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -358,15 +370,131 @@ fn sampling(a: &RunArgs) -> Sampling {
     s
 }
 
+/// The judge the flags describe: `None` without `--judge-url` (stored judgments can still be
+/// reported by `--judge-model`).
+fn judge_from_args(a: &RunArgs) -> anyhow::Result<Option<Judge>> {
+    let Some(url) = &a.judge_url else {
+        return Ok(None);
+    };
+    let Some(model) = a.judge_model.clone() else {
+        bail!("--judge-url needs --judge-model (the judge model's name at that endpoint)");
+    };
+    let api_key = std::env::var(&a.judge_api_key_env)
+        .ok()
+        .filter(|k| !k.is_empty());
+    let client = Client::new(
+        vec![Endpoint {
+            base_url: url.clone(),
+            api_key,
+        }],
+        RetryPolicy {
+            max_attempts: a.max_attempts.max(1),
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(a.timeout.max(1)),
+        },
+    )?;
+    Ok(Some(Judge { model, client }))
+}
+
+/// Judged benchmarks need a judge: to query and judge (`--judge-url`, `--judge-model`), or at
+/// least its name to report stored judgments (`--rescore` or `--responses`). Without
+/// `--bench`, they are skipped with a note when no judge is given.
+fn check_judge(a: &RunArgs, ids: &mut Vec<String>, judge: Option<&Judge>) -> anyhow::Result<()> {
+    let judged: Vec<String> = ids
+        .iter()
+        .filter(|id| benchmarks::spec(id).is_ok_and(judge::is_judged))
+        .cloned()
+        .collect();
+    let reporting_only = a.rescore || a.responses.is_some();
+    let enough = judge.is_some() || (reporting_only && a.judge_model.is_some());
+    if judged.is_empty() || enough {
+        return Ok(());
+    }
+    if a.benchmarks.is_empty() {
+        eprintln!(
+            "note: skipping {}: graded by a judge model (give --judge-url and --judge-model)",
+            judged.join(", ")
+        );
+        ids.retain(|id| !judged.contains(id));
+        return Ok(());
+    }
+    bail!(
+        "{} is graded by a judge model: give --judge-url and --judge-model (an OpenAI-compatible \
+         endpoint returning top_logprobs){}",
+        judged.join(", "),
+        if reporting_only {
+            ", or --judge-model alone to report the stored judgments"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Runs the judging pass over `model`'s stored answers to each judged benchmark.
+async fn judge_answers(
+    benches: &[Benchmark],
+    model: &str,
+    judge: &Judge,
+    a: &RunArgs,
+    keep: impl Fn(&benchmarks::Item, u32, &metis_eval::store::ResponseRecord) -> bool,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let store = Store::open(&a.store)?;
+    for b in benches.iter().filter(|b| judge::is_judged(b.spec)) {
+        let records: Vec<_> = store
+            .records(b.spec.id, model, None)?
+            .into_iter()
+            .filter(|r| {
+                r.key.trial < a.trials
+                    && b.item(&r.key.item)
+                        .is_some_and(|item| keep(item, r.key.trial, r))
+            })
+            .collect();
+        let s = judge::judge_pass(
+            &a.store,
+            b,
+            model,
+            &records,
+            judge,
+            a.concurrency,
+            stop.clone(),
+        )
+        .await?;
+        if !a.json {
+            eprintln!(
+                "judgments ({} by {} @ {}): {} reused from the store, {} new ({} judge-invalid), \
+                 {} failed, {} empty or truncated answers not sent",
+                b.spec.id,
+                judge.model,
+                judge.url(),
+                s.reused,
+                s.asked,
+                s.judge_invalid,
+                s.failed,
+                s.not_judged
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
     let protocol: Protocol = a.protocol.parse().map_err(anyhow::Error::msg)?;
     let data = DataSource::resolve(a.data_dir.clone());
-    let ids = if a.benchmarks.is_empty() {
+    let mut ids = if a.benchmarks.is_empty() {
         available_benchmark_ids(&data)
     } else {
         a.benchmarks.clone()
     };
+    let judge = judge_from_args(&a)?;
+    check_judge(&a, &mut ids, judge.as_ref())?;
     let benches = run::load_benchmarks(&ids, &data, protocol, a.limit).await?;
+    let glm = if benches.iter().any(|b| judge::is_judged(b.spec)) {
+        GlmReference::from_data_dir(data.root())?
+    } else {
+        GlmReference::Approximation
+    };
     let system_prompt = match &a.system_prompt {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -375,9 +503,15 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let sampling = sampling(&a);
+    // The stored response that answers (item, trial) under this run's prompt and parameters.
+    let keep = |item: &benchmarks::Item, trial: u32, r: &metis_eval::store::ResponseRecord| {
+        r.key.params_hash
+            == run::params_hash(system_prompt.as_deref(), &item.prompt, &sampling, trial)
+    };
 
+    let mut reports = Vec::new();
     let rows = if let Some(path) = &a.responses {
-        grade_imported(path, &benches, a.model.as_deref(), &a.store)?
+        grade_imported(path, &benches, &a, judge.as_ref(), &glm, &mut reports).await?
     } else {
         let local_name = a.local_model.as_ref().and_then(|p| {
             p.file_name()
@@ -441,23 +575,39 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
                     flag.store(true, Ordering::Relaxed);
                 }
             });
-            let q = run::query(&config, &benches, &backend, stop).await?;
+            let q = run::query(&config, &benches, &backend, stop.clone()).await?;
             if !a.json {
                 eprintln!(
                     "responses: {} reused from the store, {} new, {} failed",
                     q.reused, q.answered, q.failed
                 );
             }
+            if let Some(judge) = &judge {
+                judge_answers(&benches, &model, judge, &a, keep, stop).await?;
+            }
         }
         let mut store = Store::open(&a.store)?;
         let mut rows = Vec::new();
         for b in &benches {
             let records = store.records(b.spec.id, &model, None)?;
-            let graded = run::grade(b, &model, a.trials, records, |item, trial, r| {
-                r.key.params_hash
-                    == run::params_hash(system_prompt.as_deref(), &item.prompt, &sampling, trial)
-            });
-            let row = run::summarize(&graded, b.spec.primary_metric);
+            let (row, report) = if judge::is_judged(b.spec) {
+                let judgments = store.judgments(b.spec.id, &model)?;
+                let judge_model = judge_name(&a, judge.as_ref());
+                let (row, report) = judge::grade_judged(
+                    b,
+                    &model,
+                    a.trials,
+                    records,
+                    keep,
+                    &judgments,
+                    &judge_model,
+                    &glm,
+                );
+                (row, Some(report))
+            } else {
+                let graded = run::grade(b, &model, a.trials, records, keep);
+                (run::summarize(&graded, b.spec.primary_metric), None)
+            };
             let run_hash = run::params_hash(system_prompt.as_deref(), "", &sampling, 0);
             store.save_run_info(
                 b.spec.id,
@@ -471,22 +621,36 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
                     "data_sha256": b.data_sha256,
                     "metis_version": env!("CARGO_PKG_VERSION"),
                     "result": row,
+                    "judge": report,
                 }),
             )?;
             rows.push(row);
+            reports.extend(report);
         }
         rows
     };
-    output(&rows, a.json, a.out.as_deref())
+    output(&rows, &reports, a.json, a.out.as_deref())
 }
 
-/// Imports answers produced elsewhere into the store and grades them per model.
-fn grade_imported(
+/// The judge whose judgments are reported (`check_judge` made sure there is one).
+fn judge_name(a: &RunArgs, judge: Option<&Judge>) -> String {
+    judge
+        .map(|j| j.model.clone())
+        .or_else(|| a.judge_model.clone())
+        .unwrap_or_default()
+}
+
+/// Imports answers produced elsewhere into the store and grades them per model (judged
+/// benchmarks: judged first when a judge is given, then reported with the stored judgments).
+async fn grade_imported(
     path: &Path,
     benches: &[Benchmark],
-    default_model: Option<&str>,
-    store_path: &Path,
+    a: &RunArgs,
+    judge: Option<&Judge>,
+    glm: &GlmReference,
+    reports: &mut Vec<JudgeReport>,
 ) -> anyhow::Result<Vec<ResultRow>> {
+    let (default_model, store_path) = (a.model.as_deref(), a.store.as_path());
     let by_id: HashMap<String, &Benchmark> =
         benches.iter().map(|b| (b.spec.id.to_owned(), b)).collect();
     let (records, skipped) =
@@ -514,17 +678,51 @@ fn grade_imported(
                 continue;
             }
             let trials = recs.iter().map(|r| r.key.trial + 1).max().unwrap_or(1);
-            let graded = run::grade(b, model, trials, recs, |_, _, _| true);
-            rows.push(run::summarize(&graded, b.spec.primary_metric));
+            if !judge::is_judged(b.spec) {
+                let graded = run::grade(b, model, trials, recs, |_, _, _| true);
+                rows.push(run::summarize(&graded, b.spec.primary_metric));
+                continue;
+            }
+            if let Some(judge) = judge {
+                let stop = Arc::new(AtomicBool::new(false));
+                judge::judge_pass(store_path, b, model, &recs, judge, a.concurrency, stop).await?;
+            }
+            let judgments = store.judgments(b.spec.id, model)?;
+            let (row, report) = judge::grade_judged(
+                b,
+                model,
+                trials,
+                recs,
+                |_, _, _| true,
+                &judgments,
+                &judge_name(a, judge),
+                glm,
+            );
+            rows.push(row);
+            reports.push(report);
         }
     }
     Ok(rows)
 }
 
-fn output(rows: &[ResultRow], json: bool, out: Option<&Path>) -> anyhow::Result<()> {
+fn output(
+    rows: &[ResultRow],
+    reports: &[JudgeReport],
+    json: bool,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let report_of = |r: &ResultRow| {
+        reports
+            .iter()
+            .find(|j| j.benchmark == r.benchmark && j.model == r.model)
+    };
     if json {
         for r in rows {
-            println!("{}", serde_json::to_string(r)?);
+            let mut value = serde_json::to_value(r)?;
+            if let (Some(j), Some(obj)) = (report_of(r), value.as_object_mut()) {
+                obj.insert("judge".to_owned(), serde_json::to_value(j)?);
+            }
+            println!("{}", serde_json::to_string(&value)?);
         }
     } else {
         println!("{}", report::markdown(rows));
@@ -536,6 +734,9 @@ fn output(rows: &[ResultRow], json: bool, out: Option<&Path>) -> anyhow::Result<
                     r.benchmark, r.model, r.primary_metric, s.mean, s.std, s.stderr, s.ci_low, s.ci_high,
                     r.n_items, r.n_trials, r.invalid, r.failed
                 );
+            }
+            if let Some(j) = report_of(r) {
+                println!("{}", j.summary_line(r));
             }
         }
     }

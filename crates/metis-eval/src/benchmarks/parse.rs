@@ -76,7 +76,68 @@ pub(crate) fn parse(
         Format::GpqaCsv => general::gpqa(text, path),
         Format::LongBenchJsonl => general::longbench_qa(text, path),
         Format::Bbh => bbh(text, path, companions),
+        Format::AlpacaEvalJson => alpaca_eval(text, path),
     }
+}
+
+/// AlpacaEval model outputs: a JSON array of `{instruction, output, generator, dataset}`. The
+/// id is the 0-based position (the `index` upstream's length control keys instruction
+/// difficulty by), the prompt the instruction verbatim, the gold the output verbatim (the
+/// reference the judge sees as output 1), the subject the source dataset.
+fn alpaca_eval(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let rows: Vec<Value> = match serde_json::from_str(text) {
+        Ok(Value::Array(rows)) => rows,
+        Ok(other) => {
+            return Err(perr(
+                path,
+                1,
+                None,
+                format!("expected a JSON array, found {}", json_kind(&other)),
+            ))
+        }
+        Err(e) => return Err(perr(path, e.line(), None, format!("invalid JSON: {e}"))),
+    };
+    let lines = object_lines(text, 1);
+    let mut out = Parsed::default();
+    let mut generators = std::collections::BTreeSet::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        let line = lines.get(i).copied().unwrap_or(0);
+        let Value::Object(obj) = row else {
+            return Err(perr(
+                path,
+                line,
+                None,
+                format!("expected a JSON object, found {}", json_kind(&row)),
+            ));
+        };
+        let instruction = json_str(&obj, "instruction", path, line)?;
+        if instruction.trim().is_empty() {
+            return Err(perr(path, line, Some("instruction"), "empty instruction"));
+        }
+        let output = json_str(&obj, "output", path, line)?;
+        if let Some(Value::String(g)) = obj.get("generator") {
+            generators.insert(g.clone());
+        }
+        out.rows.push(Row {
+            item: Item {
+                id: i.to_string(),
+                prompt: instruction.to_owned(),
+                gold: output.to_owned(),
+                subject: obj
+                    .get("dataset")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                question: instruction.to_owned(),
+            },
+            line,
+            gold_field: "output",
+        });
+    }
+    out.notes.push(format!(
+        "reference outputs by {}",
+        generators.into_iter().collect::<Vec<_>>().join(", ")
+    ));
+    Ok(out)
 }
 
 /// IFEval: the prompt as is (0-shot); the gold is the instruction object
@@ -591,10 +652,10 @@ struct CmQuestion {
     solution: String,
 }
 
-/// The 1-based line on which each object of the top-level object's array opens (CyberMetric's
-/// `questions`, BBH's `examples`).
-fn question_object_lines(text: &str) -> Vec<usize> {
-    let (mut line, mut depth) = (1usize, 0usize);
+/// The 1-based line on which each JSON object at nesting `depth` opens (1: the elements of a
+/// top-level array; 2: those of an array under a top-level key, CyberMetric's `questions`).
+fn object_lines(text: &str, depth: usize) -> Vec<usize> {
+    let (mut line, mut level) = (1usize, 0usize);
     let (mut in_string, mut escaped) = (false, false);
     let mut lines = Vec::new();
     for c in text.chars() {
@@ -613,12 +674,12 @@ fn question_object_lines(text: &str) -> Vec<usize> {
         match c {
             '"' => in_string = true,
             '{' | '[' => {
-                if c == '{' && depth == 2 {
+                if c == '{' && level == depth {
                     lines.push(line);
                 }
-                depth += 1;
+                level += 1;
             }
-            '}' | ']' => depth = depth.saturating_sub(1),
+            '}' | ']' => level = level.saturating_sub(1),
             _ => {}
         }
     }
@@ -628,7 +689,7 @@ fn question_object_lines(text: &str) -> Vec<usize> {
 fn cybermetric(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
     let file: CmFile =
         serde_json::from_str(text).map_err(|e| perr(path, e.line(), None, e.to_string()))?;
-    let lines = question_object_lines(text);
+    let lines = object_lines(text, 2);
     let mut out = Parsed::default();
     for (i, q) in file.questions.into_iter().enumerate() {
         let line = lines.get(i).copied().unwrap_or(0);
@@ -1000,7 +1061,7 @@ fn bbh_examples(text: &str, path: &Path) -> Result<Vec<BbhExample>, BenchmarkErr
     let Some(Value::Array(examples)) = value.get("examples") else {
         return Err(perr(path, 1, Some("examples"), "missing or not an array"));
     };
-    let lines = question_object_lines(text);
+    let lines = object_lines(text, 2);
     let mut out = Vec::with_capacity(examples.len());
     for (i, example) in examples.iter().enumerate() {
         let line = lines.get(i).copied().unwrap_or(1);
@@ -1049,6 +1110,10 @@ mod tests {
     fn object_lines_skip_strings() {
         let text =
             "{\n \"questions\": [\n{\"question\": \"a {b\\\" [\"},\n\n{\"question\": \"x\"}]}";
-        assert_eq!(question_object_lines(text), vec![3, 5]);
+        assert_eq!(object_lines(text, 2), vec![3, 5]);
+        assert_eq!(
+            object_lines("[\n {\"a\": {\"b\": 1}},\n\n {}\n]", 1),
+            vec![2, 4]
+        );
     }
 }
