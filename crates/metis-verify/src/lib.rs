@@ -9,7 +9,8 @@
 //! - [`extract`] finds the answer in the answer part (last-line or FAITH-compatible protocol);
 //! - [`mcq`], [`cwe`], [`cvss`], [`attack`] parse, validate and compare task-specific answers;
 //!   [`taa`] judges threat actor attributions; [`qa`] scores short answers (EM, token F1); [`ifeval`] checks IFEval's verifiable instructions, [`math`] extracts final answers and
-//!   decides mathematical equivalence;
+//!   decides mathematical equivalence; [`code`] runs generated Python against a problem's tests
+//!   in a sandbox (HumanEval) and estimates pass@k;
 //! - [`format`] scores the shape of a response (the guard against reward hacking);
 //! - [`verifier`] ties them together behind one [`Verifier`] interface and aggregates
 //!   item verdicts into benchmark metrics;
@@ -18,6 +19,7 @@
 //!   use), so a benchmark, a GRPO prompt file and `metis score` grade alike.
 
 pub mod attack;
+pub mod code;
 pub mod cvss;
 pub mod cwe;
 pub mod extract;

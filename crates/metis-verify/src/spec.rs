@@ -24,6 +24,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::attack::{AttackCatalog, Domain, SetMatchOptions};
+use crate::code::sandbox::{self, Sandbox, SandboxConfig, SandboxError};
 use crate::cvss;
 use crate::cwe::CweCatalog;
 use crate::extract::Protocol;
@@ -32,8 +33,8 @@ use crate::qa::QaRule;
 use crate::reasoning::Delimiters;
 use crate::taa::{ActorCatalog, TaaRule};
 use crate::verifier::{
-    AttackVerifier, CvssVerifier, CweVerifier, IfEvalVerifier, MathVerifier, McqVerifier,
-    QaVerifier, TaaVerifier, Task, Verifier, VerifyOptions,
+    AttackVerifier, CodeVerifier, CvssVerifier, CweVerifier, IfEvalVerifier, MathVerifier,
+    McqVerifier, QaVerifier, TaaVerifier, Task, Verifier, VerifyOptions,
 };
 
 /// Which view of a verdict is the RL reward.
@@ -253,6 +254,21 @@ pub struct VerifierSpec {
     /// qa: the official HotpotQA/2Wiki scoring (yes/no rule) or LongBench's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qa_rule: Option<QaRule>,
+    /// code: the program's time limit in milliseconds (upstream HumanEval: 3000); the sample
+    /// is killed one second later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_timeout_ms: Option<u64>,
+    /// code: the sample's address-space limit in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_memory_mib: Option<u64>,
+    /// code: the Python interpreter, a name looked up on PATH or a path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_interpreter: Option<String>,
+    /// code: UNSAFE. Where the system refuses the sandbox's namespaces, run samples without
+    /// them (no network or file-system isolation; limits and the system-call filter stay)
+    /// instead of refusing. Every verdict then carries a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_unsafe_no_isolation: Option<bool>,
 }
 
 /// A spec that cannot be built.
@@ -270,6 +286,8 @@ pub enum SpecError {
     BadValue { field: &'static str, detail: String },
     #[error("catalog {path}: {detail}")]
     Catalog { path: String, detail: String },
+    #[error("code sandbox: {0}")]
+    Sandbox(SandboxError),
 }
 
 impl VerifierSpec {
@@ -317,6 +335,27 @@ impl VerifierSpec {
             self.math_extraction.is_some(),
             Task::Math,
         )?;
+        only(
+            "code_timeout_ms",
+            self.code_timeout_ms.is_some(),
+            Task::Code,
+        )?;
+        only(
+            "code_memory_mib",
+            self.code_memory_mib.is_some(),
+            Task::Code,
+        )?;
+        only(
+            "code_interpreter",
+            self.code_interpreter.is_some(),
+            Task::Code,
+        )?;
+        only(
+            "code_unsafe_no_isolation",
+            self.code_unsafe_no_isolation.is_some(),
+            Task::Code,
+        )?;
+        self.validate_code_values()?;
         if let Some(n) = self.choices {
             if !(2..=26).contains(&n) {
                 return Err(SpecError::BadValue {
@@ -333,6 +372,33 @@ impl VerifierSpec {
                 })?;
         }
         Ok(task)
+    }
+
+    /// The code options' values: a time limit of 1 ms to 10 min, at least 64 MiB (the
+    /// interpreter alone maps tens of MiB), an interpreter name.
+    fn validate_code_values(&self) -> Result<(), SpecError> {
+        let bad = |field: &'static str, detail: String| Err(SpecError::BadValue { field, detail });
+        if let Some(ms) = self.code_timeout_ms {
+            if !(1..=600_000).contains(&ms) {
+                return bad("code_timeout_ms", format!("must be 1 to 600000, got {ms}"));
+            }
+        }
+        if let Some(mib) = self.code_memory_mib {
+            if !(64..=1 << 20).contains(&mib) {
+                return bad(
+                    "code_memory_mib",
+                    format!("must be 64 to 1048576, got {mib}"),
+                );
+            }
+        }
+        if self
+            .code_interpreter
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            return bad("code_interpreter", "empty".to_owned());
+        }
+        Ok(())
     }
 
     /// The same spec with every option of its task filled in with the default. This is the
@@ -371,6 +437,14 @@ impl VerifierSpec {
             Some(Task::Qa) => {
                 s.qa_rule.get_or_insert(QaRule::default());
             }
+            Some(Task::Code) => {
+                s.code_timeout_ms
+                    .get_or_insert(sandbox::DEFAULT_TIMEOUT.as_millis() as u64);
+                s.code_memory_mib.get_or_insert(sandbox::DEFAULT_MEMORY_MIB);
+                s.code_interpreter
+                    .get_or_insert_with(|| sandbox::DEFAULT_INTERPRETER.to_owned());
+                s.code_unsafe_no_isolation.get_or_insert(false);
+            }
             None => {}
         }
         s
@@ -395,8 +469,28 @@ impl VerifierSpec {
             ifeval_mode,
             math_extraction,
             taa_rule,
-            qa_rule
+            qa_rule,
+            code_timeout_ms,
+            code_memory_mib,
+            code_interpreter,
+            code_unsafe_no_isolation
         )
+    }
+}
+
+/// The sandbox configuration of a resolved code spec.
+fn code_sandbox_config(spec: &VerifierSpec) -> SandboxConfig {
+    let defaults = SandboxConfig::default();
+    SandboxConfig {
+        interpreter: spec
+            .code_interpreter
+            .clone()
+            .unwrap_or(defaults.interpreter),
+        timeout: spec
+            .code_timeout_ms
+            .map_or(defaults.timeout, std::time::Duration::from_millis),
+        memory_mib: spec.code_memory_mib.unwrap_or(defaults.memory_mib),
+        allow_unisolated: spec.code_unsafe_no_isolation.unwrap_or(false),
     }
 }
 
@@ -536,6 +630,10 @@ impl VerifierFactory {
             Task::Qa => Box::new(QaVerifier {
                 options,
                 rule: spec.qa_rule.unwrap_or_default(),
+            }),
+            Task::Code => Box::new(CodeVerifier {
+                options,
+                sandbox: Sandbox::new(&code_sandbox_config(&spec)).map_err(SpecError::Sandbox)?,
             }),
         })
     }

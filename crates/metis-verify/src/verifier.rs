@@ -40,10 +40,12 @@ pub enum Task {
     Taa,
     /// Short-answer QA scored by exact match and token F1 (HotpotQA, 2WikiMultihopQA).
     Qa,
+    /// Python code run against the problem's tests in a sandbox (HumanEval).
+    Code,
 }
 
 impl Task {
-    pub const ALL: [Task; 8] = [
+    pub const ALL: [Task; 9] = [
         Task::Mcq,
         Task::Cwe,
         Task::Cvss,
@@ -52,6 +54,7 @@ impl Task {
         Task::Math,
         Task::Taa,
         Task::Qa,
+        Task::Code,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Task {
             Task::Math => "math",
             Task::Taa => "taa",
             Task::Qa => "qa",
+            Task::Code => "code",
         }
     }
 }
@@ -99,12 +103,16 @@ pub enum Gold {
     Actor(String),
     /// Accepted short answers (a gold and its aliases).
     Answers(Vec<String>),
+    /// A programming problem: prompt, tests and entry point.
+    Code(crate::code::CodeProblem),
 }
 
 /// A gold answer that cannot be used: a dataset problem, reported, never scored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GoldError {
-    #[error("unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa, qa)")]
+    #[error(
+        "unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa, qa, code)"
+    )]
     UnknownTask(String),
     #[error("bad gold answer for {task}: {detail}")]
     Bad { task: Task, detail: String },
@@ -263,9 +271,11 @@ fn wrong_kind(task: Task, think: ThinkStatus) -> Verdict {
     v
 }
 
+mod code;
 mod general;
 mod qa;
 mod taa;
+pub use code::CodeVerifier;
 pub use general::{IfEvalVerifier, MathVerifier};
 pub use qa::QaVerifier;
 pub use taa::TaaVerifier;
