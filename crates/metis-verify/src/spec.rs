@@ -810,6 +810,71 @@ mod tests {
     }
 
     #[test]
+    fn code_options_default_validate_and_build() {
+        let code = VerifierSpec::for_task(Task::Code);
+        assert_eq!(code.code_timeout_ms, Some(3000));
+        assert_eq!(code.code_memory_mib, Some(sandbox::DEFAULT_MEMORY_MIB));
+        assert_eq!(code.code_interpreter.as_deref(), Some("python3"));
+        assert_eq!(code.code_unsafe_no_isolation, Some(false));
+        let spec = |f: fn(&mut VerifierSpec)| {
+            let mut s = VerifierSpec {
+                task: Some(Task::Code),
+                ..VerifierSpec::default()
+            };
+            f(&mut s);
+            s
+        };
+        let err = |s: VerifierSpec| s.validate().unwrap_err();
+        assert!(matches!(
+            err(spec(|s| s.code_timeout_ms = Some(0))),
+            SpecError::BadValue {
+                field: "code_timeout_ms",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(spec(|s| s.code_memory_mib = Some(8))),
+            SpecError::BadValue {
+                field: "code_memory_mib",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(spec(|s| s.code_interpreter = Some(" ".into()))),
+            SpecError::BadValue {
+                field: "code_interpreter",
+                ..
+            }
+        ));
+        let on_qa = VerifierSpec {
+            task: Some(Task::Qa),
+            code_timeout_ms: Some(1000),
+            ..VerifierSpec::default()
+        };
+        assert!(matches!(
+            on_qa.validate(),
+            Err(SpecError::WrongTask {
+                field: "code_timeout_ms",
+                ..
+            })
+        ));
+        let missing = spec(|s| s.code_interpreter = Some("metis-no-such-python".into()));
+        assert!(matches!(
+            VerifierFactory::new(None).build(&missing),
+            Err(SpecError::Sandbox(SandboxError::NotFound(_)))
+        ));
+        let parsed: VerifierSpec = serde_json::from_str(
+            r#"{"task":"code","code_timeout_ms":500,"code_unsafe_no_isolation":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            code_sandbox_config(&parsed.resolved()).timeout.as_millis(),
+            500
+        );
+        assert!(code_sandbox_config(&parsed).allow_unisolated);
+    }
+
+    #[test]
     fn equal_specs_share_a_verifier_and_missing_catalogs_are_noted() {
         let mut f = VerifierFactory::new(None);
         let a = f.build(&VerifierSpec::for_task(Task::Attack)).unwrap();

@@ -120,3 +120,90 @@ fn output_reason(name: &str, captured: &Captured) -> Option<String> {
     };
     Some(format!("{name}{note}: {}", captured.text()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::AnswerFormat;
+    use crate::spec::{VerifierFactory, VerifierSpec};
+
+    const GOLD: &str = r#"{"task_id": "T/0", "prompt": "def add(a, b):\n    \"\"\"Sum.\"\"\"\n", "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n", "entry_point": "add"}"#;
+
+    fn verifier() -> Arc<dyn Verifier> {
+        VerifierFactory::new(None)
+            .build(&VerifierSpec::for_task(Task::Code))
+            .unwrap()
+    }
+
+    #[test]
+    fn grades_by_running_the_tests() {
+        let v = verifier();
+        let ok = v
+            .grade(
+                "<think>Add them.</think>\n```python\n    return a + b\n```",
+                GOLD,
+            )
+            .unwrap();
+        assert!(ok.correct && ok.score == 1.0, "{:?}", ok.reasons);
+        assert_eq!(ok.format, Some(AnswerFormat::Proper));
+        assert_eq!(ok.metrics["passed"], 1.0);
+        assert!(
+            ok.reasons.contains(&"passed".to_owned()),
+            "{:?}",
+            ok.reasons
+        );
+        assert!(ok.reasons.iter().any(|r| r.starts_with("interpreter: /")));
+
+        let wrong = v
+            .grade(
+                "<think>x</think>def add(a, b):\n    print('hi')\n    return a - b",
+                GOLD,
+            )
+            .unwrap();
+        assert!(!wrong.correct && wrong.is_valid());
+        assert_eq!(wrong.format, Some(AnswerFormat::Lenient), "raw text");
+        assert!(wrong.reasons.contains(&"failed: AssertionError".to_owned()));
+        assert!(
+            wrong.reasons.contains(&"stdout: hi\n".to_owned()),
+            "{:?}",
+            wrong.reasons
+        );
+        assert_eq!(wrong.metrics["passed"], 0.0);
+    }
+
+    #[test]
+    fn nothing_runs_without_code() {
+        let v = verifier();
+        let cut = v.grade("<think>never closed", GOLD).unwrap();
+        let empty = v.grade("<think>x</think>  ", GOLD).unwrap();
+        for verdict in [&cut, &empty] {
+            assert!(!verdict.correct && !verdict.is_valid());
+            assert!(!verdict.reasons.iter().any(|r| r.starts_with("failed")));
+            let names: Vec<_> = verdict.metrics.keys().collect();
+            assert_eq!(names, ["passed", "timed_out", "truncated", "valid"]);
+        }
+        assert_eq!(cut.invalid, Some(InvalidReason::Truncated));
+        assert_eq!(empty.invalid, Some(InvalidReason::EmptyAnswer));
+    }
+
+    #[test]
+    fn gold_problems_are_checked() {
+        let v = verifier();
+        assert!(matches!(v.parse_gold(GOLD), Ok(Gold::Code(p)) if p.entry_point == "add"));
+        for bad in ["return a + b", "{}", r#"{"task_id": "t"}"#, "[1]"] {
+            let e = v.parse_gold(bad).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    GoldError::Bad {
+                        task: Task::Code,
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
+        let mcq = v.verify("Answer: A", &Gold::Answers(vec!["A".into()]));
+        assert!(!mcq.correct && !mcq.is_valid());
+    }
+}
