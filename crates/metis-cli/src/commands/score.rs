@@ -15,11 +15,13 @@ use serde_json::json;
 #[derive(clap::Args)]
 pub struct Args {
     /// Which verifier grades the response.
-    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack", "ifeval", "math", "taa", "qa"])]
+    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack", "ifeval", "math", "taa", "qa", "code"])]
     task: Option<String>,
     /// The gold answer: a letter or letter set (mcq), a CWE id, a CVSS vector,
     /// comma-separated technique ids (attack), the instruction object
-    /// `{"instruction_id_list": [...], "kwargs": [...]}` (ifeval), or a math answer (math).
+    /// `{"instruction_id_list": [...], "kwargs": [...]}` (ifeval), a math answer (math), or the
+    /// problem object `{"task_id", "prompt", "test", "entry_point"}` (code; sandbox options
+    /// go in `--spec`).
     #[arg(long)]
     gold: String,
     /// File holding the model's response (`-` for stdin).

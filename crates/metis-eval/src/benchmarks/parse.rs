@@ -69,6 +69,7 @@ pub(crate) fn parse(
             [(train_path, train_text)] => math_full_test(text, path, train_text, train_path),
             _ => Err(perr(path, 0, None, "MATH needs PRM800K's train split too")),
         },
+        Format::HumanEvalJsonl => humaneval(text, path),
     }
 }
 
@@ -201,6 +202,37 @@ fn math(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
             },
             line,
             gold_field: field,
+        });
+    }
+    Ok(out)
+}
+
+/// HumanEval: the id is `task_id`, the question the function stub (`prompt`), the gold the
+/// problem object `{"task_id", "prompt", "test", "entry_point"}` the code verifier runs
+/// (`canonical_solution` is not part of it: the model never sees it and grading does not use
+/// it).
+fn humaneval(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let mut out = Parsed::default();
+    for (_, line, obj) in jsonl(text, path)? {
+        let field = |key| json_non_empty(&obj, key, path, line);
+        let (task_id, stub) = (field("task_id")?, field("prompt")?);
+        let (test, entry_point) = (field("test")?, field("entry_point")?);
+        let gold = serde_json::json!({
+            "task_id": task_id,
+            "prompt": stub,
+            "test": test,
+            "entry_point": entry_point,
+        });
+        out.rows.push(Row {
+            item: Item {
+                id: task_id.to_owned(),
+                prompt: prompts::humaneval(stub),
+                gold: gold.to_string(),
+                subject: None,
+                question: stub.to_owned(),
+            },
+            line,
+            gold_field: "prompt",
         });
     }
     Ok(out)
@@ -747,6 +779,20 @@ fn json_str<'a>(
         )),
         None => Err(perr(path, line, Some(key), "missing")),
     }
+}
+
+/// [`json_str`], refusing a blank value.
+fn json_non_empty<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    key: &str,
+    path: &Path,
+    line: usize,
+) -> Result<&'a str, BenchmarkError> {
+    let value = json_str(obj, key, path, line)?;
+    if value.trim().is_empty() {
+        return Err(perr(path, line, Some(key), "empty value"));
+    }
+    Ok(value)
 }
 
 /// Four option strings.
