@@ -155,8 +155,7 @@ fn choose_block(blocks: &[Block], entry_point: &str) -> Option<String> {
     };
     let non_empty = || candidates.iter().filter(|b| !b.content.trim().is_empty());
     non_empty()
-        .filter(|b| defines(&dedent(&b.content), entry_point))
-        .last()
+        .rfind(|b| defines(&dedent(&b.content), entry_point))
         .or_else(|| non_empty().next())
         .map(|b| b.content.clone())
 }

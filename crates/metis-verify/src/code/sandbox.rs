@@ -225,10 +225,12 @@ pub struct Sandbox {
     isolation: Isolation,
 }
 
+/// The outcome of checking each configuration.
+type Checked = HashMap<SandboxConfig, Result<Arc<Sandbox>, SandboxError>>;
+
 /// Sandboxes already checked, by configuration (checking spawns processes; the answer does not
 /// change while Metis runs).
-static CHECKED: LazyLock<Mutex<HashMap<SandboxConfig, Result<Arc<Sandbox>, SandboxError>>>> =
-    LazyLock::new(Default::default);
+static CHECKED: LazyLock<Mutex<Checked>> = LazyLock::new(Default::default);
 
 impl Sandbox {
     /// The sandbox for `config`: finds the interpreter and runs a trivial program through the
