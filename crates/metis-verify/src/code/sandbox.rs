@@ -27,6 +27,11 @@
 //! - **output**: stdout and stderr are read to the end through pipes, keeping the first
 //!   [`OUTPUT_CAP`] bytes of each, so a sample printing gigabytes costs no memory.
 //!
+//! One difference from a plain process remains: the sample is the first process of its pid
+//! namespace, and the kernel ignores signals such a process sends itself without a handler
+//! (`os.kill(os.getpid(), signal.SIGTERM)` does not end it; faults, limits and the parent's
+//! `SIGKILL` do).
+//!
 //! When the system refuses a namespace or a mount step, [`Sandbox::new`] refuses with the step
 //! it could not take, unless the configuration allows running unisolated
 //! ([`SandboxConfig::allow_unisolated`], off by default): then samples run with limits,

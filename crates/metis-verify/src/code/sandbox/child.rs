@@ -215,14 +215,17 @@ impl ChildPlan {
                 limits.work_bytes, limits.work_inodes
             ))
             .expect("no NUL in numbers"),
-            limits: vec![
+            limits: [
                 (libc::RLIMIT_CORE, 0),
                 (libc::RLIMIT_CPU, limits.cpu_seconds),
                 (libc::RLIMIT_AS, limits.address_space_bytes),
                 (libc::RLIMIT_FSIZE, limits.file_size_bytes),
                 (libc::RLIMIT_NPROC, limits.processes),
                 (libc::RLIMIT_NOFILE, limits.open_files),
-            ],
+            ]
+            .into_iter()
+            .map(|(resource, value)| (resource, value.min(hard_limit(resource))))
+            .collect(),
             filter: Filter::new(),
             result_fd,
             diag_fd,
@@ -369,6 +372,20 @@ impl ChildPlan {
             unsafe { libc::write(self.diag_fd, (&code as *const u8).cast(), 1) };
         })
     }
+}
+
+/// The current hard limit of `resource`: an unprivileged process cannot raise it, so a lower
+/// system limit wins over the sandbox's.
+fn hard_limit(resource: libc::__rlimit_resource_t) -> libc::rlim_t {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a live rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(resource, &mut limit) } < 0 {
+        return libc::RLIM_INFINITY;
+    }
+    limit.rlim_max
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
