@@ -268,31 +268,24 @@ impl Sandbox {
             interpreter,
             isolation: Isolation::Full,
         };
-        let refused = match sandbox.attempt("pass\n") {
-            Err(Attempt::Refused { step, detail }) if config.allow_unisolated => {
-                format!("{step}: {detail}")
-            }
-            Err(Attempt::Refused { step, detail }) => {
-                return Err(SandboxError::Refused { step, detail })
-            }
-            other => return sandbox.accept_probe(other),
-        };
-        sandbox.isolation = Isolation::Unisolated { refused };
-        let probe = sandbox.attempt("pass\n");
-        sandbox.accept_probe(probe)
+        let probe = sandbox.attempt(PROBE);
+        if let Some(refused) = fallback(probe, config.allow_unisolated, &sandbox.interpreter)? {
+            sandbox.isolation = Isolation::Unisolated { refused };
+            probe_passed(sandbox.attempt(PROBE), &sandbox.interpreter)?;
+        }
+        Ok(sandbox)
     }
 
-    fn accept_probe(self, probe: Result<RunResult, Attempt>) -> Result<Sandbox, SandboxError> {
-        match probe {
-            Ok(r) if r.outcome == Outcome::Passed => Ok(self),
-            Ok(r) => Err(SandboxError::Probe(format!(
-                "{} ({}); stderr: {}",
-                r.outcome,
-                self.interpreter,
-                r.stderr.text().trim()
-            ))),
-            Err(Attempt::Refused { step, detail }) => Err(SandboxError::Refused { step, detail }),
-            Err(Attempt::Error(e)) => Err(e),
+    /// A sandbox that runs without namespaces, as [`Sandbox::new`] falls back to where the
+    /// system refuses them, for tests on systems that do not.
+    #[cfg(test)]
+    pub(crate) fn unisolated_for_tests(config: &SandboxConfig) -> Sandbox {
+        Sandbox {
+            config: config.clone(),
+            interpreter: resolve_interpreter(&config.interpreter).expect("an interpreter"),
+            isolation: Isolation::Unisolated {
+                refused: "network namespace (a test's pretend refusal)".to_owned(),
+            },
         }
     }
 
@@ -388,6 +381,40 @@ impl Sandbox {
     #[cfg(not(target_os = "linux"))]
     fn spawn(&self, _: &Path, _: &Path, _: &Path, _: &str) -> Result<RunResult, Attempt> {
         Err(Attempt::Error(SandboxError::Unsupported))
+    }
+}
+
+/// The program that checks a sandbox: the launcher and interpreter run, nothing else.
+const PROBE: &str = "pass\n";
+
+/// After the probe under full isolation: `None` when it passed, the refused step when the
+/// system refused isolation and the configuration allows running without it, else the error.
+fn fallback(
+    probe: Result<RunResult, Attempt>,
+    allow_unisolated: bool,
+    interpreter: &Interpreter,
+) -> Result<Option<String>, SandboxError> {
+    match probe {
+        Err(Attempt::Refused { step, detail }) if allow_unisolated => {
+            Ok(Some(format!("{step}: {detail}")))
+        }
+        other => probe_passed(other, interpreter).map(|()| None),
+    }
+}
+
+fn probe_passed(
+    probe: Result<RunResult, Attempt>,
+    interpreter: &Interpreter,
+) -> Result<(), SandboxError> {
+    match probe {
+        Ok(r) if r.outcome == Outcome::Passed => Ok(()),
+        Ok(r) => Err(SandboxError::Probe(format!(
+            "{} ({interpreter}); stderr: {}",
+            r.outcome,
+            r.stderr.text().trim()
+        ))),
+        Err(Attempt::Refused { step, detail }) => Err(SandboxError::Refused { step, detail }),
+        Err(Attempt::Error(e)) => Err(e),
     }
 }
 
@@ -542,6 +569,71 @@ mod tests {
             Outcome::Killed("SIGKILL".into()).to_string(),
             "killed: SIGKILL"
         );
+    }
+
+    fn probe(outcome: Outcome) -> Result<RunResult, Attempt> {
+        Ok(RunResult {
+            outcome,
+            stdout: Captured::default(),
+            stderr: Captured {
+                head: b"Traceback ...\nboom".to_vec(),
+                total: 18,
+            },
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    fn refused() -> Result<RunResult, Attempt> {
+        Err(Attempt::Refused {
+            step: "network namespace (unshare CLONE_NEWNET)",
+            detail: "Operation not permitted (os error 1)".into(),
+        })
+    }
+
+    #[test]
+    fn a_refused_namespace_is_an_error_unless_unisolated_runs_are_allowed() {
+        let python = Interpreter {
+            path: "/usr/bin/python3".into(),
+            version: "Python 3.11.2".into(),
+        };
+        let err = fallback(refused(), false, &python).unwrap_err();
+        assert!(matches!(err, SandboxError::Refused { step, .. } if step.contains("CLONE_NEWNET")));
+        assert!(
+            err.to_string().contains("code_unsafe_no_isolation"),
+            "{err}"
+        );
+        assert_eq!(
+            fallback(refused(), true, &python).unwrap().as_deref(),
+            Some("network namespace (unshare CLONE_NEWNET): Operation not permitted (os error 1)")
+        );
+        assert_eq!(fallback(probe(Outcome::Passed), true, &python), Ok(None));
+        let broken = fallback(probe(Outcome::Failed("x".into())), true, &python).unwrap_err();
+        assert!(
+            matches!(&broken, SandboxError::Probe(m) if m.contains("boom") && m.contains("3.11.2")),
+            "{broken}"
+        );
+    }
+
+    #[test]
+    fn unisolated_runs_keep_limits_and_the_system_call_filter() {
+        let sandbox = Sandbox::unisolated_for_tests(&SandboxConfig {
+            timeout: Duration::from_secs(1),
+            ..SandboxConfig::default()
+        });
+        let run = |program: &str| sandbox.run(program).unwrap().outcome;
+        assert_eq!(run("open('x.txt', 'w').write('ok')\n"), Outcome::Passed);
+        for hostile in [
+            "import os\nos.fork()\n",
+            "import socket\nsocket.socket()\n",
+            // Signal 0 only probes: harmless even if the filter let it through.
+            "import os\nos.kill(1, 0)\n",
+        ] {
+            assert!(
+                matches!(run(hostile), Outcome::Failed(m) if m.starts_with("PermissionError")),
+                "{hostile}"
+            );
+        }
+        assert_eq!(run("while True:\n    pass\n"), Outcome::TimedOut);
     }
 
     #[test]

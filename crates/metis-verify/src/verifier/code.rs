@@ -187,6 +187,24 @@ mod tests {
     }
 
     #[test]
+    fn unisolated_runs_carry_a_warning() {
+        let v = CodeVerifier {
+            options: VerifyOptions::default(),
+            sandbox: Arc::new(Sandbox::unisolated_for_tests(&Default::default())),
+        };
+        let verdict = v.grade("```python\n    return a + b\n```", GOLD).unwrap();
+        assert!(verdict.correct);
+        assert!(
+            verdict
+                .reasons
+                .iter()
+                .any(|r| r.starts_with("WARNING: ran WITHOUT namespace isolation")),
+            "{:?}",
+            verdict.reasons
+        );
+    }
+
+    #[test]
     fn gold_problems_are_checked() {
         let v = verifier();
         assert!(matches!(v.parse_gold(GOLD), Ok(Gold::Code(p)) if p.entry_point == "add"));
