@@ -2,8 +2,10 @@
 //! on, and the host is unharmed: no file appears outside the sample's directory, no connection
 //! reaches a host listener, no process is left behind, memory stays bounded.
 //!
-//! Everything runs in one test so that the "no process left" check sees only its own samples
-//! (the samples run concurrently, on a short time limit, to keep the suite fast).
+//! The samples run in one test, side by side, so that the "no process left" check sees only
+//! its own samples (well-behaved programs are in `code_sandbox_programs.rs`, another binary).
+//! Samples that test time limits get a 1 s limit; the others a generous one, so that a loaded
+//! machine cannot turn their failure into a timeout.
 
 use std::io::ErrorKind;
 use std::net::TcpListener;
@@ -16,10 +18,19 @@ use metis_verify::code::sandbox::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(1);
+const GENEROUS: Duration = Duration::from_secs(20);
+/// The samples run with the short limit.
+const TIMED: [&str; 3] = [
+    "infinite loop",
+    "loop that swallows the alarm",
+    "huge output",
+];
+/// Scheduling slack allowed on a loaded machine.
+const SLACK: Duration = Duration::from_millis(1500);
 
-fn sandbox() -> std::sync::Arc<Sandbox> {
+fn sandbox(timeout: Duration) -> std::sync::Arc<Sandbox> {
     let sandbox = Sandbox::new(&SandboxConfig {
-        timeout: TIMEOUT,
+        timeout,
         memory_mib: 256,
         ..SandboxConfig::default()
     })
@@ -84,7 +95,7 @@ fn peak_rss_kib() -> u64 {
 
 #[test]
 fn hostile_samples_fail_alone_and_leave_the_host_unharmed() {
-    let sandbox = sandbox();
+    let (short, long) = (sandbox(TIMEOUT), sandbox(GENEROUS));
     let tmp_target = unique(Path::new("/tmp"), "tmp");
     let tree_target = unique(
         Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")),
@@ -113,7 +124,7 @@ fn hostile_samples_fail_alone_and_leave_the_host_unharmed() {
         ("memory bomb", "x = bytearray(10**10)\n".into()),
         (
             "growing list",
-            "x = []\nwhile True:\n    x.append(bytearray(10**6))\n".into(),
+            "x = []\nwhile True:\n    x.append(bytearray(10**7))\n".into(),
         ),
         (
             "huge output",
@@ -165,7 +176,7 @@ fn hostile_samples_fail_alone_and_leave_the_host_unharmed() {
         let handles: Vec<_> = programs
             .iter()
             .map(|(name, program)| {
-                let sandbox = &sandbox;
+                let sandbox = if TIMED.contains(name) { &short } else { &long };
                 (*name, s.spawn(move || sandbox.run(program)))
             })
             .collect();
@@ -194,13 +205,13 @@ fn hostile_samples_fail_alone_and_leave_the_host_unharmed() {
     let plain = get("infinite loop");
     assert_eq!(plain.outcome, Outcome::TimedOut);
     assert!(
-        plain.elapsed >= TIMEOUT && plain.elapsed < deadline,
+        plain.elapsed >= TIMEOUT && plain.elapsed < deadline + SLACK,
         "{plain:?}"
     );
     let stubborn = get("loop that swallows the alarm");
     assert_eq!(stubborn.outcome, Outcome::TimedOut);
     assert!(
-        stubborn.elapsed >= deadline && stubborn.elapsed < deadline + Duration::from_millis(1500),
+        stubborn.elapsed >= deadline && stubborn.elapsed < deadline + SLACK,
         "{stubborn:?}"
     );
 
@@ -282,41 +293,6 @@ fn hostile_samples_fail_alone_and_leave_the_host_unharmed() {
     // The whole run took about one deadline (the samples ran side by side) and left nothing.
     assert!(wall < deadline * 4, "{wall:?}");
     assert_eq!(descendants(), Vec::<u32>::new(), "processes left behind");
-}
-
-#[test]
-fn well_behaved_programs_run_normally() {
-    let sandbox = sandbox();
-    let checks = [
-        // The working directory is writable, and the sample is alone in its pid namespace.
-        "open('scratch.txt', 'w').write('ok')\nassert open('scratch.txt').read() == 'ok'\n\
-         import os\nassert [p for p in os.listdir('/proc') if p.isdigit()] == ['1'], os.listdir('/proc')\n",
-        // Threads are allowed (only new processes are refused).
-        "import threading\nout = []\nt = threading.Thread(target=lambda: out.append(1))\n\
-         t.start()\nt.join()\nassert out == [1]\n",
-        // Output is captured; __name__ is not "__main__" (exec in fresh globals, as upstream).
-        "print('hello')\nif __name__ == '__main__':\n    raise SystemExit(3)\n",
-    ];
-    for program in checks {
-        let r = sandbox.run(program).unwrap();
-        assert_eq!(r.outcome, Outcome::Passed, "{program}\n{r:?}");
-    }
-    let printed = sandbox.run("print('hello')\n").unwrap();
-    assert_eq!(printed.stdout.text(), "hello\n");
-    let failing = sandbox.run("assert 1 == 2, 'nope'\n").unwrap();
-    assert_eq!(
-        failing.outcome,
-        Outcome::Failed("AssertionError: nope".into())
-    );
-    let syntax = sandbox.run("def f(:\n").unwrap();
-    assert!(failed_with(&syntax, "SyntaxError"), "{syntax:?}");
-    let crash = sandbox.run("import ctypes\nctypes.string_at(0)\n").unwrap();
-    assert!(
-        matches!(&crash.outcome, Outcome::Killed(s) if s == "SIGSEGV"),
-        "{crash:?}"
-    );
-    assert!(sandbox.interpreter().version.starts_with("Python 3"));
-    assert!(sandbox.interpreter().path.is_absolute());
 }
 
 #[test]
