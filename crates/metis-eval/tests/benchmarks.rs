@@ -1040,6 +1040,9 @@ async fn humaneval_errors_name_file_line_and_field() {
         detail.contains("does not define the entry point"),
         "{detail}"
     );
+    let bad_name = format!("{}\n", row("T/0", "f(x)"));
+    let (line, field, _) = parse(load_bytes(gzip(&bad_name)).await);
+    assert_eq!((line, field.as_deref()), (1, Some("entry_point")));
     let (line, _, detail) = parse(load_bytes(row("T/0", "f").into_bytes()).await);
     assert_eq!(line, 0);
     assert!(detail.contains("not a gzip file"), "{detail}");

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use metis_verify::attack::Domain;
+use metis_verify::code::{CodeProblem, CodeProblemError};
 use metis_verify::ifeval::IfEvalGold;
 use metis_verify::math::gsm8k;
 use metis_verify::mcq::{ChoiceSpec, LetterSet};
@@ -223,6 +224,15 @@ fn humaneval(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
             "test": test,
             "entry_point": entry_point,
         });
+        CodeProblem::from_json(&gold).map_err(|e| {
+            let field = match &e {
+                CodeProblemError::Empty(f) => Some(*f),
+                CodeProblemError::EntryPoint(_) => Some("entry_point"),
+                CodeProblemError::NotInPrompt(_) => Some("prompt"),
+                CodeProblemError::Json(_) => None,
+            };
+            perr(path, line, field, e.to_string())
+        })?;
         out.rows.push(Row {
             item: Item {
                 id: task_id.to_owned(),

@@ -303,10 +303,10 @@ mod tests {
     #[test]
     fn longer_fences_and_closing_rules() {
         // A closing fence needs at least the opening's backticks and nothing after them.
-        let answer = "````python\ndef f():\n    s = '```'\n    return s\n````";
+        let answer = "````python\ndef f():\n    s = \"\"\"\n```\n\"\"\"\n    return s\n````";
         assert_eq!(
             extract(answer, "f").unwrap().code,
-            "def f():\n    s = '```'\n    return s\n"
+            "def f():\n    s = \"\"\"\n```\n\"\"\"\n    return s\n"
         );
     }
 }
