@@ -25,7 +25,7 @@ fn shared_data() -> PathBuf {
 /// The benchmarks of the run.
 /// (`math-500` is left out: its prompts are the first of `math`, and the fake model is keyed
 /// by prompt.)
-const BENCHMARKS: [&str; 11] = [
+const BENCHMARKS: [&str; 12] = [
     "ifeval",
     "gsm8k",
     "gsm8k-cot",
@@ -37,9 +37,18 @@ const BENCHMARKS: [&str; 11] = [
     "2wikimultihopqa",
     "ctibench-taa",
     "bbh",
+    "humaneval",
 ];
 /// Shared data folders the run reads.
-const SHARED: [&str; 6] = ["ifeval", "gsm8k", "ctibench", "attack", "cwe", "bbh"];
+const SHARED: [&str; 7] = [
+    "ifeval",
+    "gsm8k",
+    "ctibench",
+    "attack",
+    "cwe",
+    "bbh",
+    "humaneval",
+];
 const LIMIT: usize = 12;
 const TRIALS: u32 = 2;
 const SEED: u64 = 7;

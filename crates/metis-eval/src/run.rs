@@ -640,6 +640,7 @@ pub fn summarize(g: &Graded, primary_metric: &str) -> ResultRow {
         );
     }
     metrics.extend(subject_metrics(g, &sums, primary_metric));
+    metrics.extend(pass_at_k_metrics(&sums, n_items));
     // Reasoning length percentiles per trial, summarised like the metrics (no CI).
     for (label, p) in [
         ("reasoning_chars_p50", 50.0),
@@ -685,6 +686,49 @@ pub fn summarize(g: &Graded, primary_metric: &str) -> ResultRow {
         primary_metric: primary_metric.to_owned(),
         metrics,
     }
+}
+
+/// The k of pass@k reported for code benchmarks (each only when every problem has ≥ k samples).
+pub const PASS_AT_K: [u64; 3] = [1, 10, 100];
+
+/// pass@k of a code benchmark (items whose verdicts carry `passed`): per problem n samples
+/// (trials graded) of which c passed, the unbiased estimator averaged over problems, with a
+/// bootstrap CI over problems. One estimate from all trials, so no spread across trials.
+fn pass_at_k_metrics(sums: &ItemSums, n_items: usize) -> BTreeMap<String, Summary> {
+    use metis_verify::code::pass_at_k::pass_at_k_table;
+    let mut out = BTreeMap::new();
+    let Some(m) = sums.names.iter().position(|n| n == "passed") else {
+        return out;
+    };
+    let counts = |idx: &[usize]| -> Vec<(u64, u64)> {
+        idx.iter()
+            .map(|&i| (sums.counts[m][i] as u64, sums.sums[m][i].round() as u64))
+            .collect()
+    };
+    let all: Vec<usize> = (0..n_items).collect();
+    let Ok(table) = pass_at_k_table(&counts(&all), &PASS_AT_K) else {
+        return out;
+    };
+    for (k, value) in table {
+        let (ci_low, ci_high) =
+            stats::bootstrap_ci(n_items, BOOTSTRAP_RESAMPLES, 0.95, BOOTSTRAP_SEED, |idx| {
+                pass_at_k_table(&counts(idx), &[k])
+                    .ok()
+                    .and_then(|t| t.get(&k).copied())
+                    .unwrap_or(f64::NAN)
+            });
+        out.insert(
+            format!("pass@{k}"),
+            Summary {
+                mean: value,
+                std: f64::NAN,
+                stderr: f64::NAN,
+                ci_low,
+                ci_high,
+            },
+        );
+    }
+    out
 }
 
 /// The items of each subject, for benchmarks whose items span two or more subjects.

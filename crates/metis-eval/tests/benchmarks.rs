@@ -59,6 +59,8 @@ const FETCHED_ONLY: [&str; 8] = [
 ];
 /// Benchmarks with several data files (their fingerprint covers all of them).
 const MULTI_FILE: [(&str, usize); 2] = [("ctibench-taa", 50), ("bbh", 6511)];
+/// Benchmarks graded by running code (their loader builds the sandbox).
+const CODE: [(&str, usize); 1] = [("humaneval", 164)];
 
 #[tokio::test]
 async fn ctibench_taa_pairs_reports_with_gold_actors_and_grades_aliases() {
@@ -256,7 +258,7 @@ async fn math_full_test_joins_both_prm800k_splits() {
 async fn every_benchmark_loads_with_expected_items() {
     assert_eq!(
         specs().len(),
-        EXPECTED.len() + GENERAL.len() + FETCHED_ONLY.len() + MULTI_FILE.len()
+        EXPECTED.len() + GENERAL.len() + FETCHED_ONLY.len() + MULTI_FILE.len() + CODE.len()
     );
     for (id, count) in EXPECTED {
         let b = bench(id).await;
@@ -1337,4 +1339,148 @@ async fn bbh_broken_files_name_file_line_and_field() {
     .await
     .unwrap();
     assert_eq!(ok.items.len(), 6511);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HumanEval
+
+fn gzip(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(text.as_bytes()).unwrap();
+    enc.finish().unwrap()
+}
+
+/// The canonical solutions of the shared HumanEval file, by task id.
+fn canonical_solutions() -> BTreeMap<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(data_dir().join("humaneval/HumanEval.jsonl.gz")).unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut text)
+        .unwrap();
+    text.lines()
+        .map(|l| {
+            let row: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                row["task_id"].as_str().unwrap().to_owned(),
+                row["canonical_solution"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn humaneval_loads_its_164_problems_and_grades_by_running_them() {
+    let (id, count) = CODE[0];
+    let b = bench(id).await;
+    assert_eq!(b.items.len(), count);
+    assert_eq!(
+        b.data_sha256,
+        b.spec.data_file().sha256,
+        "pinned sha of the .gz"
+    );
+    assert_eq!(b.spec.primary_metric, "pass@1");
+    for (i, item) in b.items.iter().enumerate() {
+        assert_eq!(item.id, format!("HumanEval/{i}"));
+        assert!(
+            item.prompt.contains(item.question.trim_end()),
+            "{}",
+            item.id
+        );
+        assert!(item.prompt.contains("```python\n") && item.prompt.contains("passes the tests"));
+        let v = b.verifier(item);
+        assert_eq!(v.task(), metis_verify::Task::Code);
+        v.parse_gold(&item.gold).unwrap();
+    }
+    assert_eq!(b.verifier_spec(&b.items[0]).code_timeout_ms, Some(3000));
+    // Grading runs the code: canonical solutions pass, a wrong body fails.
+    let canonical = canonical_solutions();
+    let verdicts: Vec<Verdict> = b.items[..4]
+        .iter()
+        .flat_map(|item| {
+            let v = b.verifier(item);
+            let right = format!("<think>ok</think>```python\n{}```", canonical[&item.id]);
+            let wrong = "<think>ok</think>```python\n    return None\n```";
+            [
+                v.grade(&right, &item.gold).unwrap(),
+                v.grade(wrong, &item.gold).unwrap(),
+            ]
+        })
+        .collect();
+    let passed: Vec<bool> = verdicts.iter().map(|v| v.correct).collect();
+    assert_eq!(passed, [true, false].repeat(4), "{verdicts:#?}");
+    assert_eq!(aggregate(&verdicts)["passed"], 0.5);
+}
+
+#[tokio::test]
+async fn humaneval_errors_name_file_line_and_field() {
+    let rel = "humaneval/HumanEval.jsonl.gz";
+    let row = |id: &str, entry: &str| {
+        serde_json::json!({
+            "task_id": id,
+            "prompt": "def f(x):\n    \"\"\"Doc.\"\"\"\n",
+            "canonical_solution": "    return x\n",
+            "test": "def check(candidate):\n    assert candidate(1) == 1\n",
+            "entry_point": entry,
+        })
+        .to_string()
+    };
+    let load_bytes = |bytes: Vec<u8>| async move {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("humaneval")).unwrap();
+        std::fs::write(dir.path().join(rel), bytes).unwrap();
+        load(
+            "humaneval",
+            &DataSource::Dir(dir.path().to_owned()),
+            Protocol::LastLine,
+        )
+        .await
+    };
+    let parse = |r: Result<Benchmark, BenchmarkError>| match r {
+        Err(BenchmarkError::Parse {
+            line,
+            field,
+            detail,
+            ..
+        }) => (line, field, detail),
+        other => panic!("expected a parse error, got {other:?}"),
+    };
+    let missing = format!(
+        "{}\n{}\n",
+        row("T/0", "f"),
+        row("T/1", "f").replace("entry_point", "entry")
+    );
+    let (line, field, _) = parse(load_bytes(gzip(&missing)).await);
+    assert_eq!((line, field.as_deref()), (2, Some("entry_point")));
+    let not_in_prompt = format!("{}\n{}\n", row("T/0", "f"), row("T/1", "g"));
+    let (line, field, detail) = parse(load_bytes(gzip(&not_in_prompt)).await);
+    assert_eq!((line, field.as_deref()), (2, Some("prompt")), "{detail}");
+    assert!(
+        detail.contains("does not define the entry point"),
+        "{detail}"
+    );
+    let bad_name = format!("{}\n", row("T/0", "f(x)"));
+    let (line, field, _) = parse(load_bytes(gzip(&bad_name)).await);
+    assert_eq!((line, field.as_deref()), (1, Some("entry_point")));
+    let (line, _, detail) = parse(load_bytes(row("T/0", "f").into_bytes()).await);
+    assert_eq!(line, 0);
+    assert!(detail.contains("not a gzip file"), "{detail}");
+    let ok = load_bytes(gzip(&format!("{}\n", row("T/0", "f"))))
+        .await
+        .unwrap();
+    assert_eq!(ok.items[0].id, "T/0");
+    assert!(ok
+        .notes
+        .iter()
+        .any(|n| n.contains("differs from the pinned revision")));
+}
+
+#[test]
+fn humaneval_source_is_pinned() {
+    let s = spec("humaneval").unwrap();
+    assert_eq!(
+        remote_url(s, s.data_file()),
+        "https://raw.githubusercontent.com/openai/human-eval/6d43fb980f9fee3c892a914eda09951f772ad10d/data/HumanEval.jsonl.gz"
+    );
 }

@@ -373,3 +373,40 @@ fn subject_breakdown_and_unweighted_subject_mean() {
         .metrics
         .contains_key("accuracy_subject_mean"));
 }
+
+/// pass@k of a code benchmark from per-problem pass counts over trials, against the closed
+/// form: 2 problems × 10 samples, passing 3 and 10 times. pass@1 = (0.3 + 1) / 2;
+/// pass@10 = (1 + 1) / 2 (n − c < k for the first: 7 < 10); no pass@100 (n < 100).
+#[test]
+fn pass_at_k_from_trials_matches_the_closed_form() {
+    use metis_verify::{Task, VerifierFactory, VerifierSpec};
+    // A verdict with `passed` as the code verifier writes it, built without running code.
+    let v = VerifierFactory::new(None)
+        .build(&VerifierSpec::for_task(Task::Mcq))
+        .unwrap();
+    let verdict = |passed: bool| {
+        let mut v = v.grade("<think>t</think>A", "A").unwrap();
+        v.metrics
+            .insert("passed".into(), f64::from(u8::from(passed)));
+        v
+    };
+    let verdicts: Vec<Vec<_>> = (0..10)
+        .map(|t| vec![verdict(t < 3), verdict(true)])
+        .collect();
+    let graded = run::Graded {
+        benchmark: "humaneval".into(),
+        model: "m".into(),
+        item_ids: vec!["0".into(), "1".into()],
+        subjects: vec![None, None],
+        verdicts,
+        failed: 0,
+        reasoning_chars: vec![vec![]; 10],
+    };
+    let row = run::summarize(&graded, "pass@1");
+    assert!((row.metrics["pass@1"].mean - 0.65).abs() < 1e-12);
+    assert_eq!(row.metrics["pass@10"].mean, 1.0);
+    assert!(!row.metrics.contains_key("pass@100"));
+    // pass@5 of the first problem by the closed form 1 − C(7,5)/C(10,5) = 1 − 21/252.
+    let p5 = metis_verify::code::pass_at_k::pass_at_k(10, 3, 5).unwrap();
+    assert!((p5 - (1.0 - 21.0 / 252.0)).abs() < 1e-12);
+}

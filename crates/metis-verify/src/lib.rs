@@ -10,6 +10,8 @@
 //! - [`mcq`], [`cwe`], [`cvss`], [`attack`] parse, validate and compare task-specific answers;
 //!   [`taa`] judges threat actor attributions; [`qa`] scores short answers (EM, token F1); [`ifeval`] checks IFEval's verifiable instructions, [`math`] extracts final answers and
 //!   decides mathematical equivalence; [`bbh`] reads BIG-Bench Hard answers by type;
+//!   [`code`] runs generated Python against a problem's tests
+//!   in a sandbox (HumanEval) and estimates pass@k;
 //! - [`format`] scores the shape of a response (the guard against reward hacking);
 //! - [`verifier`] ties them together behind one [`Verifier`] interface and aggregates
 //!   item verdicts into benchmark metrics;
@@ -19,6 +21,7 @@
 
 pub mod attack;
 pub mod bbh;
+pub mod code;
 pub mod cvss;
 pub mod cwe;
 pub mod extract;

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attack::{AttackCatalog, Domain, SetMatchOptions};
 use crate::bbh::{BbhAnswer, BbhExtraction};
+use crate::code::sandbox::{self, Sandbox, SandboxConfig, SandboxError};
 use crate::cvss;
 use crate::cwe::CweCatalog;
 use crate::extract::Protocol;
@@ -34,8 +35,9 @@ use crate::qa::QaRule;
 use crate::reasoning::Delimiters;
 use crate::taa::{ActorCatalog, TaaRule};
 use crate::verifier::{
-    AttackVerifier, BbhVerifier, CvssVerifier, CweVerifier, IfEvalVerifier, MathVerifier,
-    McqVerifier, OpenEndedVerifier, QaVerifier, TaaVerifier, Task, Verifier, VerifyOptions,
+    AttackVerifier, BbhVerifier, CodeVerifier, CvssVerifier, CweVerifier, IfEvalVerifier,
+    MathVerifier, McqVerifier, OpenEndedVerifier, QaVerifier, TaaVerifier, Task, Verifier,
+    VerifyOptions,
 };
 
 /// Which view of a verdict is the RL reward.
@@ -262,6 +264,21 @@ pub struct VerifierSpec {
     /// bbh: the extraction that decides `correct` (both are reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bbh_extraction: Option<BbhExtraction>,
+    /// code: the program's time limit in milliseconds (upstream HumanEval: 3000); the sample
+    /// is killed one second later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_timeout_ms: Option<u64>,
+    /// code: the sample's address-space limit in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_memory_mib: Option<u64>,
+    /// code: the Python interpreter, a name looked up on PATH or a path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_interpreter: Option<String>,
+    /// code: UNSAFE. Where the system refuses the sandbox's namespaces, run samples without
+    /// them (no network or file-system isolation; limits and the system-call filter stay)
+    /// instead of refusing. Every verdict then carries a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_unsafe_no_isolation: Option<bool>,
 }
 
 /// A spec that cannot be built.
@@ -279,6 +296,8 @@ pub enum SpecError {
     BadValue { field: &'static str, detail: String },
     #[error("catalog {path}: {detail}")]
     Catalog { path: String, detail: String },
+    #[error("code sandbox: {0}")]
+    Sandbox(SandboxError),
 }
 
 impl VerifierSpec {
@@ -328,6 +347,27 @@ impl VerifierSpec {
         )?;
         only("bbh_answer", self.bbh_answer.is_some(), Task::Bbh)?;
         only("bbh_extraction", self.bbh_extraction.is_some(), Task::Bbh)?;
+        only(
+            "code_timeout_ms",
+            self.code_timeout_ms.is_some(),
+            Task::Code,
+        )?;
+        only(
+            "code_memory_mib",
+            self.code_memory_mib.is_some(),
+            Task::Code,
+        )?;
+        only(
+            "code_interpreter",
+            self.code_interpreter.is_some(),
+            Task::Code,
+        )?;
+        only(
+            "code_unsafe_no_isolation",
+            self.code_unsafe_no_isolation.is_some(),
+            Task::Code,
+        )?;
+        self.validate_code_values()?;
         if let Some(n) = self.choices {
             if !(2..=26).contains(&n) {
                 return Err(SpecError::BadValue {
@@ -344,6 +384,33 @@ impl VerifierSpec {
                 })?;
         }
         Ok(task)
+    }
+
+    /// The code options' values: a time limit of 1 ms to 10 min, at least 64 MiB (the
+    /// interpreter alone maps tens of MiB), an interpreter name.
+    fn validate_code_values(&self) -> Result<(), SpecError> {
+        let bad = |field: &'static str, detail: String| Err(SpecError::BadValue { field, detail });
+        if let Some(ms) = self.code_timeout_ms {
+            if !(1..=600_000).contains(&ms) {
+                return bad("code_timeout_ms", format!("must be 1 to 600000, got {ms}"));
+            }
+        }
+        if let Some(mib) = self.code_memory_mib {
+            if !(64..=1 << 20).contains(&mib) {
+                return bad(
+                    "code_memory_mib",
+                    format!("must be 64 to 1048576, got {mib}"),
+                );
+            }
+        }
+        if self
+            .code_interpreter
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            return bad("code_interpreter", "empty".to_owned());
+        }
+        Ok(())
     }
 
     /// The same spec with every option of its task filled in with the default. This is the
@@ -388,6 +455,14 @@ impl VerifierSpec {
             }
             // Nothing to choose: the judge, not the verifier, grades the answer.
             Some(Task::OpenEnded) => {}
+            Some(Task::Code) => {
+                s.code_timeout_ms
+                    .get_or_insert(sandbox::DEFAULT_TIMEOUT.as_millis() as u64);
+                s.code_memory_mib.get_or_insert(sandbox::DEFAULT_MEMORY_MIB);
+                s.code_interpreter
+                    .get_or_insert_with(|| sandbox::DEFAULT_INTERPRETER.to_owned());
+                s.code_unsafe_no_isolation.get_or_insert(false);
+            }
             None => {}
         }
         s
@@ -414,8 +489,28 @@ impl VerifierSpec {
             taa_rule,
             qa_rule,
             bbh_answer,
-            bbh_extraction
+            bbh_extraction,
+            code_timeout_ms,
+            code_memory_mib,
+            code_interpreter,
+            code_unsafe_no_isolation
         )
+    }
+}
+
+/// The sandbox configuration of a resolved code spec.
+fn code_sandbox_config(spec: &VerifierSpec) -> SandboxConfig {
+    let defaults = SandboxConfig::default();
+    SandboxConfig {
+        interpreter: spec
+            .code_interpreter
+            .clone()
+            .unwrap_or(defaults.interpreter),
+        timeout: spec
+            .code_timeout_ms
+            .map_or(defaults.timeout, std::time::Duration::from_millis),
+        memory_mib: spec.code_memory_mib.unwrap_or(defaults.memory_mib),
+        allow_unisolated: spec.code_unsafe_no_isolation.unwrap_or(false),
     }
 }
 
@@ -562,6 +657,10 @@ impl VerifierFactory {
                 extraction: spec.bbh_extraction.unwrap_or_default(),
             }),
             Task::OpenEnded => Box::new(OpenEndedVerifier { options }),
+            Task::Code => Box::new(CodeVerifier {
+                options,
+                sandbox: Sandbox::new(&code_sandbox_config(&spec)).map_err(SpecError::Sandbox)?,
+            }),
         })
     }
 
@@ -734,6 +833,71 @@ mod tests {
         let mixed = VerifierSpec::for_task(Task::Attack).overridden_by(&over);
         assert_eq!(mixed.credit_parent, Some(false));
         assert_eq!(mixed.task, Some(Task::Attack));
+    }
+
+    #[test]
+    fn code_options_default_validate_and_build() {
+        let code = VerifierSpec::for_task(Task::Code);
+        assert_eq!(code.code_timeout_ms, Some(3000));
+        assert_eq!(code.code_memory_mib, Some(sandbox::DEFAULT_MEMORY_MIB));
+        assert_eq!(code.code_interpreter.as_deref(), Some("python3"));
+        assert_eq!(code.code_unsafe_no_isolation, Some(false));
+        let spec = |f: fn(&mut VerifierSpec)| {
+            let mut s = VerifierSpec {
+                task: Some(Task::Code),
+                ..VerifierSpec::default()
+            };
+            f(&mut s);
+            s
+        };
+        let err = |s: VerifierSpec| s.validate().unwrap_err();
+        assert!(matches!(
+            err(spec(|s| s.code_timeout_ms = Some(0))),
+            SpecError::BadValue {
+                field: "code_timeout_ms",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(spec(|s| s.code_memory_mib = Some(8))),
+            SpecError::BadValue {
+                field: "code_memory_mib",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(spec(|s| s.code_interpreter = Some(" ".into()))),
+            SpecError::BadValue {
+                field: "code_interpreter",
+                ..
+            }
+        ));
+        let on_qa = VerifierSpec {
+            task: Some(Task::Qa),
+            code_timeout_ms: Some(1000),
+            ..VerifierSpec::default()
+        };
+        assert!(matches!(
+            on_qa.validate(),
+            Err(SpecError::WrongTask {
+                field: "code_timeout_ms",
+                ..
+            })
+        ));
+        let missing = spec(|s| s.code_interpreter = Some("metis-no-such-python".into()));
+        assert!(matches!(
+            VerifierFactory::new(None).build(&missing),
+            Err(SpecError::Sandbox(SandboxError::NotFound(_)))
+        ));
+        let parsed: VerifierSpec = serde_json::from_str(
+            r#"{"task":"code","code_timeout_ms":500,"code_unsafe_no_isolation":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            code_sandbox_config(&parsed.resolved()).timeout.as_millis(),
+            500
+        );
+        assert!(code_sandbox_config(&parsed).allow_unisolated);
     }
 
     #[test]

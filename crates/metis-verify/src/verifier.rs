@@ -46,10 +46,12 @@ pub enum Task {
     /// An open-ended answer (AlpacaEval): graded by a judge model against a reference answer,
     /// not by a rule; the verifier only isolates the answer the judge sees.
     OpenEnded,
+    /// Python code run against the problem's tests in a sandbox (HumanEval).
+    Code,
 }
 
 impl Task {
-    pub const ALL: [Task; 10] = [
+    pub const ALL: [Task; 11] = [
         Task::Mcq,
         Task::Cwe,
         Task::Cvss,
@@ -60,6 +62,7 @@ impl Task {
         Task::Qa,
         Task::Bbh,
         Task::OpenEnded,
+        Task::Code,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +77,7 @@ impl Task {
             Task::Qa => "qa",
             Task::Bbh => "bbh",
             Task::OpenEnded => "open_ended",
+            Task::Code => "code",
         }
     }
 }
@@ -113,13 +117,15 @@ pub enum Gold {
     Bbh(crate::bbh::BbhGold),
     /// The reference answer a judge compares an open-ended answer with, verbatim.
     Reference(String),
+    /// A programming problem: prompt, tests and entry point.
+    Code(crate::code::CodeProblem),
 }
 
 /// A gold answer that cannot be used: a dataset problem, reported, never scored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GoldError {
     #[error(
-        "unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa, qa, bbh, open_ended)"
+        "unknown task {0:?} (expected one of mcq, cwe, cvss, attack, ifeval, math, taa, qa, bbh, open_ended, code)"
     )]
     UnknownTask(String),
     #[error("bad gold answer for {task}: {detail}")]
@@ -280,11 +286,13 @@ fn wrong_kind(task: Task, think: ThinkStatus) -> Verdict {
 }
 
 mod bbh;
+mod code;
 mod general;
 mod open_ended;
 mod qa;
 mod taa;
 pub use bbh::BbhVerifier;
+pub use code::CodeVerifier;
 pub use general::{IfEvalVerifier, MathVerifier};
 pub use open_ended::OpenEndedVerifier;
 pub use qa::QaVerifier;

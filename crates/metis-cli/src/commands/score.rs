@@ -15,12 +15,14 @@ use serde_json::json;
 #[derive(clap::Args)]
 pub struct Args {
     /// Which verifier grades the response.
-    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack", "ifeval", "math", "taa", "qa", "bbh", "open_ended"])]
+    #[arg(long, value_parser = ["mcq", "cwe", "cvss", "attack", "ifeval", "math", "taa", "qa", "bbh", "open_ended", "code"])]
     task: Option<String>,
     /// The gold answer: a letter or letter set (mcq), a CWE id, a CVSS vector,
     /// comma-separated technique ids (attack), the instruction object
     /// `{"instruction_id_list": [...], "kwargs": [...]}` (ifeval), a math answer (math), or a
-    /// BBH target as the dataset writes it (bbh: `(B)`, `True`, `-11520`, `] ] >`).
+    /// BBH target as the dataset writes it (bbh: `(B)`, `True`, `-11520`, `] ] >`), or the
+    /// problem object `{"task_id", "prompt", "test", "entry_point"}` (code; sandbox options
+    /// go in `--spec`).
     #[arg(long)]
     gold: String,
     /// File holding the model's response (`-` for stdin).

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use metis_verify::attack::Domain;
 use metis_verify::bbh;
+use metis_verify::code::{CodeProblem, CodeProblemError};
 use metis_verify::ifeval::IfEvalGold;
 use metis_verify::math::gsm8k;
 use metis_verify::mcq::{ChoiceSpec, LetterSet};
@@ -77,6 +78,7 @@ pub(crate) fn parse(
         Format::LongBenchJsonl => general::longbench_qa(text, path),
         Format::Bbh => bbh(text, path, companions),
         Format::AlpacaEvalJson => alpaca_eval(text, path),
+        Format::HumanEvalJsonl => humaneval(text, path),
     }
 }
 
@@ -269,6 +271,46 @@ fn math(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
             },
             line,
             gold_field: field,
+        });
+    }
+    Ok(out)
+}
+
+/// HumanEval: the id is `task_id`, the question the function stub (`prompt`), the gold the
+/// problem object `{"task_id", "prompt", "test", "entry_point"}` the code verifier runs
+/// (`canonical_solution` is not part of it: the model never sees it and grading does not use
+/// it).
+fn humaneval(text: &str, path: &Path) -> Result<Parsed, BenchmarkError> {
+    let mut out = Parsed::default();
+    for (_, line, obj) in jsonl(text, path)? {
+        let field = |key| json_non_empty(&obj, key, path, line);
+        let (task_id, stub) = (field("task_id")?, field("prompt")?);
+        let (test, entry_point) = (field("test")?, field("entry_point")?);
+        let gold = serde_json::json!({
+            "task_id": task_id,
+            "prompt": stub,
+            "test": test,
+            "entry_point": entry_point,
+        });
+        CodeProblem::from_json(&gold).map_err(|e| {
+            let field = match &e {
+                CodeProblemError::Empty(f) => Some(*f),
+                CodeProblemError::EntryPoint(_) => Some("entry_point"),
+                CodeProblemError::NotInPrompt(_) => Some("prompt"),
+                CodeProblemError::Json(_) => None,
+            };
+            perr(path, line, field, e.to_string())
+        })?;
+        out.rows.push(Row {
+            item: Item {
+                id: task_id.to_owned(),
+                prompt: prompts::humaneval(stub),
+                gold: gold.to_string(),
+                subject: None,
+                question: stub.to_owned(),
+            },
+            line,
+            gold_field: "prompt",
         });
     }
     Ok(out)
@@ -826,6 +868,20 @@ fn json_str<'a>(
         )),
         None => Err(perr(path, line, Some(key), "missing")),
     }
+}
+
+/// [`json_str`], refusing a blank value.
+fn json_non_empty<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    key: &str,
+    path: &Path,
+    line: usize,
+) -> Result<&'a str, BenchmarkError> {
+    let value = json_str(obj, key, path, line)?;
+    if value.trim().is_empty() {
+        return Err(perr(path, line, Some(key), "empty value"));
+    }
+    Ok(value)
 }
 
 /// Four option strings.

@@ -147,6 +147,24 @@ pub fn math(problem: &str) -> String {
     format!("Problem:\n{}\n\n{MATH_ANSWER_INSTRUCTION}", problem.trim())
 }
 
+/// The reply format a HumanEval prompt asks for: the whole function in one fenced block,
+/// which [`metis_verify::code::extract`] takes (a bare body is accepted too).
+pub const HUMANEVAL_ANSWER_INSTRUCTION: &str =
+    "Reply with the completed function, signature included, in a single ```python code block.";
+
+/// A HumanEval problem for a chat (reasoning) model: lm-eval's `humaneval_instruct` request
+/// ("Write a solution to the following problem and make sure that it passes the tests:", then
+/// the stub in a fence), and, in place of its assistant prefill (`Here is the completed
+/// function:` and the stub, which a reasoning model cannot continue after its thinking), an
+/// instruction to answer with the whole function in a ```python block.
+pub fn humaneval(stub: &str) -> String {
+    format!(
+        "Write a solution to the following problem and make sure that it passes the tests:\n\
+         ```python\n{}\n```\n\n{HUMANEVAL_ANSWER_INSTRUCTION}",
+        stub.trim_end_matches('\n')
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +185,17 @@ mod tests {
         );
         let m = mcq_chat("Q", &["a".into(), "b".into(), "c".into(), "d".into()], true);
         assert!(m.contains("'Answer: $LETTERS'") && m.contains("e.g. 'Answer: A, C'"));
+    }
+
+    #[test]
+    fn humaneval_prompt_fences_the_stub_and_asks_for_a_python_block() {
+        assert_eq!(
+            humaneval("def f(x):\n    \"\"\"Doc.\"\"\"\n"),
+            "Write a solution to the following problem and make sure that it passes the tests:\n\
+             ```python\ndef f(x):\n    \"\"\"Doc.\"\"\"\n```\n\n\
+             Reply with the completed function, signature included, in a single ```python code \
+             block."
+        );
     }
 
     #[test]
