@@ -45,7 +45,7 @@ fn arch_name(a: Architecture) -> &'static str {
     }
 }
 
-fn value_u64(v: &Value) -> Option<u64> {
+pub(crate) fn value_u64(v: &Value) -> Option<u64> {
     match *v {
         Value::U8(x) => Some(x as u64),
         Value::U16(x) => Some(x as u64),
