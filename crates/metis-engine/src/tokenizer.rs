@@ -255,6 +255,18 @@ impl Tokenizer {
         &self.stop_ids
     }
 
+    /// Ids of the tokens whose text is on llama.cpp's end-of-generation list (`<|eot_id|>`,
+    /// `<|im_end|>`, `<|endoftext|>`, `</s>`, …), ascending.
+    pub fn end_of_generation_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = gguf::EOG_TEXTS
+            .iter()
+            .filter_map(|t| self.token_to_id(t))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// The model's Jinja chat template, if any.
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()

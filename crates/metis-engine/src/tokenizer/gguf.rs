@@ -106,7 +106,7 @@ impl TokenType {
 // The end-of-turn and end-of-message texts are all on the end-of-generation list below.
 
 /// Texts that end generation.
-const EOG_TEXTS: &[&str] = &[
+pub(super) const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
@@ -711,9 +711,11 @@ fn read_merges(keys: &Keys) -> Result<Vec<(String, String)>> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
+            // Bytewise: the first byte may start a multi-byte character ("Ġ t").
             let cut = m
-                .get(1..)
-                .and_then(|rest| rest.find(' '))
+                .bytes()
+                .skip(1)
+                .position(|b| b == b' ')
                 .map(|p| p + 1)
                 .ok_or_else(|| {
                     keys.error(KEY_MERGES, format!("element {i} ({m:?}) is not \"left right\""))
@@ -856,7 +858,7 @@ mod tests {
 
     #[test]
     fn merges_split_at_the_first_space_after_the_first_byte() {
-        let md = metadata(vec![(KEY_MERGES, strings(&["a b", "  x", "ab c d"]))]);
+        let md = metadata(vec![(KEY_MERGES, strings(&["a b", "  x", "ab c d", "Ġ t"]))]);
         let keys = Keys {
             md: &md,
             file: Path::new("m.gguf"),
@@ -867,7 +869,8 @@ mod tests {
             vec![
                 ("a".into(), "b".into()),
                 (" ".into(), "x".into()),
-                ("ab".into(), "c d".into())
+                ("ab".into(), "c d".into()),
+                ("Ġ".into(), "t".into())
             ]
         );
         let md = metadata(vec![(KEY_MERGES, strings(&["ab", "a b"]))]);
