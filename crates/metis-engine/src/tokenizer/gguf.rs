@@ -244,8 +244,8 @@ fn pre_tokenizer(name: &str) -> Option<&'static PreTokenizer> {
         "dbrx" | "smaug-bpe" => &PRE_LLAMA3_REGEX,
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan"
         | "solar-open" => &PRE_QWEN2,
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
-        | "minerva-7b" | "mellum2" => &PRE_STARCODER,
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b"
+        | "mellum2" => &PRE_STARCODER,
         "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
         | "a.x-4.0" | "mellum" | "modern-bert" | "mpt" | "olmo" | "jais" | "exaone4"
         | "trillion" | "granite-docling" => &PRE_GPT2,
@@ -371,7 +371,10 @@ impl Keys<'_> {
             .enumerate()
             .map(|(i, v)| {
                 item(v).ok_or_else(|| {
-                    self.error(key, format!("element {i}: expected {what}, got {}", kind(v)))
+                    self.error(
+                        key,
+                        format!("element {i}: expected {what}, got {}", kind(v)),
+                    )
                 })
             })
             .collect::<Result<Vec<T>>>()
@@ -473,9 +476,7 @@ impl Vocab {
             unk: keys.id(KEY_UNK, n)?.or(unk),
             add_bos: keys.flag(KEY_ADD_BOS)?.unwrap_or(default_add_bos),
             add_eos: keys.flag(KEY_ADD_EOS)?.unwrap_or(false),
-            add_space_prefix: keys
-                .flag(KEY_ADD_SPACE_PREFIX)?
-                .unwrap_or(add_space_prefix),
+            add_space_prefix: keys.flag(KEY_ADD_SPACE_PREFIX)?.unwrap_or(add_space_prefix),
             eog: BTreeSet::new(),
             chat_template: keys.string(KEY_CHAT_TEMPLATE)?.map(str::to_owned),
         };
@@ -501,7 +502,10 @@ impl Vocab {
             .map(|(i, t)| (t.as_str(), i as u32))
             .collect();
         let matches = |texts: &[&str]| -> Vec<u32> {
-            texts.iter().filter_map(|t| by_text.get(t).copied()).collect()
+            texts
+                .iter()
+                .filter_map(|t| by_text.get(t).copied())
+                .collect()
         };
         // A FIM marker given by key is taken as is; one found by text becomes a control token.
         let mut control = Vec::new();
@@ -657,10 +661,7 @@ fn read_types(keys: &Keys, n: usize) -> Result<Vec<TokenType>> {
         return Ok(vec![TokenType::Normal; n]);
     };
     if types.len() < n {
-        return Err(keys.error(
-            KEY_TYPES,
-            format!("{} types for {n} tokens", types.len()),
-        ));
+        return Err(keys.error(KEY_TYPES, format!("{} types for {n} tokens", types.len())));
     }
     Ok(types[..n].iter().map(|&t| TokenType::from_i32(t)).collect())
 }
@@ -718,7 +719,10 @@ fn read_merges(keys: &Keys) -> Result<Vec<(String, String)>> {
                 .position(|b| b == b' ')
                 .map(|p| p + 1)
                 .ok_or_else(|| {
-                    keys.error(KEY_MERGES, format!("element {i} ({m:?}) is not \"left right\""))
+                    keys.error(
+                        KEY_MERGES,
+                        format!("element {i} ({m:?}) is not \"left right\""),
+                    )
                 })?;
             Ok((m[..cut].to_owned(), m[cut + 1..].to_owned()))
         })
@@ -816,11 +820,7 @@ fn sentencepiece_bpe(
 /// Merges equivalent to llama.cpp's SentencePiece loop: every split of a piece into two
 /// pieces, ranked by the merged piece's score (highest first; equal scores by piece id, then
 /// by where the split falls).
-fn spm_merges(
-    tokens: &[String],
-    scores: &[f32],
-    vocab: &BpeVocab,
-) -> Vec<(String, String)> {
+fn spm_merges(tokens: &[String], scores: &[f32], vocab: &BpeVocab) -> Vec<(String, String)> {
     let mut ranked: Vec<(f32, usize, usize, &str, &str)> = Vec::new();
     for (id, text) in tokens.iter().enumerate() {
         for (cut, _) in text.char_indices().skip(1) {
@@ -858,7 +858,10 @@ mod tests {
 
     #[test]
     fn merges_split_at_the_first_space_after_the_first_byte() {
-        let md = metadata(vec![(KEY_MERGES, strings(&["a b", "  x", "ab c d", "Ġ t"]))]);
+        let md = metadata(vec![(
+            KEY_MERGES,
+            strings(&["a b", "  x", "ab c d", "Ġ t"]),
+        )]);
         let keys = Keys {
             md: &md,
             file: Path::new("m.gguf"),
