@@ -42,7 +42,11 @@ pub enum LoadError {
         error: ChatError,
     },
     /// An explicit tokenizer source holds no tokenizer.
-    #[error("no tokenizer in {}: expected a directory with tokenizer.json or a .gguf file with a vocabulary", .0.display())]
+    #[error(
+        "no tokenizer in {}: expected a directory with tokenizer.json or a .gguf file with a \
+         vocabulary",
+        .0.display()
+    )]
     NoTokenizer(std::path::PathBuf),
 }
 

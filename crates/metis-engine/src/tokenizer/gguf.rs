@@ -694,7 +694,10 @@ fn read_pre(keys: &Keys) -> Result<&'static PreTokenizer> {
     pre_tokenizer(name).ok_or_else(|| {
         keys.error(
             KEY_PRE,
-            format!("unsupported pre-tokenizer type {name:?} (the regexes llama.cpp uses for it are not known here)"),
+            format!(
+                "unsupported pre-tokenizer type {name:?} (not one whose llama.cpp regexes \
+                 Metis knows)"
+            ),
         )
     })
 }
