@@ -45,7 +45,7 @@ fn arch_name(a: Architecture) -> &'static str {
     }
 }
 
-fn value_u64(v: &Value) -> Option<u64> {
+pub(crate) fn value_u64(v: &Value) -> Option<u64> {
     match *v {
         Value::U8(x) => Some(x as u64),
         Value::U16(x) => Some(x as u64),
@@ -231,19 +231,7 @@ pub fn config_from_gguf(content: &Content, file: &str) -> Result<ModelConfig> {
     let mlp_bias = has("blk.0.ffn_up.bias");
 
     let bos_token_id = m.opt_u64("tokenizer.ggml.bos_token_id")?.map(|x| x as u32);
-    let mut eos_token_ids: Vec<u32> = Vec::new();
-    for key in [
-        "tokenizer.ggml.eos_token_id",
-        "tokenizer.ggml.eom_token_id",
-        "tokenizer.ggml.eot_token_id",
-    ] {
-        if let Some(id) = m.opt_u64(key)? {
-            let id = id as u32;
-            if !eos_token_ids.contains(&id) {
-                eos_token_ids.push(id);
-            }
-        }
-    }
+    let eos_token_ids = end_of_sequence_ids(&m)?;
 
     Ok(ModelConfig {
         architecture,
@@ -266,6 +254,42 @@ pub fn config_from_gguf(content: &Content, file: &str) -> Result<ModelConfig> {
         rope: RopeConfig { theta, scaling },
         dtype: Some(DType::F32),
     })
+}
+
+/// The EOS, EOM and EOT ids the metadata declares, in that order, without repeats.
+fn end_of_sequence_ids(m: &Meta) -> Result<Vec<u32>> {
+    let mut ids: Vec<u32> = Vec::new();
+    for key in [
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eom_token_id",
+        "tokenizer.ggml.eot_token_id",
+    ] {
+        if let Some(id) = m.opt_u64(key)? {
+            let id = id as u32;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The end-of-sequence ids declared by the GGUF file at `path` (see [`config_from_gguf`]),
+/// read from its header alone.
+pub fn end_of_sequence_ids_of(path: &Path) -> Result<Vec<u32>> {
+    let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    let content = read_content(&mut std::io::BufReader::new(file), path)?;
+    end_of_sequence_ids(&Meta {
+        md: &content.metadata,
+        file: path.display().to_string(),
+    })
+}
+
+/// Whether `path` names a GGUF file (a `.gguf` extension, and not a directory).
+pub fn is_gguf_path(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        && !path.is_dir()
 }
 
 /// Open and parse the header of a GGUF file.

@@ -71,11 +71,7 @@ impl Model {
     /// A path to a `.gguf` file loads it with [`Model::load_gguf`] instead (`dtype` must then be
     /// None or f32: GGUF models compute in f32).
     pub fn load(dir: &Path, dtype: Option<DType>, device: &Device) -> Result<Model> {
-        let is_gguf = dir
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-            && !dir.is_dir();
-        if is_gguf {
+        if crate::gguf::is_gguf_path(dir) {
             if let Some(d) = dtype.filter(|d| *d != DType::F32) {
                 return Err(EngineError::InvalidArgument(format!(
                     "GGUF models compute in f32 (got dtype {d:?})"

@@ -1,6 +1,9 @@
 //! Tokenizer: a thin wrapper over Hugging Face `tokenizers` plus the special-token facts a
 //! serving stack needs (BOS/EOS strings, stop ids, chat template), loaded from a Hugging Face
-//! model directory, and an incremental detokenizer for streaming.
+//! model directory or from the metadata of a llama.cpp GGUF file ([`gguf`]), and an
+//! incremental detokenizer for streaming.
+
+mod gguf;
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +31,13 @@ pub enum TokenizerError {
     /// Decoding failed (e.g. an id outside the vocabulary).
     #[error("decode failed: {0}")]
     Decode(String),
+    /// A GGUF file's tokenizer metadata is missing a key it needs, or holds a bad value.
+    #[error("{}: GGUF key {key}: {detail}", file.display())]
+    Metadata {
+        file: PathBuf,
+        key: String,
+        detail: String,
+    },
 }
 
 /// A tokenizer loaded from `tokenizer.json`, plus special-token information from the
@@ -52,7 +62,7 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
-fn read_json(path: &Path) -> Result<Option<Json>, TokenizerError> {
+pub(crate) fn read_json(path: &Path) -> Result<Option<Json>, TokenizerError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -82,7 +92,7 @@ fn special_token_str(v: Option<&Json>) -> Option<String> {
 }
 
 /// `eos_token_id` as found in generation_config.json / config.json: an int or a list of ints.
-fn eos_ids(v: Option<&Json>) -> Vec<u32> {
+pub(crate) fn eos_ids(v: Option<&Json>) -> Vec<u32> {
     match v {
         Some(Json::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
         Some(Json::Array(a)) => a
@@ -165,6 +175,15 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// Load the tokenizer a llama.cpp GGUF file carries in its metadata (`tokenizer.ggml.*`
+    /// and `tokenizer.chat_template`), interpreted as llama.cpp does (see [`gguf`]). `None`
+    /// when the file declares no vocabulary (`tokenizer.ggml.model` = `none`, as
+    /// [`crate::gguf::write_gguf`] writes for a checkpoint without `tokenizer.json`); a missing
+    /// or malformed key is a [`TokenizerError::Metadata`] naming it.
+    pub fn from_gguf(path: &Path) -> Result<Option<Tokenizer>, TokenizerError> {
+        gguf::load(path)
+    }
+
     /// Load a bare `tokenizer.json` (no special-token metadata: no bos/eos strings, no stop
     /// ids, no chat template). Both merge encodings (`"a b"` and `["a", "b"]`) are accepted.
     pub fn from_file(tokenizer_json: &Path) -> Result<Tokenizer, TokenizerError> {
@@ -230,9 +249,22 @@ impl Tokenizer {
     }
 
     /// Ids that end generation: the tokenizer_config `eos_token`, plus `eos_token_id` (int or
-    /// list) from generation_config.json and config.json, deduplicated, in that order.
+    /// list) from generation_config.json and config.json, deduplicated, in that order. For a
+    /// tokenizer read from a GGUF file: llama.cpp's end-of-generation set, ascending.
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
+    }
+
+    /// Ids of the tokens whose text is on llama.cpp's end-of-generation list (`<|eot_id|>`,
+    /// `<|im_end|>`, `<|endoftext|>`, `</s>`, …), ascending.
+    pub fn end_of_generation_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = gguf::EOG_TEXTS
+            .iter()
+            .filter_map(|t| self.token_to_id(t))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// The model's Jinja chat template, if any.

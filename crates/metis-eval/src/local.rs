@@ -10,6 +10,7 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use metis_engine::chat::{ChatTemplate, Message, RenderOptions};
 use metis_engine::generate::{generate, GenerateOptions};
+use metis_engine::loader::load_model;
 use metis_engine::model::Model;
 use metis_engine::sampling::SamplingParams;
 use metis_engine::tokenizer::Tokenizer;
@@ -29,24 +30,24 @@ pub struct LocalModel {
 }
 
 impl LocalModel {
-    /// Loads a model directory; the tokenizer (with a chat template) comes from `tokenizer_dir`
-    /// or else from the model directory.
+    /// Loads a model directory or `.gguf` file through the engine's loader; the tokenizer
+    /// (with a chat template) comes from `tokenizer_dir` (a directory or `.gguf` file) or
+    /// else from the model itself.
     pub fn load(
         model_dir: &Path,
         tokenizer_dir: Option<&Path>,
         dtype: Option<DType>,
         prefill_think: bool,
     ) -> Result<Arc<LocalModel>, String> {
-        let model = Model::load(model_dir, dtype, &Device::Cpu).map_err(|e| e.to_string())?;
-        let tokenizer =
-            Tokenizer::from_dir(tokenizer_dir.unwrap_or(model_dir)).map_err(|e| e.to_string())?;
-        let template = ChatTemplate::from_tokenizer(&tokenizer)
-            .ok_or("the tokenizer has no chat template")?
-            .map_err(|e| e.to_string())?;
-        let mut stop_ids = model.config().eos_token_ids.clone();
-        stop_ids.extend_from_slice(tokenizer.stop_ids());
-        stop_ids.sort_unstable();
-        stop_ids.dedup();
+        let loaded =
+            load_model(model_dir, tokenizer_dir, &Device::Cpu, dtype).map_err(|e| e.to_string())?;
+        let tokenizer = loaded
+            .tokenizer
+            .ok_or("the model has no tokenizer (give one with --tokenizer)")?;
+        let template = loaded
+            .template
+            .ok_or("the tokenizer has no chat template")?;
+        let (model, stop_ids) = (loaded.model, loaded.stop_ids);
         Ok(Arc::new(LocalModel {
             model,
             tokenizer,

@@ -13,7 +13,8 @@ use crate::system_prompt::{SystemPromptPolicy, DEFAULT_SYSTEM_PROMPT};
 pub struct ServeConfig {
     /// Hugging Face model directory (or `.gguf` file).
     pub model_dir: PathBuf,
-    /// Directory with `tokenizer.json` (and the chat template); the model's by default.
+    /// Tokenizer to use instead of the model's own: a directory with `tokenizer.json` (and the
+    /// chat template) or a `.gguf` file.
     pub tokenizer_dir: Option<PathBuf>,
     /// Compute dtype (the checkpoint's by default).
     pub dtype: Option<DType>,

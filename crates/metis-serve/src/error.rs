@@ -30,6 +30,8 @@ pub enum ServeError {
     Tokenizer(#[from] metis_engine::tokenizer::TokenizerError),
     #[error(transparent)]
     Chat(#[from] metis_engine::chat::ChatError),
+    #[error(transparent)]
+    Load(#[from] metis_engine::loader::LoadError),
     #[error("audit log: {0}")]
     Audit(#[from] rusqlite::Error),
     #[error("guard: {0}")]

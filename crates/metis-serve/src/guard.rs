@@ -312,24 +312,47 @@ pub struct LocalGuard {
 struct LocalInner {
     model: metis_engine::model::Model,
     tokenizer: metis_engine::tokenizer::Tokenizer,
+    stop_ids: Vec<u32>,
 }
 
 impl LocalGuard {
+    /// A guard from a loaded model and tokenizer; it stops where the engine's loader would
+    /// (`metis_engine::loader::stop_ids`, with the model's end-of-sequence ids).
     pub fn new(
         model: metis_engine::model::Model,
         tokenizer: metis_engine::tokenizer::Tokenizer,
     ) -> Self {
+        let stop_ids = metis_engine::loader::stop_ids(&tokenizer, &model.config().eos_token_ids);
+        Self::with_stop_ids(model, tokenizer, stop_ids)
+    }
+
+    fn with_stop_ids(
+        model: metis_engine::model::Model,
+        tokenizer: metis_engine::tokenizer::Tokenizer,
+        stop_ids: Vec<u32>,
+    ) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(LocalInner { model, tokenizer })),
+            inner: Arc::new(Mutex::new(LocalInner {
+                model,
+                tokenizer,
+                stop_ids,
+            })),
         }
     }
 
-    /// Loads the guard from a Hugging Face model directory (with its tokenizer).
-    pub fn load(dir: &std::path::Path) -> Result<Self, crate::error::ServeError> {
+    /// Loads the guard from a Hugging Face model directory or a `.gguf` file, with its own
+    /// tokenizer, through the engine's loader.
+    pub fn load(path: &std::path::Path) -> Result<Self, crate::error::ServeError> {
         let device = candle_core::Device::Cpu;
-        let model = metis_engine::model::Model::load(dir, None, &device)?;
-        let tokenizer = metis_engine::tokenizer::Tokenizer::from_dir(dir)?;
-        Ok(Self::new(model, tokenizer))
+        let loaded = metis_engine::loader::load_model(path, None, &device, None)?;
+        let tokenizer = loaded.tokenizer.ok_or_else(|| {
+            crate::error::ServeError::Config(format!("guard {} has no tokenizer", path.display()))
+        })?;
+        Ok(Self::with_stop_ids(
+            loaded.model,
+            tokenizer,
+            loaded.stop_ids,
+        ))
     }
 }
 
@@ -350,13 +373,9 @@ impl GuardBackend for LocalGuard {
                     .tokenizer
                     .encode(&prompt, false)
                     .map_err(|e| GuardError::Local(e.to_string()))?;
-                let mut stop_ids = g.tokenizer.stop_ids().to_vec();
-                if let Some(eot) = g.tokenizer.token_to_id("<|eot_id|>") {
-                    stop_ids.push(eot);
-                }
                 let opts = metis_engine::generate::GenerateOptions {
                     max_tokens: 20,
-                    stop_ids,
+                    stop_ids: g.stop_ids.clone(),
                     ..Default::default()
                 };
                 let out = metis_engine::generate::generate(

@@ -2,13 +2,10 @@
 //! the audit writer, bind, and serve the routes until shut down.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Device;
-use metis_engine::chat::ChatTemplate;
-use metis_engine::model::Model;
-use metis_engine::tokenizer::Tokenizer;
+use metis_engine::loader::load_model;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -73,28 +70,6 @@ impl RunningServer {
     }
 }
 
-/// Extra end-of-sequence ids declared in the model directory (its generation_config.json and
-/// config.json), for a tokenizer loaded from another directory.
-fn model_eos_ids(dir: &Path) -> Vec<u32> {
-    let mut ids = Vec::new();
-    for name in ["generation_config.json", "config.json"] {
-        let Ok(text) = std::fs::read_to_string(dir.join(name)) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
-        match &v["eos_token_id"] {
-            serde_json::Value::Number(n) => ids.extend(n.as_u64().map(|x| x as u32)),
-            serde_json::Value::Array(a) => {
-                ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
-            }
-            _ => {}
-        }
-    }
-    ids
-}
-
 /// Loads everything and starts serving on `config.host:config.port`.
 ///
 /// Refuses ([`ServeError::InsecureBind`]) to listen beyond loopback without API keys.
@@ -107,21 +82,21 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     }
     let model_name = config.model_name();
     let device = Device::Cpu;
-    let model = Model::load(&config.model_dir, config.dtype, &device)?;
-    let tok_dir = config
-        .tokenizer_dir
-        .clone()
-        .unwrap_or_else(|| config.model_dir.clone());
-    let tokenizer = Arc::new(Tokenizer::from_dir(&tok_dir)?);
-    let template = ChatTemplate::from_tokenizer(&tokenizer).transpose()?;
-    let mut stop_ids = tokenizer.stop_ids().to_vec();
-    if config.model_dir.is_dir() {
-        for id in model_eos_ids(&config.model_dir) {
-            if !stop_ids.contains(&id) {
-                stop_ids.push(id);
-            }
-        }
-    }
+    let loaded = load_model(
+        &config.model_dir,
+        config.tokenizer_dir.as_deref(),
+        &device,
+        config.dtype,
+    )?;
+    let Some(tokenizer) = loaded.tokenizer else {
+        return Err(ServeError::Config(format!(
+            "{} has no tokenizer: give one with --tokenizer",
+            config.model_dir.display()
+        )));
+    };
+    tracing::info!("loaded {}", loaded.source);
+    let (model, template, stop_ids) = (loaded.model, loaded.template, loaded.stop_ids);
+    let tokenizer = Arc::new(tokenizer);
     let max_model_len = model.config().max_position_embeddings;
     let mut reserved_tokens: Vec<String> = tokenizer
         .inner()

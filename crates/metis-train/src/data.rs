@@ -264,11 +264,14 @@ impl std::fmt::Debug for ChatFormatter {
 }
 
 impl ChatFormatter {
-    /// Load the tokenizer directory (`tokenizer.json` + `tokenizer_config.json`); its chat
-    /// template, else [`BUILTIN_TEMPLATE`].
+    /// Load the tokenizer of `dir` (`tokenizer.json` + `tokenizer_config.json`, or a `.gguf`
+    /// file's metadata) through the engine's loader; its chat template, else
+    /// [`BUILTIN_TEMPLATE`].
     pub fn from_dir(dir: &Path) -> Result<ChatFormatter, DataError> {
-        let tok = Tokenizer::from_dir(dir).map_err(|e| DataError::Tokenizer(e.to_string()))?;
-        Self::new(tok)
+        let loaded = metis_engine::loader::load_tokenizer(dir, None)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?
+            .ok_or_else(|| DataError::Tokenizer(format!("{}: no tokenizer.json", dir.display())))?;
+        Self::new(loaded.tokenizer)
     }
 
     /// Use a loaded tokenizer (its template, else [`BUILTIN_TEMPLATE`]).

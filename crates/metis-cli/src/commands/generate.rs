@@ -6,20 +6,21 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
-use metis_engine::chat::{ChatTemplate, Message, RenderOptions};
+use metis_engine::chat::{Message, RenderOptions};
 use metis_engine::generate::{generate, GenerateOptions, Generation, TokenEvent};
-use metis_engine::model::Model;
+use metis_engine::loader::{load_model, LoadedModel};
 use metis_engine::sampling::SamplingParams;
-use metis_engine::tokenizer::Tokenizer;
 use metis_verify::reasoning::StreamDelta;
 
 /// Options shared by `generate` and `chat`.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, safetensors).
+    /// Hugging Face model directory (config.json, safetensors) or .gguf file (which carries
+    /// its own tokenizer and chat template).
     #[arg(long)]
     model: PathBuf,
-    /// Directory with tokenizer.json when it lives apart from the weights (default: --model).
+    /// Tokenizer to use instead of the model's own: a directory with tokenizer.json, or a
+    /// .gguf file.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Compute dtype (default: the checkpoint's).
@@ -72,53 +73,18 @@ pub struct GenerateArgs {
     json: bool,
 }
 
-struct Loaded {
-    model: Model,
-    tokenizer: Option<Tokenizer>,
-    template: Option<ChatTemplate>,
-}
-
-fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
+fn load(a: &ModelArgs) -> anyhow::Result<LoadedModel> {
     let dtype = match a.dtype.as_deref() {
         Some("f32") => Some(DType::F32),
         Some("bf16") => Some(DType::BF16),
         Some("f16") => Some(DType::F16),
         _ => None,
     };
-    let model = Model::load(&a.model, dtype, &Device::Cpu)
-        .with_context(|| format!("loading the model from {}", a.model.display()))?;
-    // A GGUF file carries no tokenizer.json: look beside it.
-    let model_dir = if a.model.is_file() {
-        a.model.parent().map(PathBuf::from).unwrap_or_default()
-    } else {
-        a.model.clone()
-    };
-    let tok_dir = a.tokenizer.clone().unwrap_or(model_dir);
-    let tokenizer = if tok_dir.join("tokenizer.json").exists() {
-        Some(Tokenizer::from_dir(&tok_dir)?)
-    } else if a.tokenizer.is_some() {
-        bail!("no tokenizer.json in {}", tok_dir.display());
-    } else {
-        None
-    };
-    let template = match &tokenizer {
-        Some(t) => ChatTemplate::from_tokenizer(t).transpose()?,
-        None => None,
-    };
-    Ok(Loaded {
-        model,
-        tokenizer,
-        template,
-    })
+    load_model(&a.model, a.tokenizer.as_deref(), &Device::Cpu, dtype)
+        .with_context(|| format!("loading the model from {}", a.model.display()))
 }
 
-fn options(a: &ModelArgs, loaded: &Loaded) -> GenerateOptions {
-    let mut stop_ids: Vec<u32> = loaded.model.config().eos_token_ids.clone();
-    if let Some(t) = &loaded.tokenizer {
-        stop_ids.extend_from_slice(t.stop_ids());
-    }
-    stop_ids.sort_unstable();
-    stop_ids.dedup();
+fn options(a: &ModelArgs, loaded: &LoadedModel) -> GenerateOptions {
     GenerateOptions {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {
@@ -128,15 +94,15 @@ fn options(a: &ModelArgs, loaded: &Loaded) -> GenerateOptions {
             min_p: a.min_p,
             seed: a.seed,
         },
-        stop_ids,
+        stop_ids: loaded.stop_ids.clone(),
         stop_strings: a.stop.clone(),
         ignore_eos: a.ignore_eos,
     }
 }
 
-fn render(loaded: &Loaded, messages: &[Message], think: bool) -> anyhow::Result<Vec<u32>> {
+fn render(loaded: &LoadedModel, messages: &[Message], think: bool) -> anyhow::Result<Vec<u32>> {
     let (Some(tok), Some(tpl)) = (&loaded.tokenizer, &loaded.template) else {
-        bail!("--chat needs a tokenizer with a chat template (tokenizer_config.json)");
+        bail!("--chat needs a tokenizer with a chat template (tokenizer_config.json or the GGUF's tokenizer.chat_template)");
     };
     let opts = RenderOptions {
         prefill_think: think,

@@ -12,10 +12,12 @@ use metis_serve::ServeConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Hugging Face model directory (config.json, safetensors) or .gguf file.
+    /// Hugging Face model directory (config.json, safetensors) or .gguf file (which carries
+    /// its own tokenizer and chat template).
     #[arg(long)]
     model: PathBuf,
-    /// Directory with tokenizer.json and the chat template (default: --model).
+    /// Tokenizer to use instead of the model's own: a directory with tokenizer.json and the
+    /// chat template, or a .gguf file.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Address to listen on. Anything but loopback requires API keys.
@@ -40,7 +42,7 @@ pub struct Args {
     /// Do not open the reasoning block (`<think>\n`) after the generation prompt.
     #[arg(long)]
     no_think: bool,
-    /// Llama Guard 3 guardrail: `local:DIR` (model directory with tokenizer) or
+    /// Llama Guard 3 guardrail: `local:PATH` (model directory with tokenizer, or .gguf file) or
     /// `url:http://host:port/v1` (OpenAI-compatible /v1/completions).
     #[arg(long)]
     guard: Option<String>,

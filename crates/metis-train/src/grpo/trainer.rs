@@ -27,6 +27,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use metis_engine::chat::{ChatTemplate, RenderOptions};
 use metis_engine::generate::{generate_batch, GenerateOptions, Generation};
+use metis_engine::loader::load_tokenizer;
 use metis_engine::model::Model;
 use metis_engine::sampling::SamplingParams;
 use metis_engine::tokenizer::Tokenizer;
@@ -55,7 +56,7 @@ use metis_verify::Task;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrpoConfig {
     pub model: PathBuf,
-    /// Tokenizer directory (default: the model directory).
+    /// Tokenizer directory or `.gguf` file (default: the model directory).
     pub tokenizer: Option<PathBuf>,
     /// Reference model for the KL (default: the starting model).
     pub ref_model: Option<PathBuf>,
@@ -550,29 +551,24 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
     // the local engine's are those of the temperature-scaled logits.
     let sampler_logprobs_are_old = cfg.remote.as_ref().is_none_or(|r| r.use_server_logprobs);
     let device = Device::Cpu;
-    let tok_dir = cfg.tokenizer.clone().unwrap_or_else(|| cfg.model.clone());
-    let tokenizer = Tokenizer::from_dir(&tok_dir)
-        .map_err(|e| TrainError::InvalidArgument(format!("{}: {e}", tok_dir.display())))?;
-    let template = match ChatTemplate::from_tokenizer(&tokenizer) {
-        Some(t) => t.map_err(|e| TrainError::InvalidArgument(format!("chat template: {e}")))?,
-        None => {
-            return Err(TrainError::InvalidArgument(format!(
-                "{}: the tokenizer has no chat template",
-                tok_dir.display()
-            )))
-        }
+    // The base model's tokenizer, template and stop ids, as every other caller loads them.
+    let tok_dir = cfg.tokenizer.as_deref().unwrap_or(&cfg.model);
+    let loaded = load_tokenizer(&cfg.model, cfg.tokenizer.as_deref())
+        .map_err(|e| TrainError::InvalidArgument(e.to_string()))?
+        .ok_or_else(|| {
+            TrainError::InvalidArgument(format!("{}: no tokenizer.json", tok_dir.display()))
+        })?;
+    let (tokenizer, stop_ids) = (loaded.tokenizer, loaded.stop_ids);
+    let Some(template) = loaded.template else {
+        return Err(TrainError::InvalidArgument(format!(
+            "{}: the tokenizer has no chat template",
+            tok_dir.display()
+        )));
     };
     let render = RenderOptions {
         prefill_think: cfg.prefill_think,
         ..RenderOptions::generation()
     };
-    let mut stop_ids = tokenizer.stop_ids().to_vec();
-    let model_cfg = metis_engine::config::ModelConfig::from_file(&cfg.model.join("config.json"))?;
-    for id in &model_cfg.eos_token_ids {
-        if !stop_ids.contains(id) {
-            stop_ids.push(*id);
-        }
-    }
     let ctx = Ctx {
         tokenizer,
         stop_ids,
