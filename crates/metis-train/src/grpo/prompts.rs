@@ -343,6 +343,12 @@ fn spec_error_field(e: &metis_verify::SpecError) -> &'static str {
         "math_extraction" => "verifier.math_extraction",
         "taa_rule" => "verifier.taa_rule",
         "qa_rule" => "verifier.qa_rule",
+        "bbh_answer" => "verifier.bbh_answer",
+        "bbh_extraction" => "verifier.bbh_extraction",
+        "code_timeout_ms" => "verifier.code_timeout_ms",
+        "code_memory_mib" => "verifier.code_memory_mib",
+        "code_interpreter" => "verifier.code_interpreter",
+        "code_unsafe_no_isolation" => "verifier.code_unsafe_no_isolation",
         _ => "verifier",
     }
 }
