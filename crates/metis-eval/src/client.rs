@@ -588,6 +588,27 @@ impl Client {
 
     /// POST `{base}/chat/completions` (non-streaming) with retries.
     pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ClientError> {
+        Ok(self.post_chat(req, None).await?.chat)
+    }
+
+    /// [`Client::chat`] asking for the log-probabilities of the generated tokens and the
+    /// `top_logprobs` most likely alternatives at each position (OpenAI's chat `logprobs`,
+    /// `top_logprobs`; vLLM and llama.cpp serve the same fields). A logprob judge reads its
+    /// verdict from them.
+    pub async fn chat_logprobs(
+        &self,
+        req: &ChatRequest,
+        top_logprobs: u32,
+    ) -> Result<ChatLogprobsResponse, ClientError> {
+        self.post_chat(req, Some(top_logprobs)).await
+    }
+
+    /// One chat-completions request with retries; `top_logprobs` asks for token logprobs.
+    async fn post_chat(
+        &self,
+        req: &ChatRequest,
+        top_logprobs: Option<u32>,
+    ) -> Result<ChatLogprobsResponse, ClientError> {
         let start = Instant::now();
         let body = serde_json::to_vec(&WireRequest {
             model: &req.model,
@@ -597,8 +618,8 @@ impl Client {
             max_tokens: req.params.max_tokens,
             seed: req.params.seed,
             stream: false,
-            logprobs: None,
-            top_logprobs: None,
+            logprobs: top_logprobs.map(|_| true),
+            top_logprobs,
         })
         .map_err(|e| ClientError::Malformed(format!("serialising request: {e}")))?;
         let timeout = self.inner.retry.request_timeout;
@@ -613,48 +634,6 @@ impl Client {
                 );
                 let bytes = send(rb).await?;
                 parse_chat_body(&bytes).map_err(AttemptError::from)
-            })
-            .await?;
-        resp.attempts = attempts;
-        resp.latency_ms = start.elapsed().as_millis().min(u64::MAX as u128) as u64;
-        resp.endpoint = ep.base_url.clone();
-        Ok(resp)
-    }
-
-    /// [`Client::chat`] asking for the log-probabilities of the generated tokens and the
-    /// `top_logprobs` most likely alternatives at each position (OpenAI's chat `logprobs`,
-    /// `top_logprobs`; vLLM and llama.cpp serve the same fields). A logprob judge reads its
-    /// verdict from them.
-    pub async fn chat_logprobs(
-        &self,
-        req: &ChatRequest,
-        top_logprobs: u32,
-    ) -> Result<ChatLogprobsResponse, ClientError> {
-        let start = Instant::now();
-        let body = serde_json::to_vec(&WireRequest {
-            model: &req.model,
-            messages: &req.messages,
-            temperature: req.params.temperature,
-            top_p: req.params.top_p,
-            max_tokens: req.params.max_tokens,
-            seed: req.params.seed,
-            stream: false,
-            logprobs: Some(true),
-            top_logprobs: Some(top_logprobs),
-        })
-        .map_err(|e| ClientError::Malformed(format!("serialising request: {e}")))?;
-        let timeout = self.inner.retry.request_timeout;
-        let http = &self.inner.http;
-        let body = &body;
-        let (mut resp, attempts, ep) = self
-            .with_retries(|ep| async move {
-                let rb = ep.authorize(
-                    http.post(ep.chat_url.clone())
-                        .timeout(timeout)
-                        .body(body.clone()),
-                );
-                let bytes = send(rb).await?;
-                parse_chat_logprobs_body(&bytes).map_err(AttemptError::from)
             })
             .await?;
         resp.chat.attempts = attempts;
@@ -972,7 +951,9 @@ fn malformed_msg(e: &serde_json::Error, body: &[u8]) -> String {
 
 /// Parses a chat-completions response body (without the bookkeeping fields, which the
 /// caller fills in).
-fn parse_chat_body(bytes: &[u8]) -> Result<ChatResponse, ClientError> {
+/// Parses a chat-completions body, with the token logprobs when it carries them (empty
+/// otherwise).
+fn parse_chat_body(bytes: &[u8]) -> Result<ChatLogprobsResponse, ClientError> {
     let wire: WireResponse = serde_json::from_slice(bytes)
         .map_err(|e| ClientError::Malformed(malformed_msg(&e, bytes)))?;
     let choice = wire.choices.into_iter().next().ok_or_else(|| {
@@ -993,7 +974,7 @@ fn parse_chat_body(bytes: &[u8]) -> Result<ChatResponse, ClientError> {
         .usage
         .map(|u| (u.prompt_tokens, u.completion_tokens))
         .unwrap_or((None, None));
-    Ok(ChatResponse {
+    let chat = ChatResponse {
         content: content.unwrap_or_default(),
         reasoning,
         finish_reason: choice.finish_reason,
@@ -1002,21 +983,8 @@ fn parse_chat_body(bytes: &[u8]) -> Result<ChatResponse, ClientError> {
         attempts: 0,
         latency_ms: 0,
         endpoint: String::new(),
-    })
-}
-
-/// Parses a chat-completions body that carries `logprobs` (see [`Client::chat_logprobs`]).
-fn parse_chat_logprobs_body(bytes: &[u8]) -> Result<ChatLogprobsResponse, ClientError> {
-    let chat = parse_chat_body(bytes)?;
-    let wire: WireResponse = serde_json::from_slice(bytes)
-        .map_err(|e| ClientError::Malformed(malformed_msg(&e, bytes)))?;
-    let tokens = wire
-        .choices
-        .into_iter()
-        .next()
-        .and_then(|c| c.logprobs)
-        .and_then(|l| l.content)
-        .unwrap_or_default();
+    };
+    let tokens = choice.logprobs.and_then(|l| l.content).unwrap_or_default();
     Ok(ChatLogprobsResponse { chat, tokens })
 }
 
@@ -1192,6 +1160,16 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chat part of a parsed body (the plain chat path's view).
+    fn parse_chat_body(bytes: &[u8]) -> Result<ChatResponse, ClientError> {
+        super::parse_chat_body(bytes).map(|r| r.chat)
+    }
+
+    /// A parsed body with its token logprobs (the judge's view).
+    fn parse_chat_logprobs_body(bytes: &[u8]) -> Result<ChatLogprobsResponse, ClientError> {
+        super::parse_chat_body(bytes)
+    }
 
     #[test]
     fn parses_reasoning_fields() {
