@@ -90,6 +90,43 @@ pub struct ChatResponse {
     pub latency_ms: u64,
     /// `base_url` of the endpoint that produced the response.
     pub endpoint: String,
+    /// The guardrail checks the deployment ran on this request (`metis serve`'s `metis_guard`
+    /// extension field, or a guard applied by the caller); empty when no guard ran.
+    pub guard: Vec<GuardCheck>,
+}
+
+/// One guardrail check of a deployment: which text it judged, the outcome, the violated
+/// categories and the guard model's raw output. `metis serve` returns these as `metis_guard`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuardCheck {
+    /// `input` (the request) or `output` (the answer).
+    pub stage: String,
+    pub safe: bool,
+    /// Violated category codes (e.g. `S2`).
+    #[serde(default)]
+    pub categories: Vec<String>,
+    #[serde(default)]
+    pub raw: String,
+}
+
+/// A plain-text completion (`POST {base}/completions` with a string prompt): how classifier
+/// judges such as HarmBench's are queried, with their own prompt format and no chat template.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextCompletionRequest {
+    pub model: String,
+    pub prompt: String,
+    pub temperature: f64,
+    pub max_tokens: u32,
+}
+
+/// The text of the first choice of a completion, with the call's bookkeeping.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextCompletionResponse {
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub attempts: u32,
+    pub latency_ms: u64,
+    pub endpoint: String,
 }
 
 /// One candidate token and its log-probability (an entry of `top_logprobs`).
@@ -405,6 +442,8 @@ struct WireResponse {
     choices: Vec<WireChoice>,
     #[serde(default)]
     usage: Option<WireUsage>,
+    #[serde(default)]
+    metis_guard: Vec<GuardCheck>,
 }
 
 #[derive(Deserialize)]
@@ -469,6 +508,8 @@ struct WireCompletionResponse {
 struct WireCompletionChoice {
     #[serde(default)]
     index: Option<usize>,
+    #[serde(default)]
+    text: Option<String>,
     #[serde(default)]
     logprobs: Option<WireCompletionLogprobs>,
     #[serde(default)]
@@ -702,6 +743,45 @@ impl Client {
             .map_err(|(e, ep)| e.at(&ep.completions_url))?;
         Ok(TokenCompletionResponse {
             choices,
+            attempts,
+            latency_ms: start.elapsed().as_millis().min(u64::MAX as u128) as u64,
+            endpoint: ep.base_url.clone(),
+        })
+    }
+
+    /// POST `{base}/completions` with a string prompt and no chat template (a classifier
+    /// judge's raw prompt), with retries; returns the first choice's text. Errors name the URL.
+    pub async fn text_completion(
+        &self,
+        req: &TextCompletionRequest,
+    ) -> Result<TextCompletionResponse, ClientError> {
+        let start = Instant::now();
+        let body = serde_json::to_vec(&serde_json::json!({
+            "model": req.model,
+            "prompt": req.prompt,
+            "temperature": req.temperature,
+            "max_tokens": req.max_tokens,
+            "stream": false,
+        }))
+        .map_err(|e| ClientError::Malformed(format!("serialising request: {e}")))?;
+        let timeout = self.inner.retry.request_timeout;
+        let http = &self.inner.http;
+        let body = &body;
+        let ((text, finish_reason), attempts, ep) = self
+            .with_retries_on(None, |ep| async move {
+                let rb = ep.authorize(
+                    http.post(ep.completions_url.clone())
+                        .timeout(timeout)
+                        .body(body.clone()),
+                );
+                let bytes = send(rb).await?;
+                parse_text_completion(&bytes).map_err(AttemptError::from)
+            })
+            .await
+            .map_err(|(e, ep)| e.at(&ep.completions_url))?;
+        Ok(TextCompletionResponse {
+            text,
+            finish_reason,
             attempts,
             latency_ms: start.elapsed().as_millis().min(u64::MAX as u128) as u64,
             endpoint: ep.base_url.clone(),
@@ -983,9 +1063,23 @@ fn parse_chat_body(bytes: &[u8]) -> Result<ChatLogprobsResponse, ClientError> {
         attempts: 0,
         latency_ms: 0,
         endpoint: String::new(),
+        guard: wire.metis_guard,
     };
     let tokens = choice.logprobs.and_then(|l| l.content).unwrap_or_default();
     Ok(ChatLogprobsResponse { chat, tokens })
+}
+
+/// Parses a text completions body: the first choice's `text` and `finish_reason`.
+fn parse_text_completion(bytes: &[u8]) -> Result<(String, Option<String>), ClientError> {
+    let wire: WireCompletionResponse = serde_json::from_slice(bytes)
+        .map_err(|e| ClientError::Malformed(malformed_msg(&e, bytes)))?;
+    let choice = wire.choices.into_iter().next().ok_or_else(|| {
+        ClientError::Malformed(format!(
+            "no choices in completion; body starts: {:?}",
+            truncate_chars(&String::from_utf8_lossy(bytes), 200)
+        ))
+    })?;
+    Ok((choice.text.unwrap_or_default(), choice.finish_reason))
 }
 
 /// Parses a token-level completions body into `n` choices in `index` order (see

@@ -1,7 +1,8 @@
 //! An in-process fake OpenAI-compatible server for tests and benches.
 //!
-//! Binds `127.0.0.1:0` and serves `POST /v1/chat/completions` and `GET /v1/models`. Every
-//! chat request is handed to a [`Responder`] together with its attempt number (1-based,
+//! Binds `127.0.0.1:0` and serves `POST /v1/chat/completions`, `POST /v1/completions` (string
+//! prompts, for classifier judges and guards) and `GET /v1/models`. Every
+//! request is handed to a [`Responder`] together with its attempt number (1-based,
 //! counted per identical `(messages, seed)`), so a script can fail the first attempt of a
 //! prompt and answer the retry. Faults reproduce what real servers do under load: 429 with
 //! `Retry-After`, 500, hanging connections, malformed bodies and truncated `<think>` output.
@@ -119,6 +120,25 @@ pub struct FakeRequest {
     pub logprobs: bool,
     #[serde(default)]
     pub top_logprobs: Option<u32>,
+    /// Set for `POST /v1/completions`: the string prompt arrives as one `user` message.
+    #[serde(default)]
+    pub completion: bool,
+}
+
+/// A `POST /v1/completions` body with a string prompt.
+#[derive(Deserialize)]
+struct FakeCompletionRequest {
+    #[serde(default)]
+    model: String,
+    prompt: String,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default = "one")]
+    temperature: f64,
+    #[serde(default = "one")]
+    top_p: f64,
+    #[serde(default)]
+    max_tokens: u32,
 }
 
 fn one() -> f64 {
@@ -191,6 +211,7 @@ impl FakeServer {
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/completions", post(completion))
             .route("/v1/models", get(models))
             .with_state(shared.clone());
         let mut signal = shutdown;
@@ -371,18 +392,12 @@ async fn models() -> Response {
     json_response(StatusCode::OK, body.to_string().into_bytes())
 }
 
-async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    let n = shared.total.fetch_add(1, Ordering::Relaxed) + 1;
-    let req: FakeRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("invalid request body: {e}"),
-                "invalid_request_error",
-            )
-        }
-    };
+/// Counts the attempt, asks the responder, logs the request and turns a scripted fault into
+/// its HTTP response; a scripted answer is returned after its delay.
+async fn scripted_answer(
+    shared: &Shared,
+    req: FakeRequest,
+) -> Result<(Scripted, TopLogprobs), Response> {
     let attempt = {
         let mut map = lock(&shared.attempts);
         let by_msgs = map.entry(req.seed).or_default();
@@ -398,9 +413,6 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         }
     };
     let outcome = (shared.responder)(&req, attempt);
-    let prompt_tokens: u64 = req.messages.iter().map(|m| words(&m.content)).sum();
-    let model = req.model.clone();
-    let asked_logprobs = req.logprobs.then_some(req.top_logprobs);
     lock(&shared.log).push((
         req,
         match &outcome {
@@ -408,8 +420,7 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             Err(f) => Err(f.name()),
         },
     ));
-
-    let (scripted, top) = match outcome {
+    let answer = match outcome {
         Ok(answer) => answer,
         Err(Fault::TooManyRequests { retry_after_s }) => {
             let mut resp = error_response(
@@ -419,14 +430,14 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
-            return resp;
+            return Err(resp);
         }
         Err(Fault::ServerError) => {
-            return error_response(
+            return Err(error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal server error",
                 "server_error",
-            )
+            ))
         }
         Err(Fault::Hang) => {
             let mut stop = shared.shutdown.clone();
@@ -434,18 +445,18 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
                 _ = tokio::time::sleep(HANG_FOR) => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
-            return error_response(
+            return Err(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server shutting down",
                 "server_error",
-            );
+            ));
         }
         Err(Fault::MalformedJson) => {
-            return json_response(StatusCode::OK, b"{not json".to_vec());
+            return Err(json_response(StatusCode::OK, b"{not json".to_vec()));
         }
         Err(Fault::Http { status, body }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-            return error_response(status, &body, "invalid_request_error");
+            return Err(error_response(status, &body, "invalid_request_error"));
         }
         Err(Fault::TruncatedThink) => (
             Scripted {
@@ -457,10 +468,72 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             Vec::new(),
         ),
     };
-
-    if !scripted.delay.is_zero() {
-        tokio::time::sleep(scripted.delay).await;
+    if !answer.0.delay.is_zero() {
+        tokio::time::sleep(answer.0.delay).await;
     }
+    Ok(answer)
+}
+
+/// `POST /v1/completions` with a string prompt: the responder sees it as one `user` message
+/// with [`FakeRequest::completion`] set; the answer comes back as `choices[0].text`.
+async fn completion(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let n = shared.total.fetch_add(1, Ordering::Relaxed) + 1;
+    let wire: FakeCompletionRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid request body: {e}"),
+                "invalid_request_error",
+            )
+        }
+    };
+    let req = FakeRequest {
+        model: wire.model,
+        messages: vec![ChatMessage::user(wire.prompt)],
+        seed: wire.seed,
+        temperature: wire.temperature,
+        top_p: wire.top_p,
+        max_tokens: wire.max_tokens,
+        logprobs: false,
+        top_logprobs: None,
+        completion: true,
+    };
+    let model = req.model.clone();
+    let (scripted, _) = match scripted_answer(&shared, req).await {
+        Ok(answer) => answer,
+        Err(resp) => return resp,
+    };
+    let body = serde_json::json!({
+        "id": format!("cmpl-fake-{n}"),
+        "object": "text_completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "text": scripted.content, "finish_reason": scripted.finish_reason,
+                     "logprobs": null}],
+    });
+    json_response(StatusCode::OK, body.to_string().into_bytes())
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let n = shared.total.fetch_add(1, Ordering::Relaxed) + 1;
+    let req: FakeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid request body: {e}"),
+                "invalid_request_error",
+            )
+        }
+    };
+    let prompt_tokens: u64 = req.messages.iter().map(|m| words(&m.content)).sum();
+    let model = req.model.clone();
+    let asked_logprobs = req.logprobs.then_some(req.top_logprobs);
+    let (scripted, top) = match scripted_answer(&shared, req).await {
+        Ok(answer) => answer,
+        Err(resp) => return resp,
+    };
     let completion_tokens =
         words(&scripted.content) + scripted.reasoning.as_deref().map(words).unwrap_or(0);
     let wire = WireResponse {

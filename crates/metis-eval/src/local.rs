@@ -117,6 +117,7 @@ impl LocalModel {
             attempts: 1,
             latency_ms: started.elapsed().as_millis() as u64,
             endpoint: "local".to_owned(),
+            guard: Vec::new(),
         })
     }
 }

@@ -104,8 +104,30 @@ pub struct RunConfig {
 
 /// The hash that keys a response: prompt (with system prompt) and generation parameters.
 pub fn params_hash(system: Option<&str>, prompt: &str, sampling: &Sampling, trial: u32) -> String {
-    let mut h = Sha256::new();
-    let fields = serde_json::json!({
+    hash_fields(system, prompt, sampling, trial, None)
+}
+
+/// [`params_hash`] of a request answered by a deployment around the model (e.g. a guardrail):
+/// `deployment` describes it, so the same prompt asked bare and through a guard are stored as
+/// different responses, and a changed guard is asked again.
+pub fn deployment_params_hash(
+    system: Option<&str>,
+    prompt: &str,
+    sampling: &Sampling,
+    trial: u32,
+    deployment: &str,
+) -> String {
+    hash_fields(system, prompt, sampling, trial, Some(deployment))
+}
+
+fn hash_fields(
+    system: Option<&str>,
+    prompt: &str,
+    sampling: &Sampling,
+    trial: u32,
+    deployment: Option<&str>,
+) -> String {
+    let mut fields = serde_json::json!({
         "system": system,
         "prompt": prompt,
         "temperature": sampling.temperature,
@@ -113,9 +135,46 @@ pub fn params_hash(system: Option<&str>, prompt: &str, sampling: &Sampling, tria
         "max_tokens": sampling.max_tokens,
         "seed": sampling.seed.wrapping_add(u64::from(trial)),
     });
-    h.update(fields.to_string().as_bytes());
-    let digest = h.finalize();
+    // Absent (not null) without a deployment, so every hash stored before stays valid.
+    if let (Some(d), Some(map)) = (deployment, fields.as_object_mut()) {
+        map.insert("deployment".into(), serde_json::Value::from(d));
+    }
+    let digest = Sha256::digest(fields.to_string().as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Something that answers chat requests: an OpenAI-compatible endpoint, the local engine, or
+/// a deployment wrapped around either (a guardrail, see `metis-safety`). The harness's seam
+/// between "what is asked" and "who answers".
+pub trait ChatBackend: Send + Sync {
+    /// Answers one chat request.
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+    ) -> futures::future::BoxFuture<'a, Result<ChatResponse, ClientError>>;
+}
+
+impl ChatBackend for Client {
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+    ) -> futures::future::BoxFuture<'a, Result<ChatResponse, ClientError>> {
+        Box::pin(Client::chat(self, req))
+    }
+}
+
+impl ChatBackend for Arc<LocalModel> {
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+    ) -> futures::future::BoxFuture<'a, Result<ChatResponse, ClientError>> {
+        let (model, req) = (self.clone(), req.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || model.chat_blocking(&req))
+                .await
+                .map_err(|e| ClientError::Transport(format!("local engine task: {e}")))?
+        })
+    }
 }
 
 /// Where responses come from: an OpenAI-compatible endpoint (or several), or a model loaded
@@ -129,14 +188,18 @@ pub enum Backend {
 impl Backend {
     /// Answers one chat request.
     pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ClientError> {
+        ChatBackend::chat(self, req).await
+    }
+}
+
+impl ChatBackend for Backend {
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+    ) -> futures::future::BoxFuture<'a, Result<ChatResponse, ClientError>> {
         match self {
-            Backend::Http(client) => client.chat(req).await,
-            Backend::Local(model) => {
-                let (model, req) = (model.clone(), req.clone());
-                tokio::task::spawn_blocking(move || model.chat_blocking(&req))
-                    .await
-                    .map_err(|e| ClientError::Transport(format!("local engine task: {e}")))?
-            }
+            Backend::Http(client) => ChatBackend::chat(client, req),
+            Backend::Local(model) => ChatBackend::chat(model, req),
         }
     }
 }
@@ -147,10 +210,11 @@ impl From<Client> for Backend {
     }
 }
 
-/// One request to make.
-struct Job {
-    key: ResponseKey,
-    request: ChatRequest,
+/// One request to make and the key its response is stored under.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub key: ResponseKey,
+    pub request: ChatRequest,
 }
 
 fn messages(system: Option<&str>, item: &Item) -> Vec<ChatMessage> {
@@ -252,21 +316,32 @@ pub async fn query(
     stop: Arc<AtomicBool>,
 ) -> Result<QueryStats, RunError> {
     let store = Store::open(&config.store)?;
+    let (jobs, reused) = missing_jobs(config, benches, &store)?;
+    let opts = JobOptions {
+        concurrency: config.concurrency,
+        progress: config.progress,
+    };
+    let mut stats = run_jobs(store, jobs, backend, opts, stop).await?;
+    stats.reused += reused;
+    Ok(stats)
+}
+
+/// The requests of a run whose responses are not stored yet, and how many are.
+fn missing_jobs(
+    config: &RunConfig,
+    benches: &[Benchmark],
+    store: &Store,
+) -> Result<(Vec<Job>, u64), RunError> {
     let mut jobs = Vec::new();
-    let mut stats = QueryStats::default();
+    let mut reused = 0;
     let system = config.system_prompt.as_deref();
     for b in benches {
-        let done: HashSet<(String, String, u32)> = store
-            .records(b.spec.id, &config.model, None)?
-            .into_iter()
-            .filter(|r| r.status == Status::Ok)
-            .map(|r| (r.key.item, r.key.params_hash, r.key.trial))
-            .collect();
+        let done = stored_ok(store, b.spec.id, &config.model)?;
         for trial in 0..config.trials {
             for item in &b.items {
                 let hash = params_hash(system, &item.prompt, &config.sampling, trial);
                 if done.contains(&(item.id.clone(), hash.clone(), trial)) {
-                    stats.reused += 1;
+                    reused += 1;
                     continue;
                 }
                 jobs.push(Job {
@@ -280,25 +355,69 @@ pub async fn query(
                     request: ChatRequest {
                         model: config.model.clone(),
                         messages: messages(system, item),
-                        params: GenParams {
-                            temperature: config.sampling.temperature,
-                            top_p: config.sampling.top_p,
-                            max_tokens: config.sampling.max_tokens,
-                            seed: Some(config.sampling.seed.wrapping_add(u64::from(trial))),
-                        },
+                        params: gen_params(&config.sampling, trial),
                     },
                 });
             }
         }
     }
+    Ok((jobs, reused))
+}
+
+/// The (item, params hash, trial) of every successful response stored for a benchmark and
+/// model: what a resumed run does not ask again.
+pub fn stored_ok(
+    store: &Store,
+    benchmark: &str,
+    model: &str,
+) -> Result<HashSet<(String, String, u32)>, RunError> {
+    Ok(store
+        .records(benchmark, model, None)?
+        .into_iter()
+        .filter(|r| r.status == Status::Ok)
+        .map(|r| (r.key.item, r.key.params_hash, r.key.trial))
+        .collect())
+}
+
+/// Generation parameters of trial `trial` (seeded `seed + trial`).
+pub fn gen_params(sampling: &Sampling, trial: u32) -> GenParams {
+    GenParams {
+        temperature: sampling.temperature,
+        top_p: sampling.top_p,
+        max_tokens: sampling.max_tokens,
+        seed: Some(sampling.seed.wrapping_add(u64::from(trial))),
+    }
+}
+
+/// How [`run_jobs`] sends its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct JobOptions {
+    /// Requests in flight at once (at least 1).
+    pub concurrency: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Sends `jobs` to `backend`, `concurrency` at a time, and commits every response (or failure)
+/// to `store` as it arrives, on a writer thread. `stop` is polled between requests: when set,
+/// no new request starts, in-flight ones are abandoned, what arrived is committed, and the
+/// result is [`RunError::Interrupted`]. Any caller that asks an endpoint for stored responses
+/// (the benchmarks, `metis safety`) goes through here, so resumption and failure accounting
+/// are the same everywhere.
+pub async fn run_jobs(
+    store: Store,
+    jobs: Vec<Job>,
+    backend: &dyn ChatBackend,
+    opts: JobOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<QueryStats, RunError> {
+    let mut stats = QueryStats::default();
     if jobs.is_empty() {
         return Ok(stats);
     }
     let writer = Writer::start(store);
-    let bar = progress_bar(jobs.len() as u64, config.progress);
-    let concurrency = config.concurrency.max(1);
+    let bar = progress_bar(jobs.len() as u64, opts.progress);
     let mut results = futures::stream::iter(jobs.into_iter().map(|job| {
-        let backend = backend.clone();
         let stop = stop.clone();
         async move {
             if stop.load(Ordering::Relaxed) {
@@ -308,7 +427,7 @@ pub async fn query(
             Some((job.key, result))
         }
     }))
-    .buffer_unordered(concurrency);
+    .buffer_unordered(opts.concurrency.max(1));
 
     let mut interrupted = false;
     loop {
@@ -327,19 +446,7 @@ pub async fn query(
         let record = match result {
             Ok(r) => {
                 stats.answered += 1;
-                ResponseRecord {
-                    key,
-                    status: Status::Ok,
-                    response: Some(r.content),
-                    reasoning: r.reasoning,
-                    finish_reason: r.finish_reason,
-                    error: None,
-                    attempts: r.attempts,
-                    latency_ms: Some(r.latency_ms),
-                    prompt_tokens: r.prompt_tokens,
-                    completion_tokens: r.completion_tokens,
-                    source: "query".into(),
-                }
+                answered_record(key, r)
             }
             Err(e) => {
                 stats.failed += 1;
@@ -347,19 +454,7 @@ pub async fn query(
                     "failed: {} item {} trial {}: {e}",
                     key.benchmark, key.item, key.trial
                 ));
-                ResponseRecord {
-                    key,
-                    status: Status::Failed,
-                    response: None,
-                    reasoning: None,
-                    finish_reason: None,
-                    error: Some(e.to_string()),
-                    attempts: 0,
-                    latency_ms: None,
-                    prompt_tokens: None,
-                    completion_tokens: None,
-                    source: "query".into(),
-                }
+                failed_record(key, &e)
             }
         };
         writer.send(record)?;
@@ -372,6 +467,43 @@ pub async fn query(
         return Err(RunError::Interrupted { committed });
     }
     Ok(stats)
+}
+
+fn answered_record(key: ResponseKey, r: ChatResponse) -> ResponseRecord {
+    let guard = (!r.guard.is_empty())
+        .then(|| serde_json::to_string(&r.guard).ok())
+        .flatten();
+    ResponseRecord {
+        key,
+        status: Status::Ok,
+        response: Some(r.content),
+        reasoning: r.reasoning,
+        finish_reason: r.finish_reason,
+        error: None,
+        attempts: r.attempts,
+        latency_ms: Some(r.latency_ms),
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        source: "query".into(),
+        guard,
+    }
+}
+
+fn failed_record(key: ResponseKey, e: &ClientError) -> ResponseRecord {
+    ResponseRecord {
+        key,
+        status: Status::Failed,
+        response: None,
+        reasoning: None,
+        finish_reason: None,
+        error: Some(e.to_string()),
+        attempts: 0,
+        latency_ms: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        source: "query".into(),
+        guard: None,
+    }
 }
 
 /// Resolves once `stop` is set (polled: the flag is set from a signal handler).
@@ -903,6 +1035,7 @@ pub fn read_responses(
             prompt_tokens: None,
             completion_tokens: None,
             source: "import".into(),
+            guard: None,
         });
     }
     Ok((out, skipped))

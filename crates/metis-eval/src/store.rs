@@ -26,7 +26,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a writer waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,6 +82,10 @@ pub struct ResponseRecord {
     pub completion_tokens: Option<u64>,
     /// `"query"` (obtained from an endpoint) or `"import"` (loaded from a file).
     pub source: String,
+    /// The deployment's guardrail checks on this request, as JSON (a list of
+    /// [`crate::client::GuardCheck`]); `None` when no guard ran.
+    #[serde(default)]
+    pub guard: Option<String>,
 }
 
 /// Identity of one judgment: the judged response (benchmark, item, trial, model) and the judge
@@ -182,6 +186,7 @@ CREATE TABLE IF NOT EXISTS responses (
     source            TEXT    NOT NULL,
     created_ms        INTEGER NOT NULL,
     updated_ms        INTEGER NOT NULL,
+    guard             TEXT,
     PRIMARY KEY (benchmark, model, params_hash, trial, item)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS run_info (
@@ -239,9 +244,10 @@ WHERE NOT (judgments.status = 'ok' AND excluded.status = 'failed')
 const UPSERT: &str = "
 INSERT INTO responses (benchmark, model, params_hash, trial, item, status, response, reasoning,
     finish_reason, error, attempts, latency_ms, prompt_tokens, completion_tokens, source,
-    created_ms, updated_ms)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16)
+    created_ms, updated_ms, guard)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, ?17)
 ON CONFLICT (benchmark, model, params_hash, trial, item) DO UPDATE SET
+    guard = excluded.guard,
     status = excluded.status,
     response = excluded.response,
     reasoning = excluded.reasoning,
@@ -257,7 +263,8 @@ WHERE NOT (responses.status = 'ok' AND excluded.status = 'failed')
 ";
 
 const SELECT_COLUMNS: &str = "benchmark, model, params_hash, trial, item, status, response, \
-    reasoning, finish_reason, error, attempts, latency_ms, prompt_tokens, completion_tokens, source";
+    reasoning, finish_reason, error, attempts, latency_ms, prompt_tokens, completion_tokens, source, \
+    guard";
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -303,6 +310,7 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<ResponseRecord> {
         prompt_tokens: from_sql_u64(row.get(12)?),
         completion_tokens: from_sql_u64(row.get(13)?),
         source: row.get(14)?,
+        guard: row.get(15)?,
     })
 }
 
@@ -359,6 +367,7 @@ fn upsert(conn: &Connection, rec: &ResponseRecord, now: i64) -> Result<(), Store
         to_sql_u64(rec.completion_tokens),
         rec.source,
         now,
+        rec.guard,
     ])?;
     Ok(())
 }
@@ -403,9 +412,13 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
-        if version < SCHEMA_VERSION {
-            // Version 0 is a fresh file (migrations from older versions would go here).
+        if version == 0 {
             tx.execute_batch(SCHEMA)?;
+        } else if version == 1 {
+            // Version 2 records the deployment's guardrail checks with each response.
+            tx.execute_batch("ALTER TABLE responses ADD COLUMN guard TEXT;")?;
+        }
+        if version < SCHEMA_VERSION {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         tx.execute_batch(JUDGMENT_SCHEMA)?;

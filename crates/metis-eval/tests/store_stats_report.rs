@@ -46,6 +46,7 @@ fn rec_for(
         prompt_tokens: Some(100),
         completion_tokens: Some(u64::from(trial) + 7),
         source: "query".into(),
+        guard: None,
     }
 }
 

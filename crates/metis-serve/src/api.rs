@@ -434,6 +434,10 @@ pub struct ChatCompletion {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    /// Metis extension: the guardrail checks run on this request (absent without a guard), so
+    /// a client measuring the deployment (`metis safety`) sees why an answer was refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metis_guard: Vec<crate::guard::Verdict>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]

@@ -641,6 +641,7 @@ async fn complete_job(
                 logprobs: None,
             }],
             usage,
+            metis_guard: job.verdicts.clone(),
         }),
         Endpoint::Completion => serde_json::to_value(api::Completion {
             id: job.id.clone(),
@@ -789,6 +790,7 @@ fn blocked_input(st: &AppState, mut job: Job) -> Response {
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": refusal},
                              "finish_reason": "content_filter", "logprobs": null}],
                 "usage": usage,
+                "metis_guard": job.verdicts,
             }),
             Endpoint::Completion => json!({
                 "id": job.id, "object": "text_completion", "created": job.created,
