@@ -11,7 +11,8 @@
 //!   [`taa`] judges threat actor attributions; [`qa`] scores short answers (EM, token F1); [`ifeval`] checks IFEval's verifiable instructions, [`math`] extracts final answers and
 //!   decides mathematical equivalence; [`bbh`] reads BIG-Bench Hard answers by type;
 //!   [`code`] runs generated Python against a problem's tests
-//!   in a sandbox (HumanEval) and estimates pass@k;
+//!   in a sandbox (HumanEval) and estimates pass@k; [`copyright`] is HarmBench's MinHash
+//!   copyright judge (spaCy-compatible tokenizer, datasketch-equal signatures);
 //! - [`format`] scores the shape of a response (the guard against reward hacking);
 //! - [`verifier`] ties them together behind one [`Verifier`] interface and aggregates
 //!   item verdicts into benchmark metrics;
@@ -22,6 +23,7 @@
 pub mod attack;
 pub mod bbh;
 pub mod code;
+pub mod copyright;
 pub mod cvss;
 pub mod cwe;
 pub mod extract;
