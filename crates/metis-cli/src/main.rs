@@ -29,6 +29,8 @@ enum Command {
     Score(Box<commands::score::Args>),
     /// Run the benchmarks against an OpenAI-compatible endpoint, or grade given answers.
     Eval(Box<commands::eval::Args>),
+    /// HarmBench safety of a deployment: bare, with a system prompt, behind a guardrail.
+    Safety(Box<commands::safety::Args>),
     /// Tables and charts from evaluation results.
     Report(commands::report::Args),
     /// Generate a continuation with a local model.
@@ -66,6 +68,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Cvss(args) => commands::cvss::run(args),
         Command::Score(args) => commands::score::run(*args),
         Command::Eval(args) => commands::eval::run(*args),
+        Command::Safety(args) => commands::safety::run(*args),
         Command::Report(args) => commands::report::run(args),
         Command::Generate(args) => commands::generate::run_generate(*args),
         Command::Chat(args) => commands::generate::run_chat(*args),

@@ -297,7 +297,7 @@ impl Writer {
 }
 
 /// Counts of one querying pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryStats {
     /// Responses already in the store.
     pub reused: u64,

@@ -221,10 +221,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Behavior>, BehaviorError> {
     Ok(out)
 }
 
-fn check_header(
-    reader: &mut csv::Reader<&[u8]>,
-    path: &Path,
-) -> Result<(), BehaviorError> {
+fn check_header(reader: &mut csv::Reader<&[u8]>, path: &Path) -> Result<(), BehaviorError> {
     let header = reader.headers().map_err(|e| BehaviorError::Csv {
         path: path.to_path_buf(),
         line: 1,

@@ -41,7 +41,10 @@ impl std::fmt::Debug for Configuration {
         f.debug_struct("Configuration")
             .field("name", &self.name)
             .field("model", &self.model)
-            .field("system_prompt", &self.system_prompt.as_ref().map(|s| s.len()))
+            .field(
+                "system_prompt",
+                &self.system_prompt.as_ref().map(|s| s.len()),
+            )
             .field("deployment", &self.deployment)
             .finish_non_exhaustive()
     }
@@ -125,7 +128,10 @@ impl GuardedBackend {
 }
 
 impl ChatBackend for GuardedBackend {
-    fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ClientError>> {
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ClientError>> {
         Box::pin(self.answer(req))
     }
 }

@@ -99,7 +99,11 @@ pub fn markdown(ctx: &ReportContext, r: &SafetyResults) -> String {
     }
     let functional: Vec<String> = ["standard", "contextual", "copyright"]
         .iter()
-        .filter(|f| r.configurations.iter().any(|c| c.functional.contains_key(**f)))
+        .filter(|f| {
+            r.configurations
+                .iter()
+                .any(|c| c.functional.contains_key(**f))
+        })
         .map(|f| f.to_string())
         .collect();
     s.push_str("\n## Pass rate (%) by configuration\n\n| configuration | overall |");
@@ -110,9 +114,18 @@ pub fn markdown(ctx: &ReportContext, r: &SafetyResults) -> String {
     s.push_str(&"---|".repeat(functional.len() + 1));
     s.push('\n');
     for c in &r.configurations {
-        s.push_str(&format!("| {} | {} |", c.configuration, cell(&c.overall.pass_rate)));
+        s.push_str(&format!(
+            "| {} | {} |",
+            c.configuration,
+            cell(&c.overall.pass_rate)
+        ));
         for f in &functional {
-            s.push_str(&format!(" {} |", c.functional.get(f).map_or("–".into(), |g| cell(&g.pass_rate))));
+            s.push_str(&format!(
+                " {} |",
+                c.functional
+                    .get(f)
+                    .map_or("–".into(), |g| cell(&g.pass_rate))
+            ));
         }
         s.push_str(&format!(" {} |\n", pct(c.pass_rate_upstream_rule)));
     }
@@ -122,8 +135,18 @@ pub fn markdown(ctx: &ReportContext, r: &SafetyResults) -> String {
         let k = &c.counts;
         s.push_str(&format!(
             "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            c.configuration, c.overall.scored, c.overall.behaviors, k.judged, k.harmful, k.blocked,
-            k.judge_invalid, k.judge_failed, k.failed, k.unjudged, k.missing, k.truncated
+            c.configuration,
+            c.overall.scored,
+            c.overall.behaviors,
+            k.judged,
+            k.harmful,
+            k.blocked,
+            k.judge_invalid,
+            k.judge_failed,
+            k.failed,
+            k.unjudged,
+            k.missing,
+            k.truncated
         ));
     }
     if !r.paired.is_empty() {
@@ -132,8 +155,15 @@ pub fn markdown(ctx: &ReportContext, r: &SafetyResults) -> String {
             let d = &p.diff;
             s.push_str(&format!(
                 "| {} → {} | {:+.2} | [{:+.2}, {:+.2}] | {} | {} | {} | {} |\n",
-                p.from, p.to, 100.0 * d.mean_diff, 100.0 * d.ci_low, 100.0 * d.ci_high, d.n,
-                d.a_better, d.b_better, d.ties
+                p.from,
+                p.to,
+                100.0 * d.mean_diff,
+                100.0 * d.ci_low,
+                100.0 * d.ci_high,
+                d.n,
+                d.a_better,
+                d.b_better,
+                d.ties
             ));
         }
     }
@@ -156,7 +186,12 @@ fn semantic_table(r: &SafetyResults) -> String {
     for cat in cats {
         s.push_str(&format!("| {cat} |"));
         for c in &r.configurations {
-            s.push_str(&format!(" {} |", c.semantic.get(cat).map_or("–".into(), |g| cell(&g.pass_rate))));
+            s.push_str(&format!(
+                " {} |",
+                c.semantic
+                    .get(cat)
+                    .map_or("–".into(), |g| cell(&g.pass_rate))
+            ));
         }
         s.push('\n');
     }
@@ -165,7 +200,8 @@ fn semantic_table(r: &SafetyResults) -> String {
 
 /// One row per (configuration, grouping, group).
 pub fn csv(r: &SafetyResults) -> String {
-    let mut s = String::from("configuration,grouping,group,behaviors,scored,mean,std,ci_low,ci_high\n");
+    let mut s =
+        String::from("configuration,grouping,group,behaviors,scored,mean,std,ci_low,ci_high\n");
     let row = |s: &mut String, c: &ConfigResult, grouping: &str, group: &str, g: &GroupResult| {
         let p = &g.pass_rate;
         s.push_str(&format!(
@@ -187,8 +223,11 @@ pub fn csv(r: &SafetyResults) -> String {
 
 /// The context and every number, as JSON.
 pub fn json(ctx: &ReportContext, r: &SafetyResults) -> String {
-    serde_json::to_string_pretty(&JsonReport { context: ctx, results: r })
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    serde_json::to_string_pretty(&JsonReport {
+        context: ctx,
+        results: r,
+    })
+    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
 /// The Figure-5 bar chart: groups overall / standard / contextual / copyright, one bar per

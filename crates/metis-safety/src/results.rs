@@ -210,7 +210,13 @@ fn per_behavior_pass<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> BTreeMa
         .collect()
 }
 
-fn paired_diff(outcomes: &[Outcome], from: &str, to: &str, resamples: usize, seed: u64) -> PairedDiff {
+fn paired_diff(
+    outcomes: &[Outcome],
+    from: &str,
+    to: &str,
+    resamples: usize,
+    seed: u64,
+) -> PairedDiff {
     let a = per_behavior_pass(outcomes.iter().filter(|o| o.configuration == to));
     let b = per_behavior_pass(outcomes.iter().filter(|o| o.configuration == from));
     let (xs, ys): (Vec<f64>, Vec<f64>) = a

@@ -97,7 +97,11 @@ impl SafetyRun {
     }
 
     /// The requests of `cfg` whose answers are not stored yet, and how many are.
-    fn missing_jobs(&self, cfg: &Configuration, store: &Store) -> Result<(Vec<Job>, u64), RunError> {
+    fn missing_jobs(
+        &self,
+        cfg: &Configuration,
+        store: &Store,
+    ) -> Result<(Vec<Job>, u64), RunError> {
         let done = stored_ok(store, BENCHMARK, &cfg.model)?;
         let mut jobs = Vec::new();
         let mut reused = 0;
@@ -160,7 +164,12 @@ impl SafetyRun {
             let mut by_key: HashMap<(String, String, u32), ResponseRecord> = store
                 .records(BENCHMARK, &cfg.model, None)?
                 .into_iter()
-                .map(|r| ((r.key.item.clone(), r.key.params_hash.clone(), r.key.trial), r))
+                .map(|r| {
+                    (
+                        (r.key.item.clone(), r.key.params_hash.clone(), r.key.trial),
+                        r,
+                    )
+                })
                 .collect();
             for trial in 0..self.trials {
                 for b in &self.behaviors {
@@ -231,20 +240,33 @@ impl SafetyRun {
             jobs.push((key, asked.key.params_hash.clone(), prompt));
         }
         // Identical requests (the same answer to the same behaviour) are asked once.
-        jobs.sort_by(|a, b| (&a.0.model, &a.0.item, a.0.trial, &a.0.request_hash).cmp(&(&b.0.model, &b.0.item, b.0.trial, &b.0.request_hash)));
+        jobs.sort_by(|a, b| {
+            (&a.0.model, &a.0.item, a.0.trial, &a.0.request_hash).cmp(&(
+                &b.0.model,
+                &b.0.item,
+                b.0.trial,
+                &b.0.request_hash,
+            ))
+        });
         jobs.dedup_by(|a, b| a.0 == b.0);
-        let mut results = futures::stream::iter(jobs.into_iter().map(|(key, params_hash, prompt)| {
-            let stop = stop.clone();
-            async move {
-                if stop.load(Ordering::Relaxed) {
-                    return None;
+        let mut results =
+            futures::stream::iter(jobs.into_iter().map(|(key, params_hash, prompt)| {
+                let stop = stop.clone();
+                async move {
+                    if stop.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    let started = std::time::Instant::now();
+                    let answer = judge.ask(&prompt).await;
+                    Some((
+                        key,
+                        params_hash,
+                        answer,
+                        started.elapsed().as_millis() as u64,
+                    ))
                 }
-                let started = std::time::Instant::now();
-                let answer = judge.ask(&prompt).await;
-                Some((key, params_hash, answer, started.elapsed().as_millis() as u64))
-            }
-        }))
-        .buffer_unordered(self.concurrency.max(1));
+            }))
+            .buffer_unordered(self.concurrency.max(1));
         let mut interrupted = false;
         while let Some(next) = results.next().await {
             let Some((key, params_hash, answer, latency_ms)) = next else {
@@ -420,7 +442,12 @@ fn judgment_records(
         .judgments(BENCHMARK, model)?
         .into_iter()
         .filter(|j| j.key.judge == judge_id)
-        .map(|j| ((j.key.item.clone(), j.key.trial, j.key.request_hash.clone()), j))
+        .map(|j| {
+            (
+                (j.key.item.clone(), j.key.trial, j.key.request_hash.clone()),
+                j,
+            )
+        })
         .collect())
 }
 
@@ -456,7 +483,11 @@ fn split(record: &ResponseRecord) -> (Option<String>, String) {
     let content = record.response.as_deref().unwrap_or("");
     let parts = reasoning::split(content, &Delimiters::default());
     let inline = (!parts.reasoning.is_empty()).then(|| parts.reasoning.clone());
-    let reasoning = record.reasoning.clone().filter(|r| !r.is_empty()).or(inline);
+    let reasoning = record
+        .reasoning
+        .clone()
+        .filter(|r| !r.is_empty())
+        .or(inline);
     (reasoning, parts.answer.trim().to_owned())
 }
 
@@ -555,6 +586,28 @@ impl Outcome {
         match (self.kind, self.label) {
             (OutcomeKind::Judged, Some(Label::Invalid)) => Some(1.0),
             _ => self.pass(),
+        }
+    }
+}
+
+/// HarmBench generates `max_new_tokens=512`; a reasoning model thinks before it answers, so
+/// its budget leaves room for the reasoning and a 512-token answer.
+pub const REASONING_MAX_TOKENS: u32 = 4096;
+/// HarmBench's generation budget, for instruct models.
+pub const INSTRUCT_MAX_TOKENS: u32 = 512;
+
+/// The default generation settings of a safety run: the report's sampling for the model kind
+/// with HarmBench's budget.
+pub fn default_sampling(reasoning: bool) -> Sampling {
+    if reasoning {
+        Sampling {
+            max_tokens: REASONING_MAX_TOKENS,
+            ..Sampling::reasoning()
+        }
+    } else {
+        Sampling {
+            max_tokens: INSTRUCT_MAX_TOKENS,
+            ..Sampling::instruct()
         }
     }
 }

@@ -1,14 +1,14 @@
 //! `metis serve`: the OpenAI-compatible server (metis-serve) over a local model.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use candle_core::DType;
 use metis_serve::auth::ApiKeys;
-use metis_serve::guard::{self, Guard, GuardBackend, LocalGuard, RemoteGuard};
 use metis_serve::system_prompt::SystemPromptPolicy;
 use metis_serve::ServeConfig;
+
+use super::guard_args::GuardArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,28 +42,8 @@ pub struct Args {
     /// Do not open the reasoning block (`<think>\n`) after the generation prompt.
     #[arg(long)]
     no_think: bool,
-    /// Llama Guard 3 guardrail: `local:PATH` (model directory with tokenizer, or .gguf file) or
-    /// `url:http://host:port/v1` (OpenAI-compatible /v1/completions).
-    #[arg(long)]
-    guard: Option<String>,
-    /// Model name sent to a remote guard.
-    #[arg(long, default_value = "meta-llama/Llama-Guard-3-8B")]
-    guard_model: String,
-    /// Environment variable holding the remote guard's API key, if it needs one.
-    #[arg(long)]
-    guard_api_key_env: Option<String>,
-    /// Hazard categories to enforce (default: all, S1..S14).
-    #[arg(long, default_value = "S1,S2,S3,S4,S5,S6,S7,S8,S9,S10,S11,S12,S13,S14")]
-    guard_categories: String,
-    /// Do not moderate user input.
-    #[arg(long)]
-    no_guard_input: bool,
-    /// Do not moderate the model's answer.
-    #[arg(long)]
-    no_guard_output: bool,
-    /// Show the guard the reasoning too, not only the final answer.
-    #[arg(long)]
-    guard_include_reasoning: bool,
+    #[command(flatten)]
+    guard: GuardArgs,
     /// API key file: lines `id:key` or `id:sha256:HEX` (also read: METIS_API_KEYS).
     #[arg(long)]
     api_keys: Option<PathBuf>,
@@ -96,30 +76,6 @@ pub struct Args {
     max_body_bytes: usize,
 }
 
-fn guard_from(args: &Args) -> anyhow::Result<Option<Guard>> {
-    let Some(spec) = &args.guard else {
-        return Ok(None);
-    };
-    let backend: Arc<dyn GuardBackend> = if let Some(dir) = spec.strip_prefix("local:") {
-        Arc::new(LocalGuard::load(dir.as_ref()).with_context(|| format!("loading guard {dir}"))?)
-    } else if let Some(url) = spec.strip_prefix("url:") {
-        let key = match &args.guard_api_key_env {
-            Some(var) => Some(std::env::var(var).with_context(|| format!("${var} is not set"))?),
-            None => None,
-        };
-        Arc::new(RemoteGuard::new(url, &args.guard_model, key)?)
-    } else {
-        bail!("--guard takes local:DIR or url:http://host:port/v1, got {spec:?}");
-    };
-    Ok(Some(Guard {
-        backend,
-        categories: guard::parse_categories(&args.guard_categories)?,
-        check_input: !args.no_guard_input,
-        check_output: !args.no_guard_output,
-        include_reasoning: args.guard_include_reasoning,
-    }))
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = ServeConfig::new(&args.model);
     config.tokenizer_dir = args.tokenizer.clone();
@@ -138,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     config.system_prompt_policy = args.system_prompt_policy;
     config.prefill_think = !args.no_think;
-    config.guard = guard_from(&args)?;
+    config.guard = args.guard.build()?;
     let mut keys = ApiKeys::default();
     if let Some(p) = &args.api_keys {
         let text = std::fs::read_to_string(p)
