@@ -17,13 +17,17 @@ stress strings, Unicode, long (> 300-word) passages and edge cases (empty, one w
 whitespace only), all from a fixed-seed generator; plus real English from ../shared/data:
 HarmBench's 400 behaviours and 100 context strings, IFEval's prompts and GSM8K questions.
 
+A second fixture, spacy_tokenizer_fuzz.jsonl.gz, holds 4,500 adversarial strings with spaCy's
+tokens only (rule material glued together: punctuation, URLs, special cases, IP addresses,
+combining marks, emoji, odd whitespace), to pin the tokenizer where prose rarely goes.
+
 Setup (throwaway venv; nothing is committed but the fixture):
     python3 -m venv /tmp/hb-venv
     /tmp/hb-venv/bin/pip install 'datasketch==1.10.0' 'numpy==2.4.6' 'spacy==3.8.18'
     # datasketch 2.x changed the default permutation scheme; HarmBench's hashes are 1.x's.
 Usage:
     /tmp/hb-venv/bin/python tools/reference/harmbench_minhash.py
-writes crates/metis-verify/tests/fixtures/harmbench_minhash.json.gz.
+writes crates/metis-verify/tests/fixtures/{harmbench_minhash.json.gz,spacy_tokenizer_fuzz.jsonl.gz}.
 """
 import csv
 import gzip
@@ -39,6 +43,7 @@ from datasketch import MinHash
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(ROOT, "..", "shared", "data")
 FIXTURE = os.path.join(ROOT, "crates/metis-verify/tests/fixtures/harmbench_minhash.json.gz")
+FUZZ_FIXTURE = os.path.join(ROOT, "crates/metis-verify/tests/fixtures/spacy_tokenizer_fuzz.jsonl.gz")
 SEED = 20240805
 
 nlp = spacy.blank("en")
@@ -182,7 +187,7 @@ EDGE = [
 
 def synthetic(rng):
     texts = [("edge", t) for t in EDGE]
-    texts += [("prose", prose(rng, rng.randint(2, 120))) for _ in range(400)]
+    texts += [("prose", prose(rng, rng.randint(2, 120))) for _ in range(330)]
     texts += [("lyrics", lyrics(rng)) for _ in range(260)]
     texts += [("stress", stress(rng)) for _ in range(220)]
     texts += [("long", prose(rng, rng.randint(320, 900))) for _ in range(45)]
@@ -199,11 +204,71 @@ def real(rng):
                 texts.append(("harmbench:context", row["ContextString"]))
     with open(os.path.join(SHARED, "ifeval", "input_data.jsonl")) as f:
         prompts = [json.loads(line)["prompt"] for line in f]
-    texts += [("ifeval", p) for p in rng.sample(prompts, 200)]
+    texts += [("ifeval", p) for p in rng.sample(prompts, 170)]
     with open(os.path.join(SHARED, "gsm8k", "test.jsonl")) as f:
         questions = [json.loads(line)["question"] for line in f]
     texts += [("gsm8k", q) for q in rng.sample(questions, 100)]
     return texts
+
+
+# --- adversarial strings for the tokenizer alone (no hashes): glued rule material ---
+FUZZ_POOL = list("abcdeXYZ019 .,;:!?'\"-–—/\\()[]{}<>@#$%^&*+=_~`|…“”‘’«»°²€£¥§¶•😀ツ\n\t\u00a0") + [
+    "http://", "www.", ".com", "n't", "'s", "'ll", "don't", "can", "U.S.", "e.g.", "a.m.", "km",
+    "US$", "...", "--", ":)", "<3", "C++", "Mr.", "10.0.0.1", "@x.org", "://", "°C", "i.e.",
+    "and/or", "'cause", "lovin'", "gonna", "y'all",
+]
+FUZZ_RANGES = [(0x20, 0x7E)] * 6 + [
+    (0xA0, 0x24F), (0x370, 0x4FF), (0x2000, 0x206F), (0x2190, 0x2BFF), (0x3000, 0x30FF),
+    (0x1F300, 0x1F9FF), (0x0, 0x20), (0x80, 0xA0), (0x300, 0x36F), (0xFF00, 0xFFEF),
+    (0x1C, 0x1F), (0x600, 0x6FF), (0x4E00, 0x4E50),
+]
+FUZZ_WORDS = ["the", "don't", "I'm", ":)", "...", "U.S.", "http://x.com", "a-b", "3pm", "5km", "$5", "e.g.", "'s", "n't", "--", "°C.", "C++", "Mr."]
+
+
+def fuzz_glued(rng):
+    return "".join(rng.choice(FUZZ_POOL) for _ in range(rng.randint(1, 40)))
+
+
+def fuzz_unicode(rng):
+    parts = []
+    for _ in range(rng.randint(1, 30)):
+        if rng.random() < 0.3:
+            parts.append(rng.choice(FUZZ_WORDS))
+        else:
+            lo, hi = rng.choice(FUZZ_RANGES)
+            cp = rng.randint(lo, hi)
+            if not 0xD800 <= cp <= 0xDFFF:
+                parts.append(chr(cp))
+    return "".join(parts)
+
+
+def fuzz_special_cases(rng, keys):
+    punct = list(".,;:!?'\"()[]-—/…“”‘’$%#@*+=<>_~`") + ["...", "--", "'s", "’s"]
+    parts = []
+    for _ in range(rng.randint(1, 12)):
+        r = rng.random()
+        if r < 0.5:
+            parts.append(rng.choice(keys))
+        elif r < 0.8:
+            parts.append(rng.choice(punct))
+        elif r < 0.9:
+            parts.append(rng.choice(["a", "The", "10", "x", "3", "A"]))
+        else:
+            parts.append(rng.choice([" ", "  ", "\n"]))
+    return "".join(parts)
+
+
+def write_fuzz(n_each):
+    rng = random.Random(SEED + 2)
+    keys = sorted(nlp.tokenizer.rules)
+    texts = [fuzz_glued(rng) for _ in range(n_each)]
+    texts += [fuzz_unicode(rng) for _ in range(n_each)]
+    texts += [fuzz_special_cases(rng, keys) for _ in range(n_each)]
+    with gzip.GzipFile(FUZZ_FIXTURE, "wb", mtime=0) as f:
+        for text in texts:
+            row = {"text": text, "tokens": tokenize(text)}
+            f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+    print(f"wrote {FUZZ_FIXTURE}: {len(texts)} strings, {os.path.getsize(FUZZ_FIXTURE)} bytes")
 
 
 def sig_hex(mh):
@@ -228,7 +293,7 @@ def main():
         tokens = tokenize(text)
         row = {"id": i, "source": source, "text": text, "split_sig": sig_hex(split_minhash(text)), "tokens": tokens}
         # Windows for every long text and a sample of the rest (>= 200 texts in all).
-        if len(tokens) > 300 or source == "edge" or window_rng.random() < 0.055:
+        if len(tokens) > 300 or source == "edge" or window_rng.random() < 0.045:
             shape = "book" if len(tokens) > 300 else "lyrics"
             window, overlap = (300, 200) if shape == "book" else (50, 40)
             sigs = [sig_hex(m) for m in compute_hashes_with_sliding_window(text, window, overlap)]
@@ -256,6 +321,7 @@ def main():
         f"({sum(len(r['tokens']) > 300 for r in with_windows)} over 300 tokens, {n_windows} windows), "
         f"{os.path.getsize(FIXTURE)} bytes"
     )
+    write_fuzz(1500)
 
 
 if __name__ == "__main__":
