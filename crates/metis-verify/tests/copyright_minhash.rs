@@ -18,6 +18,18 @@ use metis_verify::copyright::{
 struct Fixture {
     permutations: FixturePermutations,
     texts: Vec<Row>,
+    real_judgements: Vec<Judgement>,
+}
+
+/// Upstream's `check_output_with_sliding_window` on a fixture text against a real HarmBench
+/// reference set.
+#[derive(serde::Deserialize)]
+struct Judgement {
+    behavior: String,
+    shape: String,
+    text_id: usize,
+    matched: bool,
+    max_similarity: f64,
 }
 
 #[derive(serde::Deserialize)]
@@ -42,13 +54,17 @@ struct Windows {
     sigs: Vec<String>,
 }
 
+fn shape(name: &str) -> WindowShape {
+    match name {
+        "book" => WindowShape::Book,
+        "lyrics" => WindowShape::Lyrics,
+        other => panic!("fixture shape {other:?}"),
+    }
+}
+
 impl Windows {
     fn shape(&self) -> WindowShape {
-        match self.shape.as_str() {
-            "book" => WindowShape::Book,
-            "lyrics" => WindowShape::Lyrics,
-            other => panic!("fixture shape {other:?}"),
-        }
+        shape(&self.shape)
     }
 }
 
@@ -484,12 +500,40 @@ fn real_hashes() -> Option<Vec<(String, PathBuf)>> {
     Some(files)
 }
 
+/// Each real behaviour's window shape, from its HarmBench tags as the fixture recorded them.
 fn shape_of(behavior_id: &str) -> WindowShape {
-    // HarmBench names book behaviours `passage_*` and songs `lyrics_*`, matching their tags.
-    if behavior_id.starts_with("lyrics_") {
-        WindowShape::Lyrics
-    } else {
-        WindowShape::Book
+    let judgement = fixture()
+        .real_judgements
+        .iter()
+        .find(|j| j.behavior == behavior_id)
+        .unwrap_or_else(|| panic!("{behavior_id} is not a HarmBench copyright behaviour"));
+    shape(&judgement.shape)
+}
+
+#[test]
+fn judgements_on_real_files_equal_upstream() {
+    let Some(files) = real_hashes() else { return };
+    let judgements = &fixture().real_judgements;
+    assert_eq!(judgements.len(), 1_200); // 12 texts x 100 behaviours
+    let mut current: Option<(&str, ReferenceHashes)> = None;
+    for j in judgements {
+        if current.as_ref().map(|(id, _)| *id) != Some(j.behavior.as_str()) {
+            let (_, path) = files
+                .iter()
+                .find(|(id, _)| *id == j.behavior)
+                .expect("converted");
+            current = Some((&j.behavior, ReferenceHashes::load(path).unwrap()));
+        }
+        let reference = &current.as_ref().unwrap().1;
+        let text = &fixture().texts[j.text_id].text;
+        let verdict = judge(text, shape(&j.shape), reference);
+        assert_eq!(
+            (verdict.matched, verdict.max_similarity),
+            (j.matched, j.max_similarity),
+            "{} on text {}",
+            j.behavior,
+            j.text_id
+        );
     }
 }
 
@@ -527,14 +571,19 @@ fn judging_512_tokens_against_the_largest_book_is_fast() {
     let reference = ReferenceHashes::load(path).unwrap();
     let load = load.elapsed();
     let generation = passage(8, 512);
-    let start = Instant::now();
-    let verdict = judge(&generation, WindowShape::Book, &reference);
-    let elapsed = start.elapsed();
+    // The first call also builds the tokenizer's tables and regexes (once per process).
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let verdict = judge(&generation, WindowShape::Book, &reference);
+        times.push(start.elapsed());
+        assert!(!verdict.matched && verdict.windows == 4, "{verdict:?}");
+    }
     println!(
-        "{id}: {} reference windows; load {load:?}; judge 512 tokens ({} windows) {elapsed:?}",
+        "{id}: {} reference windows; load {load:?}; judge 512 tokens: first {:?}, then {:?}",
         reference.len(),
-        verdict.windows
+        times[0],
+        times[1..].iter().min().unwrap()
     );
-    assert!(!verdict.matched);
-    assert!(elapsed.as_secs_f64() < 0.5, "{elapsed:?}");
+    assert!(times[0].as_secs_f64() < 0.5, "{times:?}");
 }
