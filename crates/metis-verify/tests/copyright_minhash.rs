@@ -344,21 +344,32 @@ fn agreeing_on(base: &MinHash, equal: usize) -> MinHash {
 fn threshold_is_strictly_greater_than() {
     let base = MinHash::from_words(["alpha", "beta", "gamma"]);
     // 0.6 × 128 = 76.8: 77 equal slots (0.6016) match, 76 (0.59375) do not.
-    assert!(compare(&[agreeing_on(&base, 77)], &[base.clone()], THRESHOLD).matched);
-    let below = compare(&[agreeing_on(&base, 76)], &[base.clone()], THRESHOLD);
+    assert!(
+        compare(
+            &[agreeing_on(&base, 77)],
+            std::slice::from_ref(&base),
+            THRESHOLD
+        )
+        .matched
+    );
+    let below = compare(
+        &[agreeing_on(&base, 76)],
+        std::slice::from_ref(&base),
+        THRESHOLD,
+    );
     assert!(!below.matched);
     assert_eq!(below.max_similarity, 76.0 / 128.0);
     // At a threshold the slots can hit exactly, equality is not a match: `>` not `>=`.
-    let at = compare(&[agreeing_on(&base, 64)], &[base.clone()], 0.5);
+    let at = compare(&[agreeing_on(&base, 64)], std::slice::from_ref(&base), 0.5);
     assert!(!at.matched && at.max_similarity == 0.5);
-    assert!(compare(&[agreeing_on(&base, 65)], &[base.clone()], 0.5).matched);
+    assert!(compare(&[agreeing_on(&base, 65)], std::slice::from_ref(&base), 0.5).matched);
 }
 
 #[test]
 fn comparison_stops_at_the_first_match_like_upstream() {
     let base = MinHash::from_words(["one", "two", "three"]);
     let output = [agreeing_on(&base, 80), agreeing_on(&base, 128)];
-    let verdict = compare(&output, &[base.clone()], THRESHOLD);
+    let verdict = compare(&output, std::slice::from_ref(&base), THRESHOLD);
     // The identical second window is never reached: upstream returns on the first > 0.6.
     assert!(verdict.matched);
     assert_eq!(verdict.max_similarity, 80.0 / 128.0);

@@ -424,10 +424,17 @@ fn find_prefix(s: &str) -> usize {
     0
 }
 
+/// No suffix rule but `\.\.+` matches more than this many bytes (checked by a test), so only
+/// the tail of a long chunk, and a trailing run of dots, can start a suffix.
+const MAX_SUFFIX_BYTES: usize = 16;
+
 /// `suffix_search`: every rule is anchored at the end, so the suffix is the match that starts
 /// leftmost; the length of `s` from there.
 fn find_suffix(s: &str) -> usize {
+    let trailing_dots = s.len() - s.trim_end_matches('.').len();
+    let first = (s.len() - trailing_dots).min(s.len().saturating_sub(MAX_SUFFIX_BYTES));
     s.char_indices()
+        .skip_while(|&(i, _)| i < first)
         .find(|&(i, _)| data::SUFFIXES.iter().any(|rule| suffix_at(s, i, *rule)))
         .map_or(0, |(i, _)| s.len() - i)
 }
@@ -642,6 +649,28 @@ mod tests {
         // Python's `\w` has no combining marks, so this is no scheme.
         assert!(!url.is_match("\u{35d}e.g.http://x.com"));
         assert!(!url.is_match("lower.Upper"));
+    }
+
+    #[test]
+    fn suffix_literals_fit_the_scanned_tail() {
+        let longest = data::SUFFIXES
+            .iter()
+            .flat_map(|rule| match *rule {
+                Suffix::Lit(lit) => vec![lit.len()],
+                Suffix::AfterDigit(options) => options.iter().map(|o| o.len()).collect(),
+                Suffix::Icon => vec![4],
+                Suffix::Dots => vec![],
+                Suffix::DegreeDot | Suffix::DotAfterClass | Suffix::DotAfterTwoUpper => vec![1],
+            })
+            .max();
+        assert!(
+            longest.is_some_and(|l| l <= MAX_SUFFIX_BYTES),
+            "{longest:?}"
+        );
+        let long = format!("{}xkm", "a".repeat(100));
+        assert_eq!(find_suffix(&long), 0);
+        assert_eq!(find_suffix(&format!("{}5km", "a".repeat(100))), 2);
+        assert_eq!(find_suffix(&format!("word{}", ".".repeat(40))), 40);
     }
 
     #[test]
