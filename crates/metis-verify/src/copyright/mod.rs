@@ -22,7 +22,8 @@ mod tokenizer;
 
 pub use minhash::{permutations, sha1_hash32, MinHash, Permutations, NUM_PERM, SEED};
 pub use reference::{
-    default_hashes_dir, ReferenceError, ReferenceHashes, EXTENSION, HASHES_DIR_ENV, MAGIC, VERSION,
+    default_hashes_dir, ReferenceError, ReferenceHashes, EXTENSION, FORMAT_VERSION, HASHES_DIR_ENV,
+    MAGIC,
 };
 pub use tokenizer::{split_words, tokenize};
 

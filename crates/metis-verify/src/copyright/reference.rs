@@ -16,7 +16,7 @@ use super::WindowShape;
 /// The file magic.
 pub const MAGIC: [u8; 4] = *b"MHSH";
 /// The format version this build reads and writes.
-pub const VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 1;
 /// The file extension: `<BehaviorID>.mhash`.
 pub const EXTENSION: &str = "mhash";
 /// Environment variable naming the directory of converted files.
@@ -35,7 +35,7 @@ pub enum ReferenceError {
     },
     #[error("{path}: not a MinHash reference file (magic {found:?}, expected \"MHSH\")")]
     BadMagic { path: PathBuf, found: Vec<u8> },
-    #[error("{path}: format version {found}; this build reads version {VERSION}")]
+    #[error("{path}: format version {found}; this build reads version {FORMAT_VERSION}")]
     UnsupportedVersion { path: PathBuf, found: u32 },
     #[error("{path}: num_perm {found}; HarmBench's MinHashes have {NUM_PERM}")]
     WrongNumPerm { path: PathBuf, found: u32 },
@@ -114,7 +114,7 @@ impl ReferenceHashes {
             });
         }
         let (version, num_perm, seed, count) = (field(4), field(8), field(12), field(16));
-        if version != VERSION {
+        if version != FORMAT_VERSION {
             return Err(ReferenceError::UnsupportedVersion {
                 path: path(),
                 found: version,
@@ -168,7 +168,12 @@ impl ReferenceHashes {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(HEADER_LEN + self.signatures.len() * SIGNATURE_LEN);
         bytes.extend_from_slice(&MAGIC);
-        for field in [VERSION, NUM_PERM as u32, SEED, self.signatures.len() as u32] {
+        for field in [
+            FORMAT_VERSION,
+            NUM_PERM as u32,
+            SEED,
+            self.signatures.len() as u32,
+        ] {
             bytes.extend_from_slice(&field.to_le_bytes());
         }
         for signature in &self.signatures {

@@ -11,9 +11,9 @@
 //! spaCy into `spacy_en.rs`; the rule shapes below mirror `spacy/lang/punctuation.py` and
 //! `spacy/lang/en/punctuation.py`, whose Python regexes they replace.
 //!
-//! Deliberate approximations, none reached by English prose: Python's `\w` in the URL
-//! pattern's scheme is read as Rust's `\w`, and spaCy's tokenizer cache is not kept (it only
-//! memoises results this code recomputes identically).
+//! spaCy's tokenizer cache is not kept: it only memoises results this code recomputes
+//! identically. Python's Unicode tables (3.11: Unicode 14) and the `regex` crate's may differ
+//! on characters assigned since, which no English text holds.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -424,10 +424,17 @@ fn find_prefix(s: &str) -> usize {
     0
 }
 
+/// No suffix rule but `\.\.+` matches more than this many bytes (checked by a test), so only
+/// the tail of a long chunk, and a trailing run of dots, can start a suffix.
+const MAX_SUFFIX_BYTES: usize = 16;
+
 /// `suffix_search`: every rule is anchored at the end, so the suffix is the match that starts
 /// leftmost; the length of `s` from there.
 fn find_suffix(s: &str) -> usize {
+    let trailing_dots = s.len() - s.trim_end_matches('.').len();
+    let first = (s.len() - trailing_dots).min(s.len().saturating_sub(MAX_SUFFIX_BYTES));
     s.char_indices()
+        .skip_while(|&(i, _)| i < first)
         .find(|&(i, _)| data::SUFFIXES.iter().any(|rule| suffix_at(s, i, *rule)))
         .map_or(0, |(i, _)| s.len() - i)
 }
@@ -517,36 +524,42 @@ fn infix_at(s: &str, i: usize, rule: Infix) -> Option<usize> {
 }
 
 /// spaCy's `URL_MATCH` (`spacy/lang/tokenizer_exceptions.py`, after Diego Perini's URL regex).
-/// Its negative look-aheads (no private IP address as the host) have no equivalent in the
-/// `regex` crate, so the pattern is split where they stand: a scheme/credentials part, the
-/// look-aheads, and the host-to-end part, tried at every place the host can start (the start,
+/// Its negative look-aheads (no private IP address) have no equivalent in the `regex` crate, so
+/// the pattern is split where they stand: a scheme/credentials part, then the host-to-end part
+/// with an IP-address host (refused when the look-aheads would refuse it) or a domain-name host
+/// (which the look-aheads do not guard), tried at every place the host can start (the start,
 /// after `://`, after any `@`) as Python's backtracking would.
 struct UrlMatcher {
     scheme_and_credentials: Regex,
     private_address: Regex,
-    host_to_end: Regex,
+    ip_to_end: Regex,
+    name_to_end: Regex,
 }
 
 impl UrlMatcher {
     fn new() -> Self {
         // Python's `\S` is "not str.isspace()", which also excludes U+001C..U+001F.
         const NOT_SPACE: &str = r"[^\s\x1c-\x1f]";
+        // Python's `\w` is `str.isalnum()` or '_': letters and numbers, no combining marks
+        // (which Rust's `\w` includes).
+        const WORD: &str = r"\p{L}\p{N}_";
         let label = r"[A-Za-z0-9\u{a1}-\u{ffff}]";
         let label_inner = r"[A-Za-z0-9\u{a1}-\u{ffff}_-]";
         let tld = char_class(data::ALPHA_LOWER);
-        let host_to_end = format!(
-            r"^(?:(?:[1-9]\d?|1\d\d|2[01]\d|22[0-3])(?:\.(?:1?\d{{1,2}}|2[0-4]\d|25[0-5])){{2}}(?:\.(?:[1-9]\d?|1\d\d|2[0-4]\d|25[0-4]))|(?:(?:{label}{label_inner}{{0,62}})?{label}\.)+(?:{tld}{{2,63}}))(?::\d{{2,5}})?(?:[/?#]{NOT_SPACE}*)?$"
-        );
+        let port_and_path = format!(r"(?::\d{{2,5}})?(?:[/?#]{NOT_SPACE}*)?$");
+        let ip = r"(?:[1-9]\d?|1\d\d|2[01]\d|22[0-3])(?:\.(?:1?\d{1,2}|2[0-4]\d|25[0-5])){2}(?:\.(?:[1-9]\d?|1\d\d|2[0-4]\d|25[0-4]))";
+        let name = format!(r"(?:(?:{label}{label_inner}{{0,62}})?{label}\.)+(?:{tld}{{2,63}})");
         UrlMatcher {
             scheme_and_credentials: Regex::new(&format!(
-                r"^(?:(?:[\w+\-.]{{2,}})://)?(?:{NOT_SPACE}+(?::{NOT_SPACE}*)?@)?$"
+                r"^(?:(?:[{WORD}+\-.]{{2,}})://)?(?:{NOT_SPACE}+(?::{NOT_SPACE}*)?@)?$"
             ))
             .expect("valid URL scheme regex"),
             private_address: Regex::new(
                 r"^(?:(?:10|127)(?:\.\d{1,3}){3}|(?:169\.254|192\.168)(?:\.\d{1,3}){2}|172\.(?:1[6-9]|2\d|3[0-1])(?:\.\d{1,3}){2})",
             )
             .expect("valid private address regex"),
-            host_to_end: regex::RegexBuilder::new(&host_to_end)
+            ip_to_end: Regex::new(&format!("^{ip}{port_and_path}")).expect("valid URL IP regex"),
+            name_to_end: regex::RegexBuilder::new(&format!("^{name}{port_and_path}"))
                 .size_limit(64 << 20)
                 .build()
                 .expect("valid URL host regex"),
@@ -560,9 +573,10 @@ impl UrlMatcher {
             .chain(after_scheme)
             .chain(after_at)
             .any(|host| {
+                let rest = &s[host..];
                 self.scheme_and_credentials.is_match(&s[..host])
-                    && !self.private_address.is_match(&s[host..])
-                    && self.host_to_end.is_match(&s[host..])
+                    && (self.name_to_end.is_match(rest)
+                        || (self.ip_to_end.is_match(rest) && !self.private_address.is_match(rest)))
             })
     }
 }
@@ -630,7 +644,33 @@ mod tests {
         assert!(url.is_match("8.8.8.8"));
         assert!(!url.is_match("10.0.0.1"));
         assert!(!url.is_match("192.168.1.1"));
+        // The look-aheads guard the IP branch only: a private address can start a host name.
+        assert!(url.is_match("10.0.0.1.com"));
+        // Python's `\w` has no combining marks, so this is no scheme.
+        assert!(!url.is_match("\u{35d}e.g.http://x.com"));
         assert!(!url.is_match("lower.Upper"));
+    }
+
+    #[test]
+    fn suffix_literals_fit_the_scanned_tail() {
+        let longest = data::SUFFIXES
+            .iter()
+            .flat_map(|rule| match *rule {
+                Suffix::Lit(lit) => vec![lit.len()],
+                Suffix::AfterDigit(options) => options.iter().map(|o| o.len()).collect(),
+                Suffix::Icon => vec![4],
+                Suffix::Dots => vec![],
+                Suffix::DegreeDot | Suffix::DotAfterClass | Suffix::DotAfterTwoUpper => vec![1],
+            })
+            .max();
+        assert!(
+            longest.is_some_and(|l| l <= MAX_SUFFIX_BYTES),
+            "{longest:?}"
+        );
+        let long = format!("{}xkm", "a".repeat(100));
+        assert_eq!(find_suffix(&long), 0);
+        assert_eq!(find_suffix(&format!("{}5km", "a".repeat(100))), 2);
+        assert_eq!(find_suffix(&format!("word{}", ".".repeat(40))), 40);
     }
 
     #[test]
