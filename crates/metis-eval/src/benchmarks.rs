@@ -1297,21 +1297,35 @@ pub async fn load(
 }
 
 /// Reads one data file of `spec` (downloading it into the cache first when the source is the
-/// cache and the file is missing): its path, its text and its SHA-256. A file that differs from
-/// the pinned revision is read all the same, with a warning and a note.
+/// cache and the file is missing): its path, its text and its SHA-256.
 async fn read_data_file(
     spec: &BenchmarkSpec,
     file: &DataFile,
     source: &DataSource,
     notes: &mut Vec<String>,
 ) -> Result<(PathBuf, String, String), BenchmarkError> {
+    read_pinned_file(spec.id, &spec.source, file, source, notes).await
+}
+
+/// Reads `file` of dataset `id` from the data directory, or from the cache after downloading
+/// it from `remote` at its pinned revision when it is missing there: its path, its text and
+/// its SHA-256. A file that differs from the pinned hash is read with a warning and a note (a
+/// local copy may be newer); a download that differs is refused. Every dataset Metis reads by
+/// name (the benchmarks, HarmBench's behaviours) goes through here.
+pub async fn read_pinned_file(
+    id: &str,
+    remote: &RemoteSource,
+    file: &DataFile,
+    source: &DataSource,
+    notes: &mut Vec<String>,
+) -> Result<(PathBuf, String, String), BenchmarkError> {
     let path = source.root().join(file.path);
     if matches!(source, DataSource::Cache(_)) && !path.exists() {
-        let sha = fetch::download(spec, file, &path).await?;
+        let sha = fetch::download(id, remote, file, &path).await?;
         notes.push(format!(
             "downloaded {} from {} (sha256 {sha})",
             file.path,
-            remote_url(spec, file)
+            remote.url(file.remote_path)
         ));
         if !file.is_pinned() {
             fetch::write_atomically(&recorded_hash_path(&path), format!("{sha}\n").as_bytes())
@@ -1340,7 +1354,7 @@ async fn read_data_file(
     };
     if sha != pinned {
         tracing::warn!(
-            benchmark = spec.id,
+            benchmark = id,
             path = %path.display(),
             "data file differs from the pinned revision (sha256 {sha}, pinned {pinned})"
         );

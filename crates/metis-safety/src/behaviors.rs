@@ -6,7 +6,17 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use metis_eval::benchmarks::{self, BenchmarkError, DataFile, DataSource, RemoteSource, Transform};
 use serde::{Deserialize, Serialize};
+
+/// Where HarmBench's behaviour files are read from by name. No snapshot of upstream
+/// `centerforaisafety/HarmBench` was reachable when this was pinned; the files are those of the
+/// unmodified import in `busycalibrating/AdversariaLLM` (its first commit), pinned by commit and
+/// by the SHA-256 of each file (see `shared/data/harmbench/SOURCES.md`).
+pub const SOURCE: RemoteSource = RemoteSource::GitHub {
+    repo: "busycalibrating/AdversariaLLM",
+    commit: "a4b57364bc2b0785bd0e6f79eec4948e3991b8b0",
+};
 
 /// The columns HarmBench's text behaviour files have, in order.
 pub const COLUMNS: [&str; 6] = [
@@ -47,6 +57,8 @@ pub enum BehaviorError {
     },
     #[error("{path}: no behaviours")]
     Empty { path: PathBuf },
+    #[error(transparent)]
+    Fetch(#[from] BenchmarkError),
 }
 
 /// HarmBench's functional categories of text behaviours.
@@ -165,6 +177,59 @@ impl Split {
     pub fn file_name(self) -> String {
         format!("harmbench_behaviors_text_{}.csv", self.as_str())
     }
+
+    /// The split's file in the data layout, with its upstream path and pinned hash.
+    pub fn data_file(self) -> &'static DataFile {
+        const fn file(
+            path: &'static str,
+            remote_path: &'static str,
+            sha256: &'static str,
+        ) -> DataFile {
+            DataFile {
+                path,
+                remote_path,
+                transform: Transform::None,
+                sha256,
+            }
+        }
+        static FILES: [DataFile; 3] = [
+            file(
+                "harmbench/harmbench_behaviors_text_all.csv",
+                "data/behavior_datasets/harmbench_behaviors_text_all.csv",
+                "8d81accedd38eaaf8b760618622bb888417d1fd0c86eba65c427a16f1cbb4afc",
+            ),
+            file(
+                "harmbench/harmbench_behaviors_text_test.csv",
+                "data/behavior_datasets/harmbench_behaviors_text_test.csv",
+                "75d257b3e7428c52eb7b0154318f455af3e01b09a3794b5e2f3d36054f3c0e29",
+            ),
+            file(
+                "harmbench/harmbench_behaviors_text_val.csv",
+                "data/behavior_datasets/harmbench_behaviors_text_val.csv",
+                "7bfaaa5e2b9b95002c89e2d33c019f58e9e8496e2fc65d368f1eeb8179e69534",
+            ),
+        ];
+        match self {
+            Split::All => &FILES[0],
+            Split::Test => &FILES[1],
+            Split::Val => &FILES[2],
+        }
+    }
+}
+
+/// Reads a split from the data directory, or from the cache after downloading it from
+/// [`SOURCE`] (pinned; a download with another hash is refused). Returns the behaviours, the
+/// file read and notes on what was done (downloads, hash differences of local copies).
+pub async fn load_split(
+    split: Split,
+    data: &DataSource,
+) -> Result<(Vec<Behavior>, PathBuf, Vec<String>), BehaviorError> {
+    let mut notes = Vec::new();
+    let (path, text, _) =
+        benchmarks::read_pinned_file("harmbench", &SOURCE, split.data_file(), data, &mut notes)
+            .await?;
+    let list = parse(&text, &path)?;
+    Ok((list, path, notes))
 }
 
 impl FromStr for Split {

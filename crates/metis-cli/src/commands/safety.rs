@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use metis_eval::benchmarks::DataSource;
 use metis_eval::client::{Client, Endpoint, RetryPolicy};
 use metis_eval::local::LocalModel;
 use metis_eval::run::{Backend, ChatBackend};
@@ -93,7 +94,8 @@ pub struct Args {
     /// Model name sent to --deployment-url (default: --model).
     #[arg(long)]
     deployment_model: Option<String>,
-    /// HarmBench split: all (400, the report's), test (320) or val (80).
+    /// HarmBench split: all (400, the report's), test (320) or val (80); read from the data
+    /// directory, else downloaded into the cache from its pinned source.
     #[arg(long, default_value = "all")]
     split: Split,
     /// A behaviour CSV to use instead of the split from the data directory.
@@ -171,7 +173,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn measure(a: Args) -> anyhow::Result<()> {
-    let (behaviors, behaviors_path) = load_behaviors(&a)?;
+    let (behaviors, behaviors_path) = load_behaviors(&a).await?;
     let model = model_name(&a)?;
     let configurations = configurations(&a, &model)?;
     let run = SafetyRun {
@@ -243,20 +245,16 @@ async fn measure(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_behaviors(a: &Args) -> anyhow::Result<(Vec<behaviors::Behavior>, PathBuf)> {
-    let path = match &a.behaviors {
-        Some(p) => p.clone(),
+async fn load_behaviors(a: &Args) -> anyhow::Result<(Vec<behaviors::Behavior>, PathBuf)> {
+    let (mut list, path) = match &a.behaviors {
+        Some(p) => (behaviors::load(p)?, p.clone()),
         None => {
-            let Some(dir) = &a.data_dir else {
-                bail!(
-                    "give --data-dir (or METIS_DATA_DIR) holding harmbench/{}, or --behaviors FILE",
-                    a.split.file_name()
-                );
-            };
-            dir.join("harmbench").join(a.split.file_name())
+            let data = DataSource::resolve(a.data_dir.clone());
+            let (list, path, notes) = behaviors::load_split(a.split, &data).await?;
+            notes.iter().for_each(|n| eprintln!("note: {n}"));
+            (list, path)
         }
     };
-    let mut list = behaviors::load(&path)?;
     if let Some(n) = a.limit {
         list.truncate(n);
     }
@@ -472,12 +470,11 @@ fn load_tokenizer(p: &Path) -> anyhow::Result<metis_engine::tokenizer::Tokenizer
     t.with_context(|| format!("--judge-tokenizer {}", p.display()))
 }
 
+/// `--copyright-hashes`, else the default directory when the conversion has filled it.
 fn copyright_dir(a: &Args) -> Option<PathBuf> {
-    a.copyright_hashes.clone().or_else(|| {
-        let home = std::env::var_os("HOME")?;
-        let dir = PathBuf::from(home).join(".cache/metis/harmbench/copyright_hashes");
-        dir.is_dir().then_some(dir)
-    })
+    a.copyright_hashes
+        .clone()
+        .or_else(|| metis_verify::copyright::default_hashes_dir().filter(|d| d.is_dir()))
 }
 
 fn stop_on_ctrl_c() -> Arc<AtomicBool> {

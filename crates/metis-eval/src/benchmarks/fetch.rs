@@ -87,28 +87,29 @@ fn fetch_err(url: &str, detail: impl std::fmt::Display) -> BenchmarkError {
     }
 }
 
-/// Downloads `file` of `spec` to `dest` (atomically) and returns the SHA-256 of what was
-/// written.
+/// Downloads `file` of dataset `id` from `source` to `dest` (atomically) and returns the
+/// SHA-256 of what was written.
 pub(crate) async fn download(
-    spec: &BenchmarkSpec,
+    id: &str,
+    source: &RemoteSource,
     file: &DataFile,
     dest: &Path,
 ) -> Result<String, BenchmarkError> {
-    let url = remote_url(spec, file);
-    if let RemoteSource::Gated { page } = spec.source {
+    let url = source.url(file.remote_path);
+    if let RemoteSource::Gated { page } = source {
         return Err(fetch_err(
             &url,
             format!(
                 "{} is gated: accept its terms at {page}, download {} and save it as {} \
                  (or pass --data-dir with a directory holding {})",
-                spec.id,
+                id,
                 file.remote_path,
                 dest.display(),
                 file.path
             ),
         ));
     }
-    tracing::info!(benchmark = spec.id, %url, dest = %dest.display(), "downloading benchmark data");
+    tracing::info!(benchmark = id, %url, dest = %dest.display(), "downloading benchmark data");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(300))
         .build()
