@@ -26,7 +26,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 1;
 
 /// How long a writer waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -372,6 +372,19 @@ fn upsert(conn: &Connection, rec: &ResponseRecord, now: i64) -> Result<(), Store
     Ok(())
 }
 
+/// Adds the `guard` column (the deployment's guardrail checks) to a store created before it
+/// existed. Additive: older binaries name their columns and never see it, so the schema
+/// version stays.
+fn add_guard_column(conn: &Connection) -> Result<(), StoreError> {
+    let has_guard = conn
+        .prepare("SELECT 1 FROM pragma_table_info('responses') WHERE name = 'guard'")?
+        .exists([])?;
+    if !has_guard {
+        conn.execute_batch("ALTER TABLE responses ADD COLUMN guard TEXT;")?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating directories, file and schema as needed) the store at `path`, in WAL
     /// mode with `synchronous=NORMAL` and a busy timeout. Fails with
@@ -412,15 +425,12 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
-        if version == 0 {
-            tx.execute_batch(SCHEMA)?;
-        } else if version == 1 {
-            // Version 2 records the deployment's guardrail checks with each response.
-            tx.execute_batch("ALTER TABLE responses ADD COLUMN guard TEXT;")?;
-        }
         if version < SCHEMA_VERSION {
+            // Version 0 is a fresh file (migrations from older versions would go here).
+            tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
+        add_guard_column(&tx)?;
         tx.execute_batch(JUDGMENT_SCHEMA)?;
         tx.commit()?;
         Ok(Store { conn, path })
