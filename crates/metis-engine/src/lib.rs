@@ -1,10 +1,23 @@
-//! The Metis inference engine: Llama-3.x, Qwen2 and Qwen3 on candle, loaded from Hugging Face
-//! model directories (config.json, safetensors, tokenizer.json, chat template) or from
-//! llama.cpp GGUF files (weights, tokenizer and chat template in one file) by one
-//! [`loader`], with a KV cache and sampling. CPU by default; the `cuda` feature builds the
-//! same engine for NVIDIA GPUs.
-
-pub mod chat;
+//! The Metis inference engine: Llama-3.x, Qwen2 and Qwen3 on candle, CPU by default (the
+//! `cuda` feature builds the same engine for NVIDIA GPUs).
+//!
+//! From a path on disk to generated text:
+//!
+//! 1. [`loader::load_model`] is the one way in: a Hugging Face directory (`config.json`,
+//!    safetensors, `tokenizer.json`, chat template) or a llama.cpp GGUF file (weights,
+//!    tokenizer and chat template in one file, [`gguf`]) becomes a [`loader::LoadedModel`]: the
+//!    [`model::Model`] (weights by name through `model::weights`, one decoder per
+//!    architecture in [`config::Config`]), its [`tokenizer::Tokenizer`], its
+//!    [`chat::ChatTemplate`] and its stop ids. Every caller (generate, chat, serve, the guard,
+//!    local evaluation, the trainers' base models) loads through it.
+//! 2. [`chat::ChatTemplate::render`] turns [`chat::Message`]s into the prompt text (minijinja,
+//!    with the template's own special tokens), and the tokenizer into ids.
+//! 3. [`generate::generate`] (one sequence) and [`generate::generate_batch`] (ragged batches,
+//!    `model::ragged`) run prefill and decode over a `model::cache::KvCache`, choosing each
+//!    token with a [`sampling::Sampler`] ([`sampling::SamplingParams`]: temperature, top-p,
+//!    top-k, seed) and stopping at a stop id or the token budget ([`generate::FinishReason`]).
+//!
+//! pub mod chat;
 pub mod config;
 pub mod generate;
 pub mod gguf;

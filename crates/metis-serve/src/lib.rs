@@ -1,8 +1,22 @@
-//! The Metis server: an OpenAI-compatible HTTP API over `metis-engine` for reasoning models,
-//! with reasoning returned apart from the answer, a batching scheduler, a default system
-//! prompt policy, a Llama Guard 3 guardrail, API keys and an SQLite audit log.
+//! The Metis server: an OpenAI-compatible HTTP API over `metis-engine` for reasoning models.
 //!
-//! [`start`] loads the model, starts the engine thread and serves until
+//! A request flows through these pieces:
+//!
+//! 1. [`routes`] (axum, [`routes::AppState`]) checks the API key ([`auth`]), size and rate
+//!    limits, parses the body into the wire types of [`api`] (unknown fields and bad types
+//!    named), and applies the deployment's [`system_prompt`] policy.
+//! 2. [`guard::Guard`] moderates the input with Llama Guard 3 (a [`guard::GuardBackend`]: the
+//!    local engine or a remote `/v1/completions` endpoint); a block returns the refusal with
+//!    finish reason `content_filter`.
+//! 3. The [`scheduler::Scheduler`] batches requests between decode steps on the engine thread
+//!    and streams [`scheduler::GenEvent`]s back; the reasoning is split from the answer
+//!    (`reasoning_content` / `reasoning`).
+//! 4. The output guard judges the final answer (and the reasoning when configured) before it
+//!    is returned, plain or as SSE; every verdict travels in the response's `metis_guard`.
+//! 5. [`audit::AuditLog`] records the exchange (messages, reasoning, answer, verdicts, tokens,
+//!    latency) in SQLite; [`metrics`] counts for Prometheus.
+//!
+//! [`start`] loads the model ([`ServeConfig`]), starts the engine thread and serves until
 //! [`RunningServer::shutdown`]; `metis serve` is a thin CLI over it.
 
 pub mod api;
