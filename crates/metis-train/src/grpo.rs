@@ -13,11 +13,11 @@
 //!   batch in parallel with a per-call timeout.
 //! - [`prompts`]: the JSONL prompt mixture and its seeded per-step sampler.
 //! - [`config`]: [`GrpoConfig`], the settings of a run and the one home of their defaults.
-//! - [`trainer`]: the training loop built on the above; its parts: [`rollout`] (where
+//! - [`trainer`]: the training loop built on the above; its parts: `rollout` (where
 //!   completions come from: the local engine or, through [`remote`], an OpenAI-compatible
-//!   server fleet with the current LoRA adapter hot-loaded there), [`update`] (the loss over
-//!   micro-batches), [`step_metrics`] (what a run logs), [`heldout`] (held-out evaluation) and
-//!   [`chat`] (prompts to token ids).
+//!   server fleet with the current LoRA adapter hot-loaded there), `update` (the loss over
+//!   micro-batches), `step_metrics` (what a run logs), `heldout` (held-out evaluation) and
+//!   `chat` (prompts to token ids).
 //!
 //! `tests/fixtures/grpo_loss_trl.json` (written by `tools/reference/grpo_loss_trl.py`, which
 //! runs TRL's own `GRPOTrainer._compute_loss`) pins the loss, its per-token gradient and the

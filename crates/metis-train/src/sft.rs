@@ -7,9 +7,9 @@
 //!
 //! # Steps
 //!
-//! Epoch `e` visits the sequences in the order [`epoch_permutation`]`(n, seed, e)`, in
-//! micro-batches of `batch_size` (the last one of an epoch may be smaller) and optimizer steps
-//! of `grad_accum` micro-batches (the last step of an epoch may have fewer). The loss of a
+//! Epoch `e` visits the sequences in the order
+//! [`crate::data::epoch_permutation`]`(n, seed, e)`, in micro-batches of `batch_size` (the
+//! last one of an epoch may be smaller) and optimizer steps of `grad_accum` micro-batches (the last step of an epoch may have fewer). The loss of a
 //! step is the mean token cross-entropy over all its assistant tokens: each micro-batch's
 //! summed token loss is divided by the number of loss tokens of the whole step, so the
 //! accumulated gradient is that of the step's mean. With `max_steps` the epochs repeat (with
@@ -30,8 +30,8 @@
 //! Checkpoints and `final` are written by [`crate::run_dir::RunDir`], as GRPO's are: into
 //! `out/.NAME.tmp`, renamed into place (a `checkpoint-STEP` directory is always complete),
 //! the ones beyond the newest `keep_last` removed (0, the default, keeps all). The steps
-//! themselves run in the loop both trainers share ([`crate::train_loop`]); this module
-//! supplies the step ([`step`]) and the plan ([`plan`]). `resume = true` continues from the latest
+//! themselves run in the loop both trainers share (`crate::train_loop`); this module
+//! supplies the step (`step`) and the plan (`plan`). `resume = true` continues from the latest
 //! one exactly: same data order (the permutations are pure functions of seed and epoch), same
 //! schedule, same optimizer state, same dropout stream; on CPU an interrupted and resumed run
 //! ends with the same weights and the same metrics (except timings) as an uninterrupted one.

@@ -1,26 +1,26 @@
-//! The GRPO training loop: rollouts from a [`RolloutSource`] (the local engine, or a server
+//! The GRPO training loop: rollouts from a `RolloutSource` (the local engine, or a server
 //! fleet through [`super::remote`]), verifier rewards with the format penalty,
 //! group-relative advantages, TRL's clipped objective with a k3 KL to the reference, AdamW
 //! under a cosine schedule, held-out accuracy, checkpoints and exact resume.
 //!
-//! A run ([`run_grpo`]) loads the tokenizer and prompts ([`super::chat`]), the policy, its
+//! A run ([`run_grpo`]) loads the tokenizer and prompts (`super::chat`), the policy, its
 //! reference and optimizer, and resumes from the latest checkpoint if asked; then the loop
-//! both trainers share ([`crate::train_loop`]) takes the steps, and the run directory
+//! both trainers share (`crate::train_loop`) takes the steps, and the run directory
 //! ([`crate::run_dir`]) holds its checkpoints and final model. One step
-//! ([`GrpoRun::step`]):
+//! (`GrpoRun::step`):
 //!
-//! - [`GrpoRun::sample_rollouts`]: draw `prompts_per_step` prompts from the mixture
+//! - `GrpoRun::sample_rollouts`: draw `prompts_per_step` prompts from the mixture
 //!   ([`super::prompts::PromptSampler`], seeded by step) and sample `num_generations`
 //!   completions of each from the rollout source, keeping each token's sampling
 //!   log-probability;
-//! - [`GrpoRun::grade`]: grade every completion (verifier + format penalty, in parallel with
+//! - `GrpoRun::grade`: grade every completion (verifier + format penalty, in parallel with
 //!   a timeout), then advantages per group ([`group_advantages`]);
-//! - [`GrpoRun::policy_gradient`]: re-score the completions with the training model (with
+//! - `GrpoRun::policy_gradient`: re-score the completions with the training model (with
 //!   gradient) and the reference model (full fine-tuning: the frozen starting checkpoint
 //!   through the engine; LoRA: the same model with the adapters off) and take TRL's loss over
-//!   micro-batches ([`super::update`]);
-//! - clip, AdamW step, the metrics line ([`super::step_metrics`]) and, when due, the
-//!   held-out evaluation ([`super::heldout`]).
+//!   micro-batches (`super::update`);
+//! - clip, AdamW step, the metrics line (`super::step_metrics`) and, when due, the
+//!   held-out evaluation (`super::heldout`).
 //!
 //! Everything random is seeded by `(seed, step)`, so a run resumed from a checkpoint takes
 //! exactly the steps the uninterrupted run would have taken.
@@ -79,7 +79,8 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
     let held_out = HeldOut::new(heldout_prompts(cfg, &chat)?, cfg);
     let device = cfg.device.open()?;
     let (model, reference, mut opt) = load_models(cfg, &device)?;
-    let start = match run.resume_point()?.filter(|_| resume) {
+    let resume_from = if resume { run.resume_point()? } else { None };
+    let start = match resume_from {
         Some(point) => {
             point.restore(&model, &mut opt)?;
             point.state.step
@@ -88,11 +89,11 @@ fn run_grpo_on_pool(cfg: &GrpoConfig, resume: bool) -> Result<GrpoOutcome> {
     };
     let resumed = (start > 0).then_some(start);
     let log = MetricsWriter::open(&run.path().join("metrics.jsonl"), resumed)?;
-    let rollout_log = match cfg.log_rollouts {
-        true => Some(
-            MetricsWriter::open(&run.path().join("rollouts.jsonl"), resumed)?.without_history(),
-        ),
-        false => None,
+    let rollout_log = if cfg.log_rollouts {
+        let path = run.path().join("rollouts.jsonl");
+        Some(MetricsWriter::open(&path, resumed)?.without_history())
+    } else {
+        None
     };
     run.write_config("grpo_config.json", cfg)?;
 
