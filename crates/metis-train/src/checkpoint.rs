@@ -33,17 +33,33 @@ use crate::lora::{LoraConfig, LORA_TARGETS};
 use crate::model::{safetensors_files, Result, TrainError, TrainModel};
 use crate::optim::AdamW;
 
-/// Tokenizer and chat-template files copied from the base directory when present.
-pub const TOKENIZER_FILES: [&str; 8] = [
+/// Tokenizer and chat-template files copied along with every saved model (from the base
+/// directory, and by the trainers from the tokenizer directory) when present: the one list
+/// SFT, GRPO and merging share.
+pub const TOKENIZER_FILES: [&str; 9] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "tokenizer.model",
     "chat_template.jinja",
+    "chat_template.json",
     "vocab.json",
     "merges.txt",
     "added_tokens.json",
 ];
+
+/// Copy the [`TOKENIZER_FILES`] present in `src` into `out` (each atomically). A `src` that
+/// is not a directory (a `.gguf` tokenizer) has none.
+pub fn copy_tokenizer_files(src: &Path, out: &Path) -> Result<()> {
+    for name in TOKENIZER_FILES {
+        let f = src.join(name);
+        if f.is_file() {
+            let bytes = std::fs::read(&f).map_err(|e| TrainError::io(&f, e))?;
+            write_atomic(&out.join(name), &bytes)?;
+        }
+    }
+    Ok(())
+}
 
 fn tmp_path(path: &Path) -> PathBuf {
     let name = path
@@ -170,14 +186,7 @@ fn write_side_files(src: &Path, out: &Path, dtype: DType) -> Result<()> {
         Value::Object(g)
     };
     write_json(&out.join("generation_config.json"), &gen)?;
-    for name in TOKENIZER_FILES {
-        let f = src.join(name);
-        if f.is_file() {
-            let bytes = std::fs::read(&f).map_err(|e| TrainError::io(&f, e))?;
-            write_atomic(&out.join(name), &bytes)?;
-        }
-    }
-    Ok(())
+    copy_tokenizer_files(src, out)
 }
 
 /// Save `model` as a full HF directory (LoRA adapters merged in). See the module docs.
@@ -483,21 +492,33 @@ pub fn save_train_state(
     Ok(())
 }
 
+/// `dir`, or `<dir>.old` when a save was interrupted between its two renames.
+fn state_dir_to_read(dir: &Path) -> PathBuf {
+    if !dir.exists() && with_suffix(dir, ".old").is_dir() {
+        with_suffix(dir, ".old")
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Only the [`TrainState`] of a state directory (the `.old` fallback as in
+/// [`load_train_state`]), so a trainer can check that a checkpoint belongs to its run before
+/// it loads any weights.
+pub fn read_train_state(dir: &Path) -> Result<TrainState> {
+    let jpath = state_dir_to_read(dir).join(STATE_JSON);
+    serde_json::from_value(read_json(&jpath)?).map_err(|source| TrainError::Json {
+        path: jpath.clone(),
+        source,
+    })
+}
+
 /// Restore a state written by [`save_train_state`]: sets the trainable Vars of `model` and its
 /// dropout-RNG position, loads `opt`, and returns the [`TrainState`]. If `dir` is missing but
 /// `<dir>.old` exists (a save was interrupted between its two renames), that is used.
 pub fn load_train_state(dir: &Path, model: &TrainModel, opt: &mut AdamW) -> Result<TrainState> {
-    let dir = if !dir.exists() && with_suffix(dir, ".old").is_dir() {
-        with_suffix(dir, ".old")
-    } else {
-        dir.to_path_buf()
-    };
+    let dir = state_dir_to_read(dir);
     let jpath = dir.join(STATE_JSON);
-    let state: TrainState =
-        serde_json::from_value(read_json(&jpath)?).map_err(|source| TrainError::Json {
-            path: jpath.clone(),
-            source,
-        })?;
+    let state = read_train_state(&dir)?;
     let ppath = dir.join(STATE_PARAMS);
     let (mut tensors, _) = read_safetensors(&ppath, model.device())?;
     let mut updates = Vec::new();

@@ -72,11 +72,12 @@ pub struct DemoConfig {
     pub vocab: usize,
 }
 
-impl DemoConfig {
-    pub fn new(data_dir: PathBuf, out: PathBuf) -> Self {
+impl Default for DemoConfig {
+    /// The demo's shape and seed; the paths are empty (see [`DemoConfig::new`]).
+    fn default() -> Self {
         Self {
-            data_dir,
-            out,
+            data_dir: PathBuf::new(),
+            out: PathBuf::new(),
             seed: 0,
             heldout_fraction: 0.2,
             hidden: 96,
@@ -85,6 +86,17 @@ impl DemoConfig {
             kv_heads: 2,
             intermediate: 256,
             vocab: 512,
+        }
+    }
+}
+
+impl DemoConfig {
+    /// The defaults with the data directory and the output directory.
+    pub fn new(data_dir: PathBuf, out: PathBuf) -> Self {
+        Self {
+            data_dir,
+            out,
+            ..Self::default()
         }
     }
 }

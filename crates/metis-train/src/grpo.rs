@@ -12,22 +12,32 @@
 //! - [`reward`]: verifier score (binary or graded) plus the format penalty, each reported, for a
 //!   batch in parallel with a per-call timeout.
 //! - [`prompts`]: the JSONL prompt mixture and its seeded per-step sampler.
-//! - [`trainer`]: the training loop built on the above, with rollouts from the local engine
-//!   or, through [`remote`], from an OpenAI-compatible server fleet with the current LoRA
-//!   adapter hot-loaded there.
+//! - [`config`]: [`GrpoConfig`], the settings of a run and the one home of their defaults.
+//! - [`trainer`]: the training loop built on the above; its parts: `rollout` (where
+//!   completions come from: the local engine or, through [`remote`], an OpenAI-compatible
+//!   server fleet with the current LoRA adapter hot-loaded there), `update` (the loss over
+//!   micro-batches), `step_metrics` (what a run logs), `heldout` (held-out evaluation) and
+//!   `chat` (prompts to token ids).
 //!
 //! `tests/fixtures/grpo_loss_trl.json` (written by `tools/reference/grpo_loss_trl.py`, which
 //! runs TRL's own `GRPOTrainer._compute_loss`) pins the loss, its per-token gradient and the
 //! metrics for every loss type with and without KL.
 
 pub mod advantage;
+mod chat;
+pub mod config;
+mod heldout;
 pub mod loss;
 pub mod prompts;
 pub mod remote;
 pub mod reward;
+mod rollout;
+mod step_metrics;
 pub mod trainer;
+mod update;
 
 pub use advantage::{group_advantages, AdvantageError, AdvantageStats, Advantages, ScaleRewards};
+pub use config::GrpoConfig;
 pub use loss::{
     grpo_loss, per_token_logps, LossConfig, LossInputs, LossMetrics, LossOutput, LossType,
 };

@@ -64,6 +64,16 @@ impl Default for LoraConfig {
 }
 
 impl LoraConfig {
+    /// The defaults at rank `r`, with alpha `2r` (the default's alpha/rank ratio, so the
+    /// scaling stays 2 whatever the rank).
+    pub fn with_rank(r: usize) -> Self {
+        Self {
+            r,
+            alpha: 2.0 * r as f64,
+            ..Self::default()
+        }
+    }
+
     /// `alpha / r`.
     pub fn scaling(&self) -> f64 {
         self.alpha / self.r as f64

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleKind {
     /// Linear warmup from 0, then half a cosine down to 0 at `total_steps`.

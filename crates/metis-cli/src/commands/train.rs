@@ -1,11 +1,18 @@
 //! `metis train`: supervised fine-tuning on `<think>` reasoning traces (`sft`), GRPO with
 //! verifiable rewards (`grpo`), merging a LoRA adapter into its base model (`merge`) and the
 //! built-in CVSS-severity demo task (`demo-task`), over `metis-train`.
+//!
+//! A thin layer, split as ripgrep splits its arguments: the clap structs are the low-level
+//! flags, typed (clap `ValueEnum`s and `FromStr` types of `metis-train`) and with their
+//! defaults read from the library configs' `Default` (`SftConfig`, `GrpoConfig`,
+//! `LoraConfig`, `DemoConfig`), so no default lives here; `config()` turns them into the
+//! high-level config a run takes.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use metis_train::demo::{build, DemoConfig};
+use metis_train::device::{TrainDevice, TrainDtype};
 use metis_train::grpo::trainer::{run_grpo, GrpoConfig};
 use metis_train::grpo::{LossType, RemoteRollouts, ScaleRewards, TaskWeights};
 use metis_train::lora::LoraConfig;
@@ -60,33 +67,33 @@ struct GrpoArgs {
     #[arg(long)]
     out: PathBuf,
     /// Completions per prompt (the group).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = GrpoConfig::default().num_generations)]
     num_generations: usize,
     /// Prompts per optimizer step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = GrpoConfig::default().prompts_per_step)]
     prompts_per_step: usize,
     /// KL coefficient (0 = no reference model).
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = GrpoConfig::default().loss.beta)]
     beta: f64,
-    #[arg(long, default_value = "grpo", value_parser = ["grpo", "dr_grpo", "dapo", "bnpo"])]
-    loss_type: String,
-    #[arg(long, default_value = "group", value_parser = ["group", "batch", "none"])]
-    scale_rewards: String,
+    #[arg(long, value_enum, default_value_t = GrpoConfig::default().loss.loss_type)]
+    loss_type: LossType,
+    #[arg(long, value_enum, default_value_t = GrpoConfig::default().scale_rewards)]
+    scale_rewards: ScaleRewards,
     /// Lower clip of the importance ratio.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = GrpoConfig::default().loss.epsilon_low)]
     epsilon: f64,
     /// Upper clip (default: --epsilon).
     #[arg(long)]
     epsilon_high: Option<f64>,
     /// Longest completion (tokens); also the dr_grpo normaliser.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = GrpoConfig::default().max_completion_len)]
     max_completion_len: usize,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = GrpoConfig::default().temperature)]
     temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = GrpoConfig::default().top_p)]
     top_p: f32,
     /// Size of the format penalty (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = GrpoConfig::default().reward.format.penalty)]
     format_penalty: f64,
     /// Write every rollout with its prompt id, task and reward to OUT/rollouts.jsonl.
     #[arg(long)]
@@ -95,30 +102,41 @@ struct GrpoArgs {
     #[arg(long)]
     task_weights: Option<String>,
     /// Seconds one verifier call may take.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = GrpoConfig::default().reward.timeout.as_secs_f64())]
     reward_timeout: f64,
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = GrpoConfig::default().lr)]
     lr: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = GrpoConfig::default().warmup_ratio)]
     warmup_ratio: f64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = GrpoConfig::default().max_grad_norm)]
     max_grad_norm: f64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = GrpoConfig::default().max_steps)]
     max_steps: u64,
     /// Completions per forward/backward.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = GrpoConfig::default().micro_batch)]
     micro_batch: usize,
     /// LoRA rank (enables LoRA; the reference is then the model with its adapters off).
     #[arg(long)]
     lora_rank: Option<usize>,
+    /// LoRA alpha (default: 2 × rank).
     #[arg(long, requires = "lora_rank")]
     lora_alpha: Option<f64>,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = GrpoConfig::default().seed)]
     seed: u64,
-    #[arg(long, default_value_t = 50)]
+    /// Checkpoint every N optimizer steps (0 = only at the end).
+    #[arg(long, default_value_t = GrpoConfig::default().save_every)]
     save_every: u64,
-    #[arg(long, default_value_t = 10)]
+    /// Checkpoints kept, the newest ones (0 = all).
+    #[arg(long, default_value_t = GrpoConfig::default().keep_last)]
+    keep_last: usize,
+    #[arg(long, default_value_t = GrpoConfig::default().eval_every)]
     eval_every: u64,
+    /// Compute dtype of the policy and the reference model.
+    #[arg(long, value_enum, default_value_t = GrpoConfig::default().dtype)]
+    dtype: TrainDtype,
+    /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
+    #[arg(long, default_value_t = GrpoConfig::default().device)]
+    device: TrainDevice,
     /// Open the think block in the prompt (for templates that do not).
     #[arg(long)]
     prefill_think: bool,
@@ -155,7 +173,7 @@ struct DemoArgs {
     /// Output directory (init/, sft.jsonl, prompts.jsonl, heldout.jsonl).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = DemoConfig::default().seed)]
     seed: u64,
 }
 
@@ -174,7 +192,7 @@ struct SftArgs {
     #[arg(long)]
     out: PathBuf,
     /// Passes over the data.
-    #[arg(long, default_value_t = 3, conflicts_with = "max_steps")]
+    #[arg(long, default_value_t = SftConfig::default().epochs, conflicts_with = "max_steps")]
     epochs: u64,
     /// Total optimizer steps (instead of --epochs).
     #[arg(long)]
@@ -183,54 +201,57 @@ struct SftArgs {
     #[arg(long)]
     lr: Option<f64>,
     /// Learning-rate schedule after the warmup.
-    #[arg(long, default_value = "cosine", value_parser = ["cosine", "constant"])]
-    schedule: String,
+    #[arg(long, value_enum, default_value_t = SftConfig::default().schedule)]
+    schedule: ScheduleKind,
     /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = SftConfig::default().batch_size)]
     batch_size: usize,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = SftConfig::default().grad_accum)]
     grad_accum: usize,
     /// Maximum tokens per sequence (longer examples are truncated).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = SftConfig::default().max_len)]
     max_len: usize,
     /// Warmup as a fraction of the total steps.
-    #[arg(long, default_value_t = 0.03)]
+    #[arg(long, default_value_t = SftConfig::default().warmup_ratio)]
     warmup_ratio: f64,
     /// Warmup steps (overrides --warmup-ratio when positive).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = SftConfig::default().warmup_steps)]
     warmup_steps: u64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SftConfig::default().weight_decay)]
     weight_decay: f64,
     /// Gradient clipping by global L2 norm (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = SftConfig::default().max_grad_norm)]
     max_grad_norm: f64,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = SftConfig::default().seed)]
     seed: u64,
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    dtype: String,
+    #[arg(long, value_enum, default_value_t = SftConfig::default().dtype)]
+    dtype: TrainDtype,
     /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[arg(long, default_value_t = SftConfig::default().device)]
+    device: TrainDevice,
     /// LoRA rank (enables LoRA; without it every weight is trained).
     #[arg(long)]
     lora_rank: Option<usize>,
     /// LoRA alpha (default: 2 × rank).
     #[arg(long, requires = "lora_rank")]
     lora_alpha: Option<f64>,
-    #[arg(long, default_value_t = 0.05, requires = "lora_rank")]
+    #[arg(long, default_value_t = LoraConfig::default().dropout, requires = "lora_rank")]
     lora_dropout: f64,
     /// LoRA target modules (default: every linear layer).
     #[arg(
         long,
         value_delimiter = ',',
         requires = "lora_rank",
-        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+        default_values_t = LoraConfig::default().target_modules
     )]
     lora_targets: Vec<String>,
     /// Checkpoint every N optimizer steps (0 = only at the end).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = SftConfig::default().save_every)]
     save_every: u64,
+    /// Checkpoints kept, the newest ones (0 = all).
+    #[arg(long, default_value_t = SftConfig::default().keep_last)]
+    keep_last: usize,
     /// Pack several examples into each sequence (no attention across them).
     #[arg(long)]
     packing: bool,
@@ -256,21 +277,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         TrainCommand::Sft(a) => sft(*a),
         TrainCommand::Grpo(a) => grpo(*a),
-        TrainCommand::DemoTask(a) => {
-            let mut cfg = DemoConfig::new(a.data_dir, a.out);
-            cfg.seed = a.seed;
-            let p = build(&cfg)?;
-            println!(
-                "demo task: {} training / {} held-out vectors\n  model   {}\n  sft     {}\n  prompts {}\n  heldout {}",
-                p.train_examples,
-                p.heldout_examples,
-                p.model.display(),
-                p.sft.display(),
-                p.prompts.display(),
-                p.heldout.display()
-            );
-            Ok(())
-        }
+        TrainCommand::DemoTask(a) => demo_task(a),
         TrainCommand::Merge(a) => {
             merge_adapter(&a.base, &a.adapter, &a.out).with_context(|| {
                 format!("merging {} into {}", a.adapter.display(), a.base.display())
@@ -281,36 +288,62 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+fn demo_task(a: DemoArgs) -> anyhow::Result<()> {
+    let cfg = DemoConfig {
+        seed: a.seed,
+        ..DemoConfig::new(a.data_dir, a.out)
+    };
+    let p = build(&cfg)?;
+    println!(
+        "demo task: {} training / {} held-out vectors\n  model   {}\n  sft     {}\n  prompts {}\n  heldout {}",
+        p.train_examples,
+        p.heldout_examples,
+        p.model.display(),
+        p.sft.display(),
+        p.prompts.display(),
+        p.heldout.display()
+    );
+    Ok(())
+}
+
+impl SftArgs {
+    /// The run's configuration: the flags over [`SftConfig::default`].
+    fn config(self) -> SftConfig {
+        let lora = self.lora_rank.map(|r| LoraConfig {
+            alpha: self.lora_alpha.unwrap_or(LoraConfig::with_rank(r).alpha),
+            dropout: self.lora_dropout,
+            target_modules: self.lora_targets,
+            ..LoraConfig::with_rank(r)
+        });
+        SftConfig {
+            tokenizer_dir: self.tokenizer,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            lr: self.lr.unwrap_or(SftConfig::default_lr(lora.is_some())),
+            schedule: self.schedule,
+            warmup_steps: self.warmup_steps,
+            warmup_ratio: self.warmup_ratio,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_len: self.max_len,
+            packing: self.packing,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            seed: self.seed,
+            dtype: self.dtype,
+            device: self.device,
+            lora,
+            save_every: self.save_every,
+            keep_last: self.keep_last,
+            ..SftConfig::new(&self.model, &self.data, &self.out)
+        }
+    }
+}
+
 fn sft(a: SftArgs) -> anyhow::Result<()> {
-    let mut cfg = SftConfig::new(&a.model, &a.data, &a.out);
-    cfg.tokenizer_dir = a.tokenizer;
-    cfg.epochs = a.epochs;
-    cfg.max_steps = a.max_steps;
-    cfg.schedule = a
-        .schedule
-        .parse::<ScheduleKind>()
-        .map_err(anyhow::Error::msg)?;
-    cfg.batch_size = a.batch_size;
-    cfg.grad_accum = a.grad_accum;
-    cfg.max_len = a.max_len;
-    cfg.warmup_ratio = a.warmup_ratio;
-    cfg.warmup_steps = a.warmup_steps;
-    cfg.weight_decay = a.weight_decay;
-    cfg.max_grad_norm = a.max_grad_norm;
-    cfg.seed = a.seed;
-    cfg.dtype = a.dtype;
-    cfg.device = a.device;
-    cfg.save_every = a.save_every;
-    cfg.packing = a.packing;
-    cfg.lora = a.lora_rank.map(|r| LoraConfig {
-        r,
-        alpha: a.lora_alpha.unwrap_or(2.0 * r as f64),
-        dropout: a.lora_dropout,
-        target_modules: a.lora_targets.clone(),
-        ..LoraConfig::default()
-    });
-    cfg.lr = a.lr.unwrap_or(if cfg.lora.is_some() { 2e-4 } else { 2e-5 });
-    let s = run_sft(&cfg, a.resume)?;
+    let resume = a.resume;
+    let cfg = a.config();
+    let s = run_sft(&cfg, resume)?;
     let resumed = s
         .resumed_from
         .map(|st| format!(" (resumed from step {st})"))
@@ -326,59 +359,65 @@ fn sft(a: SftArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl GrpoArgs {
+    /// The run's configuration: the flags over [`GrpoConfig::default`].
+    fn config(self) -> anyhow::Result<GrpoConfig> {
+        let mut cfg = GrpoConfig {
+            tokenizer: self.tokenizer,
+            ref_model: self.ref_model,
+            log_rollouts: self.log_rollouts,
+            data_dir: self.data_dir,
+            eval_prompts: self.eval_prompts,
+            num_generations: self.num_generations,
+            prompts_per_step: self.prompts_per_step,
+            max_steps: self.max_steps,
+            lr: self.lr,
+            warmup_ratio: self.warmup_ratio,
+            max_grad_norm: self.max_grad_norm,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_completion_len: self.max_completion_len,
+            scale_rewards: self.scale_rewards,
+            lora: self
+                .lora_rank
+                .map(|r| GrpoConfig::lora_config(r, self.lora_alpha)),
+            seed: self.seed,
+            save_every: self.save_every,
+            keep_last: self.keep_last,
+            eval_every: self.eval_every,
+            micro_batch: self.micro_batch,
+            prefill_think: self.prefill_think,
+            dtype: self.dtype,
+            device: self.device,
+            ..GrpoConfig::new(self.model, self.prompts, self.out)
+        };
+        cfg.loss.beta = self.beta;
+        cfg.loss.loss_type = self.loss_type;
+        cfg.loss.epsilon_low = self.epsilon;
+        cfg.loss.epsilon_high = self.epsilon_high.unwrap_or(self.epsilon);
+        cfg.reward.format.penalty = self.format_penalty;
+        cfg.reward.timeout = std::time::Duration::try_from_secs_f64(self.reward_timeout)
+            .context("--reward-timeout")?;
+        if let Some(w) = &self.task_weights {
+            cfg.task_weights = w.parse::<TaskWeights>().map_err(anyhow::Error::msg)?;
+        }
+        if !self.rollout_urls.is_empty() {
+            cfg.remote = Some(RemoteRollouts {
+                api_key: self.rollout_api_key.filter(|k| !k.is_empty()),
+                adapter_dir: self.rollout_adapter_dir,
+                server_adapter_dir: self.rollout_server_adapter_dir,
+                use_server_logprobs: self.rollout_server_logprobs,
+                ..RemoteRollouts::new(self.rollout_urls)
+            });
+        }
+        Ok(cfg)
+    }
+}
+
 fn grpo(a: GrpoArgs) -> anyhow::Result<()> {
-    let mut cfg = GrpoConfig::new(a.model, a.prompts, a.out);
-    cfg.data_dir = a.data_dir.clone();
-    cfg.log_rollouts = a.log_rollouts;
-    cfg.tokenizer = a.tokenizer;
-    cfg.ref_model = a.ref_model;
-    cfg.eval_prompts = a.eval_prompts;
-    cfg.num_generations = a.num_generations;
-    cfg.prompts_per_step = a.prompts_per_step;
-    cfg.loss.beta = a.beta;
-    cfg.loss.loss_type = a
-        .loss_type
-        .parse::<LossType>()
-        .map_err(anyhow::Error::msg)?;
-    cfg.loss.epsilon_low = a.epsilon;
-    cfg.loss.epsilon_high = a.epsilon_high.unwrap_or(a.epsilon);
-    cfg.scale_rewards = a
-        .scale_rewards
-        .parse::<ScaleRewards>()
-        .map_err(anyhow::Error::msg)?;
-    cfg.max_completion_len = a.max_completion_len;
-    cfg.temperature = a.temperature;
-    cfg.top_p = a.top_p;
-    cfg.reward.format.penalty = a.format_penalty;
-    cfg.reward.timeout =
-        std::time::Duration::try_from_secs_f64(a.reward_timeout).context("--reward-timeout")?;
-    if let Some(w) = &a.task_weights {
-        cfg.task_weights = w.parse::<TaskWeights>().map_err(anyhow::Error::msg)?;
-    }
-    cfg.lr = a.lr;
-    cfg.warmup_ratio = a.warmup_ratio;
-    cfg.max_grad_norm = a.max_grad_norm;
-    cfg.max_steps = a.max_steps;
-    cfg.micro_batch = a.micro_batch;
-    cfg.lora = a.lora_rank.map(|r| LoraConfig {
-        r,
-        alpha: a.lora_alpha.unwrap_or(2.0 * r as f64),
-        dropout: 0.0,
-        ..LoraConfig::default()
-    });
-    cfg.seed = a.seed;
-    cfg.save_every = a.save_every;
-    cfg.eval_every = a.eval_every;
-    cfg.prefill_think = a.prefill_think;
-    if !a.rollout_urls.is_empty() {
-        let mut remote = RemoteRollouts::new(a.rollout_urls);
-        remote.api_key = a.rollout_api_key.filter(|k| !k.is_empty());
-        remote.adapter_dir = a.rollout_adapter_dir;
-        remote.server_adapter_dir = a.rollout_server_adapter_dir;
-        remote.use_server_logprobs = a.rollout_server_logprobs;
-        cfg.remote = Some(remote);
-    }
-    let outcome = run_grpo(&cfg, a.resume)?;
+    let resume = a.resume;
+    let cfg = a.config()?;
+    let outcome = run_grpo(&cfg, resume)?;
     let last = outcome.history.last();
     let held: Vec<f64> = outcome
         .history
@@ -400,4 +439,134 @@ fn grpo(a: GrpoArgs) -> anyhow::Result<()> {
     }
     println!("metrics: {}", cfg.out.join("metrics.jsonl").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    /// `metis train ...` as the binary parses it.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: TrainCommand,
+    }
+
+    fn parse(args: &[&str]) -> TrainCommand {
+        let argv = std::iter::once("train").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap().command
+    }
+
+    #[test]
+    fn the_flags_are_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn grpo_without_flags_is_the_library_default() {
+        let TrainCommand::Grpo(a) =
+            parse(&["grpo", "--model", "m", "--prompts", "p", "--out", "o"])
+        else {
+            panic!("not grpo")
+        };
+        let cfg = a.config().unwrap();
+        let lib = GrpoConfig::new("m".into(), "p".into(), "o".into());
+        assert_eq!(
+            serde_json::to_value(&cfg).unwrap(),
+            serde_json::to_value(&lib).unwrap()
+        );
+        // What `metis train grpo` has always used.
+        assert_eq!(cfg.seed, 42);
+    }
+
+    #[test]
+    fn sft_without_flags_is_the_library_default() {
+        let TrainCommand::Sft(a) = parse(&["sft", "--model", "m", "--data", "d", "--out", "o"])
+        else {
+            panic!("not sft")
+        };
+        let lib = SftConfig::new("m".as_ref(), "d".as_ref(), "o".as_ref());
+        assert_eq!(a.config(), lib);
+    }
+
+    #[test]
+    fn typed_flags_take_the_old_spellings() {
+        let TrainCommand::Grpo(a) = parse(&[
+            "grpo",
+            "--model",
+            "m",
+            "--prompts",
+            "p",
+            "--out",
+            "o",
+            "--loss-type",
+            "dr_grpo",
+            "--scale-rewards",
+            "none",
+            "--dtype",
+            "bf16",
+            "--device",
+            "cuda:1",
+            "--lora-rank",
+            "8",
+        ]) else {
+            panic!("not grpo")
+        };
+        let cfg = a.config().unwrap();
+        assert_eq!(cfg.loss.loss_type, LossType::DrGrpo);
+        assert_eq!(cfg.scale_rewards, ScaleRewards::None);
+        assert_eq!(
+            (cfg.dtype, cfg.device),
+            (TrainDtype::Bf16, TrainDevice::Cuda(1))
+        );
+        let lora = cfg.lora.unwrap();
+        assert_eq!((lora.r, lora.alpha, lora.dropout), (8, 16.0, 0.0));
+
+        let TrainCommand::Sft(a) = parse(&[
+            "sft",
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--schedule",
+            "constant",
+            "--lora-rank",
+            "4",
+            "--lora-targets",
+            "q_proj,v_proj",
+        ]) else {
+            panic!("not sft")
+        };
+        let cfg = a.config();
+        assert_eq!(cfg.schedule, ScheduleKind::Constant);
+        // LoRA without --lr: the LoRA learning rate.
+        assert_eq!(cfg.lr, SftConfig::default_lr(true));
+        assert_eq!(cfg.lora.unwrap().target_modules, ["q_proj", "v_proj"]);
+
+        for bad in [
+            &[
+                "grpo",
+                "--model",
+                "m",
+                "--prompts",
+                "p",
+                "--out",
+                "o",
+                "--loss-type",
+                "ppo",
+            ][..],
+            &[
+                "sft", "--model", "m", "--data", "d", "--out", "o", "--device", "tpu",
+            ],
+            &[
+                "sft", "--model", "m", "--data", "d", "--out", "o", "--dtype", "f16",
+            ],
+        ] {
+            let argv = std::iter::once("train").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -28,6 +28,7 @@ pub const STD_EPS: f64 = 1e-4;
 
 /// How rewards are scaled after subtracting the group mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum ScaleRewards {
     /// Divide by the group's std + 1e-4 (TRL default, original GRPO).

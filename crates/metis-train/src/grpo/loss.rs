@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 /// How the per-token losses of a micro-batch are reduced to a scalar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum LossType {
     /// Mean over sequences of per-sequence token means (original GRPO).
@@ -42,6 +43,7 @@ pub enum LossType {
     /// Token mean over the local micro-batch.
     Bnpo,
     /// Token sum over `rows × max_completion_length` (Dr. GRPO).
+    #[cfg_attr(feature = "clap", value(name = "dr_grpo"))]
     DrGrpo,
     /// Token sum over the active-token count of the whole generation batch (DAPO; TRL default).
     #[default]

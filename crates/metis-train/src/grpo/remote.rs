@@ -1,5 +1,6 @@
 //! GRPO rollouts from an OpenAI-compatible server fleet (e.g. vLLM replicas) instead of the
-//! local engine, with the current LoRA adapter hot-loaded on every replica.
+//! local engine, with the current LoRA adapter hot-loaded on every replica: the remote
+//! [`RolloutSource`].
 //!
 //! Each step, before sampling:
 //! 1. the policy's adapter is saved in PEFT format to `adapter_dir/step-N` (N = optimizer
@@ -46,8 +47,8 @@ use metis_eval::client::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::trainer::Rollout;
-use crate::model::{Result, TrainError, TrainModel};
+use super::rollout::{Policy, Rollout, RolloutRequest, RolloutSource};
+use crate::model::{Result, TrainError};
 
 /// Where rollouts come from when they come from servers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,21 +112,6 @@ impl RemoteRollouts {
     pub fn adapter_name(&self, step: u64) -> String {
         format!("{}-step{step}", self.adapter_prefix)
     }
-}
-
-/// The sampling settings of one step's rollouts.
-pub(super) struct RolloutSampling<'a> {
-    /// Optimizer steps done (names the adapter).
-    pub step: u64,
-    /// The step's sampling seed; prompt `j` asks with `seed + j * n`, so the server seeds
-    /// its completion `i` with `seed + j * n + i`: the local engine's layout of seeds.
-    pub seed: u64,
-    /// Completions per prompt.
-    pub n: usize,
-    pub temperature: f32,
-    pub top_p: f32,
-    pub max_tokens: usize,
-    pub stop_ids: &'a [u32],
 }
 
 /// A run's connection to the fleet: the client, a runtime to drive it, and the adapter
@@ -203,18 +189,20 @@ impl RemoteSampler {
             loaded: None,
         })
     }
+}
 
-    /// Publishes the policy's adapter, samples `sampling.n` completions of every prompt from
-    /// the fleet and retires the previous step's adapter. Returns the rollouts (prompt `j`'s
-    /// completions at `j * n .. (j + 1) * n`) and their texts for the rewards.
-    pub(super) fn rollouts(
+impl RolloutSource for RemoteSampler {
+    /// Publishes the policy's adapter, samples `request.n` completions of every prompt from
+    /// the fleet and retires the previous step's adapter. Prompt `j` asks with seed
+    /// `seed + j * n`, so the server seeds its completion `i` with `seed + j * n + i`: the
+    /// local engine's layout of seeds.
+    fn rollouts(
         &mut self,
-        model: &TrainModel,
-        prompts: &[&[u32]],
-        sampling: &RolloutSampling<'_>,
-        tokenizer: &Tokenizer,
-    ) -> Result<(Vec<Rollout>, Vec<String>)> {
-        let step = sampling.step;
+        policy: &mut Policy,
+        request: &RolloutRequest<'_>,
+    ) -> Result<Vec<Rollout>> {
+        let model = &policy.model;
+        let step = request.step;
         let dir_name = format!("step-{step}");
         let dir = self.adapter_dir.join(&dir_name);
         crate::checkpoint::save_adapter(model, &dir)?;
@@ -227,19 +215,20 @@ impl RemoteSampler {
         let previous = self.loaded.replace((name.clone(), dir));
 
         // Seeds stay below 2^62 so that `seed + index` still fits the i64 vLLM accepts.
-        let seed = sampling.seed & (u64::MAX >> 2);
-        let requests: Vec<TokenCompletionRequest> = prompts
+        let seed = request.seed & (u64::MAX >> 2);
+        let requests: Vec<TokenCompletionRequest> = request
+            .prompts
             .iter()
             .enumerate()
             .map(|(j, ids)| TokenCompletionRequest {
                 model: name.clone(),
                 prompt: ids.to_vec(),
-                n: sampling.n,
-                temperature: f64::from(sampling.temperature),
-                top_p: f64::from(sampling.top_p),
-                max_tokens: u32::try_from(sampling.max_tokens).unwrap_or(u32::MAX),
-                seed: Some((seed + (j * sampling.n) as u64) & (u64::MAX >> 2)),
-                stop_token_ids: sampling.stop_ids.to_vec(),
+                n: request.n,
+                temperature: f64::from(request.temperature),
+                top_p: f64::from(request.top_p),
+                max_tokens: u32::try_from(request.max_tokens).unwrap_or(u32::MAX),
+                seed: Some((seed + (j * request.n) as u64) & (u64::MAX >> 2)),
+                stop_token_ids: request.stop_ids.to_vec(),
             })
             .collect();
         let responses = self
@@ -252,8 +241,7 @@ impl RemoteSampler {
             .map_err(remote_err)?;
 
         let vocab = model.config().vocab_size;
-        let mut rollouts = Vec::with_capacity(prompts.len() * sampling.n);
-        let mut texts = Vec::with_capacity(prompts.len() * sampling.n);
+        let mut rollouts = Vec::with_capacity(request.prompts.len() * request.n);
         for (j, response) in responses.into_iter().enumerate() {
             for (index, choice) in response.choices.into_iter().enumerate() {
                 if let Some(&id) = choice.ids.iter().find(|&&id| id as usize >= vocab) {
@@ -266,9 +254,7 @@ impl RemoteSampler {
                         ),
                     }));
                 }
-                let (rollout, text) = rollout(j, choice, sampling.stop_ids, tokenizer)?;
-                rollouts.push(rollout);
-                texts.push(text);
+                rollouts.push(rollout(j, choice, request.stop_ids, request.tokenizer)?);
             }
         }
 
@@ -278,12 +264,18 @@ impl RemoteSampler {
                 .map_err(remote_err)?;
             remove_adapter_dir(&old_dir)?;
         }
-        Ok((rollouts, texts))
+        Ok(rollouts)
+    }
+
+    /// The servers' log-probabilities are the old ones only when the servers compute them
+    /// from temperature-scaled logits (see the module docs).
+    fn logprobs_are_old(&self) -> bool {
+        self.cfg.use_server_logprobs
     }
 
     /// Unloads the last adapter from every replica and removes its directory (and the
     /// adapter directory itself when nothing else is left in it).
-    pub(super) fn close(mut self) -> Result<()> {
+    fn close(mut self: Box<Self>) -> Result<()> {
         if let Some((name, dir)) = self.loaded.take() {
             self.runtime
                 .block_on(self.client.unload_lora_adapter(&name))
@@ -302,7 +294,7 @@ fn remove_adapter_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// A server completion as a [`Rollout`] of prompt `prompt`, and its text for the reward.
+/// A server completion as a [`Rollout`] of prompt `prompt`, with its text for the reward.
 ///
 /// Like the local engine's rollouts, the stop id that ended a completion stays in the ids
 /// (ending the turn is part of what the policy chose) but not in the text, which is decoded
@@ -312,7 +304,7 @@ fn rollout(
     choice: TokenCompletion,
     stop_ids: &[u32],
     tokenizer: &Tokenizer,
-) -> Result<(Rollout, String)> {
+) -> Result<Rollout> {
     let truncated = choice.finish_reason.as_deref() == Some("length");
     let text_len = match choice.ids.last() {
         Some(last) if stop_ids.contains(last) => choice.ids.len() - 1,
@@ -321,15 +313,13 @@ fn rollout(
     let text = tokenizer
         .decode(&choice.ids[..text_len], true)
         .map_err(|e| TrainError::InvalidArgument(format!("decoding a rollout: {e}")))?;
-    Ok((
-        Rollout {
-            prompt,
-            ids: choice.ids,
-            logprobs: choice.logprobs,
-            truncated,
-        },
+    Ok(Rollout {
+        prompt,
+        ids: choice.ids,
+        logprobs: choice.logprobs,
+        truncated,
         text,
-    ))
+    })
 }
 
 #[cfg(test)]
