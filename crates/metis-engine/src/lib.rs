@@ -17,7 +17,8 @@
 //!    token with a [`sampling::Sampler`] ([`sampling::SamplingParams`]: temperature, top-p,
 //!    top-k, seed) and stopping at a stop id or the token budget ([`generate::FinishReason`]).
 //!
-//! pub mod chat;
+
+pub mod chat;
 pub mod config;
 pub mod generate;
 pub mod gguf;
