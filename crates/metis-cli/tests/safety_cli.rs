@@ -215,7 +215,7 @@ fn serve(extra: &[String]) -> (Served, String) {
         .arg(fixture.join("llama31-tiny-v128k/f32"))
         .arg("--tokenizer")
         .arg(fixture.join("llama31-tokenizer"))
-        .args(["--port", &port.to_string()])
+        .args(["--port", &port.to_string(), "--no-audit"])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
