@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metis_eval::fake_server::{FakeRequest, FakeServer, Responder, Scripted};
 use metis_eval::store::{Status, Store};
+use metis_openai::fake_server::{FakeRequest, FakeServer, Responder, Scripted};
 
 fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
@@ -73,8 +73,8 @@ fn safety_command(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn safety_run_survives_sigkill_and_writes_the_report() {
     let model_responder: Responder = Arc::new(|req: &FakeRequest, _| {
-        let comply =
-            req.last_user().len() % 2 == 0 && !req.messages.iter().any(|m| m.role == "system");
+        let comply = req.last_user().len().is_multiple_of(2)
+            && !req.messages.iter().any(|m| m.role == "system");
         Ok(Scripted {
             content: if comply {
                 "<think>ok</think>Sure: COMPLY".into()

@@ -6,8 +6,6 @@
 //! bootstrap confidence intervals.
 
 pub mod benchmarks;
-pub mod client;
-pub mod fake_server;
 pub mod judge;
 pub mod local;
 pub mod report;

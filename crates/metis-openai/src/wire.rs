@@ -495,7 +495,8 @@ mod tests {
         let back: CompletionRequest<'static> = serde_json::from_value(v).unwrap();
         assert_eq!(back.prompt, Prompt::Tokens(Cow::Owned(vec![5, 7])));
         let text: CompletionRequest<'static> =
-            serde_json::from_value(json!({"model": "g", "prompt": "hi", "temperature": 0})).unwrap();
+            serde_json::from_value(json!({"model": "g", "prompt": "hi", "temperature": 0}))
+                .unwrap();
         assert_eq!(text.prompt, Prompt::Text(Cow::Owned("hi".into())));
         assert_eq!(text.temperature, Some(0.0));
         assert_eq!(text.n, None);
@@ -557,7 +558,10 @@ mod tests {
         assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
         assert_eq!(v["choices"][0]["logprobs"], Value::Null);
         assert!(v["choices"][0]["message"].get("reasoning").is_none());
-        assert_eq!(v["usage"], json!({"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}));
+        assert_eq!(
+            v["usage"],
+            json!({"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5})
+        );
         assert!(v.get("metis_guard").is_none());
         assert_eq!(serde_json::from_value::<ChatCompletion>(v).unwrap(), resp);
     }

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
+use metis_openai::fake_server::{FakeRequest, FakeServer, Fault, Responder, Scripted};
 use metis_openai::{
     ChatMessage, ChatRequest, Client, ClientError, Endpoint, GenParams, RetryPolicy,
     TokenCompletionRequest,
 };
-use metis_openai::fake_server::{FakeRequest, FakeServer, Fault, Responder, Scripted};
 
 fn fast_policy() -> RetryPolicy {
     RetryPolicy {

@@ -50,10 +50,7 @@ fn png_has_one_panel_height_per_panel_and_dirs_are_created() {
     let path = dir.path().join("nested/deeper/curves.png");
     line_chart(&panels(), "step", &path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(
-        png_size(&bytes),
-        (LINE_PANEL_SIZE.0, 2 * LINE_PANEL_SIZE.1)
-    );
+    assert_eq!(png_size(&bytes), (LINE_PANEL_SIZE.0, 2 * LINE_PANEL_SIZE.1));
 }
 
 #[test]

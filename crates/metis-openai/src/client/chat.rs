@@ -35,8 +35,8 @@ impl Client {
         top_logprobs: Option<u32>,
     ) -> Result<ChatLogprobsResponse, ClientError> {
         let start = Instant::now();
-        let body = serde_json::to_vec(&chat_body(req, top_logprobs))
-            .map_err(ClientError::serialising)?;
+        let body =
+            serde_json::to_vec(&chat_body(req, top_logprobs)).map_err(ClientError::serialising)?;
         let body = body.as_slice();
         let answered = self
             .with_retries(Route::Any, |ep| async move {

@@ -189,7 +189,10 @@ mod tests {
         let ep = p.get(0);
         assert_eq!(ep.base_url, "http://h:1/v1");
         assert_eq!(ep.chat_url.as_str(), "http://h:1/v1/chat/completions");
-        assert_eq!(ep.unload_lora_url.as_str(), "http://h:1/v1/unload_lora_adapter");
+        assert_eq!(
+            ep.unload_lora_url.as_str(),
+            "http://h:1/v1/unload_lora_adapter"
+        );
         assert!(matches!(
             Pool::new(vec![Endpoint::new("http://h/v1").with_api_key("bad\nkey")]),
             Err(ClientError::BadUrl(_))

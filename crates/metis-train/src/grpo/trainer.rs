@@ -31,7 +31,7 @@ use metis_engine::loader::load_tokenizer;
 use metis_engine::model::Model;
 use metis_engine::sampling::SamplingParams;
 use metis_engine::tokenizer::Tokenizer;
-use metis_eval::report::{line_chart, Curve, LinePanel};
+use metis_plot::{line_chart, Curve, LinePanel};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
