@@ -12,7 +12,11 @@
 //! - vLLM's completions parameters `return_tokens_as_token_ids`, `stop_token_ids` and
 //!   `skip_special_tokens`, and its `max_model_len` on a model card;
 //! - the log-probabilities of chat (`logprobs.content`) and of completions (`tokens`,
-//!   `token_logprobs`).
+//!   `token_logprobs`);
+//! - vLLM's runtime LoRA bodies ([`LoadLoraAdapterRequest`], [`UnloadLoraAdapterRequest`]).
+//!
+//! Errors are OpenAI's `{"error": {...}}` ([`ErrorResponse`]), whose `code` is a name or, from
+//! llama.cpp, a status.
 //!
 //! Readers are lenient where servers differ (a missing `id`, `usage` or `index`; `null` text)
 //! and writers skip what OpenAI's schema marks optional, so the JSON the client sends and the

@@ -422,7 +422,7 @@ fn constructor_errors() {
     ));
 }
 
-/// Throughput smoke test: `cargo test --release -p metis-eval --test client -- --ignored`.
+/// Throughput smoke test: `cargo test --release -p metis-openai --test client -- --ignored`.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "throughput check; run in release"]
 async fn throughput_at_64_concurrent() {

@@ -535,6 +535,29 @@ mod tests {
     }
 
     #[test]
+    fn verdicts_are_reported_as_guard_checks() {
+        let all = CATEGORIES.to_vec();
+        let blocked = parse_verdict(Stage::Output, "unsafe\nS9", &all);
+        assert_eq!(
+            GuardCheck::from(&blocked),
+            GuardCheck {
+                stage: "output".into(),
+                safe: false,
+                categories: vec!["S9".into()],
+                raw: "unsafe\nS9".into(),
+            }
+        );
+        // The stage is written as the audit log writes it (serde's snake_case).
+        let passed = parse_verdict(Stage::Input, "safe", &all);
+        let check = GuardCheck::from(&passed);
+        assert_eq!(
+            serde_json::to_value(&passed).unwrap()["stage"],
+            check.stage.as_str()
+        );
+        assert!(check.safe && check.categories.is_empty());
+    }
+
+    #[test]
     fn turns_alternate() {
         let m = vec![
             Message::system("sys"),
