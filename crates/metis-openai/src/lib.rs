@@ -8,7 +8,7 @@
 //!   [`TokenCompletionRequest`]s to one or more replica [`Endpoint`]s (least loaded first),
 //!   retries under a [`RetryPolicy`] (backoff or the server's `Retry-After`), and loads LoRA
 //!   adapters on every vLLM replica; failures are [`ClientError`]s.
-//! - `fake_server` (feature `fake-server`): [`fake_server::FakeServer`], an in-process server
+//! - `fake_server` (feature `fake-server`): `fake_server::FakeServer`, an in-process server
 //!   scripted per request for tests and benches, with the faults real servers have.
 //!
 //! Data flows from a caller's request through [`client`] into [`wire`] JSON, to a server
