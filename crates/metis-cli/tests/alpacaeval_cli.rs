@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metis_eval::fake_server::{FakeRequest, FakeServer, LogprobResponder, Responder, Scripted};
 use metis_eval::store::{Status, Store};
+use metis_openai::fake_server::{FakeRequest, FakeServer, LogprobResponder, Responder, Scripted};
 
 const ITEMS: usize = 40;
 const TRIALS: u32 = 2;

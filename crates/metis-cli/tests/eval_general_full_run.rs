@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metis_eval::benchmarks::{self, DataSource};
-use metis_eval::fake_server::{FakeRequest, FakeServer, Responder, Scripted};
 use metis_eval::store::{Status, Store};
+use metis_openai::fake_server::{FakeRequest, FakeServer, Responder, Scripted};
 use metis_verify::Protocol;
 use serde_json::json;
 

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metis_eval::fake_server::{FakeRequest, FakeServer, Responder, Scripted};
 use metis_eval::store::{Status, Store};
+use metis_openai::fake_server::{FakeRequest, FakeServer, Responder, Scripted};
 
 fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")

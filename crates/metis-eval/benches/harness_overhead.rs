@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metis_eval::benchmarks::{self, DataSource};
-use metis_eval::client::{Client, Endpoint, RetryPolicy};
-use metis_eval::fake_server::FakeServer;
 use metis_eval::run::{self, RunConfig, Sampling};
+use metis_openai::fake_server::FakeServer;
+use metis_openai::{Client, Endpoint, RetryPolicy};
 use metis_verify::Protocol;
 
 fn main() {

@@ -14,8 +14,7 @@ use metis_engine::loader::load_model;
 use metis_engine::model::Model;
 use metis_engine::sampling::SamplingParams;
 use metis_engine::tokenizer::Tokenizer;
-
-use crate::client::{ChatRequest, ChatResponse, ClientError};
+use metis_openai::{ChatRequest, ChatResponse, ClientError};
 
 /// A model, its tokenizer and chat template, shared by the querying tasks.
 pub struct LocalModel {

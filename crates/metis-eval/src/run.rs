@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use metis_openai::{ChatMessage, ChatRequest, ChatResponse, Client, ClientError, GenParams};
 use metis_verify::verifier::aggregate;
 use metis_verify::{Protocol, Verdict};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::benchmarks::{self, Benchmark, DataSource, Item};
-use crate::client::{ChatMessage, ChatRequest, ChatResponse, Client, ClientError, GenParams};
 use crate::local::LocalModel;
 use crate::report::ResultRow;
 use crate::stats::{self, Summary};

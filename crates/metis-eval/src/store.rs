@@ -83,7 +83,7 @@ pub struct ResponseRecord {
     /// `"query"` (obtained from an endpoint) or `"import"` (loaded from a file).
     pub source: String,
     /// The deployment's guardrail checks on this request, as JSON (a list of
-    /// [`crate::client::GuardCheck`]); `None` when no guard ran.
+    /// [`metis_openai::GuardCheck`]); `None` when no guard ran.
     #[serde(default)]
     pub guard: Option<String>,
 }
@@ -115,7 +115,7 @@ pub struct JudgmentRecord {
     /// The judge's text.
     pub content: Option<String>,
     /// The top log-probabilities of the judge's first token, as returned.
-    pub top_logprobs: Vec<crate::client::TopLogprob>,
+    pub top_logprobs: Vec<metis_openai::TopLogprob>,
     /// The preference in AlpacaEval's scale (1 = reference wins, 2 = judged answer wins), in
     /// the unswapped order; `None` when the judge's answer gave no preference (judge-invalid).
     pub preference: Option<f64>,

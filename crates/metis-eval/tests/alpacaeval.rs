@@ -8,11 +8,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use metis_eval::benchmarks::{self, Benchmark, DataSource};
-use metis_eval::client::{Client, Endpoint, RetryPolicy};
-use metis_eval::fake_server::{FakeRequest, FakeServer, LogprobResponder, Responder, Scripted};
 use metis_eval::judge::{self, GlmReference, Judge};
 use metis_eval::run::{self, Backend, RunConfig, Sampling};
 use metis_eval::store::{Status, Store};
+use metis_openai::fake_server::{FakeRequest, FakeServer, LogprobResponder, Responder, Scripted};
+use metis_openai::{Client, Endpoint, RetryPolicy};
 use metis_verify::Protocol;
 
 /// Lengths in characters of the references and of the answers the judge sees (the `end_to_end`
@@ -390,7 +390,7 @@ async fn failed_judge_requests_are_stored_as_failed_and_retried() {
     let good = judge_responder(swaps);
     let refusing: LogprobResponder = Arc::new(move |req: &FakeRequest, attempt| {
         if req.last_user().contains(&instruction(0)) {
-            return Err(metis_eval::fake_server::Fault::Http {
+            return Err(metis_openai::fake_server::Fault::Http {
                 status: 400,
                 body: "no".into(),
             });

@@ -10,10 +10,10 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use metis_eval::client::TopLogprob;
 use metis_eval::judge::alpaca::{self, Comparison};
 use metis_eval::judge::pyrandom::PyRandom;
 use metis_eval::judge::winrate::{self, GamedRow, GlmReference};
+use metis_openai::TopLogprob;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

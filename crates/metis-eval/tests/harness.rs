@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metis_eval::benchmarks::{self, DataSource};
-use metis_eval::client::{Client, Endpoint, RetryPolicy};
-use metis_eval::fake_server::{FakeRequest, FakeServer, Fault, Responder, Scripted};
 use metis_eval::run::{self, RunConfig, Sampling};
 use metis_eval::store::{Status, Store};
+use metis_openai::fake_server::{FakeRequest, FakeServer, Fault, Responder, Scripted};
+use metis_openai::{Client, Endpoint, RetryPolicy};
 use metis_verify::Protocol;
 
 fn data_dir() -> PathBuf {

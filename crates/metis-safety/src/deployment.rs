@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use metis_engine::chat::Message;
-use metis_eval::client::{ChatRequest, ChatResponse, ClientError, GuardCheck};
 use metis_eval::run::ChatBackend;
+use metis_openai::{ChatRequest, ChatResponse, ClientError, GuardCheck};
 use metis_serve::guard::{self, Guard, Verdict};
 use metis_verify::reasoning::{self, Delimiters};
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use metis_engine::tokenizer::Tokenizer;
-use metis_eval::client::{Client, TextCompletionRequest};
+use metis_openai::{Client, TextCompletionRequest};
 use metis_serve::guard::{self, GuardBackend, Turn};
 use metis_verify::copyright::{self, ReferenceHashes, WindowShape};
 use sha2::{Digest, Sha256};

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use metis_eval::client::{ChatMessage, ChatRequest, GuardCheck};
 use metis_eval::run::{
     deployment_params_hash, gen_params, params_hash, run_jobs, stored_ok, Job, JobOptions,
     QueryStats, RunError, Sampling,
@@ -20,6 +19,7 @@ use metis_eval::run::{
 use metis_eval::store::{
     JudgmentKey, JudgmentRecord, ResponseKey, ResponseRecord, Status, Store, StoreError,
 };
+use metis_openai::{ChatMessage, ChatRequest, GuardCheck};
 use metis_verify::reasoning::{self, Delimiters};
 use serde::{Deserialize, Serialize};
 

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use metis_eval::client::{Client, Endpoint, RetryPolicy};
-use metis_eval::fake_server::{FakeServer, Responder, Scripted};
 use metis_eval::run::{Backend, ChatBackend, Sampling};
+use metis_openai::fake_server::{FakeServer, Responder, Scripted};
+use metis_openai::{Client, Endpoint, RetryPolicy};
 use metis_safety::behaviors::{self, Behavior, CopyrightKind, Functional};
 use metis_safety::deployment::{Configuration, GuardedBackend};
 use metis_safety::judge::{ClassifierJudge, CopyrightJudge};

@@ -1,10 +1,14 @@
-//! OpenAI request and response types for `/v1/chat/completions`, `/v1/completions` and
-//! `/v1/models`, and the validation that turns a request into generation settings.
+//! OpenAI request types for `/v1/chat/completions` and `/v1/completions`, and the validation
+//! that turns a request into generation settings. The responses the server sends are
+//! `metis_openai::wire`'s types, the ones the Metis client reads.
 //!
-//! Request bodies are parsed by hand from bytes (not through axum's `Json` extractor) so that
-//! every malformed body gets a 400 in OpenAI's error shape instead of axum's plain-text 422.
+//! Requests keep types of their own, stricter and richer than the client's wire requests: a
+//! server must accept OpenAI's content parts, `stop` lists, vLLM's `top_k`/`min_p` and Metis's
+//! extensions, and refuse what it does not implement. Bodies are parsed by hand from bytes (not
+//! through axum's `Json` extractor) so that every malformed body gets a 400 in OpenAI's error
+//! shape, naming the offending parameter, instead of axum's plain-text 422.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -387,123 +391,6 @@ impl ChatMessage {
             }
         }
     }
-}
-
-/// Token counts of a response.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    pub total_tokens: usize,
-}
-
-impl Usage {
-    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
-        Self {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ResponseMessage {
-    pub role: &'static str,
-    pub content: Option<String>,
-    /// The reasoning, under both names clients look for (vLLM renamed the field).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reasoning_content: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reasoning: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ChatChoice {
-    pub index: usize,
-    pub message: ResponseMessage,
-    pub finish_reason: &'static str,
-    pub logprobs: Option<Value>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ChatCompletion {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChatChoice>,
-    pub usage: Usage,
-    /// Metis extension: the guardrail checks run on this request (absent without a guard), so
-    /// a client measuring the deployment (`metis safety`) sees why an answer was refused.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub metis_guard: Vec<crate::guard::Verdict>,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Delta {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub role: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reasoning_content: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reasoning: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ChunkChoice {
-    pub index: usize,
-    pub delta: Delta,
-    pub finish_reason: Option<&'static str>,
-    pub logprobs: Option<Value>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ChatChunk {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChunkChoice>,
-    /// Present (null until the last chunk) when the client asked for usage.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Option<Usage>>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CompletionChoice {
-    pub index: usize,
-    pub text: String,
-    pub finish_reason: Option<&'static str>,
-    pub logprobs: Option<Value>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Completion {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<CompletionChoice>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelCard {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub owned_by: &'static str,
-    pub max_model_len: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelList {
-    pub object: &'static str,
-    pub data: Vec<ModelCard>,
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! Error types: [`ServeError`] for starting the server and loading its parts, and
 //! [`ApiError`], an HTTP error rendered in OpenAI's shape
-//! `{"error":{"message","type","param","code"}}`.
+//! `{"error":{"message","type","param","code"}}` (`metis_openai::wire::ErrorResponse`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use metis_openai::wire::{ErrorCode, ErrorObject, ErrorResponse};
 
 /// Errors while configuring or starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -49,20 +49,6 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorInner<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorInner<'a> {
-    message: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    param: Option<&'a str>,
-    code: Option<&'a str>,
 }
 
 impl ApiError {
@@ -115,12 +101,12 @@ impl ApiError {
 
     /// The JSON body, also used for errors sent inside an SSE stream.
     pub fn body(&self) -> String {
-        serde_json::to_string(&ErrorBody {
-            error: ErrorInner {
-                message: &self.message,
-                kind: self.kind,
-                param: self.param.as_deref(),
-                code: self.code,
+        serde_json::to_string(&ErrorResponse {
+            error: ErrorObject {
+                message: self.message.clone(),
+                kind: self.kind.to_owned(),
+                param: self.param.clone(),
+                code: self.code.map(|c| ErrorCode::Name(c.to_owned())),
             },
         })
         .unwrap_or_else(|_| {

@@ -1,7 +1,8 @@
 //! Llama Guard 3 guardrail: the model's exact prompt (its Hugging Face chat template, rendered
 //! here by hand), the S1–S14 hazard categories, parsing of its `safe` / `unsafe\nS2,...`
 //! verdicts, and the backends that answer it (a local `metis-engine` model or a remote
-//! OpenAI-compatible `/v1/completions` endpoint).
+//! OpenAI-compatible `/v1/completions` endpoint, queried through `metis-openai`'s client, with
+//! its retries).
 //!
 //! The prompt is built here and sent as a raw completion, never as a chat message, so it is
 //! not wrapped in a second template. The guard sees only user/assistant turns: the template
@@ -10,8 +11,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use metis_engine::chat::Message;
+use metis_openai::wire::GuardCheck;
+use metis_openai::{Client, ClientError, Endpoint, RetryPolicy, TextCompletionRequest};
 use serde::Serialize;
 
 /// Errors of a guard check. The server fails closed on them.
@@ -20,7 +24,7 @@ pub enum GuardError {
     #[error("unknown guard category {0:?} (S1..S14)")]
     UnknownCategory(String),
     #[error("guard backend request failed: {0}")]
-    Backend(String),
+    Backend(#[from] ClientError),
     #[error("guard model: {0}")]
     Local(String),
 }
@@ -177,6 +181,22 @@ pub struct Verdict {
     pub raw: String,
 }
 
+impl From<&Verdict> for GuardCheck {
+    /// The verdict as `metis serve` reports it to clients (`metis_guard`).
+    fn from(v: &Verdict) -> Self {
+        let stage = match v.stage {
+            Stage::Input => "input",
+            Stage::Output => "output",
+        };
+        GuardCheck {
+            stage: stage.to_owned(),
+            safe: v.safe,
+            categories: v.categories.clone(),
+            raw: v.raw.clone(),
+        }
+    }
+}
+
 /// Parses a guard answer: trimmed, first line `safe` allows, `unsafe` blocks with the `S<n>`
 /// codes found after it. Codes outside `selected` are ignored, and an `unsafe` whose codes
 /// are all unselected counts as safe (llama-stack's rule). Anything else fails closed.
@@ -244,26 +264,35 @@ pub trait GuardBackend: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<String, GuardError>> + Send + 'a>>;
 }
 
-/// A remote OpenAI-compatible `/v1/completions` endpoint serving Llama Guard 3.
+/// A remote OpenAI-compatible `/v1/completions` endpoint serving Llama Guard 3, asked for a
+/// greedy completion of at most 20 tokens (the verdict and its categories).
 pub struct RemoteGuard {
-    client: reqwest::Client,
-    url: String,
+    client: Client,
     model: String,
-    api_key: Option<String>,
 }
 
+/// Attempts (the first included) of one guard check. A check sits on the path of a request,
+/// so a transient failure is retried briefly rather than with the harness's long backoff;
+/// after the last one the server fails closed.
+const GUARD_ATTEMPTS: u32 = 3;
+/// The longest one guard attempt may take.
+const GUARD_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl RemoteGuard {
-    /// `base_url` like `http://host:8001/v1`.
+    /// `base_url` like `http://host:8001/v1`; a URL that is not absolute `http(s)` (or a key
+    /// that cannot be sent as a header) is refused here.
     pub fn new(base_url: &str, model: &str, api_key: Option<String>) -> Result<Self, GuardError> {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
-            .build()
-            .map_err(|e| GuardError::Backend(e.to_string()))?;
+        let mut endpoint = Endpoint::new(base_url);
+        endpoint.api_key = api_key;
+        let retry = RetryPolicy {
+            max_attempts: GUARD_ATTEMPTS,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(2),
+            request_timeout: GUARD_TIMEOUT,
+        };
         Ok(Self {
-            client,
-            url: format!("{}/completions", base_url.trim_end_matches('/')),
+            client: Client::new(vec![endpoint], retry)?,
             model: model.to_owned(),
-            api_key,
         })
     }
 }
@@ -274,32 +303,13 @@ impl GuardBackend for RemoteGuard {
         prompt: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<String, GuardError>> + Send + 'a>> {
         Box::pin(async move {
-            let body = serde_json::json!({
-                "model": self.model,
-                "prompt": prompt,
-                "max_tokens": 20,
-                "temperature": 0,
-            });
-            let mut req = self.client.post(&self.url).json(&body);
-            if let Some(k) = &self.api_key {
-                req = req.bearer_auth(k);
-            }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| GuardError::Backend(e.to_string()))?;
-            let status = resp.status();
-            let json: serde_json::Value = resp
-                .json()
-                .await
-                .map_err(|e| GuardError::Backend(e.to_string()))?;
-            if !status.is_success() {
-                return Err(GuardError::Backend(format!("HTTP {status}: {json}")));
-            }
-            json["choices"][0]["text"]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| GuardError::Backend(format!("no choices[0].text in {json}")))
+            let req = TextCompletionRequest {
+                model: self.model.clone(),
+                prompt: prompt.to_owned(),
+                temperature: 0.0,
+                max_tokens: 20,
+            };
+            Ok(self.client.text_completion(&req).await?.text)
         })
     }
 }
@@ -522,6 +532,29 @@ mod tests {
         assert!(!parse_verdict(Stage::Output, "unsafe", &all).safe);
         assert!(parse_categories("S15").is_err());
         assert_eq!(parse_categories("s2, S1").unwrap()[0].code, "S1");
+    }
+
+    #[test]
+    fn verdicts_are_reported_as_guard_checks() {
+        let all = CATEGORIES.to_vec();
+        let blocked = parse_verdict(Stage::Output, "unsafe\nS9", &all);
+        assert_eq!(
+            GuardCheck::from(&blocked),
+            GuardCheck {
+                stage: "output".into(),
+                safe: false,
+                categories: vec!["S9".into()],
+                raw: "unsafe\nS9".into(),
+            }
+        );
+        // The stage is written as the audit log writes it (serde's snake_case).
+        let passed = parse_verdict(Stage::Input, "safe", &all);
+        let check = GuardCheck::from(&passed);
+        assert_eq!(
+            serde_json::to_value(&passed).unwrap()["stage"],
+            check.stage.as_str()
+        );
+        assert!(check.safe && check.categories.is_empty());
     }
 
     #[test]

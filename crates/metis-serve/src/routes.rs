@@ -19,12 +19,13 @@ use axum::{Json, Router};
 use metis_engine::chat::{ChatTemplate, Message, RenderOptions};
 use metis_engine::sampling::SamplingParams;
 use metis_engine::tokenizer::Tokenizer;
+use metis_openai::wire::{self, GuardCheck, Usage};
 use metis_verify::reasoning::{self, Delimiters, StreamDelta, StreamSplitter};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::api::{self, GenParams, Limits, Usage};
+use crate::api::{self, GenParams, Limits};
 use crate::audit::{now_ms, AuditLog, AuditRecord};
 use crate::auth::{ApiKeys, RateLimiter};
 use crate::error::ApiError;
@@ -126,14 +127,14 @@ async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response
     if let Err(e) = authenticate(&st, &headers) {
         return e.into_response();
     }
-    Json(api::ModelList {
-        object: "list",
-        data: vec![api::ModelCard {
+    Json(wire::ModelList {
+        object: "list".into(),
+        data: vec![wire::ModelCard {
             id: st.model_name.clone(),
-            object: "model",
+            object: "model".into(),
             created: st.created,
-            owned_by: "metis",
-            max_model_len: st.max_model_len,
+            owned_by: "metis".into(),
+            max_model_len: Some(st.max_model_len),
         }],
     })
     .into_response()
@@ -582,19 +583,14 @@ async fn complete_job(
     mut rx: mpsc::UnboundedReceiver<GenEvent>,
 ) -> Response {
     let mut text = String::new();
-    let (finish, usage) = loop {
+    let (finish, prompt_tokens, completion_tokens) = loop {
         match rx.recv().await {
             Some(GenEvent::Text(t)) => text.push_str(&t),
             Some(GenEvent::Done {
                 finish,
                 prompt_tokens,
                 completion_tokens,
-            }) => {
-                break (
-                    finish.as_str(),
-                    Usage::new(prompt_tokens, completion_tokens),
-                )
-            }
+            }) => break (finish.as_str(), prompt_tokens, completion_tokens),
             Some(GenEvent::Error(e)) => {
                 return fail(
                     &st,
@@ -606,7 +602,7 @@ async fn complete_job(
         }
     };
     let (mut reasoning, mut answer) = final_split(&job, &text);
-    job.record.completion_tokens = usage.completion_tokens;
+    job.record.completion_tokens = completion_tokens;
     job.record.reasoning = reasoning.clone();
     job.record.answer = Some(answer.clone());
     let mut finish = finish;
@@ -622,44 +618,66 @@ async fn complete_job(
         Err(e) => return fail(&st, &mut job, e),
     };
     audit(&st, &mut job, 200, finish, blocked);
-    let body = match job.endpoint {
-        Endpoint::Chat => serde_json::to_value(api::ChatCompletion {
+    let usage = token_usage(prompt_tokens, completion_tokens);
+    final_response(&st, &job, answer, reasoning, finish, usage)
+}
+
+/// The token counts of a response.
+fn token_usage(prompt_tokens: usize, completion_tokens: usize) -> Usage {
+    Usage::new(prompt_tokens as u64, completion_tokens as u64)
+}
+
+/// The guard's verdicts as the `metis_guard` checks a client reads.
+fn guard_checks(verdicts: &[Verdict]) -> Vec<GuardCheck> {
+    verdicts.iter().map(GuardCheck::from).collect()
+}
+
+/// The whole (non-streamed) response of a job: a chat completion with the reasoning apart
+/// from the answer and the guard's checks, or a text completion.
+fn final_response(
+    st: &AppState,
+    job: &Job,
+    answer: String,
+    reasoning: Option<String>,
+    finish: &str,
+    usage: Usage,
+) -> Response {
+    match job.endpoint {
+        Endpoint::Chat => Json(wire::ChatCompletion {
             id: job.id.clone(),
-            object: "chat.completion",
+            object: "chat.completion".into(),
             created: job.created,
             model: st.model_name.clone(),
-            choices: vec![api::ChatChoice {
+            choices: vec![wire::ChatChoice {
                 index: 0,
-                message: api::ResponseMessage {
-                    role: "assistant",
+                message: wire::ResponseMessage {
+                    role: "assistant".into(),
                     // As vLLM: an empty answer after reasoning (cut off) is null.
                     content: (!(answer.is_empty() && reasoning.is_some())).then_some(answer),
                     reasoning_content: reasoning.clone(),
                     reasoning,
                 },
-                finish_reason: finish,
-                logprobs: None,
-            }],
-            usage,
-            metis_guard: job.verdicts.clone(),
-        }),
-        Endpoint::Completion => serde_json::to_value(api::Completion {
-            id: job.id.clone(),
-            object: "text_completion",
-            created: job.created,
-            model: st.model_name.clone(),
-            choices: vec![api::CompletionChoice {
-                index: 0,
-                text: answer,
-                finish_reason: Some(finish),
+                finish_reason: Some(finish.into()),
                 logprobs: None,
             }],
             usage: Some(usage),
-        }),
-    };
-    match body {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => ApiError::internal(e.to_string()).into_response(),
+            metis_guard: guard_checks(&job.verdicts),
+        })
+        .into_response(),
+        Endpoint::Completion => Json(wire::Completion {
+            id: job.id.clone(),
+            object: "text_completion".into(),
+            created: job.created,
+            model: st.model_name.clone(),
+            choices: vec![wire::CompletionChoice {
+                index: Some(0),
+                text: answer,
+                finish_reason: Some(finish.into()),
+                logprobs: None,
+            }],
+            usage: Some(usage),
+        })
+        .into_response(),
     }
 }
 
@@ -677,16 +695,16 @@ impl Chunker<'_> {
         Event::default().data(serde_json::to_string(value).unwrap_or_else(|_| "{}".into()))
     }
 
-    fn chat(&self, delta: api::Delta, finish: Option<&'static str>) -> Event {
-        Self::event(&api::ChatChunk {
+    fn chat(&self, delta: wire::Delta, finish: Option<&'static str>) -> Event {
+        Self::event(&wire::ChatCompletionChunk {
             id: self.job_id.to_owned(),
-            object: "chat.completion.chunk",
+            object: "chat.completion.chunk".into(),
             created: self.created,
             model: self.model.to_owned(),
-            choices: vec![api::ChunkChoice {
+            choices: vec![wire::ChunkChoice {
                 index: 0,
                 delta,
-                finish_reason: finish,
+                finish_reason: finish.map(Into::into),
                 logprobs: None,
             }],
             usage: self.include_usage.then_some(None),
@@ -694,15 +712,15 @@ impl Chunker<'_> {
     }
 
     fn text(&self, text: String, finish: Option<&'static str>) -> Event {
-        Self::event(&api::Completion {
+        Self::event(&wire::Completion {
             id: self.job_id.to_owned(),
-            object: "text_completion",
+            object: "text_completion".into(),
             created: self.created,
             model: self.model.to_owned(),
-            choices: vec![api::CompletionChoice {
-                index: 0,
+            choices: vec![wire::CompletionChoice {
+                index: Some(0),
                 text,
-                finish_reason: finish,
+                finish_reason: finish.map(Into::into),
                 logprobs: None,
             }],
             usage: None,
@@ -716,14 +734,14 @@ impl Chunker<'_> {
                 self.text(t, None)
             }
             (Endpoint::Chat, StreamDelta::Answer(t)) => self.chat(
-                api::Delta {
+                wire::Delta {
                     content: Some(t),
                     ..Default::default()
                 },
                 None,
             ),
             (Endpoint::Chat, StreamDelta::Reasoning(t)) => self.chat(
-                api::Delta {
+                wire::Delta {
                     reasoning_content: Some(t.clone()),
                     reasoning: Some(t),
                     ..Default::default()
@@ -736,8 +754,8 @@ impl Chunker<'_> {
     fn start(&self) -> Option<Event> {
         (self.endpoint == Endpoint::Chat).then(|| {
             self.chat(
-                api::Delta {
-                    role: Some("assistant"),
+                wire::Delta {
+                    role: Some("assistant".into()),
                     content: Some(String::new()),
                     ..Default::default()
                 },
@@ -748,27 +766,34 @@ impl Chunker<'_> {
 
     fn end(&self, finish: &'static str) -> Event {
         match self.endpoint {
-            Endpoint::Chat => self.chat(api::Delta::default(), Some(finish)),
+            Endpoint::Chat => self.chat(wire::Delta::default(), Some(finish)),
             Endpoint::Completion => self.text(String::new(), Some(finish)),
         }
     }
 
+    /// The last chunk, with no choices and the token counts, when the client asked for them.
     fn usage(&self, usage: Usage) -> Option<Event> {
         if !self.include_usage {
             return None;
         }
-        let object = match self.endpoint {
-            Endpoint::Chat => "chat.completion.chunk",
-            Endpoint::Completion => "text_completion",
-        };
-        Some(Self::event(&json!({
-            "id": self.job_id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage,
-        })))
+        Some(match self.endpoint {
+            Endpoint::Chat => Self::event(&wire::ChatCompletionChunk {
+                id: self.job_id.to_owned(),
+                object: "chat.completion.chunk".into(),
+                created: self.created,
+                model: self.model.to_owned(),
+                choices: Vec::new(),
+                usage: Some(Some(usage)),
+            }),
+            Endpoint::Completion => Self::event(&wire::Completion {
+                id: self.job_id.to_owned(),
+                object: "text_completion".into(),
+                created: self.created,
+                model: self.model.to_owned(),
+                choices: Vec::new(),
+                usage: Some(usage),
+            }),
+        })
     }
 }
 
@@ -781,26 +806,9 @@ fn blocked_input(st: &AppState, mut job: Job) -> Response {
     let refusal = guard::refusal(job.verdicts.last().expect("a verdict was recorded"));
     job.record.answer = Some(refusal.clone());
     audit(st, &mut job, 200, "content_filter", true);
-    let usage = Usage::new(job.prompt_ids.len(), 0);
+    let usage = token_usage(job.prompt_ids.len(), 0);
     if !job.params.stream {
-        let body = match job.endpoint {
-            Endpoint::Chat => json!({
-                "id": job.id, "object": "chat.completion", "created": job.created,
-                "model": st.model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": refusal},
-                             "finish_reason": "content_filter", "logprobs": null}],
-                "usage": usage,
-                "metis_guard": job.verdicts,
-            }),
-            Endpoint::Completion => json!({
-                "id": job.id, "object": "text_completion", "created": job.created,
-                "model": st.model_name,
-                "choices": [{"index": 0, "text": refusal, "finish_reason": "content_filter",
-                             "logprobs": null}],
-                "usage": usage,
-            }),
-        };
-        return Json(body).into_response();
+        return final_response(st, &job, refusal, None, "content_filter", usage);
     }
     let c = Chunker {
         job_id: &job.id,
@@ -860,7 +868,7 @@ async fn stream_job(
     if let Some(e) = c.start() {
         send!(e);
     }
-    let (finish, usage) = loop {
+    let (finish, prompt_tokens, completion_tokens) = loop {
         // Watch the client too: while output is held back for the guard nothing is sent, and
         // a client that left must still stop its sequence.
         let event = tokio::select! {
@@ -893,10 +901,7 @@ async fn stream_job(
                         send!(c.piece(d));
                     }
                 }
-                break (
-                    finish.as_str(),
-                    Usage::new(prompt_tokens, completion_tokens),
-                );
+                break (finish.as_str(), prompt_tokens, completion_tokens);
             }
             other => {
                 let msg = match other {
@@ -925,7 +930,7 @@ async fn stream_job(
         }
     };
     let (reasoning, answer) = final_split(&job, &text);
-    job.record.completion_tokens = usage.completion_tokens;
+    job.record.completion_tokens = completion_tokens;
     job.record.reasoning = reasoning.clone();
     job.record.answer = Some(answer.clone());
     let mut finish = finish;
@@ -951,7 +956,7 @@ async fn stream_job(
         }
     }
     send!(c.end(finish));
-    if let Some(e) = c.usage(usage) {
+    if let Some(e) = c.usage(token_usage(prompt_tokens, completion_tokens)) {
         send!(e);
     }
     send!(done_event());

@@ -19,7 +19,7 @@
 
 use std::path::PathBuf;
 
-use metis_eval::report::{line_chart, Curve, LinePanel};
+use metis_plot::{line_chart, Curve, LinePanel};
 use metis_train::demo::{build, DemoConfig};
 use metis_train::grpo::trainer::{run_grpo, GrpoConfig};
 use metis_train::sft::{run_sft, SftConfig};

@@ -1,6 +1,6 @@
 //! Training metrics: an append-only `metrics.jsonl` (one JSON object per optimizer step,
 //! flushed per line, truncated back to the resumed step on resume), loss / learning-rate
-//! curves (PNG via [`metis_eval::report::line_chart`]) and a progress bar that is hidden when
+//! curves (PNG via [`metis_plot::line_chart`]) and a progress bar that is hidden when
 //! stderr is not a terminal.
 
 use std::fs::{File, OpenOptions};
@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use metis_eval::report::{line_chart, Curve, LinePanel};
+use metis_plot::{line_chart, Curve, LinePanel};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 

@@ -10,13 +10,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args as ClapArgs, Subcommand};
 use metis_eval::benchmarks::{self, Benchmark, DataSource};
-use metis_eval::client::{Client, Endpoint, RetryPolicy};
 use metis_eval::judge::{self, GlmReference, Judge, JudgeReport};
 use metis_eval::local::LocalModel;
 use metis_eval::report::{self, ResultRow};
 use metis_eval::run::{self, Backend, RunConfig, Sampling};
 use metis_eval::stats;
 use metis_eval::store::{Status, Store};
+use metis_openai::{Client, Endpoint, RetryPolicy};
 use metis_verify::Protocol;
 
 #[derive(ClapArgs)]

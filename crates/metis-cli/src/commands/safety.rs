@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metis_eval::benchmarks::DataSource;
-use metis_eval::client::{Client, Endpoint, RetryPolicy};
 use metis_eval::local::LocalModel;
 use metis_eval::run::{Backend, ChatBackend};
 use metis_eval::stats;
+use metis_openai::{Client, Endpoint, RetryPolicy};
 use metis_safety::behaviors::{self, Split};
 use metis_safety::deployment::{Configuration, GuardedBackend};
 use metis_safety::judge::{ClassifierJudge, CopyrightJudge};

@@ -21,10 +21,10 @@
 //! Output 1 is always the reference (the baseline `gpt4_1106_preview`), output 2 the judged
 //! model's answer, so a preference of 2 means the judged model wins.
 
+use metis_openai::{ChatMessage, ChatRequest, GenParams, TopLogprob};
 use sha2::{Digest, Sha256};
 
 use super::pyrandom::PyRandom;
-use crate::client::{ChatMessage, ChatRequest, GenParams, TopLogprob};
 
 /// Where the judge configuration comes from, recorded with every result.
 pub const UPSTREAM: &str =

@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use metis_openai::{ChatLogprobsResponse, Client, ClientError};
 use metis_verify::{Task, Verdict};
 use serde::Serialize;
 
 use super::alpaca::{self, Comparison, JudgeRequest};
 use super::winrate::{self, GlmReference, LengthControlled, WinRate};
 use crate::benchmarks::{Benchmark, BenchmarkSpec, Item};
-use crate::client::{ChatLogprobsResponse, Client, ClientError};
 use crate::report::ResultRow;
 use crate::run::{self, gradable_text};
 use crate::stats::Summary;

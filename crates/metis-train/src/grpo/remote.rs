@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use metis_engine::tokenizer::Tokenizer;
-use metis_eval::client::{
+use metis_openai::{
     Client, ClientError, Endpoint, RetryPolicy, TokenCompletion, TokenCompletionRequest,
 };
 use serde::{Deserialize, Serialize};

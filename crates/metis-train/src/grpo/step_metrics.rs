@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use metis_eval::report::{line_chart, Curve, LinePanel};
+use metis_plot::{line_chart, Curve, LinePanel};
 use metis_verify::Task;
 use serde::{Deserialize, Serialize};
 

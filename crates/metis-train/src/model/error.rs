@@ -40,7 +40,7 @@ pub enum TrainError {
     Engine(#[from] metis_engine::model::EngineError),
     /// A rollout server failed or answered something unusable (the message names the URL).
     #[error("remote rollouts: {0}")]
-    RemoteRollout(metis_eval::client::ClientError),
+    RemoteRollout(metis_openai::ClientError),
     /// `metrics.jsonl` could not be read back or written.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),

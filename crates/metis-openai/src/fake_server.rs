@@ -10,6 +10,10 @@
 //! A scripted logprob judge ([`FakeServer::start_with_logprobs`]) also gives the top
 //! log-probabilities of its first token, returned in `choices[0].logprobs` when the request
 //! asks for `logprobs`, as OpenAI does.
+//!
+//! Requests are read and answers written with the [`crate::wire`] types, so the fake server
+//! speaks exactly the JSON the client reads and `metis serve` writes. Built only with the
+//! `fake-server` feature (which brings in axum); crates use it from their dev-dependencies.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,11 +27,15 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::client::ChatMessage;
+use crate::wire::{
+    ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessage, ChoiceLogprobs, Completion,
+    CompletionChoice, CompletionRequest, ErrorCode, ErrorObject, ErrorResponse, ModelCard,
+    ModelList, Prompt, ResponseMessage, TokenLogprobs, TopLogprob, Usage,
+};
 
 /// How long [`Fault::Hang`] sleeps: far longer than any sane client timeout.
 const HANG_FOR: Duration = Duration::from_secs(3600);
@@ -101,51 +109,59 @@ pub type TopLogprobs = Vec<(String, f64)>;
 pub type LogprobResponder =
     Arc<dyn Fn(&FakeRequest, u64) -> Result<(Scripted, TopLogprobs), Fault> + Send + Sync>;
 
-/// A chat request as the fake server received it.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+/// A chat request as the fake server received it, with OpenAI's defaults filled in
+/// (temperature and top-p 1, `max_tokens` 0 when absent).
+#[derive(Clone, Debug, PartialEq)]
 pub struct FakeRequest {
-    #[serde(default)]
     pub model: String,
     pub messages: Vec<ChatMessage>,
-    #[serde(default)]
     pub seed: Option<u64>,
-    #[serde(default = "one")]
     pub temperature: f64,
-    #[serde(default = "one")]
     pub top_p: f64,
-    #[serde(default)]
     pub max_tokens: u32,
     /// Chat `logprobs`: whether the client asked for token log-probabilities.
-    #[serde(default)]
     pub logprobs: bool,
-    #[serde(default)]
     pub top_logprobs: Option<u32>,
     /// Set for `POST /v1/completions`: the string prompt arrives as one `user` message.
-    #[serde(default)]
     pub completion: bool,
 }
 
-/// A `POST /v1/completions` body with a string prompt.
-#[derive(Deserialize)]
-struct FakeCompletionRequest {
-    #[serde(default)]
-    model: String,
-    prompt: String,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default = "one")]
-    temperature: f64,
-    #[serde(default = "one")]
-    top_p: f64,
-    #[serde(default)]
-    max_tokens: u32,
-}
-
-fn one() -> f64 {
-    1.0
+impl From<ChatCompletionRequest<'_>> for FakeRequest {
+    fn from(wire: ChatCompletionRequest<'_>) -> Self {
+        Self {
+            model: wire.model,
+            messages: wire.messages.into_owned(),
+            seed: wire.seed,
+            temperature: wire.temperature.unwrap_or(1.0),
+            top_p: wire.top_p.unwrap_or(1.0),
+            max_tokens: wire.max_tokens.unwrap_or(0),
+            logprobs: wire.logprobs.unwrap_or(false),
+            top_logprobs: wire.top_logprobs,
+            completion: false,
+        }
+    }
 }
 
 impl FakeRequest {
+    /// A completion request with a string prompt, seen as one `user` message; `None` for a
+    /// token-id prompt, which the fake server does not answer.
+    fn from_completion(wire: CompletionRequest<'_>) -> Option<Self> {
+        let Prompt::Text(prompt) = wire.prompt else {
+            return None;
+        };
+        Some(Self {
+            model: wire.model,
+            messages: vec![ChatMessage::user(prompt.into_owned())],
+            seed: wire.seed,
+            temperature: wire.temperature.unwrap_or(1.0),
+            top_p: wire.top_p.unwrap_or(1.0),
+            max_tokens: wire.max_tokens.unwrap_or(0),
+            logprobs: false,
+            top_logprobs: None,
+            completion: true,
+        })
+    }
+
     /// Content of the last `user` message ("" if none).
     pub fn last_user(&self) -> &str {
         self.messages
@@ -289,83 +305,30 @@ fn words(s: &str) -> u64 {
     s.split_whitespace().count() as u64
 }
 
-#[derive(Serialize)]
-struct WireResponse<'a> {
-    id: String,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: [WireChoice<'a>; 1],
-    usage: WireUsage,
-}
-
-#[derive(Serialize)]
-struct WireChoice<'a> {
-    index: u32,
-    message: WireMessage<'a>,
-    finish_reason: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    logprobs: Option<WireLogprobs>,
-}
-
-/// `choices[0].logprobs`: one entry, for the first token of the content.
-#[derive(Serialize)]
-struct WireLogprobs {
-    content: Vec<WireTokenLogprob>,
-}
-
-#[derive(Serialize)]
-struct WireTokenLogprob {
-    token: String,
-    logprob: f64,
-    top_logprobs: Vec<WireTopLogprob>,
-}
-
-#[derive(Serialize)]
-struct WireTopLogprob {
-    token: String,
-    logprob: f64,
-}
-
 /// The `logprobs` a request asked for: the first whitespace-separated word of the content
 /// stands for the first token, with its scripted log-probability (0 when the script does not
 /// list it), and the first `top_logprobs` scripted alternatives.
-fn wire_logprobs(req_top: Option<u32>, content: &str, top: &TopLogprobs) -> WireLogprobs {
+fn choice_logprobs(req_top: Option<u32>, content: &str, top: &TopLogprobs) -> ChoiceLogprobs {
     let token = content.split_whitespace().next().unwrap_or("").to_owned();
     let logprob = top
         .iter()
         .find(|(t, _)| *t == token)
         .map_or(0.0, |(_, lp)| *lp);
     let keep = req_top.map_or(top.len(), |k| k as usize);
-    WireLogprobs {
-        content: vec![WireTokenLogprob {
+    ChoiceLogprobs {
+        content: Some(vec![TokenLogprobs {
             token,
             logprob,
             top_logprobs: top
                 .iter()
                 .take(keep)
-                .map(|(token, logprob)| WireTopLogprob {
+                .map(|(token, logprob)| TopLogprob {
                     token: token.clone(),
                     logprob: *logprob,
                 })
                 .collect(),
-        }],
+        }]),
     }
-}
-
-#[derive(Serialize)]
-struct WireMessage<'a> {
-    role: &'static str,
-    content: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reasoning_content: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct WireUsage {
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    total_tokens: u64,
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
@@ -377,19 +340,52 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     resp
 }
 
+/// `value` as a JSON response, or a 500 if it cannot be serialised.
+fn ok_json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(b) => json_response(StatusCode::OK, b),
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("serialising response: {e}"),
+            "server_error",
+        ),
+    }
+}
+
+/// An OpenAI error body whose `code` is the HTTP status (as llama.cpp sends it).
 fn error_response(status: StatusCode, message: &str, kind: &str) -> Response {
-    let body = serde_json::json!({
-        "error": { "message": message, "type": kind, "code": status.as_u16() }
-    });
-    json_response(status, body.to_string().into_bytes())
+    let body = ErrorResponse {
+        error: ErrorObject {
+            message: message.to_owned(),
+            kind: kind.to_owned(),
+            param: None,
+            code: Some(ErrorCode::Status(status.as_u16())),
+        },
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| message.as_bytes().to_vec());
+    json_response(status, bytes)
+}
+
+/// A body that is not the request the route expects: 400.
+fn invalid_body(detail: impl std::fmt::Display) -> Response {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        &format!("invalid request body: {detail}"),
+        "invalid_request_error",
+    )
 }
 
 async fn models() -> Response {
-    let body = serde_json::json!({
-        "object": "list",
-        "data": [{ "id": FAKE_MODEL_ID, "object": "model", "created": 0, "owned_by": "metis" }]
-    });
-    json_response(StatusCode::OK, body.to_string().into_bytes())
+    ok_json(&ModelList {
+        object: "list".into(),
+        data: vec![ModelCard {
+            id: FAKE_MODEL_ID.into(),
+            object: "model".into(),
+            created: 0,
+            owned_by: "metis".into(),
+            max_model_len: None,
+        }],
+    })
 }
 
 /// Counts the attempt, asks the responder, logs the request and turns a scripted fault into
@@ -478,54 +474,38 @@ async fn scripted_answer(
 /// with [`FakeRequest::completion`] set; the answer comes back as `choices[0].text`.
 async fn completion(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let n = shared.total.fetch_add(1, Ordering::Relaxed) + 1;
-    let wire: FakeCompletionRequest = match serde_json::from_slice(&body) {
+    let wire: CompletionRequest<'static> = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("invalid request body: {e}"),
-                "invalid_request_error",
-            )
-        }
+        Err(e) => return invalid_body(e),
     };
-    let req = FakeRequest {
-        model: wire.model,
-        messages: vec![ChatMessage::user(wire.prompt)],
-        seed: wire.seed,
-        temperature: wire.temperature,
-        top_p: wire.top_p,
-        max_tokens: wire.max_tokens,
-        logprobs: false,
-        top_logprobs: None,
-        completion: true,
+    let Some(req) = FakeRequest::from_completion(wire) else {
+        return invalid_body("the fake server answers string prompts only");
     };
     let model = req.model.clone();
     let (scripted, _) = match scripted_answer(&shared, req).await {
         Ok(answer) => answer,
         Err(resp) => return resp,
     };
-    let body = serde_json::json!({
-        "id": format!("cmpl-fake-{n}"),
-        "object": "text_completion",
-        "created": 0,
-        "model": model,
-        "choices": [{"index": 0, "text": scripted.content, "finish_reason": scripted.finish_reason,
-                     "logprobs": null}],
-    });
-    json_response(StatusCode::OK, body.to_string().into_bytes())
+    ok_json(&Completion {
+        id: format!("cmpl-fake-{n}"),
+        object: "text_completion".into(),
+        created: 0,
+        model,
+        choices: vec![CompletionChoice {
+            index: Some(0),
+            text: scripted.content,
+            finish_reason: Some(scripted.finish_reason),
+            logprobs: None,
+        }],
+        usage: None,
+    })
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let n = shared.total.fetch_add(1, Ordering::Relaxed) + 1;
-    let req: FakeRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("invalid request body: {e}"),
-                "invalid_request_error",
-            )
-        }
+    let req: FakeRequest = match serde_json::from_slice::<ChatCompletionRequest<'static>>(&body) {
+        Ok(r) => r.into(),
+        Err(e) => return invalid_body(e),
     };
     let prompt_tokens: u64 = req.messages.iter().map(|m| words(&m.content)).sum();
     let model = req.model.clone();
@@ -536,33 +516,23 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     };
     let completion_tokens =
         words(&scripted.content) + scripted.reasoning.as_deref().map(words).unwrap_or(0);
-    let wire = WireResponse {
+    ok_json(&ChatCompletion {
         id: format!("chatcmpl-fake-{n}"),
-        object: "chat.completion",
+        object: "chat.completion".into(),
         created: 0,
-        model: &model,
-        choices: [WireChoice {
+        model,
+        choices: vec![ChatChoice {
             index: 0,
-            message: WireMessage {
-                role: "assistant",
-                content: &scripted.content,
-                reasoning_content: scripted.reasoning.as_deref(),
+            logprobs: asked_logprobs.map(|k| choice_logprobs(k, &scripted.content, &top)),
+            message: ResponseMessage {
+                role: "assistant".into(),
+                content: Some(scripted.content),
+                reasoning_content: scripted.reasoning,
+                reasoning: None,
             },
-            finish_reason: &scripted.finish_reason,
-            logprobs: asked_logprobs.map(|k| wire_logprobs(k, &scripted.content, &top)),
+            finish_reason: Some(scripted.finish_reason),
         }],
-        usage: WireUsage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        },
-    };
-    match serde_json::to_vec(&wire) {
-        Ok(b) => json_response(StatusCode::OK, b),
-        Err(e) => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("serialising response: {e}"),
-            "server_error",
-        ),
-    }
+        usage: Some(Usage::new(prompt_tokens, completion_tokens)),
+        metis_guard: Vec::new(),
+    })
 }

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
-use metis_eval::client::{
+use metis_openai::fake_server::{FakeRequest, FakeServer, Fault, Responder, Scripted};
+use metis_openai::{
     ChatMessage, ChatRequest, Client, ClientError, Endpoint, GenParams, RetryPolicy,
     TokenCompletionRequest,
 };
-use metis_eval::fake_server::{FakeRequest, FakeServer, Fault, Responder, Scripted};
 
 fn fast_policy() -> RetryPolicy {
     RetryPolicy {
@@ -422,7 +422,7 @@ fn constructor_errors() {
     ));
 }
 
-/// Throughput smoke test: `cargo test --release -p metis-eval --test client -- --ignored`.
+/// Throughput smoke test: `cargo test --release -p metis-openai --test client -- --ignored`.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "throughput check; run in release"]
 async fn throughput_at_64_concurrent() {
