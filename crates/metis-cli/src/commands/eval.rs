@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ModelKind;
 use anyhow::{bail, Context};
 use clap::{Args as ClapArgs, Subcommand};
 use metis_eval::benchmarks::{self, Benchmark, DataSource};
@@ -116,8 +117,8 @@ struct RunArgs {
     #[arg(long, default_value = "OPENAI_API_KEY")]
     api_key_env: String,
     /// Sampling defaults of the report: reasoning (T 0.6, top-p 0.95) or instruct (T 0.3, top-p 1.0).
-    #[arg(long, default_value = "reasoning", value_parser = ["reasoning", "instruct"])]
-    kind: String,
+    #[arg(long, value_enum, default_value_t = ModelKind::Reasoning)]
+    kind: ModelKind,
     #[arg(long)]
     temperature: Option<f64>,
     #[arg(long)]
@@ -350,7 +351,7 @@ fn write_card(w: &mut dyn std::io::Write, c: &benchmarks::Card) -> std::io::Resu
 }
 
 fn sampling(a: &RunArgs) -> Sampling {
-    let mut s = if a.kind == "instruct" {
+    let mut s = if a.kind == ModelKind::Instruct {
         Sampling::instruct()
     } else {
         Sampling::reasoning()

@@ -22,6 +22,7 @@ use metis_safety::run::{self as safety_run, SafetyRun};
 use metis_serve::system_prompt::DEFAULT_SYSTEM_PROMPT;
 
 use super::guard_args::{guard_backend, GuardArgs};
+use super::ModelKind;
 
 /// The configurations `metis safety` knows.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,8 +108,8 @@ pub struct Args {
     #[arg(long)]
     limit: Option<usize>,
     /// reasoning (T 0.6, top-p 0.95, 4,096 tokens) or instruct (T 0.3, 512 tokens).
-    #[arg(long, default_value = "reasoning", value_parser = ["reasoning", "instruct"])]
-    kind: String,
+    #[arg(long, value_enum, default_value_t = ModelKind::Reasoning)]
+    kind: ModelKind,
     #[arg(long)]
     temperature: Option<f64>,
     #[arg(long)]
@@ -274,7 +275,7 @@ fn model_name(a: &Args) -> anyhow::Result<String> {
 }
 
 fn sampling(a: &Args) -> metis_eval::run::Sampling {
-    let mut s = safety_run::default_sampling(a.kind == "reasoning");
+    let mut s = safety_run::default_sampling(a.kind == ModelKind::Reasoning);
     if let Some(t) = a.temperature {
         s.temperature = t;
     }
