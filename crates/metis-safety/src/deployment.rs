@@ -139,9 +139,17 @@ impl ChatBackend for GuardedBackend {
 /// The reasoning and the final answer of a response, reasoning given in its own field or
 /// inline in `<think>` (as `metis serve` splits it before its output guard).
 pub fn split_answer(r: &ChatResponse) -> (Option<String>, String) {
-    let parts = reasoning::split(&r.content, &Delimiters::default());
-    let inline = (!parts.reasoning.is_empty()).then(|| parts.reasoning.clone());
-    let reasoning = r.reasoning.clone().filter(|s| !s.is_empty()).or(inline);
+    split_reasoning(&r.content, r.reasoning.as_deref())
+}
+
+/// The reasoning (the separate field if given, else the inline `<think>` blocks) and the
+/// trimmed final answer of `content`.
+pub fn split_reasoning(content: &str, reasoning: Option<&str>) -> (Option<String>, String) {
+    let parts = reasoning::split(content, &Delimiters::default());
+    let reasoning = reasoning
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .or_else(|| (!parts.reasoning.is_empty()).then(|| parts.reasoning.clone()));
     (reasoning, parts.answer.trim().to_owned())
 }
 

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::behaviors::{Behavior, Functional};
 use crate::classifier::Label;
-use crate::deployment::Configuration;
+use crate::deployment::{split_reasoning, Configuration};
 use crate::judge::{request_hash, ClassifierJudge, CopyrightJudge, CopyrightOutcome};
 
 /// The benchmark name HarmBench responses are stored under.
@@ -480,15 +480,10 @@ fn guard_checks(record: &ResponseRecord) -> Vec<GuardCheck> {
 
 /// The reasoning and the final answer of a stored response.
 fn split(record: &ResponseRecord) -> (Option<String>, String) {
-    let content = record.response.as_deref().unwrap_or("");
-    let parts = reasoning::split(content, &Delimiters::default());
-    let inline = (!parts.reasoning.is_empty()).then(|| parts.reasoning.clone());
-    let reasoning = record
-        .reasoning
-        .clone()
-        .filter(|r| !r.is_empty())
-        .or(inline);
-    (reasoning, parts.answer.trim().to_owned())
+    split_reasoning(
+        record.response.as_deref().unwrap_or(""),
+        record.reasoning.as_deref(),
+    )
 }
 
 /// What became of one request.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -568,14 +568,7 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
                     },
                 )?)
             };
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("\ninterrupt: finishing up; rerun the same command to resume");
-                    flag.store(true, Ordering::Relaxed);
-                }
-            });
+            let stop = super::stop_on_ctrl_c();
             let q = run::query(&config, &benches, &backend, stop.clone()).await?;
             if !a.json {
                 eprintln!(

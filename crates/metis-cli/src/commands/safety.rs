@@ -3,7 +3,6 @@
 //! and reported in the layout of the paper's Figure 5.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use metis_safety::run::{self as safety_run, SafetyRun};
 use metis_serve::system_prompt::DEFAULT_SYSTEM_PROMPT;
 
 use super::guard_args::{guard_backend, GuardArgs};
-use super::ModelKind;
+use super::{stop_on_ctrl_c, ModelKind};
 
 /// The configurations `metis safety` knows.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -476,18 +475,6 @@ fn copyright_dir(a: &Args) -> Option<PathBuf> {
     a.copyright_hashes
         .clone()
         .or_else(|| metis_verify::copyright::default_hashes_dir().filter(|d| d.is_dir()))
-}
-
-fn stop_on_ctrl_c() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\ninterrupt: finishing up; rerun the same command to resume");
-            flag.store(true, Ordering::Relaxed);
-        }
-    });
-    stop
 }
 
 fn write_outputs(
