@@ -14,13 +14,12 @@
 //!   loader undoes it row by row on the raw blocks (exact for every storage type);
 //! * 1-D tensors (norms, biases, rope factors) are F32.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{Read, Seek};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{self, Content, Value};
-use candle_core::quantized::{QStorage, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 pub use candle_core::quantized::GgmlDType;
@@ -301,92 +300,202 @@ pub(crate) fn read_content<R: Read + Seek>(reader: &mut R, path: &Path) -> Resul
     })
 }
 
-/// Reorder the rows of a [rows, ..] tensor stored as raw GGML blocks: destination row
-/// `h*hd + i*hd/2 + j` takes source row `h*hd + 2*j + i` (`inverse` = false undoes
-/// llama.cpp's Q/K permutation; `inverse` = true applies it). Works on any block type since
-/// quantization blocks never straddle rows.
+/// llama.cpp's Q/K row permutation over `n_head` heads as a row order: `order[hf] = gg`, the
+/// stored (interleaved-rope) row `h*hd + 2*j + i` that holds Hugging Face (rotate-half) row
+/// `h*hd + i*hd/2 + j`.
+pub(crate) fn unpermute_order(rows: usize, n_head: usize) -> Result<Vec<u32>> {
+    if rows == 0 || n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+        return Err(EngineError::InvalidArgument(format!(
+            "cannot permute {rows} rows over {n_head} heads"
+        )));
+    }
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut order = vec![0u32; rows];
+    for h in 0..n_head {
+        for i in 0..2 {
+            for j in 0..half {
+                order[h * hd + i * half + j] = (h * hd + 2 * j + i) as u32;
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Reorder the rows of a [rows, ..] tensor stored as raw GGML blocks by
+/// [`unpermute_order`] (`inverse` = false undoes llama.cpp's Q/K permutation; `inverse` = true
+/// applies it). Works on any block type since quantization blocks never straddle rows.
 pub(crate) fn permute_rows_raw(
     data: &[u8],
     rows: usize,
     n_head: usize,
     inverse: bool,
 ) -> Result<Vec<u8>> {
-    if rows == 0
-        || n_head == 0
-        || !rows.is_multiple_of(2 * n_head)
-        || !data.len().is_multiple_of(rows)
-    {
+    let order = unpermute_order(rows, n_head)?;
+    if !data.len().is_multiple_of(rows) {
         return Err(EngineError::InvalidArgument(format!(
-            "cannot permute {rows} rows over {n_head} heads"
+            "{} bytes are not {rows} whole rows",
+            data.len()
         )));
     }
     let row_bytes = data.len() / rows;
-    let hd = rows / n_head;
-    let half = hd / 2;
     let mut out = vec![0u8; data.len()];
-    for h in 0..n_head {
-        for i in 0..2 {
-            for j in 0..half {
-                let hf = h * hd + i * half + j; // HF (rotate_half) layout
-                let gg = h * hd + 2 * j + i; // llama.cpp (interleaved) layout
-                let (dst, src) = if inverse { (gg, hf) } else { (hf, gg) };
-                out[dst * row_bytes..(dst + 1) * row_bytes]
-                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
-            }
-        }
+    for (hf, &gg) in order.iter().enumerate() {
+        let gg = gg as usize;
+        let (dst, src) = if inverse { (gg, hf) } else { (hf, gg) };
+        out[dst * row_bytes..(dst + 1) * row_bytes]
+            .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
     }
     Ok(out)
 }
 
-/// Rebuild `q` on `device`, optionally with its rows un-permuted (llama Q/K).
-pub(crate) fn finish_qtensor(
-    q: QTensor,
-    unpermute_heads: Option<usize>,
-    device: &Device,
-) -> Result<QTensor> {
-    if unpermute_heads.is_none() && device.is_cpu() {
-        return Ok(q);
+/// What [`write_gguf`] stores the 2-D weights of a checkpoint as: every matrix in one GGML
+/// type, or one of llama.cpp's "mostly" mixes (its `llama-quantize` rules without an imatrix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    /// Every matrix in this type (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K … Q6_K).
+    All(GgmlDType),
+    /// `Q4_K_M`: Q4_K, with Q6_K for the output matrix (or a tied embedding) and for `attn_v`
+    /// and `ffn_down` in the layers `use_more_bits` picks.
+    Q4KM,
+    /// `Q5_K_M`: the same rule around Q5_K.
+    Q5KM,
+}
+
+impl From<GgmlDType> for FileType {
+    fn from(t: GgmlDType) -> Self {
+        FileType::All(t)
     }
-    let shape = q.shape().clone();
-    let dtype = q.dtype();
-    let data = q.data()?;
-    // Pass a borrowed slice: candle 0.9's `QStorage::from_data` reinterprets the bytes of the
-    // Cow it is given and would read an owned buffer after dropping it.
-    let owned;
-    let bytes: &[u8] = match unpermute_heads {
-        Some(n) => {
-            owned = permute_rows_raw(&data, shape.dims()[0], n, false)?;
-            &owned
+}
+
+impl FileType {
+    /// Parses the names llama.cpp users know: `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_1`,
+    /// `q5_0`, `q5_1`, `q2_k`, `q3_k`, `q4_k`, `q5_k`, `q6_k`, `q4_k_m`, `q5_k_m`
+    /// (case-insensitive).
+    pub fn parse(name: &str) -> Option<FileType> {
+        use GgmlDType as T;
+        Some(match name.to_ascii_lowercase().as_str() {
+            "f32" => FileType::All(T::F32),
+            "f16" => FileType::All(T::F16),
+            "bf16" => FileType::All(T::BF16),
+            "q8_0" => FileType::All(T::Q8_0),
+            "q4_0" => FileType::All(T::Q4_0),
+            "q4_1" => FileType::All(T::Q4_1),
+            "q5_0" => FileType::All(T::Q5_0),
+            "q5_1" => FileType::All(T::Q5_1),
+            "q2_k" => FileType::All(T::Q2K),
+            "q3_k" => FileType::All(T::Q3K),
+            "q4_k" => FileType::All(T::Q4K),
+            "q5_k" => FileType::All(T::Q5K),
+            "q6_k" => FileType::All(T::Q6K),
+            "q4_k_m" => FileType::Q4KM,
+            "q5_k_m" => FileType::Q5KM,
+            _ => return None,
+        })
+    }
+
+    /// llama.cpp `general.file_type` (`llama_ftype`).
+    fn llama_ftype(self) -> u32 {
+        use GgmlDType as T;
+        match self {
+            FileType::Q4KM => 15,
+            FileType::Q5KM => 17,
+            FileType::All(t) => match t {
+                T::F16 => 1,
+                T::Q4_0 => 2,
+                T::Q4_1 => 3,
+                T::Q8_0 => 7,
+                T::Q5_0 => 8,
+                T::Q5_1 => 9,
+                T::Q2K => 10,
+                T::Q3K => 11, // Q3_K_S
+                T::Q4K => 14, // Q4_K_S
+                T::Q5K => 16, // Q5_K_S
+                T::Q6K => 18,
+                T::BF16 => 32,
+                _ => 0,
+            },
         }
-        None => &data,
-    };
-    Ok(QTensor::new(
-        QStorage::from_data(Cow::Borrowed(bytes), device, dtype)?,
-        shape,
-    )?)
-}
+    }
 
-/// llama.cpp `general.file_type` (`llama_ftype`) for the requested target type.
-fn file_type(dtype: GgmlDType) -> u32 {
-    match dtype {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q8_0 => 7,
-        GgmlDType::Q4K => 15, // MOSTLY_Q4_K_M
-        GgmlDType::Q6K => 18,
-        _ => 0,
+    fn check(self) -> Result<()> {
+        use GgmlDType as T;
+        match self {
+            FileType::All(
+                T::F32
+                | T::F16
+                | T::BF16
+                | T::Q4_0
+                | T::Q4_1
+                | T::Q5_0
+                | T::Q5_1
+                | T::Q8_0
+                | T::Q2K
+                | T::Q3K
+                | T::Q4K
+                | T::Q5K
+                | T::Q6K,
+            )
+            | FileType::Q4KM
+            | FileType::Q5KM => Ok(()),
+            FileType::All(t) => Err(EngineError::InvalidArgument(format!(
+                "unsupported GGUF target type {t:?}"
+            ))),
+        }
+    }
+
+    /// Wanted type of a matrix by its role (before the row-length fallback).
+    fn wanted(self, role: Role, layer: usize, layers: usize) -> GgmlDType {
+        let base = match self {
+            FileType::All(t) => return t,
+            FileType::Q4KM => GgmlDType::Q4K,
+            FileType::Q5KM => GgmlDType::Q5K,
+        };
+        match role {
+            Role::Output => GgmlDType::Q6K,
+            Role::AttnV | Role::FfnDown if use_more_bits(layer, layers) => GgmlDType::Q6K,
+            _ => base,
+        }
     }
 }
 
-/// Storage type of a 2-D weight with rows of `row_len` elements: `want` if the row length is
-/// a multiple of its block size, else Q8_0 (32-element blocks), else F32.
+/// What a matrix is, for the mixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// `output.weight`, or `token_embd.weight` of a tied model (it is the output too).
+    Output,
+    AttnV,
+    FfnDown,
+    Other,
+}
+
+/// llama.cpp's layers that get more bits in the `_M` mixes: the first and last eighth and
+/// every third layer in between.
+fn use_more_bits(layer: usize, layers: usize) -> bool {
+    let eighth = layers / 8;
+    layer < eighth || layer >= 7 * layers / 8 || (layer - eighth) % 3 == 2
+}
+
+/// Storage type of a matrix with rows of `row_len` values: `want` if whole blocks fit, else
+/// llama.cpp's fallback (Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0; Q2_K/Q3_K→Q4_0 where llama.cpp
+/// uses IQ4_NL, which Metis does not write), else F16 for quantized targets and the float
+/// type itself otherwise.
 fn fit_type(want: GgmlDType, row_len: usize) -> GgmlDType {
+    use GgmlDType as T;
     if row_len.is_multiple_of(want.block_size()) {
-        want
-    } else if row_len.is_multiple_of(GgmlDType::Q8_0.block_size()) && want != GgmlDType::F32 {
-        GgmlDType::Q8_0
+        return want;
+    }
+    let fallback = match want {
+        T::Q4K => T::Q5_0,
+        T::Q5K => T::Q5_1,
+        T::Q6K => T::Q8_0,
+        T::Q2K | T::Q3K => T::Q4_0,
+        _ => T::F16,
+    };
+    if row_len.is_multiple_of(fallback.block_size()) {
+        fallback
     } else {
-        GgmlDType::F32
+        T::F16
     }
 }
 
@@ -440,28 +549,19 @@ fn permute_dense(t: &Tensor, n_head: usize) -> Result<Tensor> {
 /// Convert the HF safetensors checkpoint in `hf_dir` (config.json + model.safetensors or
 /// shards) to a GGUF file at `out`, laid out as llama.cpp's converter does (tensor names,
 /// `{arch}.*` metadata, Q/K row permutation for `llama`, `rope_freqs.weight` for Llama-3 rope
-/// scaling, 1-D tensors in F32), with 2-D weights stored as `dtype`:
+/// scaling, 1-D tensors in F32), with 2-D weights stored as `file_type` says: one GGML type
+/// for every matrix (a [`GgmlDType`] converts into [`FileType::All`]), or the `Q4_K_M` /
+/// `Q5_K_M` mixes.
 ///
-/// * `F32` / `F16`: every 2-D weight in that type;
-/// * `Q8_0`: every 2-D weight (embeddings and output included) in Q8_0;
-/// * `Q4K` (≈ `Q4_K_M`): Q4_K, with `attn_v`, `ffn_down` and the output matrix (or the
-///   tied embedding) in Q6_K.
-///
-/// A weight whose row length is not a multiple of the type's block size (256 for the k-quants,
-/// 32 for Q8_0) falls back to Q8_0, or to F32 if that does not fit either. A byte-level BPE
+/// A weight whose row length is not a multiple of the type's block size (256 for the
+/// k-quants, 32 for the others) falls back as llama.cpp does (see `fit_type`). A byte-level BPE
 /// `tokenizer.json` next to the weights is embedded as llama.cpp's `gpt2` tokenizer (tokens,
 /// types, merges, pre-tokenizer name, chat template); without one the file declares
 /// `tokenizer.ggml.model = "none"` so llama.cpp still runs it on raw token ids. Everything is
 /// converted in memory.
-pub fn write_gguf(hf_dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
-    if !matches!(
-        dtype,
-        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::Q8_0 | GgmlDType::Q4K
-    ) {
-        return Err(EngineError::InvalidArgument(format!(
-            "unsupported GGUF target type {dtype:?} (F32, F16, Q8_0, Q4K)"
-        )));
-    }
+pub fn write_gguf(hf_dir: &Path, out: &Path, file_type: impl Into<FileType>) -> Result<()> {
+    let ftype: FileType = file_type.into();
+    ftype.check()?;
     let cfg = ModelConfig::from_file(&hf_dir.join("config.json"))?;
     let files = crate::model::safetensors_files(hf_dir)?;
     // SAFETY: read-only memory map; the files must not change while converting.
@@ -477,7 +577,7 @@ pub fn write_gguf(hf_dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
     };
     let arch = arch_name(cfg.architecture);
     let is_llama = cfg.architecture == Architecture::Llama;
-    let k4 = dtype == GgmlDType::Q4K;
+    let layers = cfg.num_hidden_layers;
 
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     fn push_2d(
@@ -491,17 +591,16 @@ pub fn write_gguf(hf_dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
         tensors.push((name, q));
         Ok(())
     }
-    let out_type = if k4 { GgmlDType::Q6K } else { dtype };
-    let embd_type = if k4 && cfg.tie_word_embeddings {
-        GgmlDType::Q6K
+    let embd_role = if cfg.tie_word_embeddings {
+        Role::Output
     } else {
-        dtype
+        Role::Other
     };
     push_2d(
         &mut tensors,
         "token_embd.weight".into(),
         load("model.embed_tokens.weight")?,
-        embd_type,
+        ftype.wanted(embd_role, 0, layers),
     )?;
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -518,11 +617,12 @@ pub fn write_gguf(hf_dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
             if let Some(n) = perm {
                 w = permute_dense(&w, n)?;
             }
-            let want = if k4 && gg == "attn_v" {
-                GgmlDType::Q6K
+            let role = if gg == "attn_v" {
+                Role::AttnV
             } else {
-                dtype
+                Role::Other
             };
+            let want = ftype.wanted(role, i, layers);
             push_2d(&mut tensors, format!("{b}.{gg}.weight"), w, want)?;
             let has_bias = if hf == "o_proj" {
                 cfg.o_bias
@@ -555,11 +655,12 @@ pub fn write_gguf(hf_dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
             ("down_proj", "ffn_down"),
         ] {
             let w = load(&format!("{p}.mlp.{hf}.weight"))?;
-            let want = if k4 && gg == "ffn_down" {
-                GgmlDType::Q6K
+            let role = if gg == "ffn_down" {
+                Role::FfnDown
             } else {
-                dtype
+                Role::Other
             };
+            let want = ftype.wanted(role, i, layers);
             push_2d(&mut tensors, format!("{b}.{gg}.weight"), w, want)?;
             if cfg.mlp_bias {
                 let bias = load(&format!("{p}.mlp.{hf}.bias"))?;
@@ -590,7 +691,7 @@ pub fn write_gguf(hf_dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
             &mut tensors,
             "output.weight".into(),
             load("lm_head.weight")?,
-            out_type,
+            ftype.wanted(Role::Output, 0, layers),
         )?;
     }
 
@@ -606,7 +707,7 @@ pub fn write_gguf(hf_dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
                     .unwrap_or_else(|| arch.to_string()),
             ),
         ),
-        ("general.file_type".into(), Value::U32(file_type(dtype))),
+        ("general.file_type".into(), Value::U32(ftype.llama_ftype())),
         ("general.quantization_version".into(), Value::U32(2)),
         (
             format!("{arch}.context_length"),
@@ -843,23 +944,31 @@ mod tests {
             .reshape((rows, inp))
             .unwrap();
         let p = permute_dense(&w, heads).unwrap();
+        let (wv, pv) = (
+            w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            p.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
         for dtype in [GgmlDType::F32, GgmlDType::Q8_0] {
-            let q = QTensor::quantize(&p, dtype).unwrap();
-            let back = finish_qtensor(q, Some(heads), &Device::Cpu).unwrap();
-            let want = QTensor::quantize(&w, dtype)
+            // Raw rows: permuted blocks un-permuted equal the blocks of the original.
+            let raw = crate::quant::quantize_rows(&pv, rows, inp, dtype).unwrap();
+            let back = permute_rows_raw(&raw, rows, heads, false).unwrap();
+            assert_eq!(
+                back,
+                crate::quant::quantize_rows(&wv, rows, inp, dtype).unwrap()
+            );
+            assert_eq!(permute_rows_raw(&back, rows, heads, true).unwrap(), raw);
+            // A view with the row order reads the original rows in place.
+            let view = crate::quant::QMatrix::quantize(&pv, rows, inp, dtype)
                 .unwrap()
-                .dequantize(&Device::Cpu)
+                .with_row_order(unpermute_order(rows, heads).unwrap())
                 .unwrap();
-            let got = back.dequantize(&Device::Cpu).unwrap();
-            let d = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert_eq!(d, 0.0, "{dtype:?}");
+            let plain = crate::quant::QMatrix::quantize(&wv, rows, inp, dtype).unwrap();
+            let (mut a, mut b) = (vec![0f32; inp], vec![0f32; inp]);
+            for r in 0..rows {
+                view.dequantize_row(r, &mut a);
+                plain.dequantize_row(r, &mut b);
+                assert_eq!(a, b, "{dtype:?} row {r}");
+            }
         }
     }
 }

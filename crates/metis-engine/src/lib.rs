@@ -24,5 +24,6 @@ pub mod generate;
 pub mod gguf;
 pub mod loader;
 pub mod model;
+pub mod quant;
 pub mod sampling;
 pub mod tokenizer;

@@ -30,7 +30,7 @@ pub use error::EngineError;
 pub use weights::safetensors_files;
 
 use crate::config::ModelConfig;
-use layers::{causal_mask, padded_causal_mask, DecoderLayer, Linear, RmsNorm};
+use layers::{causal_mask, padded_causal_mask, DecoderLayer, Embedding, Linear, RmsNorm};
 use rope::Rope;
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -55,7 +55,7 @@ pub struct Model {
     dtype: DType,
     device: Device,
     /// [vocab, hidden]
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// [vocab, hidden]; shares storage with `embed_tokens` when tied (except for bf16 on CPU,
@@ -141,7 +141,7 @@ impl Model {
         Ok(Model {
             dtype,
             device: device.clone(),
-            embed_tokens,
+            embed_tokens: Embedding::Dense(embed_tokens),
             layers,
             norm,
             lm_head: Linear::dense(lm_head_weight, None)?,
@@ -284,10 +284,10 @@ impl Model {
                 "token id out of range (vocab size {vocab})"
             )));
         }
-        let mut x =
-            self.embed_tokens
-                .index_select(&flat, 0)?
-                .reshape((b, s, self.config.hidden_size))?; // [b, s, hidden]
+        let mut x = self
+            .embed_tokens
+            .forward(&flat)?
+            .reshape((b, s, self.config.hidden_size))?; // [b, s, hidden]
         if let Some(t) = trace.as_deref_mut() {
             t.push(x.clone());
         }

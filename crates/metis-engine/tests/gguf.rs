@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use metis_engine::gguf::{write_gguf, GgmlDType};
+use metis_engine::gguf::{write_gguf, FileType, GgmlDType};
 use metis_engine::model::Model;
 use serde_json::Value;
 
@@ -89,7 +89,8 @@ struct Diff {
 }
 
 /// Convert `fixture/f32` to GGUF `dtype`, load both and compare the logits of every prompt.
-fn compare(fixture: &str, dtype: GgmlDType) -> (Diff, Model) {
+fn compare(fixture: &str, dtype: impl Into<FileType>) -> (Diff, Model) {
+    let dtype: FileType = dtype.into();
     let hf = fixtures().join(fixture).join("f32");
     let scratch = Scratch::new(&format!("{fixture}-{dtype:?}"));
     let out = scratch.0.join("model.gguf");
@@ -212,11 +213,14 @@ fn qwen2_q8_0() {
     q8_0("qwen2-tiny-v512");
 }
 
-/// Q4_K_M-style: with hidden 64 / intermediate 128 no row is a multiple of 256, so every
-/// weight falls back to Q8_0 here; this checks the Q4_K path of the converter and loader runs.
+/// Q4_K_M: with hidden 16 or 64 and intermediate 64 or 128 no row is a multiple of 256, so
+/// every weight falls back as llama.cpp's quantizer does (Q4_K → Q5_0, Q6_K → Q8_0, F16 where
+/// 32 does not divide either); this checks the mix and its fallbacks load and run. Measured
+/// max abs logit diff 0.72 (llama31) / 0.46 (qwen2), from the 5-bit Q5_0 matrices; bound 1.0.
+/// (`tests/quant_types.rs` checks every type on rows that hold whole k-quant blocks.)
 fn q4_k(fixture: &str) {
-    let (d, _) = compare(fixture, GgmlDType::Q4K);
-    assert!(d.max_abs < 0.25, "{fixture}: max abs diff {}", d.max_abs);
+    let (d, _) = compare(fixture, FileType::Q4KM);
+    assert!(d.max_abs < 1.0, "{fixture}: max abs diff {}", d.max_abs);
 }
 
 #[test]

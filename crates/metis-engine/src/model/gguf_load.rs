@@ -1,28 +1,34 @@
 //! Building a [`Model`] from a llama.cpp GGUF file (see [`crate::gguf`] for the layout).
 //!
-//! Linear layers keep GGML block-quantized weights quantized ([`Linear::from_qtensor`]);
-//! F32/F16/BF16 ones, the embeddings, norms and biases are dequantized to f32. The model
-//! computes in f32.
+//! The file is memory-mapped once. On the CPU every matrix (linear layers, the embedding
+//! table, the output head) stays in its stored type and is read in place through a
+//! [`QMatrix`] view with Metis's own kernels ([`crate::quant`]): no weight is copied or
+//! converted, so resident memory is the file's pages plus activations and the KV cache.
+//! Llama Q/K rows, which llama.cpp stores permuted for interleaved rope, are read in Hugging
+//! Face order through the view's row order. On other devices matrices are uploaded as candle
+//! `QTensor`s. Norms, biases and rope factors (small vectors) are dequantized to f32 tensors.
 
-use std::io::BufReader;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::QTensor;
-use candle_core::{DType, Device, Tensor};
+use candle_core::quantized::{QStorage, QTensor};
+use candle_core::{Device, Tensor};
 
-use super::layers::{Attention, DecoderLayer, Linear, Mlp, RmsNorm};
+use super::layers::{Attention, DecoderLayer, Embedding, Linear, Mlp, RmsNorm};
 use super::rope::Rope;
 use super::{EngineError, Model};
 use crate::config::{Architecture, ModelConfig, RopeScaling};
 use crate::gguf;
+use crate::quant::{QMatrix, SharedBytes};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
 struct GgufReader {
     content: Content,
-    reader: BufReader<std::fs::File>,
+    map: SharedBytes,
     device: Device,
+    file: String,
 }
 
 impl GgufReader {
@@ -30,8 +36,12 @@ impl GgufReader {
         self.content.tensor_infos.contains_key(name)
     }
 
-    /// Tensor `name` (on the CPU) with its logical shape checked.
-    fn raw(&mut self, name: &str, shape: &[usize]) -> Result<QTensor> {
+    /// Type, byte range and logical shape check of tensor `name`.
+    fn locate(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(candle_core::quantized::GgmlDType, usize, usize)> {
         let info =
             self.content
                 .tensor_infos
@@ -46,58 +56,110 @@ impl GgufReader {
                 got: info.shape.dims().to_vec(),
             });
         }
-        Ok(self.content.tensor(&mut self.reader, name, &Device::Cpu)?)
+        let dtype = info.ggml_dtype;
+        let elems: usize = shape.iter().product();
+        let len = elems / dtype.block_size() * dtype.type_size();
+        let start = self.content.tensor_data_offset as usize + info.offset as usize;
+        let file_len = (*self.map).as_ref().len();
+        if start.checked_add(len).is_none_or(|end| end > file_len) {
+            return Err(EngineError::Config {
+                file: self.file.clone(),
+                field: name.to_string(),
+                detail: format!(
+                    "tensor data {start}+{len} lies past the end of the file ({file_len} bytes)"
+                ),
+            });
+        }
+        Ok((dtype, start, len))
     }
 
-    /// Dequantized f32 tensor on the target device.
-    fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let q = self.raw(name, shape)?;
-        Ok(q.dequantize(&Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .to_device(&self.device)?)
+    /// Matrix `name` [rows, cols] viewed in place (CPU).
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
+        let (dtype, start, _) = self.locate(name, &[rows, cols])?;
+        QMatrix::new(self.map.clone(), start, dtype, rows, cols).map_err(|e| EngineError::Config {
+            file: self.file.clone(),
+            field: name.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Dequantized f32 tensor on the target device (small tensors: norms, biases, factors).
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let (dtype, start, len) = self.locate(name, shape)?;
+        let mut out = vec![0f32; shape.iter().product()];
+        let bytes = &(*self.map).as_ref()[start..start + len];
+        crate::quant::dequantize(dtype, bytes, &mut out);
+        Ok(Tensor::from_vec(out, shape, &self.device)?)
     }
 
     /// Dense f32 vector, rows un-permuted over `unpermute_heads` if given.
-    fn vector(&mut self, name: &str, len: usize, unpermute_heads: Option<usize>) -> Result<Tensor> {
+    fn vector(&self, name: &str, len: usize, unpermute_heads: Option<usize>) -> Result<Tensor> {
         let t = self.dense(name, &[len])?;
         match unpermute_heads {
             None => Ok(t),
             Some(n) => {
                 let v = t.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                let p = gguf::permute_rows_raw(&bytes, len, n, false)?;
-                let v: Vec<f32> = p
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
+                let order = gguf::unpermute_order(len, n)?;
+                let v: Vec<f32> = order.iter().map(|&r| v[r as usize]).collect();
                 Ok(Tensor::from_vec(v, len, &self.device)?)
             }
         }
     }
 
+    /// A linear layer's weight: a view on the CPU, an uploaded `QTensor` elsewhere.
+    fn weight(
+        &self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        unpermute_heads: Option<usize>,
+    ) -> Result<Linear> {
+        if self.device.is_cpu() {
+            let mut m = self.matrix(name, out, inp)?;
+            if let Some(n) = unpermute_heads {
+                m = m
+                    .with_row_order(gguf::unpermute_order(out, n)?)
+                    .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+            }
+            return Ok(Linear::from_matrix(m, None));
+        }
+        let (dtype, start, len) = self.locate(name, &[out, inp])?;
+        let bytes = &(*self.map).as_ref()[start..start + len];
+        let owned;
+        let bytes: &[u8] = match unpermute_heads {
+            Some(n) => {
+                owned = gguf::permute_rows_raw(bytes, out, n, false)?;
+                &owned
+            }
+            None => bytes,
+        };
+        let q = QTensor::new(
+            QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &self.device, dtype)?,
+            (out, inp),
+        )?;
+        Linear::from_qtensor(q, None)
+    }
+
     fn linear(
-        &mut self,
+        &self,
         prefix: &str,
         out: usize,
         inp: usize,
         bias: bool,
         unpermute_heads: Option<usize>,
     ) -> Result<Linear> {
-        let q = self.raw(&format!("{prefix}.weight"), &[out, inp])?;
-        let q = gguf::finish_qtensor(q, unpermute_heads, &self.device)?;
-        let bias = if bias {
-            Some(self.vector(&format!("{prefix}.bias"), out, unpermute_heads)?)
-        } else {
-            None
-        };
-        Linear::from_qtensor(q, bias)
+        let mut l = self.weight(&format!("{prefix}.weight"), out, inp, unpermute_heads)?;
+        if bias {
+            l.bias = Some(self.vector(&format!("{prefix}.bias"), out, unpermute_heads)?);
+        }
+        Ok(l)
     }
 
-    fn rms_norm(&mut self, name: &str, size: usize, eps: f64) -> Result<RmsNorm> {
+    fn rms_norm(&self, name: &str, size: usize, eps: f64) -> Result<RmsNorm> {
         RmsNorm::new(self.dense(name, &[size])?, eps)
     }
 
-    fn decoder_layer(&mut self, cfg: &ModelConfig, i: usize) -> Result<DecoderLayer> {
+    fn decoder_layer(&self, cfg: &ModelConfig, i: usize) -> Result<DecoderLayer> {
         let b = format!("blk.{i}");
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
@@ -145,17 +207,21 @@ impl GgufReader {
 }
 
 pub(super) fn load(path: &Path, device: &Device) -> Result<Model> {
-    let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+    let io = |source| EngineError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let mut reader = BufReader::new(file);
-    let content = gguf::read_content(&mut reader, path)?;
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the model file is mapped read-only and must not be truncated or rewritten while
+    // the model is alive — the same contract as llama.cpp's mmap loading.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let content = gguf::read_content(&mut std::io::Cursor::new(&map[..]), path)?;
     let mut config = gguf::config_from_gguf(&content, &path.display().to_string())?;
-    let mut r = GgufReader {
+    let r = GgufReader {
         content,
-        reader,
+        map: Arc::new(map),
         device: device.clone(),
+        file: path.display().to_string(),
     };
     let (vocab, hidden) = (config.vocab_size, config.hidden_size);
     if r.contains("rope_freqs.weight") {
@@ -175,7 +241,11 @@ pub(super) fn load(path: &Path, device: &Device) -> Result<Model> {
             }
         };
     }
-    let embed_tokens = r.dense("token_embd.weight", &[vocab, hidden])?;
+    let embed_tokens = if device.is_cpu() {
+        Embedding::Quantized(r.matrix("token_embd.weight", vocab, hidden)?)
+    } else {
+        Embedding::Dense(r.dense("token_embd.weight", &[vocab, hidden])?)
+    };
     let layers = (0..config.num_hidden_layers)
         .map(|i| r.decoder_layer(&config, i))
         .collect::<Result<Vec<_>>>()?;
@@ -185,12 +255,12 @@ pub(super) fn load(path: &Path, device: &Device) -> Result<Model> {
     } else {
         "output.weight"
     };
-    let lm = r.raw(lm_name, &[vocab, hidden])?;
-    let lm_head = Linear::from_qtensor(gguf::finish_qtensor(lm, None, device)?, None)?;
+    // Tied: a second view of the embedding bytes, not a copy.
+    let lm_head = r.weight(lm_name, vocab, hidden, None)?;
     let rope = Rope::new(&config.rope, config.head_dim);
     Ok(Model {
         config,
-        dtype: DType::F32,
+        dtype: candle_core::DType::F32,
         device: device.clone(),
         embed_tokens,
         layers,

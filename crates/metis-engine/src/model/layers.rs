@@ -4,6 +4,8 @@
 //! time in [`super::weights`].
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+
+use crate::quant::QMatrix;
 use candle_core::{DType, Module, Tensor};
 
 use super::cache::KvCache;
@@ -25,12 +27,13 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(a32.matmul(&b32)?.to_dtype(a.dtype())?)
 }
 
-/// The weight of a [`Linear`] layer: a dense matrix W [out, in] (HF safetensors, or GGUF
-/// F32/F16/BF16 storage dequantized to f32), or a GGML block-quantized one (Q8_0, Q4_K, Q6_K,
-/// …) multiplied through [`QMatMul`] (which quantizes the activations on the fly, as ggml).
+/// The weight of a [`Linear`] layer: a dense matrix W [out, in] (HF safetensors), a GGUF
+/// matrix read in place by Metis's kernels ([`QMatrix`], CPU), or a GGUF matrix uploaded to
+/// another device and multiplied through candle's [`QMatMul`].
 #[derive(Debug, Clone)]
 pub(crate) enum LinearWeight {
     Dense(Tensor),
+    Matrix(QMatrix),
     Quantized(QMatMul),
 }
 
@@ -60,7 +63,16 @@ impl Linear {
         })
     }
 
-    /// A layer from a GGUF tensor of logical shape [out, in]. F32/F16/BF16 storage becomes a
+    /// A layer whose weight is read in place from a GGUF file (CPU).
+    pub(crate) fn from_matrix(weight: QMatrix, bias: Option<Tensor>) -> Self {
+        Self {
+            out_dim: weight.rows(),
+            weight: LinearWeight::Matrix(weight),
+            bias,
+        }
+    }
+
+    /// A layer from a GGUF tensor of logical shape [out, in] on a non-CPU device. F32/F16/BF16 storage becomes a
     /// dense f32 matrix (same numerics as the safetensors path); block-quantized storage is
     /// kept quantized.
     pub(crate) fn from_qtensor(q: QTensor, bias: Option<Tensor>) -> Result<Self> {
@@ -89,6 +101,7 @@ impl Linear {
                 Some(y) => y,
                 None => matmul(&x2, &w.t()?)?,
             },
+            LinearWeight::Matrix(w) => matrix_forward(w, &x2)?,
             LinearWeight::Quantized(QMatMul::QTensor(q)) if rows >= DEQUANT_MIN_ROWS => {
                 // Prefill: candle's quantized kernels are vector-dot products, fine for a few
                 // rows but far slower than a gemm over hundreds; dequantizing the block once per
@@ -111,6 +124,65 @@ impl Linear {
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("rank >= 1") = self.out_dim;
         Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// `x Wᵀ` through a [`QMatrix`]: x [rows, in] (any float dtype) -> [rows, out] in x's dtype.
+fn matrix_forward(w: &QMatrix, x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let rows = x.dim(0)?;
+    let mut y = vec![0f32; rows * w.rows()];
+    with_f32_slice(x, |xs| w.matmul(xs, rows, &mut y))?;
+    Ok(Tensor::from_vec(y, (rows, w.rows()), x.device())?.to_dtype(dtype)?)
+}
+
+/// Calls `f` with the values of `x` as one contiguous f32 slice (converting only if needed).
+fn with_f32_slice<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    use candle_core::Storage;
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(EngineError::InvalidArgument(
+            "GGUF matrices read in place need CPU activations".into(),
+        ));
+    };
+    let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..][..x.elem_count()];
+    Ok(f(xs))
+}
+
+/// The token embedding table: a dense tensor, or a GGUF matrix of which only the looked-up
+/// rows are dequantized (the table itself stays in its stored type).
+#[derive(Debug, Clone)]
+pub(crate) enum Embedding {
+    Dense(Tensor),
+    Quantized(QMatrix),
+}
+
+impl Embedding {
+    /// Rows `ids` (1-D u32) -> [n, hidden] (f32 for a GGUF table).
+    pub(crate) fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => Ok(t.index_select(ids, 0)?),
+            Embedding::Quantized(m) => {
+                let ids = ids.to_vec1::<u32>()?;
+                let hidden = m.cols();
+                let mut out = vec![0f32; ids.len() * hidden];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(hidden)) {
+                    if id as usize >= m.rows() {
+                        return Err(EngineError::InvalidArgument(format!(
+                            "token id {id} out of range (vocab size {})",
+                            m.rows()
+                        )));
+                    }
+                    m.dequantize_row(id as usize, row);
+                }
+                Ok(Tensor::from_vec(
+                    out,
+                    (ids.len(), hidden),
+                    &candle_core::Device::Cpu,
+                )?)
+            }
+        }
     }
 }
 

@@ -51,10 +51,10 @@ impl Model {
         let positions: Vec<usize> = caches.iter().map(|c| c.next_position()).collect();
         let ids = Tensor::new(tokens, &self.device)?;
         // [n, 1, hidden]: each sequence is a batch row with one position.
-        let mut x =
-            self.embed_tokens
-                .index_select(&ids, 0)?
-                .reshape((n, 1, self.config.hidden_size))?;
+        let mut x = self
+            .embed_tokens
+            .forward(&ids)?
+            .reshape((n, 1, self.config.hidden_size))?;
         let (cos, sin) = self
             .rope
             .cos_sin_at(&positions, n, 1, self.dtype, &self.device)?; // [n, 1, hd/2]

@@ -1,0 +1,506 @@
+//! Metis's own CPU kernels for GGML-quantized (and f32/f16/bf16) weight matrices, read in place
+//! from a memory-mapped GGUF file.
+//!
+//! A [`QMatrix`] is a view: shared bytes (the file's map, or a buffer a test made), an offset,
+//! the GGML type and the logical shape [rows, cols], plus an optional row order (llama Q/K rows
+//! are stored permuted for interleaved rope; the view reads them in Hugging Face order instead
+//! of copying). [`QMatrix::matmul`] computes `y = x Wᵀ` for f32 activations `x` [m, cols]:
+//!
+//! * **few rows** (decode, ragged batches; `m < GEMM_MIN_ROWS`): the activations are quantized
+//!   once ([`act`]: 32-value blocks for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, 256-value blocks for the
+//!   k-quants), and each weight row is dotted with them by an integer kernel (`kernels`: AVX2
+//!   chosen at run time, portable scalar otherwise). Float weights are dotted with f32
+//!   activations directly; Q2_K/Q3_K rows are dequantized one at a time into a scratch row.
+//! * **many rows** (prefill): weight rows are dequantized a chunk at a time into an f32
+//!   scratch (F32 weights are used where they lie) and multiplied with the `gemm` crate.
+//!
+//! Both paths split the weight rows over the rayon pool, one fork-join per product, each task
+//! writing its own output columns.
+
+pub mod act;
+mod avx2;
+pub(crate) mod kernels;
+mod portable;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use candle_core::quantized::k_quants::{self, GgmlType};
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+
+pub use act::{Q8Acts, Q8KActs};
+pub use kernels::kernel_set;
+use portable::{Q8KRow, Q8Row};
+
+/// Activation rows from which a product goes through dequantize + f32 gemm instead of the
+/// integer dot kernels (the dots re-read nothing, but a gemm reuses each weight across rows
+/// from registers).
+pub const GEMM_MIN_ROWS: usize = 16;
+
+/// Bytes shared by every matrix of a file: the file's memory map, or a buffer in memory.
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// Why a [`QMatrix`] could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    #[error("GGML type {0:?} is not supported for matrices")]
+    UnsupportedType(GgmlDType),
+    #[error("{cols} columns are not a whole number of {dtype:?} blocks of {block}")]
+    PartialBlock {
+        dtype: GgmlDType,
+        cols: usize,
+        block: usize,
+    },
+    #[error("matrix bytes {offset}..{end} lie outside the {len}-byte buffer")]
+    OutOfBounds {
+        offset: usize,
+        end: usize,
+        len: usize,
+    },
+    #[error("matrix data at offset {0} is not 4-byte aligned")]
+    Misaligned(usize),
+    #[error("row order has {got} entries for {rows} rows or is not a permutation")]
+    BadRowOrder { rows: usize, got: usize },
+}
+
+/// Which activation layout a weight type's kernels read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ActKind {
+    /// 32-value blocks ([`Q8Acts`]).
+    Q8,
+    /// 256-value blocks ([`Q8KActs`]).
+    Q8K,
+    /// f32 activations: float weights, and Q2_K/Q3_K rows dequantized one at a time.
+    F32,
+}
+
+fn act_kind(dtype: GgmlDType) -> Option<ActKind> {
+    use GgmlDType as T;
+    Some(match dtype {
+        T::Q4_0 | T::Q4_1 | T::Q5_0 | T::Q5_1 | T::Q8_0 => ActKind::Q8,
+        T::Q4K | T::Q5K | T::Q6K => ActKind::Q8K,
+        T::F32 | T::F16 | T::BF16 | T::Q2K | T::Q3K => ActKind::F32,
+        _ => return None,
+    })
+}
+
+/// A [rows, cols] weight matrix in GGML storage, viewed in place.
+#[derive(Clone)]
+pub struct QMatrix {
+    data: SharedBytes,
+    offset: usize,
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    /// Logical row i is stored row `row_order[i]`.
+    row_order: Option<Arc<[u32]>>,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QMatrix")
+            .field("dtype", &self.dtype)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("permuted", &self.row_order.is_some())
+            .finish()
+    }
+}
+
+impl QMatrix {
+    /// The matrix stored at `data[offset..]` as `rows` rows of `cols` values of `dtype`.
+    pub fn new(
+        data: SharedBytes,
+        offset: usize,
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, QuantError> {
+        act_kind(dtype).ok_or(QuantError::UnsupportedType(dtype))?;
+        let block = dtype.block_size();
+        if !cols.is_multiple_of(block) {
+            return Err(QuantError::PartialBlock { dtype, cols, block });
+        }
+        let row_bytes = cols / block * dtype.type_size();
+        let len = (*data).as_ref().len();
+        let end = offset.saturating_add(rows.saturating_mul(row_bytes));
+        if end > len {
+            return Err(QuantError::OutOfBounds { offset, end, len });
+        }
+        if !((*data).as_ref().as_ptr() as usize + offset).is_multiple_of(4) {
+            return Err(QuantError::Misaligned(offset));
+        }
+        Ok(Self {
+            data,
+            offset,
+            dtype,
+            rows,
+            cols,
+            row_bytes,
+            row_order: None,
+        })
+    }
+
+    /// Quantize a row-major f32 matrix into a buffer of its own (tests, small tensors).
+    pub fn quantize(
+        values: &[f32],
+        rows: usize,
+        cols: usize,
+        dtype: GgmlDType,
+    ) -> Result<Self, QuantError> {
+        let bytes = quantize_rows(values, rows, cols, dtype)?;
+        Self::new(Arc::new(AlignedBytes::from(bytes)), 0, dtype, rows, cols)
+    }
+
+    /// Read logical row i from stored row `order[i]` (a permutation of 0..rows).
+    pub fn with_row_order(mut self, order: Vec<u32>) -> Result<Self, QuantError> {
+        let mut seen = vec![false; self.rows];
+        let ok = order.len() == self.rows
+            && order.iter().all(|&r| {
+                let r = r as usize;
+                r < self.rows && !std::mem::replace(&mut seen[r], true)
+            });
+        if !ok {
+            return Err(QuantError::BadRowOrder {
+                rows: self.rows,
+                got: order.len(),
+            });
+        }
+        self.row_order = Some(order.into());
+        Ok(self)
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of the weights (what a product reads).
+    pub fn size_bytes(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+
+    /// Stored bytes of logical row `i`.
+    fn row(&self, i: usize) -> &[u8] {
+        let stored = match &self.row_order {
+            Some(order) => order[i] as usize,
+            None => i,
+        };
+        let start = self.offset + stored * self.row_bytes;
+        &(*self.data).as_ref()[start..start + self.row_bytes]
+    }
+
+    /// Dequantize logical row `i` into `out` (`cols` values).
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
+        dequantize(self.dtype, self.row(i), &mut out[..self.cols]);
+    }
+
+    /// `y = x Wᵀ`: `x` [m, cols] row-major, `y` [m, rows] row-major.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "activations must be [m, cols]");
+        assert_eq!(y.len(), m * self.rows, "output must be [m, rows]");
+        if m == 0 || self.rows == 0 {
+            return;
+        }
+        if m >= GEMM_MIN_ROWS {
+            self.matmul_gemm(x, m, y);
+        } else {
+            self.matmul_dots(x, m, y, kernels::chosen());
+        }
+    }
+
+    /// The dot path with an explicit kernel table (tests compare tables).
+    pub(crate) fn matmul_dots(&self, x: &[f32], m: usize, y: &mut [f32], k: &kernels::Kernels) {
+        use GgmlDType as T;
+        let kind = act_kind(self.dtype).expect("checked in new");
+        // Taken out of the thread-local for the product, so a product started on this thread
+        // while it waits in the pool (work stealing) finds fresh buffers instead of a borrow.
+        let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        {
+            let scratch = &mut scratch;
+            match kind {
+                ActKind::Q8 => {
+                    scratch.q8.quantize(x, self.cols);
+                    let dot = match self.dtype {
+                        T::Q4_0 => k.q4_0,
+                        T::Q4_1 => k.q4_1,
+                        T::Q5_0 => k.q5_0,
+                        T::Q5_1 => k.q5_1,
+                        _ => k.q8_0,
+                    };
+                    let a = &scratch.q8;
+                    let nb = a.blocks_per_row();
+                    self.for_each_row(m, y, |w, out| {
+                        for (r, o) in out.iter_mut().enumerate() {
+                            let row = Q8Row {
+                                d: &a.d[r * nb..(r + 1) * nb],
+                                s: &a.s[r * nb..(r + 1) * nb],
+                                qs: &a.qs[r * self.cols..(r + 1) * self.cols],
+                            };
+                            *o = dot(w, row);
+                        }
+                    });
+                }
+                ActKind::Q8K => {
+                    scratch.q8k.quantize(x, self.cols);
+                    let dot = match self.dtype {
+                        T::Q4K => k.q4_k,
+                        T::Q5K => k.q5_k,
+                        _ => k.q6_k,
+                    };
+                    let a = &scratch.q8k;
+                    let nb = a.blocks_per_row();
+                    self.for_each_row(m, y, |w, out| {
+                        for (r, o) in out.iter_mut().enumerate() {
+                            let row = Q8KRow {
+                                d: &a.d[r * nb..(r + 1) * nb],
+                                bsums: &a.bsums[r * nb * 16..(r + 1) * nb * 16],
+                                qs: &a.qs[r * self.cols..(r + 1) * self.cols],
+                            };
+                            *o = dot(w, row);
+                        }
+                    });
+                }
+                ActKind::F32 => {
+                    let cols = self.cols;
+                    let float = match self.dtype {
+                        T::F32 => Some(k.f32),
+                        T::F16 => Some(k.f16),
+                        T::BF16 => Some(k.bf16),
+                        _ => None,
+                    };
+                    self.for_each_row(m, y, |w, out| match float {
+                        Some(dot) => {
+                            for (r, o) in out.iter_mut().enumerate() {
+                                *o = dot(w, &x[r * cols..(r + 1) * cols]);
+                            }
+                        }
+                        None => ROW.with(|row| {
+                            let mut row = row.borrow_mut();
+                            row.resize(cols, 0.0);
+                            dequantize(self.dtype, w, &mut row);
+                            let bytes: &[u8] = bytemuck_f32(&row);
+                            for (r, o) in out.iter_mut().enumerate() {
+                                *o = (k.f32)(bytes, &x[r * cols..(r + 1) * cols]);
+                            }
+                        }),
+                    });
+                }
+            }
+        }
+        SCRATCH.with(|s| *s.borrow_mut() = scratch);
+    }
+
+    /// Runs `dot_row(weight row bytes, outputs of that row for each of the m activation rows)`
+    /// for every logical row, split over the rayon pool, and writes `y` [m, rows].
+    fn for_each_row(&self, m: usize, y: &mut [f32], dot_row: impl Fn(&[u8], &mut [f32]) + Sync) {
+        let chunk = self.chunk_rows(4, 16, 256);
+        if m == 1 {
+            y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
+                for (j, yj) in ys.iter_mut().enumerate() {
+                    dot_row(self.row(c * chunk + j), std::slice::from_mut(yj));
+                }
+            });
+            return;
+        }
+        let rows = self.rows;
+        let parts: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(chunk))
+            .into_par_iter()
+            .map(|c| {
+                let j0 = c * chunk;
+                let n = chunk.min(rows - j0);
+                let mut part = vec![0f32; n * m]; // [n, m]
+                for (j, out) in part.chunks_exact_mut(m).enumerate() {
+                    dot_row(self.row(j0 + j), out);
+                }
+                (j0, part)
+            })
+            .collect();
+        for (j0, part) in parts {
+            for (j, out) in part.chunks_exact(m).enumerate() {
+                for (r, &v) in out.iter().enumerate() {
+                    y[r * rows + j0 + j] = v;
+                }
+            }
+        }
+    }
+
+    /// Rows per task: about `per_thread` tasks per pool thread, within [lo, hi].
+    fn chunk_rows(&self, per_thread: usize, lo: usize, hi: usize) -> usize {
+        let tasks = rayon::current_num_threads().max(1) * per_thread;
+        self.rows.div_ceil(tasks).clamp(lo, hi)
+    }
+
+    /// The prefill path: per chunk of weight rows, dequantize into an f32 scratch (or use the
+    /// stored f32 rows) and run one gemm into that chunk's output columns.
+    fn matmul_gemm(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        let chunk = self.chunk_rows(2, 16, 512);
+        let in_place = self.dtype == GgmlDType::F32 && self.row_order.is_none();
+        let y_ptr = SyncPtr(y.as_mut_ptr());
+        (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let j0 = c * chunk;
+            let n = chunk.min(rows - j0);
+            let mut scratch = Vec::new();
+            let w: *const f32 = if in_place {
+                // 4-byte alignment checked in `new`.
+                self.row(j0).as_ptr() as *const f32
+            } else {
+                scratch.resize(n * cols, 0f32);
+                for (j, out) in scratch.chunks_exact_mut(cols).enumerate() {
+                    dequantize(self.dtype, self.row(j0 + j), out);
+                }
+                scratch.as_ptr()
+            };
+            let y_ptr = &y_ptr;
+            // SAFETY: x is [m, cols] and w is [n, cols] (rows j0..j0+n, contiguous: either the
+            // scratch or, unpermuted F32, the stored rows, which `new` bounds-checked); the
+            // destination is columns j0..j0+n of y [m, rows], which no other task writes.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    cols,
+                    y_ptr.0.add(j0),
+                    1,
+                    rows as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    cols as isize,
+                    w,
+                    cols as isize,
+                    1,
+                    0f32,
+                    1f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint parts of it.
+struct SyncPtr(*mut f32);
+// SAFETY: only used in `matmul_gemm`, where every task writes its own columns.
+unsafe impl Sync for SyncPtr {}
+
+/// Per-thread buffers reused across products: quantized activations, a dequantized row.
+#[derive(Default)]
+struct Scratch {
+    q8: Q8Acts,
+    q8k: Q8KActs,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: any f32 is 4 initialised bytes; u8 has alignment 1; the length is exact.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// Owned bytes with 8-byte alignment (a `Vec<u8>` only promises 1).
+pub struct AlignedBytes {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl From<Vec<u8>> for AlignedBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (w, c) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            *w = u64::from_ne_bytes(b);
+        }
+        Self {
+            words,
+            len: bytes.len(),
+        }
+    }
+}
+
+impl AsRef<[u8]> for AlignedBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the u64 buffer holds at least `len` initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, self.len) }
+    }
+}
+
+/// Reinterpret whole GGML blocks of type `T` and dequantize them with candle's reference
+/// `to_float` (a port of ggml's `dequantize_row_*`).
+fn blocks_to_float<T: GgmlType>(bytes: &[u8], out: &mut [f32]) {
+    let size = std::mem::size_of::<T>();
+    assert!(bytes.len().is_multiple_of(size));
+    assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+    // SAFETY: candle's block types are `#[repr(C)]` structs of f16/f32/u8/i8/i16 fields, for
+    // which every bit pattern is valid; length and alignment are checked above (GGUF tensor
+    // data is 32-byte aligned and `QMatrix::new` checks each matrix's start; rows are whole
+    // blocks, and every block size is a multiple of its alignment).
+    let blocks =
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / size) };
+    T::to_float(blocks, out);
+}
+
+/// Dequantize one row of `dtype` bytes into `out`.
+pub(crate) fn dequantize(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
+    use GgmlDType as T;
+    match dtype {
+        T::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        T::F16 => blocks_to_float::<half::f16>(bytes, out),
+        T::BF16 => blocks_to_float::<half::bf16>(bytes, out),
+        T::Q4_0 => blocks_to_float::<k_quants::BlockQ4_0>(bytes, out),
+        T::Q4_1 => blocks_to_float::<k_quants::BlockQ4_1>(bytes, out),
+        T::Q5_0 => blocks_to_float::<k_quants::BlockQ5_0>(bytes, out),
+        T::Q5_1 => blocks_to_float::<k_quants::BlockQ5_1>(bytes, out),
+        T::Q8_0 => blocks_to_float::<k_quants::BlockQ8_0>(bytes, out),
+        T::Q2K => blocks_to_float::<k_quants::BlockQ2K>(bytes, out),
+        T::Q3K => blocks_to_float::<k_quants::BlockQ3K>(bytes, out),
+        T::Q4K => blocks_to_float::<k_quants::BlockQ4K>(bytes, out),
+        T::Q5K => blocks_to_float::<k_quants::BlockQ5K>(bytes, out),
+        T::Q6K => blocks_to_float::<k_quants::BlockQ6K>(bytes, out),
+        other => unreachable!("QMatrix::new rejects {other:?}"),
+    }
+}
+
+/// Quantize row-major f32 values to `dtype` bytes with candle's reference quantizers (ports
+/// of ggml's `quantize_row_*_ref`), as llama.cpp's `llama-quantize` does without an imatrix.
+pub fn quantize_rows(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    dtype: GgmlDType,
+) -> Result<Vec<u8>, QuantError> {
+    act_kind(dtype).ok_or(QuantError::UnsupportedType(dtype))?;
+    let block = dtype.block_size();
+    if !cols.is_multiple_of(block) {
+        return Err(QuantError::PartialBlock { dtype, cols, block });
+    }
+    assert_eq!(values.len(), rows * cols, "values must be [rows, cols]");
+    let t = candle_core::Tensor::from_slice(values, (rows, cols), &candle_core::Device::Cpu)
+        .expect("shape checked");
+    let q = candle_core::quantized::QTensor::quantize(&t, dtype).expect("supported type");
+    Ok(q.data().expect("cpu tensor").into_owned())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! Portable (scalar) dot products of one GGML weight row with one activation row: the
+//! reference every SIMD kernel in [`super::avx2`] is tested against, and the path taken on CPUs
+//! without AVX2.
+//!
+//! Block layouts (llama.cpp `ggml-common.h`; scales are little-endian f16 unless noted):
+//!
+//! | type | values / bytes | layout |
+//! |------|----------------|--------|
+//! | Q4_0 | 32 / 18  | d, qs[16]: value j = (qs[j] & 15) − 8, value j+16 = (qs[j] >> 4) − 8 |
+//! | Q4_1 | 32 / 20  | d, m, qs[16]: x = d·q + m |
+//! | Q5_0 | 32 / 22  | d, qh (u32), qs[16]: bit j of qh is bit 4 of value j; minus 16 |
+//! | Q5_1 | 32 / 24  | d, m, qh, qs[16]: x = d·q + m |
+//! | Q8_0 | 32 / 34  | d, qs[32] (i8) |
+//! | Q4_K | 256 / 144 | d, dmin, scales[12] (6-bit scale and min per 32), qs[128] |
+//! | Q5_K | 256 / 176 | Q4_K plus qh[32]: bit 2c / 2c+1 of qh[l] tops value 64c+l / 64c+32+l |
+//! | Q6_K | 256 / 210 | ql[128], qh[64], scales[16] (i8), d; values minus 32 |
+//!
+//! Each kernel accumulates the integer products of a block exactly and applies the scales in
+//! f32, so the SIMD kernels agree with these to float rounding of the per-block sums.
+
+use half::{bf16, f16};
+
+/// A quantized activation row in 32-value blocks (see [`super::act::Q8Acts`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Q8Row<'a> {
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+    pub qs: &'a [i8],
+}
+
+/// A quantized activation row in 256-value blocks (see [`super::act::Q8KActs`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Q8KRow<'a> {
+    pub d: &'a [f32],
+    pub bsums: &'a [i32],
+    pub qs: &'a [i8],
+}
+
+pub(crate) fn f16_at(b: &[u8], off: usize) -> f32 {
+    f16::from_le_bytes([b[off], b[off + 1]]).to_f32()
+}
+
+/// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block (`get_scale_min_k4`).
+pub(crate) fn scale_min_k4(s: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+pub(crate) fn dot_q8_0(w: &[u8], a: Q8Row) -> f32 {
+    let mut acc = 0f32;
+    for (i, bw) in w.chunks_exact(34).enumerate() {
+        let y = &a.qs[i * 32..(i + 1) * 32];
+        let sumi: i32 = bw[2..]
+            .iter()
+            .zip(y)
+            .map(|(&q, &y)| (q as i8) as i32 * y as i32)
+            .sum();
+        acc += f16_at(bw, 0) * a.d[i] * sumi as f32;
+    }
+    acc
+}
+
+/// Σ q·y over one 32-value block of 4-bit values (with optional 5th bits in `qh`).
+fn sum_q4(qs: &[u8], qh: u32, y: &[i8]) -> i32 {
+    let mut sumi = 0i32;
+    for j in 0..16 {
+        let lo = (qs[j] & 15) as i32 | ((((qh >> j) & 1) << 4) as i32);
+        let hi = (qs[j] >> 4) as i32 | ((((qh >> (j + 16)) & 1) << 4) as i32);
+        sumi += lo * y[j] as i32 + hi * y[j + 16] as i32;
+    }
+    sumi
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+pub(crate) fn dot_q4_0(w: &[u8], a: Q8Row) -> f32 {
+    let mut acc = 0f32;
+    for (i, bw) in w.chunks_exact(18).enumerate() {
+        let sumi = sum_q4(&bw[2..18], 0, &a.qs[i * 32..]);
+        acc += f16_at(bw, 0) * (a.d[i] * sumi as f32 - 8.0 * a.s[i]);
+    }
+    acc
+}
+
+pub(crate) fn dot_q4_1(w: &[u8], a: Q8Row) -> f32 {
+    let mut acc = 0f32;
+    for (i, bw) in w.chunks_exact(20).enumerate() {
+        let sumi = sum_q4(&bw[4..20], 0, &a.qs[i * 32..]);
+        acc += f16_at(bw, 0) * a.d[i] * sumi as f32 + f16_at(bw, 2) * a.s[i];
+    }
+    acc
+}
+
+pub(crate) fn dot_q5_0(w: &[u8], a: Q8Row) -> f32 {
+    let mut acc = 0f32;
+    for (i, bw) in w.chunks_exact(22).enumerate() {
+        let sumi = sum_q4(&bw[6..22], u32_at(bw, 2), &a.qs[i * 32..]);
+        acc += f16_at(bw, 0) * (a.d[i] * sumi as f32 - 16.0 * a.s[i]);
+    }
+    acc
+}
+
+pub(crate) fn dot_q5_1(w: &[u8], a: Q8Row) -> f32 {
+    let mut acc = 0f32;
+    for (i, bw) in w.chunks_exact(24).enumerate() {
+        let sumi = sum_q4(&bw[8..24], u32_at(bw, 4), &a.qs[i * 32..]);
+        acc += f16_at(bw, 0) * a.d[i] * sumi as f32 + f16_at(bw, 2) * a.s[i];
+    }
+    acc
+}
+
+/// Q4_K (`hbits` None) or Q5_K (`hbits` = the block's qh offset).
+fn dot_k4(w: &[u8], a: Q8KRow, block_bytes: usize, qh_off: Option<usize>) -> f32 {
+    let qs_off = if qh_off.is_some() { 48 } else { 16 };
+    let mut acc = 0f32;
+    for (i, bw) in w.chunks_exact(block_bytes).enumerate() {
+        let y = &a.qs[i * 256..(i + 1) * 256];
+        let bsums = &a.bsums[i * 16..(i + 1) * 16];
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for c in 0..4 {
+            let (sc_lo, m_lo) = scale_min_k4(&bw[4..16], 2 * c);
+            let (sc_hi, m_hi) = scale_min_k4(&bw[4..16], 2 * c + 1);
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for l in 0..32 {
+                let q = bw[qs_off + 32 * c + l];
+                let (h_lo, h_hi) = match qh_off {
+                    Some(o) => (
+                        ((bw[o + l] >> (2 * c)) & 1) as i32 * 16,
+                        ((bw[o + l] >> (2 * c + 1)) & 1) as i32 * 16,
+                    ),
+                    None => (0, 0),
+                };
+                lo += ((q & 15) as i32 + h_lo) * y[64 * c + l] as i32;
+                hi += ((q >> 4) as i32 + h_hi) * y[64 * c + 32 + l] as i32;
+            }
+            sumi += sc_lo as i32 * lo + sc_hi as i32 * hi;
+            summ += m_lo as i32 * (bsums[4 * c] + bsums[4 * c + 1])
+                + m_hi as i32 * (bsums[4 * c + 2] + bsums[4 * c + 3]);
+        }
+        acc += a.d[i] * (f16_at(bw, 0) * sumi as f32 - f16_at(bw, 2) * summ as f32);
+    }
+    acc
+}
+
+pub(crate) fn dot_q4_k(w: &[u8], a: Q8KRow) -> f32 {
+    dot_k4(w, a, 144, None)
+}
+
+pub(crate) fn dot_q5_k(w: &[u8], a: Q8KRow) -> f32 {
+    dot_k4(w, a, 176, Some(16))
+}
+
+pub(crate) fn dot_q6_k(w: &[u8], a: Q8KRow) -> f32 {
+    let mut acc = 0f32;
+    for (i, bw) in w.chunks_exact(210).enumerate() {
+        let y = &a.qs[i * 256..(i + 1) * 256];
+        let bsums = &a.bsums[i * 16..(i + 1) * 16];
+        let scales = &bw[192..208];
+        let mut sumi = 0i32;
+        for h in 0..2 {
+            let ql = &bw[64 * h..64 * h + 64];
+            let qh = &bw[128 + 32 * h..128 + 32 * h + 32];
+            let y = &y[128 * h..128 * h + 128];
+            let sc = &scales[8 * h..8 * h + 8];
+            for l in 0..32 {
+                let q = [
+                    (ql[l] & 15) | ((qh[l] & 3) << 4),
+                    (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4),
+                    (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                    (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+                ];
+                for (k, &qk) in q.iter().enumerate() {
+                    let s = sc[2 * k + l / 16] as i8 as i32;
+                    sumi += s * qk as i32 * y[32 * k + l] as i32;
+                }
+            }
+        }
+        // The −32 offset of every value, through the sums per 16 (group g has scale g).
+        let offset: i32 = (0..16)
+            .map(|g| scales[g] as i8 as i32 * bsums[g])
+            .sum::<i32>()
+            * 32;
+        acc += f16_at(bw, 208) * a.d[i] * (sumi - offset) as f32;
+    }
+    acc
+}
+
+pub(crate) fn dot_f32(w: &[u8], x: &[f32]) -> f32 {
+    w.chunks_exact(4)
+        .zip(x)
+        .map(|(b, &x)| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * x)
+        .sum()
+}
+
+pub(crate) fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
+    w.chunks_exact(2)
+        .zip(x)
+        .map(|(b, &x)| f16::from_le_bytes([b[0], b[1]]).to_f32() * x)
+        .sum()
+}
+
+pub(crate) fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
+    w.chunks_exact(2)
+        .zip(x)
+        .map(|(b, &x)| bf16::from_le_bytes([b[0], b[1]]).to_f32() * x)
+        .sum()
+}

@@ -1,0 +1,197 @@
+//! Kernel tests: every weight type against an f64 reference of the dequantized weights, with
+//! a bound derived from the activation quantization; the SIMD table against the portable one;
+//! the gemm path; row orders.
+
+use super::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TYPES: [GgmlDType; 13] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Mixed magnitudes per 32 values, as real activations and weights have.
+    (0..n)
+        .map(|i| {
+            let scale = 1.0 + (i / 32 % 5) as f32;
+            scale * (rng.random::<f32>() * 2.0 - 1.0)
+        })
+        .collect()
+}
+
+fn dequantized(w: &QMatrix) -> Vec<f32> {
+    let mut out = vec![0f32; w.rows() * w.cols()];
+    for (i, row) in out.chunks_exact_mut(w.cols()).enumerate() {
+        w.dequantize_row(i, row);
+    }
+    out
+}
+
+/// `x Wᵀ` in f64 and, per output, Σ|w|·(half a quantization step of x's block): how far the
+/// integer kernels may be from it because they quantize the activations.
+fn reference(
+    wd: &[f32],
+    x: &[f32],
+    m: usize,
+    rows: usize,
+    cols: usize,
+    block: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![0f64; m * rows];
+    let mut bound = vec![0f64; m * rows];
+    for r in 0..m {
+        let xr = &x[r * cols..(r + 1) * cols];
+        let steps: Vec<f64> = xr
+            .chunks(block)
+            .map(|b| b.iter().fold(0f64, |a, v| a.max(v.abs() as f64)) / 127.0 / 2.0)
+            .collect();
+        for j in 0..rows {
+            let wr = &wd[j * cols..(j + 1) * cols];
+            let mut acc = 0f64;
+            let mut b = 0f64;
+            for (c, (&w, &xv)) in wr.iter().zip(xr).enumerate() {
+                acc += w as f64 * xv as f64;
+                b += (w as f64).abs() * steps[c / block];
+            }
+            y[r * rows + j] = acc;
+            bound[r * rows + j] = b;
+        }
+    }
+    (y, bound)
+}
+
+fn act_block(dtype: GgmlDType) -> Option<usize> {
+    match act_kind(dtype)? {
+        ActKind::Q8 => Some(32),
+        ActKind::Q8K => Some(256),
+        ActKind::F32 => None,
+    }
+}
+
+#[test]
+fn every_type_matches_the_dequantized_reference() {
+    let (rows, cols) = (70, 512);
+    for (t, &dtype) in TYPES.iter().enumerate() {
+        let w = QMatrix::quantize(&random(rows * cols, t as u64), rows, cols, dtype).unwrap();
+        let wd = dequantized(&w);
+        for m in [1, 3, GEMM_MIN_ROWS - 1, GEMM_MIN_ROWS, 37] {
+            let x = random(m * cols, 100 + m as u64);
+            let (want, bound) = reference(&wd, &x, m, rows, cols, act_block(dtype).unwrap_or(cols));
+            let mut y = vec![0f32; m * rows];
+            w.matmul(&x, m, &mut y);
+            let quantized_acts = m < GEMM_MIN_ROWS && act_block(dtype).is_some();
+            for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+                // f32 accumulation over 512 products, plus the activation rounding if any.
+                let slack = 1e-4 * (1.0 + want.abs()) + if quantized_acts { bound[i] } else { 0.0 };
+                assert!(
+                    (got as f64 - want).abs() <= slack,
+                    "{dtype:?} m={m} out {i}: {got} vs {want} (allowed {slack})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_kernels_equal_the_portable_ones() {
+    let Some(simd) = kernels::simd() else {
+        eprintln!("no SIMD kernel table on this CPU; the portable table is the only one");
+        return;
+    };
+    // 40 columns of 32 would not fill a k-quant block; 768 = 3 k-blocks = 24 q8 blocks, and
+    // 776 leaves a float tail that is not a multiple of 8.
+    for &dtype in &TYPES {
+        let cols = if dtype == GgmlDType::F32 || dtype == GgmlDType::F16 || dtype == GgmlDType::BF16
+        {
+            776
+        } else {
+            768
+        };
+        let rows = 33;
+        let w = QMatrix::quantize(&random(rows * cols, 7), rows, cols, dtype).unwrap();
+        for m in [1, 5] {
+            let x = random(m * cols, 9 + m as u64);
+            let mut a = vec![0f32; m * rows];
+            let mut b = vec![0f32; m * rows];
+            w.matmul_dots(&x, m, &mut a, simd);
+            w.matmul_dots(&x, m, &mut b, &kernels::PORTABLE);
+            let scale: f32 = x.iter().map(|v| v.abs()).sum::<f32>() / m as f32;
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                // Integer block sums are exact on both paths; only the f32 order differs.
+                assert!(
+                    (p - q).abs() <= 1e-5 * scale,
+                    "{dtype:?} m={m} out {i}: simd {p} vs portable {q}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn row_order_reads_rows_in_the_given_order() {
+    let (rows, cols) = (8, 64);
+    let values = random(rows * cols, 3);
+    let order: Vec<u32> = vec![3, 0, 7, 1, 6, 2, 5, 4];
+    let mut permuted = Vec::new();
+    for &r in &order {
+        permuted.extend_from_slice(&values[r as usize * cols..(r as usize + 1) * cols]);
+    }
+    for dtype in [GgmlDType::Q8_0, GgmlDType::F32] {
+        let w = QMatrix::quantize(&values, rows, cols, dtype)
+            .unwrap()
+            .with_row_order(order.clone())
+            .unwrap();
+        let p = QMatrix::quantize(&permuted, rows, cols, dtype).unwrap();
+        for m in [1, 2, GEMM_MIN_ROWS] {
+            let x = random(m * cols, 5);
+            let (mut a, mut b) = (vec![0f32; m * rows], vec![0f32; m * rows]);
+            w.matmul(&x, m, &mut a);
+            p.matmul(&x, m, &mut b);
+            assert_eq!(a, b, "{dtype:?} m={m}");
+        }
+    }
+    let w = QMatrix::quantize(&values, rows, cols, GgmlDType::Q8_0).unwrap();
+    assert!(matches!(
+        w.clone().with_row_order(vec![0, 0, 1, 2, 3, 4, 5, 6]),
+        Err(QuantError::BadRowOrder { .. })
+    ));
+    assert!(matches!(
+        w.with_row_order(vec![0, 1]),
+        Err(QuantError::BadRowOrder { .. })
+    ));
+}
+
+#[test]
+fn bad_shapes_and_bounds_are_errors() {
+    let bytes: SharedBytes = Arc::new(AlignedBytes::from(vec![0u8; 1000]));
+    assert!(matches!(
+        QMatrix::new(bytes.clone(), 0, GgmlDType::Q4K, 2, 128),
+        Err(QuantError::PartialBlock { .. })
+    ));
+    assert!(matches!(
+        QMatrix::new(bytes.clone(), 0, GgmlDType::Q8_0, 30, 32),
+        Err(QuantError::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        QMatrix::new(bytes.clone(), 2, GgmlDType::F32, 1, 4),
+        Err(QuantError::Misaligned(2))
+    ));
+    assert!(matches!(
+        QMatrix::new(bytes, 0, GgmlDType::Q8_1, 1, 32),
+        Err(QuantError::UnsupportedType(_))
+    ));
+}
