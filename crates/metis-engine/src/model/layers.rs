@@ -90,6 +90,48 @@ impl Linear {
         })
     }
 
+    /// Several layers on the same input (Q/K/V, gate/up): GGUF matrices on the CPU go through
+    /// one grouped product (activations quantized once, one fork-join); anything else is
+    /// layer by layer. x [.., in] -> one [.., out_i] per layer.
+    pub(crate) fn forward_group(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let matrices: Option<Vec<&QMatrix>> = layers
+            .iter()
+            .map(|l| match &l.weight {
+                LinearWeight::Matrix(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        let Some(matrices) = matrices else {
+            return layers.iter().map(|l| l.forward(x)).collect();
+        };
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim.max(1);
+        let mut outs: Vec<Vec<f32>> = matrices
+            .iter()
+            .map(|m| vec![0f32; rows * m.rows()])
+            .collect();
+        let x2 = x.reshape((rows, in_dim))?;
+        with_f32_slice(&x2, |xs| {
+            let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            crate::quant::matmul_group(&matrices, xs, rows, &mut ys);
+        })?;
+        layers
+            .iter()
+            .zip(outs)
+            .map(|(l, y)| {
+                let y = Tensor::from_vec(y, (rows, l.out_dim), x.device())?.to_dtype(x.dtype())?;
+                let y = match &l.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                let mut out_dims = dims.to_vec();
+                *out_dims.last_mut().expect("rank >= 1") = l.out_dim;
+                Ok(y.reshape(out_dims)?)
+            })
+            .collect()
+    }
+
     /// x [.., in] -> [.., out]. Flattens leading dims so the matmul is one 2-D gemm.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
@@ -311,9 +353,10 @@ pub(crate) struct Mlp {
 impl Mlp {
     /// x [b, s, hidden] -> [b, s, hidden]
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?; // [b, s, inter]
-        let up = self.up_proj.forward(x)?; // [b, s, inter]
-                                           // torch evaluates silu in f32 and rounds once for bf16/f16.
+        let [gate, up]: [Tensor; 2] = Linear::forward_group(&[&self.gate_proj, &self.up_proj], x)?
+            .try_into()
+            .expect("two layers, two outputs"); // each [b, s, inter]
+                                                // torch evaluates silu in f32 and rounds once for bf16/f16.
         let act = if gate.dtype() == DType::F32 {
             candle_nn::ops::silu(&gate)?
         } else {
@@ -369,9 +412,13 @@ impl Attention {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x)?.reshape((b, s, nh, hd))?;
-        let k = self.k_proj.forward(x)?.reshape((b, s, nkv, hd))?;
-        let v = self.v_proj.forward(x)?.reshape((b, s, nkv, hd))?;
+        let [q, k, v]: [Tensor; 3] =
+            Linear::forward_group(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?
+                .try_into()
+                .expect("three layers, three outputs");
+        let q = q.reshape((b, s, nh, hd))?;
+        let k = k.reshape((b, s, nkv, hd))?;
+        let v = v.reshape((b, s, nkv, hd))?;
         let (q, k) = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?),
             _ => (q, k),

@@ -206,132 +206,13 @@ impl QMatrix {
 
     /// `y = x Wᵀ`: `x` [m, cols] row-major, `y` [m, rows] row-major.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        assert_eq!(x.len(), m * self.cols, "activations must be [m, cols]");
-        assert_eq!(y.len(), m * self.rows, "output must be [m, rows]");
-        if m == 0 || self.rows == 0 {
-            return;
-        }
-        if m >= GEMM_MIN_ROWS {
-            self.matmul_gemm(x, m, y);
-        } else {
-            self.matmul_dots(x, m, y, kernels::chosen());
-        }
+        matmul_group(&[self], x, m, &mut [y]);
     }
 
     /// The dot path with an explicit kernel table (tests compare tables).
+    #[cfg(test)]
     pub(crate) fn matmul_dots(&self, x: &[f32], m: usize, y: &mut [f32], k: &kernels::Kernels) {
-        use GgmlDType as T;
-        let kind = act_kind(self.dtype).expect("checked in new");
-        // Taken out of the thread-local for the product, so a product started on this thread
-        // while it waits in the pool (work stealing) finds fresh buffers instead of a borrow.
-        let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        {
-            let scratch = &mut scratch;
-            match kind {
-                ActKind::Q8 => {
-                    scratch.q8.quantize(x, self.cols);
-                    let dot = match self.dtype {
-                        T::Q4_0 => k.q4_0,
-                        T::Q4_1 => k.q4_1,
-                        T::Q5_0 => k.q5_0,
-                        T::Q5_1 => k.q5_1,
-                        _ => k.q8_0,
-                    };
-                    let a = &scratch.q8;
-                    let nb = a.blocks_per_row();
-                    self.for_each_row(m, y, |w, out| {
-                        for (r, o) in out.iter_mut().enumerate() {
-                            let row = Q8Row {
-                                d: &a.d[r * nb..(r + 1) * nb],
-                                s: &a.s[r * nb..(r + 1) * nb],
-                                qs: &a.qs[r * self.cols..(r + 1) * self.cols],
-                            };
-                            *o = dot(w, row);
-                        }
-                    });
-                }
-                ActKind::Q8K => {
-                    scratch.q8k.quantize(x, self.cols);
-                    let dot = match self.dtype {
-                        T::Q4K => k.q4_k,
-                        T::Q5K => k.q5_k,
-                        _ => k.q6_k,
-                    };
-                    let a = &scratch.q8k;
-                    let nb = a.blocks_per_row();
-                    self.for_each_row(m, y, |w, out| {
-                        for (r, o) in out.iter_mut().enumerate() {
-                            let row = Q8KRow {
-                                d: &a.d[r * nb..(r + 1) * nb],
-                                bsums: &a.bsums[r * nb * 16..(r + 1) * nb * 16],
-                                qs: &a.qs[r * self.cols..(r + 1) * self.cols],
-                            };
-                            *o = dot(w, row);
-                        }
-                    });
-                }
-                ActKind::F32 => {
-                    let cols = self.cols;
-                    let float = match self.dtype {
-                        T::F32 => Some(k.f32),
-                        T::F16 => Some(k.f16),
-                        T::BF16 => Some(k.bf16),
-                        _ => None,
-                    };
-                    self.for_each_row(m, y, |w, out| match float {
-                        Some(dot) => {
-                            for (r, o) in out.iter_mut().enumerate() {
-                                *o = dot(w, &x[r * cols..(r + 1) * cols]);
-                            }
-                        }
-                        None => ROW.with(|row| {
-                            let mut row = row.borrow_mut();
-                            row.resize(cols, 0.0);
-                            dequantize(self.dtype, w, &mut row);
-                            let bytes: &[u8] = bytemuck_f32(&row);
-                            for (r, o) in out.iter_mut().enumerate() {
-                                *o = (k.f32)(bytes, &x[r * cols..(r + 1) * cols]);
-                            }
-                        }),
-                    });
-                }
-            }
-        }
-        SCRATCH.with(|s| *s.borrow_mut() = scratch);
-    }
-
-    /// Runs `dot_row(weight row bytes, outputs of that row for each of the m activation rows)`
-    /// for every logical row, split over the rayon pool, and writes `y` [m, rows].
-    fn for_each_row(&self, m: usize, y: &mut [f32], dot_row: impl Fn(&[u8], &mut [f32]) + Sync) {
-        let chunk = self.chunk_rows(4, 16, 256);
-        if m == 1 {
-            y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
-                for (j, yj) in ys.iter_mut().enumerate() {
-                    dot_row(self.row(c * chunk + j), std::slice::from_mut(yj));
-                }
-            });
-            return;
-        }
-        let rows = self.rows;
-        let parts: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(chunk))
-            .into_par_iter()
-            .map(|c| {
-                let j0 = c * chunk;
-                let n = chunk.min(rows - j0);
-                let mut part = vec![0f32; n * m]; // [n, m]
-                for (j, out) in part.chunks_exact_mut(m).enumerate() {
-                    dot_row(self.row(j0 + j), out);
-                }
-                (j0, part)
-            })
-            .collect();
-        for (j0, part) in parts {
-            for (j, out) in part.chunks_exact(m).enumerate() {
-                for (r, &v) in out.iter().enumerate() {
-                    y[r * rows + j0 + j] = v;
-                }
-            }
-        }
+        dots_group(&[self], x, m, &mut [y], k);
     }
 
     /// Rows per task: about `per_thread` tasks per pool thread, within [lo, hi].
@@ -390,6 +271,181 @@ impl QMatrix {
             }
         });
     }
+}
+
+/// `ys[i] = x W_iᵀ` for several matrices with the same number of columns (Q/K/V, gate/up):
+/// the activations are prepared once per layout and all rows go through one fork-join.
+/// `x` is [m, cols]; `ys[i]` is [m, ws[i].rows()].
+pub fn matmul_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), ys.len(), "one output per matrix");
+    let Some(first) = ws.first() else { return };
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        assert_eq!(w.cols, first.cols, "a group shares its input");
+        assert_eq!(y.len(), m * w.rows, "output must be [m, rows]");
+    }
+    assert_eq!(x.len(), m * first.cols, "activations must be [m, cols]");
+    if m == 0 {
+        return;
+    }
+    if m >= GEMM_MIN_ROWS {
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            w.matmul_gemm(x, m, y);
+        }
+    } else {
+        dots_group(ws, x, m, ys, kernels::chosen());
+    }
+}
+
+/// Activations prepared for the dot kernels: quantized in the layouts the group needs.
+struct Prepared<'a> {
+    x: &'a [f32],
+    cols: usize,
+    q8: Option<Q8Acts>,
+    q8k: Option<Q8KActs>,
+}
+
+impl Prepared<'_> {
+    /// Dot of one weight row of `w` with each activation row, into `out` [m].
+    fn dot_row(&self, w: &QMatrix, row: &[u8], out: &mut [f32], k: &kernels::Kernels) {
+        use GgmlDType as T;
+        let cols = self.cols;
+        match w.dtype {
+            T::Q4_0 | T::Q4_1 | T::Q5_0 | T::Q5_1 | T::Q8_0 => {
+                let dot = match w.dtype {
+                    T::Q4_0 => k.q4_0,
+                    T::Q4_1 => k.q4_1,
+                    T::Q5_0 => k.q5_0,
+                    T::Q5_1 => k.q5_1,
+                    _ => k.q8_0,
+                };
+                let a = self.q8.as_ref().expect("prepared for Q8 layouts");
+                let nb = a.blocks_per_row();
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = dot(
+                        row,
+                        Q8Row {
+                            d: &a.d[r * nb..(r + 1) * nb],
+                            s: &a.s[r * nb..(r + 1) * nb],
+                            qs: &a.qs[r * cols..(r + 1) * cols],
+                        },
+                    );
+                }
+            }
+            T::Q4K | T::Q5K | T::Q6K => {
+                let dot = match w.dtype {
+                    T::Q4K => k.q4_k,
+                    T::Q5K => k.q5_k,
+                    _ => k.q6_k,
+                };
+                let a = self.q8k.as_ref().expect("prepared for Q8_K layouts");
+                let nb = a.blocks_per_row();
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = dot(
+                        row,
+                        Q8KRow {
+                            d: &a.d[r * nb..(r + 1) * nb],
+                            bsums: &a.bsums[r * nb * 16..(r + 1) * nb * 16],
+                            qs: &a.qs[r * cols..(r + 1) * cols],
+                        },
+                    );
+                }
+            }
+            T::F32 | T::F16 | T::BF16 => {
+                let dot = match w.dtype {
+                    T::F32 => k.f32,
+                    T::F16 => k.f16,
+                    _ => k.bf16,
+                };
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = dot(row, &self.x[r * cols..(r + 1) * cols]);
+                }
+            }
+            _ => ROW.with(|buf| {
+                // Q2_K / Q3_K: dequantize the row once, then f32 dots.
+                let mut buf = buf.borrow_mut();
+                buf.resize(cols, 0.0);
+                dequantize(w.dtype, row, &mut buf);
+                let bytes = bytemuck_f32(&buf);
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = (k.f32)(bytes, &self.x[r * cols..(r + 1) * cols]);
+                }
+            }),
+        }
+    }
+}
+
+/// The dot path of [`matmul_group`] with an explicit kernel table.
+fn dots_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], k: &kernels::Kernels) {
+    let cols = ws[0].cols;
+    // Taken out of the thread-local for the product, so that a product started on this thread
+    // while it waits in the pool (work stealing) finds fresh buffers instead of a borrow.
+    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let kinds: Vec<ActKind> = ws
+        .iter()
+        .map(|w| act_kind(w.dtype).expect("checked in new"))
+        .collect();
+    let mut prepared = Prepared {
+        x,
+        cols,
+        q8: None,
+        q8k: None,
+    };
+    if kinds.contains(&ActKind::Q8) {
+        scratch.q8.quantize(x, cols);
+        prepared.q8 = Some(std::mem::take(&mut scratch.q8));
+    }
+    if kinds.contains(&ActKind::Q8K) {
+        scratch.q8k.quantize(x, cols);
+        prepared.q8k = Some(std::mem::take(&mut scratch.q8k));
+    }
+    let chunk = ws
+        .iter()
+        .map(|w| w.chunk_rows(4, 16, 256))
+        .min()
+        .unwrap_or(16);
+    if m == 1 {
+        // Every chunk of every output is its own task, written in place.
+        let tasks: Vec<(usize, usize, &mut [f32])> = ys
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, y)| y.chunks_mut(chunk).enumerate().map(move |(c, s)| (i, c, s)))
+            .collect();
+        tasks.into_par_iter().for_each(|(i, c, out)| {
+            let w = ws[i];
+            for (j, o) in out.iter_mut().enumerate() {
+                prepared.dot_row(w, w.row(c * chunk + j), std::slice::from_mut(o), k);
+            }
+        });
+    } else {
+        let tasks: Vec<(usize, usize)> = ws
+            .iter()
+            .enumerate()
+            .flat_map(|(i, w)| (0..w.rows.div_ceil(chunk)).map(move |c| (i, c * chunk)))
+            .collect();
+        let parts: Vec<(usize, usize, Vec<f32>)> = tasks
+            .into_par_iter()
+            .map(|(i, j0)| {
+                let w = ws[i];
+                let n = chunk.min(w.rows - j0);
+                let mut part = vec![0f32; n * m]; // [n, m]
+                for (j, out) in part.chunks_exact_mut(m).enumerate() {
+                    prepared.dot_row(w, w.row(j0 + j), out, k);
+                }
+                (i, j0, part)
+            })
+            .collect();
+        for (i, j0, part) in parts {
+            let rows = ws[i].rows;
+            for (j, out) in part.chunks_exact(m).enumerate() {
+                for (r, &v) in out.iter().enumerate() {
+                    ys[i][r * rows + j0 + j] = v;
+                }
+            }
+        }
+    }
+    scratch.q8 = prepared.q8.unwrap_or_default();
+    scratch.q8k = prepared.q8k.unwrap_or_default();
+    SCRATCH.with(|s| *s.borrow_mut() = scratch);
 }
 
 /// A raw output pointer shared by tasks that write disjoint parts of it.

@@ -195,3 +195,33 @@ fn bad_shapes_and_bounds_are_errors() {
         Err(QuantError::UnsupportedType(_))
     ));
 }
+
+#[test]
+fn a_group_equals_its_products_one_by_one() {
+    let cols = 512;
+    // Mixed layouts in one group, as a Q4_K_M layer has (Q4_K q/k, Q6_K v).
+    let ws: Vec<QMatrix> = [
+        (GgmlDType::Q4K, 40),
+        (GgmlDType::Q6K, 17),
+        (GgmlDType::Q8_0, 33),
+        (GgmlDType::F16, 5),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, &(t, rows))| {
+        QMatrix::quantize(&random(rows * cols, 50 + i as u64), rows, cols, t).unwrap()
+    })
+    .collect();
+    let refs: Vec<&QMatrix> = ws.iter().collect();
+    for m in [1, 3, GEMM_MIN_ROWS] {
+        let x = random(m * cols, 60 + m as u64);
+        let mut grouped: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows()]).collect();
+        let mut ys: Vec<&mut [f32]> = grouped.iter_mut().map(|v| v.as_mut_slice()).collect();
+        matmul_group(&refs, &x, m, &mut ys);
+        for (w, got) in ws.iter().zip(&grouped) {
+            let mut alone = vec![0f32; m * w.rows()];
+            w.matmul(&x, m, &mut alone);
+            assert_eq!(got, &alone, "{:?} m={m}", w.dtype());
+        }
+    }
+}
