@@ -126,25 +126,25 @@ impl Model {
         device: &Device,
     ) -> Result<Model> {
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let embed_tokens = w.get("model.embed_tokens.weight", &[vocab, hidden])?;
+        let embed_tokens = w.embedding("model.embed_tokens.weight", vocab, hidden)?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| w.decoder_layer(&config, i))
             .collect::<Result<Vec<_>>>()?;
         let norm = w.rms_norm("model.norm.weight", hidden, config.rms_norm_eps)?;
         // Tied checkpoints carry no lm_head.weight (and HF ignores one if present).
-        let lm_head_weight = if config.tie_word_embeddings {
-            embed_tokens.to_dtype(w.matmul_dtype())?
-        } else {
-            w.get_matmul("lm_head.weight", &[vocab, hidden])?
+        let lm_head = match (&embed_tokens, config.tie_word_embeddings) {
+            (Embedding::Quantized(view), true) => Linear::from_matrix(view.clone(), None),
+            (Embedding::Dense(t), true) => Linear::dense(t.to_dtype(w.matmul_dtype())?, None)?,
+            (_, false) => w.head("lm_head.weight", vocab, hidden)?,
         };
         let rope = Rope::new(&config.rope, config.head_dim);
         Ok(Model {
             dtype,
             device: device.clone(),
-            embed_tokens: Embedding::Dense(embed_tokens),
+            embed_tokens,
             layers,
             norm,
-            lm_head: Linear::dense(lm_head_weight, None)?,
+            lm_head,
             rope,
             config,
         })
@@ -287,6 +287,7 @@ impl Model {
         let mut x = self
             .embed_tokens
             .forward(&flat)?
+            .to_dtype(self.dtype)?
             .reshape((b, s, self.config.hidden_size))?; // [b, s, hidden]
         if let Some(t) = trace.as_deref_mut() {
             t.push(x.clone());

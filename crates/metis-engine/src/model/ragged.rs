@@ -54,6 +54,7 @@ impl Model {
         let mut x = self
             .embed_tokens
             .forward(&ids)?
+            .to_dtype(self.dtype)?
             .reshape((n, 1, self.config.hidden_size))?;
         let (cos, sin) = self
             .rope

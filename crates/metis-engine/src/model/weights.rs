@@ -1,14 +1,24 @@
 //! Loading HF safetensors checkpoints (single file or sharded with an index) by tensor name.
+//!
+//! The shards are memory-mapped. On the CPU, a matrix whose stored dtype the product can read
+//! as it is (stored = compute dtype, or f16/bf16 stored for an f32 model: an exact upcast) is
+//! not copied: the linear layer, the embedding table and a tied output head are
+//! [`QMatrix`] views of the mapped bytes, so the weights are resident once, as file pages.
+//! Everything else (norms, biases, other devices, dtype conversions) is copied into tensors.
+//! Tensors handed over in memory (the trainer's policy) get matrices over a copy of their
+//! bytes, so both sources compute through the same kernels.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use candle_core::safetensors::MmapedSafetensors;
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 
-use super::layers::{Attention, DecoderLayer, Linear, Mlp, RmsNorm};
+use super::layers::{Attention, DecoderLayer, Embedding, Linear, Mlp, RmsNorm};
 use super::EngineError;
 use crate::config::ModelConfig;
+use crate::quant::{AlignedBytes, QMatrix, SharedBytes};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -60,8 +70,96 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Where the tensors come from: memory-mapped checkpoint files, or tensors already in memory
 /// (a policy being trained, handed to the engine for rollouts).
 enum Source {
-    Files(MmapedSafetensors),
+    Files(HashMap<String, MappedTensor>),
     Memory(HashMap<String, Tensor>),
+}
+
+/// A tensor of a mapped shard: its file's map, byte range, dtype and shape.
+struct MappedTensor {
+    map: SharedBytes,
+    start: usize,
+    end: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+/// The little-endian bytes of an f32/f16/bf16 tensor (detached, on the CPU).
+fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let t = t.detach().to_device(&Device::Cpu)?.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => t
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        other => {
+            return Err(EngineError::InvalidArgument(format!(
+                "no matrix view for dtype {other:?}"
+            )))
+        }
+    })
+}
+
+/// Maps every shard and indexes its tensors by name.
+fn map_shards(files: &[PathBuf]) -> Result<HashMap<String, MappedTensor>> {
+    let mut tensors = HashMap::new();
+    for f in files {
+        let io = |source| EngineError::Io {
+            path: f.clone(),
+            source,
+        };
+        let file = std::fs::File::open(f).map_err(io)?;
+        // SAFETY: the checkpoint is mapped read-only and must not be truncated or modified
+        // while the model is alive, the contract of every mmap-based loader.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let map: SharedBytes = Arc::new(map);
+        let bytes = (*map).as_ref();
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| EngineError::Config {
+            file: f.display().to_string(),
+            field: "<safetensors header>".into(),
+            detail: e.to_string(),
+        })?;
+        for (name, view) in st.tensors() {
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F32 => DType::F32,
+                safetensors::Dtype::F16 => DType::F16,
+                safetensors::Dtype::BF16 => DType::BF16,
+                safetensors::Dtype::F64 => DType::F64,
+                safetensors::Dtype::U8 => DType::U8,
+                safetensors::Dtype::U32 => DType::U32,
+                safetensors::Dtype::I64 => DType::I64,
+                other => {
+                    return Err(EngineError::Config {
+                        file: f.display().to_string(),
+                        field: name,
+                        detail: format!("unsupported dtype {other:?}"),
+                    })
+                }
+            };
+            let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+            tensors.insert(
+                name,
+                MappedTensor {
+                    map: map.clone(),
+                    start,
+                    end: start + view.data().len(),
+                    dtype,
+                    shape: view.shape().to_vec(),
+                },
+            );
+        }
+    }
+    Ok(tensors)
 }
 
 /// Named access to the checkpoint's tensors, converted to the compute dtype on load.
@@ -81,11 +179,8 @@ impl Weights {
                 });
             }
         }
-        // SAFETY: the checkpoint files are memory-mapped read-only; as with every mmap-based
-        // loader, they must not be truncated or modified while the model is being loaded.
-        let st = unsafe { MmapedSafetensors::multi(files)? };
         Ok(Self {
-            src: Source::Files(st),
+            src: Source::Files(map_shards(files)?),
             dtype,
             device: device.clone(),
         })
@@ -106,7 +201,7 @@ impl Weights {
 
     pub(crate) fn contains(&self, name: &str) -> bool {
         match &self.src {
-            Source::Files(st) => st.get(name).is_ok(),
+            Source::Files(t) => t.contains_key(name),
             Source::Memory(map) => map.contains_key(name),
         }
     }
@@ -119,7 +214,11 @@ impl Weights {
             });
         }
         let t = match &self.src {
-            Source::Files(st) => st.load(name, &self.device)?,
+            Source::Files(t) => {
+                let m = &t[name];
+                let bytes = &(*m.map).as_ref()[m.start..m.end];
+                Tensor::from_raw_buffer(bytes, m.dtype, &m.shape, &self.device)?
+            }
             // Detached copy: the engine must not keep a training graph (or a Var) alive.
             Source::Memory(map) => map[name].detach().to_device(&self.device)?,
         };
@@ -148,6 +247,63 @@ impl Weights {
         Ok(self.get(name, shape)?.to_dtype(self.matmul_dtype())?)
     }
 
+    /// Matrix `name` [rows, cols] as a view of the mapped file, where the product can read the
+    /// stored dtype as it is (see the module doc); None where it must be copied.
+    ///
+    /// Tensors already in memory get the same kind of matrix over a copy of their bytes, so
+    /// that a model built from them computes exactly what the model loaded from disk does.
+    fn view(&self, name: &str, rows: usize, cols: usize) -> Result<Option<QMatrix>> {
+        let (dtype, shape) = match &self.src {
+            Source::Files(t) => t.get(name).map(|m| (m.dtype, m.shape.clone())),
+            Source::Memory(t) => t.get(name).map(|m| (m.dtype(), m.dims().to_vec())),
+        }
+        .ok_or_else(|| EngineError::MissingTensor {
+            name: name.to_string(),
+        })?;
+        if shape != [rows, cols] {
+            return Err(EngineError::Shape {
+                name: name.to_string(),
+                expected: vec![rows, cols],
+                got: shape,
+            });
+        }
+        let readable = dtype == self.dtype
+            || (self.dtype == DType::F32 && matches!(dtype, DType::F16 | DType::BF16));
+        let ggml = match dtype {
+            DType::F32 => GgmlDType::F32,
+            DType::F16 => GgmlDType::F16,
+            DType::BF16 => GgmlDType::BF16,
+            _ => return Ok(None),
+        };
+        if !self.device.is_cpu() || !readable {
+            return Ok(None);
+        }
+        let (bytes, start): (SharedBytes, usize) = match &self.src {
+            Source::Files(t) => (t[name].map.clone(), t[name].start),
+            Source::Memory(t) => (Arc::new(AlignedBytes::from(tensor_bytes(&t[name])?)), 0),
+        };
+        // A shard whose data is not 4-byte aligned (not written by the reference library)
+        // falls back to a copy.
+        Ok(QMatrix::new(bytes, start, ggml, rows, cols).ok())
+    }
+
+    /// The token embedding table [vocab, hidden]: a view where possible (rows dequantized on
+    /// lookup), else a tensor in the compute dtype.
+    pub(crate) fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
+        match self.view(name, vocab, hidden)? {
+            Some(m) => Ok(Embedding::Quantized(m)),
+            None => Ok(Embedding::Dense(self.get(name, &[vocab, hidden])?)),
+        }
+    }
+
+    /// A bias-free output head over matrix `name` (a view where possible).
+    pub(crate) fn head(&self, name: &str, vocab: usize, hidden: usize) -> Result<Linear> {
+        match self.view(name, vocab, hidden)? {
+            Some(m) => Ok(Linear::from_matrix(m, None)),
+            None => Linear::dense(self.get_matmul(name, &[vocab, hidden])?, None),
+        }
+    }
+
     pub(crate) fn linear(
         &self,
         prefix: &str,
@@ -155,7 +311,16 @@ impl Weights {
         inp: usize,
         bias: bool,
     ) -> Result<Linear> {
-        let weight = self.get_matmul(&format!("{prefix}.weight"), &[out, inp])?;
+        let name = format!("{prefix}.weight");
+        if let Some(m) = self.view(&name, out, inp)? {
+            let bias = if bias {
+                Some(self.get(&format!("{prefix}.bias"), &[out])?)
+            } else {
+                None
+            };
+            return Ok(Linear::from_matrix(m, bias));
+        }
+        let weight = self.get_matmul(&name, &[out, inp])?;
         let bias = if bias {
             Some(self.get(&format!("{prefix}.bias"), &[out])?)
         } else {
