@@ -185,9 +185,31 @@ fn child(model_path: &Path) {
         }
         decode.push(128.0 / t1.elapsed().as_secs_f64());
     }
+    // Where a decode step goes: after a fresh 512-token prefill, 32 steps with the product
+    // timer on (products of GGUF/mapped matrices; 0 for other weights).
+    let mut cache = model.new_cache(1);
+    let mut logits = model
+        .forward_last(&row(&prompt), &mut cache)
+        .expect("prefill");
+    metis_engine::quant::profile::enable();
+    metis_engine::quant::profile::take();
+    let t2 = Instant::now();
+    for _ in 0..32 {
+        let last: Vec<f32> = logits.get(0).unwrap().to_vec1().unwrap();
+        let next = metis_engine::sampling::argmax(&last);
+        logits = model
+            .forward_last(&row(&[next]), &mut cache)
+            .expect("decode");
+    }
+    let step_ms = t2.elapsed().as_secs_f64() * 1e3 / 32.0;
+    let (calls, nanos) = metis_engine::quant::profile::take();
+    let products_ms = nanos as f64 / 1e6 / 32.0;
     println!(
         "{}",
         serde_json::json!({
+            "decode_step_ms": step_ms,
+            "decode_products_ms": products_ms,
+            "decode_products_per_step": calls as f64 / 32.0,
             "prefill_tok_s": median(prefill.clone()),
             "decode_tok_s": median(decode.clone()),
             "prefill_best": prefill.iter().cloned().fold(0.0, f64::max),

@@ -14,12 +14,14 @@
 //! * **many rows** (prefill): weight rows are dequantized a chunk at a time into an f32
 //!   scratch (F32 weights are used where they lie) and multiplied with the `gemm` crate.
 //!
-//! Both paths split the weight rows over the rayon pool, one fork-join per product, each task
-//! writing its own output columns.
+//! Both paths split the weight rows into tasks, each writing its own output columns: the dot
+//! path over a small persistent pool whose workers poll between products (`pool`; a decode
+//! step runs ~120 short products), the gemm path over rayon.
 
 pub mod act;
 mod avx2;
 pub(crate) mod kernels;
+mod pool;
 mod portable;
 
 use std::cell::RefCell;
@@ -277,6 +279,7 @@ impl QMatrix {
 /// the activations are prepared once per layout and all rows go through one fork-join.
 /// `x` is [m, cols]; `ys[i]` is [m, ws[i].rows()].
 pub fn matmul_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+    let _timer = profile::Timer::start();
     assert_eq!(ws.len(), ys.len(), "one output per matrix");
     let Some(first) = ws.first() else { return };
     for (w, y) in ws.iter().zip(ys.iter()) {
@@ -403,46 +406,28 @@ fn dots_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], k: &k
         .map(|w| w.chunk_rows(4, 16, 256))
         .min()
         .unwrap_or(16);
-    if m == 1 {
-        // Every chunk of every output is its own task, written in place.
-        let tasks: Vec<(usize, usize, &mut [f32])> = ys
-            .iter_mut()
-            .enumerate()
-            .flat_map(|(i, y)| y.chunks_mut(chunk).enumerate().map(move |(c, s)| (i, c, s)))
-            .collect();
-        tasks.into_par_iter().for_each(|(i, c, out)| {
-            let w = ws[i];
-            for (j, o) in out.iter_mut().enumerate() {
-                prepared.dot_row(w, w.row(c * chunk + j), std::slice::from_mut(o), k);
-            }
-        });
-    } else {
-        let tasks: Vec<(usize, usize)> = ws
-            .iter()
-            .enumerate()
-            .flat_map(|(i, w)| (0..w.rows.div_ceil(chunk)).map(move |c| (i, c * chunk)))
-            .collect();
-        let parts: Vec<(usize, usize, Vec<f32>)> = tasks
-            .into_par_iter()
-            .map(|(i, j0)| {
-                let w = ws[i];
-                let n = chunk.min(w.rows - j0);
-                let mut part = vec![0f32; n * m]; // [n, m]
-                for (j, out) in part.chunks_exact_mut(m).enumerate() {
-                    prepared.dot_row(w, w.row(j0 + j), out, k);
-                }
-                (i, j0, part)
-            })
-            .collect();
-        for (i, j0, part) in parts {
-            let rows = ws[i].rows;
-            for (j, out) in part.chunks_exact(m).enumerate() {
-                for (r, &v) in out.iter().enumerate() {
-                    ys[i][r * rows + j0 + j] = v;
-                }
+    // Tasks: (matrix, first row, rows), each writing its own output columns of its matrix.
+    let tasks: Vec<(usize, usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| {
+            (0..w.rows.div_ceil(chunk)).map(move |c| (i, c * chunk, chunk.min(w.rows - c * chunk)))
+        })
+        .collect();
+    let outs: Vec<OutPtr> = ys.iter_mut().map(|y| OutPtr(y.as_mut_ptr())).collect();
+    pool::global().run(tasks.len(), &|t| {
+        let (i, j0, n) = tasks[t];
+        let w = ws[i];
+        let mut row_out = [0f32; GEMM_MIN_ROWS];
+        for j in j0..j0 + n {
+            prepared.dot_row(w, w.row(j), &mut row_out[..m], k);
+            for (r, &v) in row_out[..m].iter().enumerate() {
+                // SAFETY: `outs[i]` points at ys[i], [m, w.rows]; r < m and j < w.rows, and
+                // column j belongs to this task alone (tasks cover disjoint row ranges).
+                unsafe { *outs[i].0.add(r * w.rows + j) = v };
             }
         }
-    }
+    });
     scratch.q8 = prepared.q8.unwrap_or_default();
     scratch.q8k = prepared.q8k.unwrap_or_default();
     SCRATCH.with(|s| *s.borrow_mut() = scratch);
@@ -452,6 +437,13 @@ fn dots_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], k: &k
 struct SyncPtr(*mut f32);
 // SAFETY: only used in `matmul_gemm`, where every task writes its own columns.
 unsafe impl Sync for SyncPtr {}
+
+/// An output matrix written by the pool's tasks, each its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only used in `dots_group`, where every task writes its own columns.
+unsafe impl Sync for OutPtr {}
+unsafe impl Send for OutPtr {}
 
 /// Per-thread buffers reused across products: quantized activations, a dequantized row.
 #[derive(Default)]
@@ -556,6 +548,47 @@ pub fn quantize_rows(
         .expect("shape checked");
     let q = candle_core::quantized::QTensor::quantize(&t, dtype).expect("supported type");
     Ok(q.data().expect("cpu tensor").into_owned())
+}
+
+/// Time spent in matrix products, for benchmarks that split a decode step into products and
+/// everything else. Off unless [`profile::enable`] is called (then one clock read per product).
+pub mod profile {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Instant;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static NANOS: AtomicU64 = AtomicU64::new(0);
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+
+    /// Start counting.
+    pub fn enable() {
+        ON.store(true, Ordering::Relaxed);
+    }
+
+    /// (products, nanoseconds in them) since the last call, and reset.
+    pub fn take() -> (u64, u64) {
+        (
+            CALLS.swap(0, Ordering::Relaxed),
+            NANOS.swap(0, Ordering::Relaxed),
+        )
+    }
+
+    pub(crate) struct Timer(Option<Instant>);
+
+    impl Timer {
+        pub(crate) fn start() -> Self {
+            Timer(ON.load(Ordering::Relaxed).then(Instant::now))
+        }
+    }
+
+    impl Drop for Timer {
+        fn drop(&mut self) {
+            if let Some(t) = self.0 {
+                NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                CALLS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
