@@ -17,6 +17,11 @@
 //!    token with a [`sampling::Sampler`] ([`sampling::SamplingParams`]: temperature, top-p,
 //!    top-k, seed) and stopping at a stop id or the token budget ([`generate::FinishReason`]).
 //!
+//! On the CPU, weights stay where the file put them: [`quant::QMatrix`] is a view of a
+//! memory-mapped GGUF (any llama.cpp type from F32 to Q2_K) or safetensors matrix, multiplied
+//! by Metis's own kernels (integer dot products chosen at run time for the CPU, a persistent
+//! pool for decode-sized products, dequantize + gemm for prompts).
+//!
 
 pub mod chat;
 pub mod config;
