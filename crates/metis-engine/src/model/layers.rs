@@ -441,6 +441,9 @@ impl Attention {
         mask: Option<&Tensor>,
         dtype: DType,
     ) -> Result<Tensor> {
+        if let Some(out) = self.attend_one_token(q, k, v, mask)? {
+            return Ok(out);
+        }
         let (b, _, s, hd) = q.dims4()?;
         let kv_len = k.dim(2)?;
         let nkv = self.num_kv_heads;
@@ -468,6 +471,79 @@ impl Attention {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
         matmul(&probs, v) // [b, nkv, n_rep*s, hd]
+    }
+
+    /// The decode step's attention (one f32 query row, batch 1, no mask, CPU) read straight
+    /// from the KV cache buffers: per query head, scores against its kv head's keys, an f32
+    /// softmax, the weighted sum of values. Same arithmetic as the tensor path (scale applied
+    /// to the f32 product, softmax in f32) without copying K to transpose it or materialising
+    /// the score tensors. None where it does not apply.
+    fn attend_one_token(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        use candle_core::Storage;
+        let (b, nh, s, hd) = q.dims4()?;
+        let applies = b == 1
+            && s == 1
+            && mask.is_none()
+            && q.device().is_cpu()
+            && q.dtype() == DType::F32
+            && k.dtype() == DType::F32
+            && v.dtype() == DType::F32
+            && q.is_contiguous();
+        if !applies {
+            return Ok(None);
+        }
+        let (nkv, kv_len) = (self.num_kv_heads, k.dim(2)?);
+        let n_rep = nh / nkv;
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*qs, &*ks, &*vs) else {
+            return Ok(None);
+        };
+        let (kst, vst) = (kl.stride(), vl.stride());
+        if kst[3] != 1 || vst[3] != 1 {
+            return Ok(None);
+        }
+        let q = &qs.as_slice::<f32>()?[ql.start_offset()..][..nh * hd];
+        let kall = &ks.as_slice::<f32>()?[kl.start_offset()..];
+        let vall = &vs.as_slice::<f32>()?[vl.start_offset()..];
+        let mut out = vec![0f32; nh * hd];
+        let mut scores = vec![0f32; kv_len];
+        let scale = self.scale as f32;
+        for h in 0..nh {
+            let g = h / n_rep;
+            let qh = &q[h * hd..(h + 1) * hd];
+            for (j, sc) in scores.iter_mut().enumerate() {
+                let kj = &kall[g * kst[1] + j * kst[2]..][..hd];
+                *sc = crate::quant::dot_f32(qh, kj) * scale;
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut total = 0f32;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                total += *sc;
+            }
+            let oh = &mut out[h * hd..(h + 1) * hd];
+            for (j, &p) in scores.iter().enumerate() {
+                let vj = &vall[g * vst[1] + j * vst[2]..][..hd];
+                let p = p / total;
+                for (o, &x) in oh.iter_mut().zip(vj) {
+                    *o += p * x;
+                }
+            }
+        }
+        // Query head h = g * n_rep + r: the [nkv, n_rep, hd] layout of the tensor path.
+        Ok(Some(Tensor::from_vec(
+            out,
+            (1, nkv, n_rep, hd),
+            k.device(),
+        )?))
     }
 
     /// [b, nkv, n_rep * s, hd] attention output -> o_proj -> [b, s, hidden].
