@@ -514,30 +514,29 @@ impl Attention {
         let kall = &ks.as_slice::<f32>()?[kl.start_offset()..];
         let vall = &vs.as_slice::<f32>()?[vl.start_offset()..];
         let mut out = vec![0f32; nh * hd];
-        let mut scores = vec![0f32; kv_len];
         let scale = self.scale as f32;
-        for h in 0..nh {
-            let g = h / n_rep;
-            let qh = &q[h * hd..(h + 1) * hd];
-            for (j, sc) in scores.iter_mut().enumerate() {
-                let kj = &kall[g * kst[1] + j * kst[2]..][..hd];
-                *sc = crate::quant::dot_f32(qh, kj) * scale;
-            }
+        // One task per query head, each writing its own hd outputs.
+        let heads: Vec<(usize, &mut [f32])> = out.chunks_mut(hd).enumerate().collect();
+        let heads: Vec<std::sync::Mutex<(usize, &mut [f32])>> =
+            heads.into_iter().map(std::sync::Mutex::new).collect();
+        crate::quant::run_tasks(nh, &|t| {
+            let mut task = heads[t].lock().unwrap_or_else(|p| p.into_inner());
+            let (h, oh) = &mut *task;
+            let g = *h / n_rep;
+            let qh = &q[*h * hd..(*h + 1) * hd];
+            let mut scores: Vec<f32> = (0..kv_len)
+                .map(|j| crate::quant::dot_f32(qh, &kall[g * kst[1] + j * kst[2]..][..hd]) * scale)
+                .collect();
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             let mut total = 0f32;
             for sc in scores.iter_mut() {
                 *sc = (*sc - max).exp();
                 total += *sc;
             }
-            let oh = &mut out[h * hd..(h + 1) * hd];
             for (j, &p) in scores.iter().enumerate() {
-                let vj = &vall[g * vst[1] + j * vst[2]..][..hd];
-                let p = p / total;
-                for (o, &x) in oh.iter_mut().zip(vj) {
-                    *o += p * x;
-                }
+                crate::quant::axpy_f32(p / total, &vall[g * vst[1] + j * vst[2]..][..hd], oh);
             }
-        }
+        });
         // Query head h = g * n_rep + r: the [nkv, n_rep, hd] layout of the tensor path.
         Ok(Some(Tensor::from_vec(
             out,

@@ -457,6 +457,17 @@ thread_local! {
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Runs `f(0) … f(tasks − 1)` on the product pool (for work split like a product's, such as
+/// attention heads).
+pub(crate) fn run_tasks(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    pool::global().run(tasks, f);
+}
+
+/// `y += a·x` with the fastest f32 kernel of this CPU.
+pub(crate) fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
+    (kernels::chosen().axpy)(a, x, y)
+}
+
 /// `Σ a·b` with the fastest f32 kernel of this CPU (for attention over the KV cache).
 pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     (kernels::chosen().f32)(bytemuck_f32(a), b)
