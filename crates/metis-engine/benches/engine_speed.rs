@@ -185,14 +185,17 @@ fn child(model_path: &Path) {
         }
         decode.push(128.0 / t1.elapsed().as_secs_f64());
     }
-    // Where a decode step goes: after a fresh 512-token prefill, 32 steps with the product
-    // timer on (products of GGUF/mapped matrices; 0 for other weights).
+    // Where the time goes: a 512-token prefill, then 32 decode steps, with the product timer
+    // on (products of GGUF/mapped matrices; 0 for other weights).
+    metis_engine::quant::profile::enable();
+    metis_engine::quant::profile::take();
     let mut cache = model.new_cache(1);
+    let t_prefill = Instant::now();
     let mut logits = model
         .forward_last(&row(&prompt), &mut cache)
         .expect("prefill");
-    metis_engine::quant::profile::enable();
-    metis_engine::quant::profile::take();
+    let prefill_ms = t_prefill.elapsed().as_secs_f64() * 1e3;
+    let prefill_products_ms = metis_engine::quant::profile::take().1 as f64 / 1e6;
     let t2 = Instant::now();
     for _ in 0..32 {
         let last: Vec<f32> = logits.get(0).unwrap().to_vec1().unwrap();
@@ -207,6 +210,8 @@ fn child(model_path: &Path) {
     println!(
         "{}",
         serde_json::json!({
+            "prefill_ms": prefill_ms,
+            "prefill_products_ms": prefill_products_ms,
             "decode_step_ms": step_ms,
             "decode_products_ms": products_ms,
             "decode_products_per_step": calls as f64 / 32.0,

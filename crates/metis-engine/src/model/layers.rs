@@ -441,7 +441,7 @@ impl Attention {
         mask: Option<&Tensor>,
         dtype: DType,
     ) -> Result<Tensor> {
-        if let Some(out) = self.attend_one_token(q, k, v, mask)? {
+        if let Some(out) = self.attend_direct(q, k, v, mask)? {
             return Ok(out);
         }
         let (b, _, s, hd) = q.dims4()?;
@@ -473,12 +473,14 @@ impl Attention {
         matmul(&probs, v) // [b, nkv, n_rep*s, hd]
     }
 
-    /// The decode step's attention (one f32 query row, batch 1, no mask, CPU) read straight
-    /// from the KV cache buffers: per query head, scores against its kv head's keys, an f32
-    /// softmax, the weighted sum of values. Same arithmetic as the tensor path (scale applied
-    /// to the f32 product, softmax in f32) without copying K to transpose it or materialising
-    /// the score tensors. None where it does not apply.
-    fn attend_one_token(
+    /// Attention read straight from the KV cache buffers for f32 on the CPU, batch 1: a decode
+    /// step (one query, no mask) or a prompt under the plain causal mask (query i at cache
+    /// position `kv_len − s + i` sees keys 0..=that position). Per (query head, query): scores
+    /// against its kv head's keys, an f32 softmax, the weighted sum of values — the tensor
+    /// path's arithmetic (scale on the f32 product, softmax in f32) without copying K to
+    /// transpose it or materialising score and mask tensors. Tasks run on the product pool.
+    /// None where it does not apply (padded batches, other dtypes or devices).
+    fn attend_direct(
         &self,
         q: &Tensor,
         k: &Tensor,
@@ -487,9 +489,13 @@ impl Attention {
     ) -> Result<Option<Tensor>> {
         use candle_core::Storage;
         let (b, nh, s, hd) = q.dims4()?;
+        let causal = match mask {
+            None => s == 1,
+            // The unpadded causal mask is [s, kv_len]; padded batches carry a 5-D one.
+            Some(m) => m.rank() == 2,
+        };
         let applies = b == 1
-            && s == 1
-            && mask.is_none()
+            && causal
             && q.device().is_cpu()
             && q.dtype() == DType::F32
             && k.dtype() == DType::F32
@@ -500,6 +506,7 @@ impl Attention {
         }
         let (nkv, kv_len) = (self.num_kv_heads, k.dim(2)?);
         let n_rep = nh / nkv;
+        let offset = kv_len - s;
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
@@ -510,22 +517,22 @@ impl Attention {
         if kst[3] != 1 || vst[3] != 1 {
             return Ok(None);
         }
-        let q = &qs.as_slice::<f32>()?[ql.start_offset()..][..nh * hd];
+        let q = &qs.as_slice::<f32>()?[ql.start_offset()..][..nh * s * hd];
         let kall = &ks.as_slice::<f32>()?[kl.start_offset()..];
         let vall = &vs.as_slice::<f32>()?[vl.start_offset()..];
-        let mut out = vec![0f32; nh * hd];
+        // Output [nkv, n_rep * s, hd]: row (h % n_rep) * s + i of kv head h / n_rep, which is
+        // row h * s + i overall, the same index as query (h, i) in q [nh, s, hd].
+        let mut out = vec![0f32; nh * s * hd];
         let scale = self.scale as f32;
-        // One task per query head, each writing its own hd outputs.
-        let heads: Vec<(usize, &mut [f32])> = out.chunks_mut(hd).enumerate().collect();
-        let heads: Vec<std::sync::Mutex<(usize, &mut [f32])>> =
-            heads.into_iter().map(std::sync::Mutex::new).collect();
-        crate::quant::run_tasks(nh, &|t| {
-            let mut task = heads[t].lock().unwrap_or_else(|p| p.into_inner());
-            let (h, oh) = &mut *task;
-            let g = *h / n_rep;
-            let qh = &q[*h * hd..(*h + 1) * hd];
-            let mut scores: Vec<f32> = (0..kv_len)
-                .map(|j| crate::quant::dot_f32(qh, &kall[g * kst[1] + j * kst[2]..][..hd]) * scale)
+        let rows: Vec<std::sync::Mutex<&mut [f32]>> =
+            out.chunks_mut(hd).map(std::sync::Mutex::new).collect();
+        crate::quant::run_tasks(nh * s, &|t| {
+            let (h, i) = (t / s, t % s);
+            let g = h / n_rep;
+            let qi = &q[t * hd..(t + 1) * hd];
+            let visible = offset + i + 1;
+            let mut scores: Vec<f32> = (0..visible)
+                .map(|j| crate::quant::dot_f32(qi, &kall[g * kst[1] + j * kst[2]..][..hd]) * scale)
                 .collect();
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             let mut total = 0f32;
@@ -533,14 +540,15 @@ impl Attention {
                 *sc = (*sc - max).exp();
                 total += *sc;
             }
+            let mut row = rows[t].lock().unwrap_or_else(|p| p.into_inner());
             for (j, &p) in scores.iter().enumerate() {
-                crate::quant::axpy_f32(p / total, &vall[g * vst[1] + j * vst[2]..][..hd], oh);
+                crate::quant::axpy_f32(p / total, &vall[g * vst[1] + j * vst[2]..][..hd], &mut row);
             }
         });
-        // Query head h = g * n_rep + r: the [nkv, n_rep, hd] layout of the tensor path.
+        drop(rows);
         Ok(Some(Tensor::from_vec(
             out,
-            (1, nkv, n_rep, hd),
+            (1, nkv, n_rep * s, hd),
             k.device(),
         )?))
     }
