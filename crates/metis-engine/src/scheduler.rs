@@ -128,6 +128,28 @@ pub struct SchedulerStats {
     pub peak_batch: AtomicUsize,
 }
 
+impl std::fmt::Display for SchedulerStats {
+    /// One line for a person: prefills, tokens, decode steps and the batch sizes reached.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let steps = self.decode_steps.load(Ordering::Relaxed);
+        let rows = self.decode_rows.load(Ordering::Relaxed);
+        let mean = if steps == 0 {
+            0.0
+        } else {
+            rows as f64 / steps as f64
+        };
+        write!(
+            f,
+            "{} prompts prefilled ({} tokens), {} tokens generated in {steps} decode steps \
+             (mean batch {mean:.1}, peak {})",
+            self.prefills.load(Ordering::Relaxed),
+            self.prompt_tokens.load(Ordering::Relaxed),
+            self.generated_tokens.load(Ordering::Relaxed),
+            self.peak_batch.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Handle to the engine thread; clones share the thread.
 #[derive(Debug, Clone)]
 pub struct Scheduler {

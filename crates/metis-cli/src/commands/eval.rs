@@ -577,6 +577,9 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
                     "responses: {} reused from the store, {} new, {} failed",
                     q.reused, q.answered, q.failed
                 );
+                if let Backend::Local(local) = &backend {
+                    eprintln!("local engine: {}", local.stats());
+                }
             }
             if let Some(judge) = &judge {
                 judge_answers(&benches, &model, judge, &a, keep, stop).await?;
