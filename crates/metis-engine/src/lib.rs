@@ -16,6 +16,12 @@
 //!    `model::ragged`) run prefill and decode over a `model::cache::KvCache`, choosing each
 //!    token with a [`sampling::Sampler`] ([`sampling::SamplingParams`]: temperature, top-p,
 //!    top-k, seed) and stopping at a stop id or the token budget ([`generate::FinishReason`]).
+//! 4. [`scheduler::Scheduler`] is continuous batching for callers with many requests at once
+//!    (`metis serve`, `metis eval --local-model`): one engine thread owns the model, each
+//!    [`scheduler::GenRequest`] is prefilled on its own and joins the running batch, every
+//!    decode step runs all running sequences through `Model::forward_decode_ragged`, and text
+//!    goes back through the request's [`scheduler::EventSink`] (no async runtime needed);
+//!    [`scheduler::SchedulerStats`] counts steps, tokens and the batch sizes reached.
 //!
 //! On the CPU, weights stay where the file put them: [`quant::QMatrix`] is a view of a
 //! memory-mapped GGUF (any llama.cpp type from F32 to Q2_K) or safetensors matrix, multiplied
@@ -31,4 +37,5 @@ pub mod loader;
 pub mod model;
 pub mod quant;
 pub mod sampling;
+pub mod scheduler;
 pub mod tokenizer;

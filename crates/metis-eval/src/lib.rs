@@ -12,8 +12,10 @@
 //!    [`benchmarks::Benchmark`].
 //! 2. [`run::query`] turns items into requests and hands them to [`run::run_jobs`], which asks
 //!    a [`run::ChatBackend`] (an OpenAI-compatible endpoint through `metis_openai::Client`, or
-//!    the local engine, [`local`]) with bounded concurrency and commits every response as it
-//!    arrives to the SQLite [`store::Store`], keyed so that a re-run asks only what is missing.
+//!    the local engine, [`local::LocalModel`], whose continuous-batching scheduler decodes the
+//!    requests in flight as one batch) with bounded concurrency and commits every response as
+//!    it arrives to the SQLite [`store::Store`], keyed so that a re-run asks only what is
+//!    missing.
 //! 3. [`run::grade`] grades stored responses with the items' verifiers (or, for AlpacaEval 2,
 //!    with a judge model, [`judge`]); [`run::summarize`] turns grades into a
 //!    [`report::ResultRow`] per benchmark with mean ± std over trials, standard error and

@@ -168,12 +168,7 @@ impl ChatBackend for Arc<LocalModel> {
         &'a self,
         req: &'a ChatRequest,
     ) -> futures::future::BoxFuture<'a, Result<ChatResponse, ClientError>> {
-        let (model, req) = (self.clone(), req.clone());
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || model.chat_blocking(&req))
-                .await
-                .map_err(|e| ClientError::Transport(format!("local engine task: {e}")))?
-        })
+        Box::pin(LocalModel::chat(self, req))
     }
 }
 

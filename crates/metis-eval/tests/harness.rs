@@ -271,6 +271,7 @@ async fn local_engine_backend_answers_and_stores_every_item() {
         Some(&fixtures.join("llama31-tokenizer")),
         None,
         true,
+        4,
     )
     .expect("local model");
     let data = DataSource::Dir(data_dir());

@@ -271,7 +271,7 @@ fn main() {
         let wall = t0.elapsed().as_secs_f64();
         all.ttft.sort_by(f64::total_cmp);
         all.total.sort_by(f64::total_cmp);
-        let m = server.metrics();
+        let m = &server.metrics().engine;
         println!("requests ok       {}", all.total.len());
         println!(
             "errors            {}{}",

@@ -8,9 +8,10 @@
 //! 2. [`guard::Guard`] moderates the input with Llama Guard 3 (a [`guard::GuardBackend`]: the
 //!    local engine or a remote `/v1/completions` endpoint); a block returns the refusal with
 //!    finish reason `content_filter`.
-//! 3. The [`scheduler::Scheduler`] batches requests between decode steps on the engine thread
-//!    and streams [`scheduler::GenEvent`]s back; the reasoning is split from the answer
-//!    (`reasoning_content` / `reasoning`).
+//! 3. The engine's continuous-batching [`Scheduler`](metis_engine::scheduler::Scheduler)
+//!    (shared with local evaluation) batches requests between decode steps on the engine
+//!    thread and streams [`GenEvent`](metis_engine::scheduler::GenEvent)s back over a tokio
+//!    channel; the reasoning is split from the answer (`reasoning_content` / `reasoning`).
 //! 4. The output guard judges the final answer (and the reasoning when configured) before it
 //!    is returned, plain or as SSE; every verdict travels in the response's `metis_guard`.
 //! 5. [`audit::AuditLog`] records the exchange (messages, reasoning, answer, verdicts, tokens,
@@ -27,7 +28,6 @@ pub mod error;
 pub mod guard;
 pub mod metrics;
 pub mod routes;
-pub mod scheduler;
 mod server;
 pub mod system_prompt;
 

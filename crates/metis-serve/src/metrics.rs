@@ -1,11 +1,14 @@
 //! Prometheus metrics in the text exposition format, kept in atomics and rendered by hand:
 //! requests by route and status, tokens, queue depth, running sequences, engine steps and a
-//! request latency histogram.
+//! request latency histogram. The engine's counters are the scheduler's own
+//! [`SchedulerStats`], shared with the engine thread, so they are counted in one place.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use metis_engine::scheduler::SchedulerStats;
 
 /// Latency histogram bucket bounds, seconds.
 const BUCKETS: [f64; 12] = [
@@ -16,16 +19,9 @@ const BUCKETS: [f64; 12] = [
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
-    pub prompt_tokens: AtomicU64,
-    pub generated_tokens: AtomicU64,
-    /// Requests waiting for a batch slot.
-    pub queue_depth: AtomicUsize,
-    /// Sequences being decoded.
-    pub running: AtomicUsize,
-    /// Prompt prefills run by the engine.
-    pub prefills: AtomicU64,
-    /// Batched decode steps run by the engine.
-    pub decode_steps: AtomicU64,
+    /// Tokens, queue depth, running sequences and steps, written by the engine thread (give
+    /// this to `Scheduler::start`).
+    pub engine: Arc<SchedulerStats>,
     pub guard_blocks: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
@@ -83,26 +79,27 @@ impl Metrics {
                 );
             }
         }
+        let e = &self.engine;
         let counters = [
             (
                 "metis_prompt_tokens_total",
                 "Prompt tokens prefilled.",
-                self.prompt_tokens.load(Ordering::Relaxed),
+                e.prompt_tokens.load(Ordering::Relaxed),
             ),
             (
                 "metis_generated_tokens_total",
                 "Tokens generated.",
-                self.generated_tokens.load(Ordering::Relaxed),
+                e.generated_tokens.load(Ordering::Relaxed),
             ),
             (
                 "metis_prefills_total",
                 "Prompt prefills run by the engine.",
-                self.prefills.load(Ordering::Relaxed),
+                e.prefills.load(Ordering::Relaxed),
             ),
             (
                 "metis_decode_steps_total",
                 "Batched decode steps run by the engine.",
-                self.decode_steps.load(Ordering::Relaxed),
+                e.decode_steps.load(Ordering::Relaxed),
             ),
             (
                 "metis_guard_blocks_total",
@@ -117,12 +114,12 @@ impl Metrics {
             (
                 "metis_queue_depth",
                 "Requests waiting for a batch slot.",
-                self.queue_depth.load(Ordering::Relaxed),
+                e.queue_depth.load(Ordering::Relaxed),
             ),
             (
                 "metis_running_sequences",
                 "Sequences being decoded.",
-                self.running.load(Ordering::Relaxed),
+                e.running.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, v) in gauges {
@@ -158,7 +155,7 @@ mod tests {
         let m = Metrics::default();
         m.observe("/v1/chat/completions", 200, 0.02);
         m.observe("/v1/chat/completions", 429, 0.001);
-        m.generated_tokens.fetch_add(7, Ordering::Relaxed);
+        m.engine.generated_tokens.fetch_add(7, Ordering::Relaxed);
         let t = m.render();
         assert!(t.contains("metis_requests_total{route=\"/v1/chat/completions\",status=\"429\"} 1"));
         assert!(t.contains("metis_generated_tokens_total 7"));

@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metis_engine::chat::{ChatTemplate, Message, RenderOptions};
 use metis_engine::sampling::SamplingParams;
+use metis_engine::scheduler::{EventSink, GenEvent, GenRequest, Scheduler, SubmitError};
 use metis_engine::tokenizer::Tokenizer;
 use metis_openai::wire::{self, GuardCheck, Usage};
 use metis_verify::reasoning::{self, Delimiters, StreamDelta, StreamSplitter};
@@ -31,7 +32,6 @@ use crate::auth::{ApiKeys, RateLimiter};
 use crate::error::ApiError;
 use crate::guard::{self, Guard, Verdict};
 use crate::metrics::Metrics;
-use crate::scheduler::{GenEvent, GenRequest, Scheduler, SubmitError};
 use crate::system_prompt::{self, SystemPromptPolicy};
 
 /// Shared state of the routes.
@@ -485,7 +485,7 @@ async fn run(st: Arc<AppState>, mut job: Job) -> Response {
         },
         stop_strings: p.stop.clone(),
         ignore_eos: p.ignore_eos,
-        events: tx,
+        events: Box::new(ChannelSink(tx)),
     };
     if let Err(e) = st.scheduler.submit(request) {
         let err = match e {
@@ -503,6 +503,20 @@ async fn run(st: Arc<AppState>, mut job: Job) -> Response {
         sse_response(sse_rx)
     } else {
         complete_job(st, job, rx).await
+    }
+}
+
+/// A request's events on a tokio channel, read by the handler that streams or collects them.
+/// The handler dropping its receiver (a client that went away) cancels the sequence.
+struct ChannelSink(mpsc::UnboundedSender<GenEvent>);
+
+impl EventSink for ChannelSink {
+    fn send(&mut self, event: GenEvent) -> bool {
+        self.0.send(event).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
     }
 }
 

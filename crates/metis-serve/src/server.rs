@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use metis_engine::loader::load_model;
+use metis_engine::scheduler::{Scheduler, SchedulerConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -16,7 +17,6 @@ use crate::config::ServeConfig;
 use crate::error::ServeError;
 use crate::metrics::Metrics;
 use crate::routes::{router, AppState};
-use crate::scheduler::{Scheduler, SchedulerConfig};
 
 /// A server listening in this process.
 pub struct RunningServer {
@@ -117,7 +117,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             max_batch: config.max_batch,
             max_queue: config.max_queue,
         },
-        Arc::clone(&metrics),
+        Arc::clone(&metrics.engine),
     )
     .map_err(ServeError::Server)?;
     let audit = match &config.audit_db {

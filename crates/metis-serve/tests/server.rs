@@ -180,7 +180,7 @@ async fn unsafe_input_is_blocked_before_the_model_runs() {
         (S2_REFUSAL, "", "content_filter")
     );
     // The engine never ran: no prefill, no token.
-    let m = s.metrics();
+    let m = &s.metrics().engine;
     assert_eq!(m.prefills.load(Ordering::Relaxed), 0);
     assert_eq!(m.generated_tokens.load(Ordering::Relaxed), 0);
     assert_eq!(backend.prompts.lock().unwrap().len(), 2, "no output checks");
@@ -229,7 +229,7 @@ async fn unsafe_answer_is_replaced() {
         (content.as_str(), finish.as_str()),
         (want, "content_filter")
     );
-    assert!(s.metrics().generated_tokens.load(Ordering::Relaxed) >= 12);
+    assert!(s.metrics().engine.generated_tokens.load(Ordering::Relaxed) >= 12);
     s.flush_audit();
     let rows = query(&db, &AuditFilter::default()).unwrap();
     assert_eq!(rows.len(), 2);
@@ -393,8 +393,8 @@ async fn full_queue_answers_429() {
     // The stream opens (role chunk) before the engine admits the request: wait until the
     // first request holds the batch slot and the queue is empty again.
     let t0 = std::time::Instant::now();
-    while s.metrics().running.load(Ordering::Relaxed) < 1
-        || s.metrics().queue_depth.load(Ordering::Relaxed) > 0
+    while s.metrics().engine.running.load(Ordering::Relaxed) < 1
+        || s.metrics().engine.queue_depth.load(Ordering::Relaxed) > 0
     {
         assert!(t0.elapsed().as_secs() < 30, "first request never admitted");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -406,7 +406,7 @@ async fn full_queue_answers_429() {
         post(&s2, "/v1/chat/completions", &body, None).await
     });
     let t0 = std::time::Instant::now();
-    while s.metrics().queue_depth.load(Ordering::Relaxed) < 1 {
+    while s.metrics().engine.queue_depth.load(Ordering::Relaxed) < 1 {
         assert!(t0.elapsed().as_secs() < 30, "second request never queued");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }

@@ -130,7 +130,8 @@ struct RunArgs {
     seed: Option<u64>,
     #[arg(long, default_value_t = 5)]
     trials: u32,
-    /// Requests in flight at once (over all endpoints).
+    /// Requests in flight at once (over all endpoints); with --local-model, the most
+    /// sequences the engine decodes together as one batch.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// File holding a system prompt (recorded with the run).
@@ -542,8 +543,9 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
         };
         if !a.rescore {
             let backend: Backend = if let Some(dir) = &a.local_model {
-                let local = LocalModel::load(dir, a.tokenizer.as_deref(), None, a.think)
-                    .map_err(|e| anyhow::anyhow!("--local-model {}: {e}", dir.display()))?;
+                let local =
+                    LocalModel::load(dir, a.tokenizer.as_deref(), None, a.think, a.concurrency)
+                        .map_err(|e| anyhow::anyhow!("--local-model {}: {e}", dir.display()))?;
                 Backend::Local(local)
             } else {
                 if a.base_urls.is_empty() {
@@ -575,6 +577,9 @@ async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
                     "responses: {} reused from the store, {} new, {} failed",
                     q.reused, q.answered, q.failed
                 );
+                if let Backend::Local(local) = &backend {
+                    eprintln!("local engine: {}", local.stats());
+                }
             }
             if let Some(judge) = &judge {
                 judge_answers(&benches, &model, judge, &a, keep, stop).await?;

@@ -120,6 +120,8 @@ pub struct Args {
     /// Completions per behaviour (the report: 1).
     #[arg(long, default_value_t = 1)]
     trials: u32,
+    /// Requests in flight at once; with --local-model, the most sequences the engine
+    /// decodes together as one batch.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// The evaluation store (shared with `metis eval`).
@@ -314,7 +316,7 @@ fn client(urls: &[String], key_env: &str, a: &Args) -> anyhow::Result<Client> {
 /// The model itself: an endpoint or the local engine.
 fn model_backend(a: &Args) -> anyhow::Result<Option<Arc<dyn ChatBackend>>> {
     if let Some(dir) = &a.local_model {
-        let local = LocalModel::load(dir, a.tokenizer.as_deref(), None, a.think)
+        let local = LocalModel::load(dir, a.tokenizer.as_deref(), None, a.think, a.concurrency)
             .map_err(|e| anyhow::anyhow!("--local-model {}: {e}", dir.display()))?;
         return Ok(Some(Arc::new(Backend::Local(local))));
     }

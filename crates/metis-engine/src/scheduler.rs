@@ -4,64 +4,87 @@
 //! Each request arrives on a channel, is prefilled on its own (batch-1 KV cache of its own),
 //! and then takes part in every decode step, which runs one batched forward over all running
 //! sequences through [`Model::forward_decode_ragged`] (weights read once per step, attention
-//! per sequence). Text goes back to the request over a tokio channel as soon as it is
+//! per sequence). Text goes back to the request through its [`EventSink`] as soon as it is
 //! certain: complete UTF-8 and not possibly the start of a stop string. At most `max_batch`
 //! sequences run at once; at most `max_queue` more wait, and beyond that [`Scheduler::submit`]
-//! refuses (the server answers 429), which is the back-pressure.
+//! refuses, which is the back-pressure (`metis serve` answers 429).
+//!
+//! The scheduler knows nothing of async runtimes: a request's events go to any
+//! [`EventSink`] (a `std::sync::mpsc::Sender`, or a caller's adaptor to its own channel), so
+//! the server (tokio channels, streaming) and local evaluation (one completion per request)
+//! share one batching engine.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
 use candle_core::Tensor;
-use metis_engine::model::{KvCache, Model};
-use metis_engine::sampling::{Sampler, SamplingParams};
-use metis_engine::tokenizer::{DecodeStream, Tokenizer};
-use tokio::sync::mpsc::UnboundedSender;
 
-use crate::metrics::Metrics;
-
-/// Why a sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    /// A stop token or stop string.
-    Stop,
-    /// `max_tokens` reached.
-    Length,
-}
-
-impl Finish {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Stop => "stop",
-            Finish::Length => "length",
-        }
-    }
-}
+use crate::generate::{FinishReason, GenerateError};
+use crate::model::{KvCache, Model};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::{DecodeStream, Tokenizer};
 
 /// What the engine sends back to a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenEvent {
     /// New generated text.
     Text(String),
-    /// The sequence is complete.
+    /// The sequence is complete; no event follows. `finish` is [`FinishReason::Stop`] (a stop
+    /// id or stop string) or [`FinishReason::Length`] (`max_tokens` reached).
     Done {
-        finish: Finish,
+        finish: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
     },
-    /// The engine failed on this sequence.
+    /// The engine failed on this sequence; no event follows.
     Error(String),
 }
 
+/// Where a request's [`GenEvent`]s go. The engine thread owns the sink while the sequence
+/// runs and drops it when the sequence ends, so a channel-backed sink closes on its own.
+pub trait EventSink: Send {
+    /// Delivers `event`. Returns false when nobody listens any more: the engine then drops
+    /// the sequence at once instead of generating text nobody reads.
+    fn send(&mut self, event: GenEvent) -> bool;
+
+    /// Whether nobody listens any more, asked before a waiting request is prefilled and on
+    /// steps that sent nothing (a sink that cannot tell says false, and the sequence is
+    /// dropped at its next send instead).
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+impl EventSink for mpsc::Sender<GenEvent> {
+    fn send(&mut self, event: GenEvent) -> bool {
+        mpsc::Sender::send(self, event).is_ok()
+    }
+}
+
 /// One generation job.
-#[derive(Debug)]
 pub struct GenRequest {
     pub prompt_ids: Vec<u32>,
+    /// Generated tokens at most (a stop id does not count); 0 ends at once with
+    /// [`FinishReason::Length`].
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// Strings that end the sequence; the text is cut before the earliest one.
     pub stop_strings: Vec<String>,
+    /// Keep going through stop ids.
     pub ignore_eos: bool,
-    pub events: UnboundedSender<GenEvent>,
+    pub events: Box<dyn EventSink>,
+}
+
+impl std::fmt::Debug for GenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenRequest")
+            .field("prompt_ids", &self.prompt_ids.len())
+            .field("max_tokens", &self.max_tokens)
+            .field("sampling", &self.sampling)
+            .field("stop_strings", &self.stop_strings)
+            .field("ignore_eos", &self.ignore_eos)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a request was not accepted.
@@ -76,30 +99,76 @@ pub enum SubmitError {
 /// Sizes of the batch and the queue.
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerConfig {
-    /// Sequences decoded together.
+    /// Sequences decoded together (at least 1).
     pub max_batch: usize,
-    /// Requests allowed to wait for a batch slot.
+    /// Requests allowed to wait for a batch slot (`usize::MAX`: never refuse, for callers
+    /// that bound their own requests in flight).
     pub max_queue: usize,
 }
 
-/// Handle to the engine thread.
+/// Counters and gauges of the engine thread, readable from any thread (the server renders
+/// them for Prometheus; tests and local evaluation read the batch sizes reached).
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    /// Requests waiting for a batch slot.
+    pub queue_depth: AtomicUsize,
+    /// Sequences being decoded.
+    pub running: AtomicUsize,
+    /// Prompt prefills run.
+    pub prefills: AtomicU64,
+    /// Prompt tokens prefilled.
+    pub prompt_tokens: AtomicU64,
+    /// Tokens generated (stop ids excluded).
+    pub generated_tokens: AtomicU64,
+    /// Batched decode steps run.
+    pub decode_steps: AtomicU64,
+    /// Sequences summed over decode steps: `decode_rows / decode_steps` is the mean batch.
+    pub decode_rows: AtomicU64,
+    /// The most sequences decoded in one step.
+    pub peak_batch: AtomicUsize,
+}
+
+impl std::fmt::Display for SchedulerStats {
+    /// One line for a person: prefills, tokens, decode steps and the batch sizes reached.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let steps = self.decode_steps.load(Ordering::Relaxed);
+        let rows = self.decode_rows.load(Ordering::Relaxed);
+        let mean = if steps == 0 {
+            0.0
+        } else {
+            rows as f64 / steps as f64
+        };
+        write!(
+            f,
+            "{} prompts prefilled ({} tokens), {} tokens generated in {steps} decode steps \
+             (mean batch {mean:.1}, peak {})",
+            self.prefills.load(Ordering::Relaxed),
+            self.prompt_tokens.load(Ordering::Relaxed),
+            self.generated_tokens.load(Ordering::Relaxed),
+            self.peak_batch.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Handle to the engine thread; clones share the thread.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     tx: mpsc::Sender<GenRequest>,
     waiting: Arc<AtomicUsize>,
     max_queue: usize,
-    metrics: Arc<Metrics>,
+    stats: Arc<SchedulerStats>,
 }
 
 impl Scheduler {
-    /// Starts the engine thread, which owns `model`. The thread ends when every handle is
-    /// dropped and the running sequences are done.
+    /// Starts the engine thread, which owns `model` and reports into `stats`. Generation
+    /// ends a sequence at any of `stop_ids` (unless the request ignores them). The thread
+    /// ends when every handle is dropped and the running sequences are done.
     pub fn start(
         model: Model,
         tokenizer: Arc<Tokenizer>,
         stop_ids: Vec<u32>,
         config: SchedulerConfig,
-        metrics: Arc<Metrics>,
+        stats: Arc<SchedulerStats>,
     ) -> std::io::Result<Scheduler> {
         let (tx, rx) = mpsc::channel();
         let waiting = Arc::new(AtomicUsize::new(0));
@@ -108,7 +177,7 @@ impl Scheduler {
             stop_ids,
             max_batch: config.max_batch.max(1),
             waiting: Arc::clone(&waiting),
-            metrics: Arc::clone(&metrics),
+            stats: Arc::clone(&stats),
         };
         std::thread::Builder::new()
             .name("metis-engine".into())
@@ -117,7 +186,7 @@ impl Scheduler {
             tx,
             waiting,
             max_queue: config.max_queue,
-            metrics,
+            stats,
         })
     }
 
@@ -131,7 +200,7 @@ impl Scheduler {
         let Ok(prev) = reserved else {
             return Err(SubmitError::QueueFull);
         };
-        self.metrics.queue_depth.store(prev + 1, Ordering::Relaxed);
+        self.stats.queue_depth.store(prev + 1, Ordering::Relaxed);
         if self.tx.send(req).is_err() {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::Stopped);
@@ -143,6 +212,11 @@ impl Scheduler {
     pub fn queue_depth(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
     }
+
+    /// The engine thread's counters.
+    pub fn stats(&self) -> &SchedulerStats {
+        &self.stats
+    }
 }
 
 struct Engine {
@@ -150,7 +224,7 @@ struct Engine {
     stop_ids: Vec<u32>,
     max_batch: usize,
     waiting: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
+    stats: Arc<SchedulerStats>,
 }
 
 /// A running sequence.
@@ -171,7 +245,7 @@ struct Active<'t> {
 enum Step {
     Continue,
     Finished,
-    /// The client went away.
+    /// The receiver went away, or the sequence failed (reported).
     Cancelled,
 }
 
@@ -204,7 +278,7 @@ impl Engine {
                     .waiting
                     .fetch_sub(1, Ordering::AcqRel)
                     .saturating_sub(1);
-                self.metrics.queue_depth.store(left, Ordering::Relaxed);
+                self.stats.queue_depth.store(left, Ordering::Relaxed);
                 if req.events.is_closed() {
                     continue;
                 }
@@ -212,21 +286,34 @@ impl Engine {
                     active.push(seq);
                 }
             }
-            self.metrics.running.store(active.len(), Ordering::Relaxed);
+            self.stats.running.store(active.len(), Ordering::Relaxed);
             if active.is_empty() {
                 continue;
             }
             self.decode_step(&mut active);
-            self.metrics.running.store(active.len(), Ordering::Relaxed);
+            self.stats.running.store(active.len(), Ordering::Relaxed);
         }
     }
 
     /// Runs the prompt through a fresh cache and samples the first token; None when the
     /// sequence is already over (or failed, which was reported).
-    fn prefill<'t>(&self, tokenizer: &'t Tokenizer, req: GenRequest) -> Option<Active<'t>> {
+    fn prefill<'t>(&self, tokenizer: &'t Tokenizer, mut req: GenRequest) -> Option<Active<'t>> {
         let n = req.prompt_ids.len();
-        self.metrics.prefills.fetch_add(1, Ordering::Relaxed);
-        self.metrics
+        if n == 0 {
+            req.events
+                .send(GenEvent::Error(GenerateError::EmptyPrompt.to_string()));
+            return None;
+        }
+        if req.max_tokens == 0 {
+            req.events.send(GenEvent::Done {
+                finish: FinishReason::Length,
+                prompt_tokens: n,
+                completion_tokens: 0,
+            });
+            return None;
+        }
+        self.stats.prefills.fetch_add(1, Ordering::Relaxed);
+        self.stats
             .prompt_tokens
             .fetch_add(n as u64, Ordering::Relaxed);
         let mut cache = self.model.new_cache(1);
@@ -246,7 +333,7 @@ impl Engine {
         let logits = match logits {
             Ok(l) => l,
             Err(e) => {
-                let _ = req.events.send(GenEvent::Error(e));
+                req.events.send(GenEvent::Error(e));
                 return None;
             }
         };
@@ -268,9 +355,10 @@ impl Engine {
     }
 
     fn decode_step(&self, active: &mut Vec<Active<'_>>) {
+        // A running sequence always holds a token: `step` pushes one before it continues.
         let tokens: Vec<u32> = active
             .iter()
-            .map(|a| *a.ids.last().expect("running sequences have a token"))
+            .filter_map(|a| a.ids.last().copied())
             .collect();
         let mut caches: Vec<&mut KvCache> = active.iter_mut().map(|a| &mut a.cache).collect();
         let logits = self
@@ -278,12 +366,18 @@ impl Engine {
             .forward_decode_ragged(&tokens, &mut caches)
             .map_err(|e| e.to_string())
             .and_then(|t| t.to_vec2::<f32>().map_err(|e| e.to_string()));
-        self.metrics.decode_steps.fetch_add(1, Ordering::Relaxed);
+        self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .decode_rows
+            .fetch_add(active.len() as u64, Ordering::Relaxed);
+        self.stats
+            .peak_batch
+            .fetch_max(active.len(), Ordering::Relaxed);
         let rows = match logits {
             Ok(rows) => rows,
             Err(e) => {
-                for a in active.drain(..) {
-                    let _ = a.req.events.send(GenEvent::Error(e.clone()));
+                for mut a in active.drain(..) {
+                    a.req.events.send(GenEvent::Error(e.clone()));
                 }
                 return;
             }
@@ -301,33 +395,31 @@ impl Engine {
     /// Appends the sampled `token` to `seq` and sends what became certain.
     fn step(&self, seq: &mut Active<'_>, token: u32) -> Step {
         if !seq.req.ignore_eos && self.stop_ids.contains(&token) {
-            return self.finish(seq, Finish::Stop);
+            return self.finish(seq, FinishReason::Stop);
         }
         seq.ids.push(token);
-        self.metrics
-            .generated_tokens
-            .fetch_add(1, Ordering::Relaxed);
+        self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
         match seq.decoder.push(token) {
             Ok(Some(piece)) => seq.text.push_str(&piece),
             Ok(None) => {}
             Err(e) => {
-                let _ = seq.req.events.send(GenEvent::Error(e.to_string()));
+                seq.req.events.send(GenEvent::Error(e.to_string()));
                 return Step::Cancelled;
             }
         }
         if let Some(cut) = find_stop(&seq.text, seq.sent, &seq.req.stop_strings) {
             seq.text.truncate(cut);
             seq.cut = true;
-            return self.finish(seq, Finish::Stop);
+            return self.finish(seq, FinishReason::Stop);
         }
         if seq.ids.len() >= seq.req.max_tokens {
-            return self.finish(seq, Finish::Length);
+            return self.finish(seq, FinishReason::Length);
         }
         let ready = seq.text.len() - held_back(&seq.text, &seq.req.stop_strings);
         if ready > seq.sent {
             let piece = seq.text[seq.sent..ready].to_owned();
             seq.sent = ready;
-            if seq.req.events.send(GenEvent::Text(piece)).is_err() {
+            if !seq.req.events.send(GenEvent::Text(piece)) {
                 return Step::Cancelled;
             }
         } else if seq.req.events.is_closed() {
@@ -337,7 +429,7 @@ impl Engine {
     }
 
     /// Flushes the remaining text and reports the end of `seq`.
-    fn finish(&self, seq: &mut Active<'_>, finish: Finish) -> Step {
+    fn finish(&self, seq: &mut Active<'_>, finish: FinishReason) -> Step {
         // After a stop-string cut nothing more is sent; otherwise the detokenizer may still
         // hold an incomplete character to flush.
         if !seq.cut {
@@ -348,9 +440,9 @@ impl Engine {
         if seq.text.len() > seq.sent {
             let piece = seq.text[seq.sent..].to_owned();
             seq.sent = seq.text.len();
-            let _ = seq.req.events.send(GenEvent::Text(piece));
+            seq.req.events.send(GenEvent::Text(piece));
         }
-        let _ = seq.req.events.send(GenEvent::Done {
+        seq.req.events.send(GenEvent::Done {
             finish,
             prompt_tokens: seq.req.prompt_ids.len(),
             completion_tokens: seq.ids.len(),
