@@ -23,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline on the built-in task in a few minutes: SFT, GRPO, held-out
+    /// evaluation, report (resumes when rerun).
+    Demo(commands::demo::Args),
     /// Score CVSS vectors (v2.0, v3.0, v3.1, v4.0) given as arguments or one per line on stdin.
     Cvss(commands::cvss::Args),
     /// Grade one model response against a gold answer.
@@ -65,6 +68,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Demo(args) => commands::demo::run(args),
         Command::Cvss(args) => commands::cvss::run(args),
         Command::Score(args) => commands::score::run(*args),
         Command::Eval(args) => commands::eval::run(*args),

@@ -13,6 +13,7 @@
 
 pub mod fetch;
 mod parse;
+pub mod prompt_file;
 pub mod prompts;
 
 use std::collections::{BTreeMap, HashMap};
@@ -89,6 +90,9 @@ pub(crate) enum Format {
     /// HumanEval's `HumanEval.jsonl.gz` (gzip, as upstream ships it): task_id, prompt,
     /// canonical_solution, test, entry_point.
     HumanEvalJsonl,
+    /// A JSONL file of prompt records given by the user (see [`prompt_file`]); read by
+    /// [`prompt_file::load_prompt_file`], never by [`load`].
+    PromptFile,
 }
 
 /// How a downloaded upstream file becomes the file in the data layout.

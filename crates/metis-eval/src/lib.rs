@@ -20,6 +20,8 @@
 //!    with a judge model, [`judge`]); [`run::summarize`] turns grades into a
 //!    [`report::ResultRow`] per benchmark with mean ± std over trials, standard error and
 //!    bootstrap intervals ([`stats`]).
+//!    [`results`] holds what ties stored responses to a run: the resume key
+//!    ([`results::RunKey`]), the run's saved description and paired comparisons of models.
 //! 4. [`report`] writes tables (Markdown, CSV, JSON) and charts; [`samples`] exports every
 //!    graded response.
 
@@ -27,6 +29,7 @@ pub mod benchmarks;
 pub mod judge;
 pub mod local;
 pub mod report;
+pub mod results;
 pub mod run;
 pub mod samples;
 pub mod stats;

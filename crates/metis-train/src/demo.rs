@@ -319,6 +319,35 @@ pub fn build(cfg: &DemoConfig) -> Result<DemoPaths> {
     })
 }
 
+/// [`build`] unless `cfg.out` already holds a task: the task is built in `<out>.partial` and
+/// renamed into place, so an interrupted build leaves no half-written task behind, and a
+/// finished one is not rebuilt.
+pub fn build_once(cfg: &DemoConfig) -> Result<DemoPaths> {
+    if !cfg.out.is_dir() {
+        let mut partial = cfg.out.clone().into_os_string();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|e| io(&partial, e))?;
+        }
+        build(&DemoConfig {
+            out: partial.clone(),
+            ..cfg.clone()
+        })?;
+        std::fs::rename(&partial, &cfg.out).map_err(|e| io(&cfg.out, e))?;
+    }
+    let examples = load_examples(&cfg.data_dir)?;
+    let (train, heldout) = split(&examples, cfg.heldout_fraction, cfg.seed);
+    Ok(DemoPaths {
+        model: cfg.out.join("init"),
+        sft: cfg.out.join("sft.jsonl"),
+        prompts: cfg.out.join("prompts.jsonl"),
+        heldout: cfg.out.join("heldout.jsonl"),
+        train_examples: train.len(),
+        heldout_examples: heldout.len(),
+    })
+}
+
 /// A byte-level BPE of `vocab` ids trained on `corpus`, with the role/turn special tokens and
 /// `<think>`/`</think>` as single (non-special, so always decoded) tokens.
 pub fn train_tokenizer(corpus: &[String], vocab: usize) -> Result<Tokenizer> {

@@ -37,6 +37,19 @@ pub enum Protocol {
     FaithStrict,
 }
 
+/// The CLI's spelling (`last-line`, `faith`, `faith-strict`), which [`FromStr`] reads back.
+///
+/// [`FromStr`]: std::str::FromStr
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::LastLine => "last-line",
+            Self::Faith => "faith",
+            Self::FaithStrict => "faith-strict",
+        })
+    }
+}
+
 impl std::str::FromStr for Protocol {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

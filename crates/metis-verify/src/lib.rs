@@ -33,6 +33,7 @@ pub mod math;
 pub mod mcq;
 pub mod qa;
 pub mod reasoning;
+pub mod record;
 pub mod spec;
 pub mod taa;
 pub mod verifier;

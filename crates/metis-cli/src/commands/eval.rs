@@ -10,13 +10,14 @@ use std::time::Duration;
 use super::ModelKind;
 use anyhow::{bail, Context};
 use clap::{Args as ClapArgs, Subcommand};
+use metis_eval::benchmarks::prompt_file::{load_prompt_file, prompt_file_id};
 use metis_eval::benchmarks::{self, Benchmark, DataSource};
 use metis_eval::judge::{self, GlmReference, Judge, JudgeReport};
 use metis_eval::local::LocalModel;
 use metis_eval::report::{self, ResultRow};
+use metis_eval::results::{self, RunKey};
 use metis_eval::run::{self, Backend, RunConfig, Sampling};
-use metis_eval::stats;
-use metis_eval::store::{Status, Store};
+use metis_eval::store::Store;
 use metis_openai::{Client, Endpoint, RetryPolicy};
 use metis_verify::Protocol;
 
@@ -52,8 +53,9 @@ enum EvalCommand {
         benchmark: String,
         #[arg(long, env = "METIS_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Answer extraction: last-line, faith or faith-strict.
         #[arg(long, default_value = "last-line")]
-        protocol: String,
+        protocol: Protocol,
         /// Output file (default: standard output).
         #[arg(long, short)]
         out: Option<PathBuf>,
@@ -68,8 +70,9 @@ enum EvalCommand {
         store: PathBuf,
         #[arg(long, env = "METIS_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Answer extraction: last-line, faith or faith-strict.
         #[arg(long, default_value = "last-line")]
-        protocol: String,
+        protocol: Protocol,
         /// Output file (default: standard output).
         #[arg(long, short)]
         out: Option<PathBuf>,
@@ -85,8 +88,9 @@ enum EvalCommand {
         benchmarks: Vec<String>,
         #[arg(long, env = "METIS_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Answer extraction: last-line, faith or faith-strict.
         #[arg(long, default_value = "last-line")]
-        protocol: String,
+        protocol: Protocol,
         #[arg(long)]
         json: bool,
     },
@@ -94,9 +98,16 @@ enum EvalCommand {
 
 #[derive(ClapArgs)]
 struct RunArgs {
-    /// Benchmarks to run, comma-separated or repeated (default: all; see `metis eval list`).
+    /// Benchmarks to run, comma-separated or repeated (default: all; see `metis eval list`;
+    /// none when --prompts is given).
     #[arg(long = "bench", value_delimiter = ',')]
     benchmarks: Vec<String>,
+    /// Prompt files to evaluate as benchmarks, `[NAME=]FILE.jsonl` (repeatable): the GRPO
+    /// prompt format (`id`, one user message, `task`, `gold`, `verifier`), graded by each
+    /// record's verifier spec exactly as `metis train grpo` rewards it; NAME defaults to the
+    /// file stem.
+    #[arg(long = "prompts")]
+    prompt_files: Vec<String>,
     /// Model name sent to the endpoint and used as the key in the store.
     #[arg(long)]
     model: Option<String>,
@@ -146,7 +157,7 @@ struct RunArgs {
     data_dir: Option<PathBuf>,
     /// Answer extraction: last-line, faith or faith-strict.
     #[arg(long, default_value = "last-line")]
-    protocol: String,
+    protocol: Protocol,
     /// Only the first N items of each benchmark.
     #[arg(long)]
     limit: Option<usize>,
@@ -227,7 +238,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 protocol,
                 out,
             }) => {
-                let b = load_for_output(&benchmark, data_dir, &protocol).await?;
+                let b = load_for_output(&benchmark, data_dir, protocol).await?;
                 let n = with_output(out.as_deref(), |w| {
                     metis_eval::samples::export_prompts(&b, w).map_err(anyhow::Error::from)
                 })?;
@@ -245,7 +256,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 if !store.exists() {
                     bail!("no response store at {}", store.display());
                 }
-                let b = load_for_output(&benchmark, data_dir, &protocol).await?;
+                let b = load_for_output(&benchmark, data_dir, protocol).await?;
                 let store = Store::open(&store)?;
                 let n = with_output(out.as_deref(), |w| {
                     Ok(metis_eval::samples::write_samples(&store, &b, &model, w)?)
@@ -263,7 +274,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 json,
             }) => {
                 compare(
-                    &model_a, &model_b, &store, benchmarks, data_dir, &protocol, json,
+                    &model_a, &model_b, &store, benchmarks, data_dir, protocol, json,
                 )
                 .await
             }
@@ -275,9 +286,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn load_for_output(
     benchmark: &str,
     data_dir: Option<PathBuf>,
-    protocol: &str,
+    protocol: Protocol,
 ) -> anyhow::Result<Benchmark> {
-    let protocol: Protocol = protocol.parse().map_err(anyhow::Error::msg)?;
     Ok(benchmarks::load(benchmark, &DataSource::resolve(data_dir), protocol).await?)
 }
 
@@ -389,12 +399,7 @@ fn judge_from_args(a: &RunArgs) -> anyhow::Result<Option<Judge>> {
             base_url: url.clone(),
             api_key,
         }],
-        RetryPolicy {
-            max_attempts: a.max_attempts.max(1),
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(a.timeout.max(1)),
-        },
+        retry_policy(a),
     )?;
     Ok(Some(Judge { model, client }))
 }
@@ -482,153 +487,210 @@ async fn judge_answers(
 }
 
 async fn evaluate(a: RunArgs) -> anyhow::Result<()> {
-    let protocol: Protocol = a.protocol.parse().map_err(anyhow::Error::msg)?;
     let data = DataSource::resolve(a.data_dir.clone());
-    let mut ids = if a.benchmarks.is_empty() {
-        available_benchmark_ids(&data)
-    } else {
-        a.benchmarks.clone()
-    };
     let judge = judge_from_args(&a)?;
-    check_judge(&a, &mut ids, judge.as_ref())?;
-    let benches = run::load_benchmarks(&ids, &data, protocol, a.limit).await?;
+    let benches = load_run_benchmarks(&a, &data, judge.as_ref()).await?;
     let glm = if benches.iter().any(|b| judge::is_judged(b.spec)) {
         GlmReference::from_data_dir(data.root())?
     } else {
         GlmReference::Approximation
     };
-    let system_prompt = match &a.system_prompt {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading the system prompt {}", p.display()))?,
-        ),
-        None => None,
+    let key = RunKey {
+        system_prompt: read_system_prompt(&a)?,
+        sampling: sampling(&a),
     };
-    let sampling = sampling(&a);
-    // The stored response that answers (item, trial) under this run's prompt and parameters.
-    let keep = |item: &benchmarks::Item, trial: u32, r: &metis_eval::store::ResponseRecord| {
-        r.key.params_hash
-            == run::params_hash(system_prompt.as_deref(), &item.prompt, &sampling, trial)
-    };
-
     let mut reports = Vec::new();
     let rows = if let Some(path) = &a.responses {
         grade_imported(path, &benches, &a, judge.as_ref(), &glm, &mut reports).await?
     } else {
-        let local_name = a.local_model.as_ref().and_then(|p| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .filter(|n| n != "f32" && n != "bf16" && n != "f16")
-                .or_else(|| {
-                    p.parent()?
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                })
-        });
-        let Some(model) = a.model.clone().or(local_name) else {
-            bail!("--model is required (or give --responses FILE to grade answers produced elsewhere)");
-        };
-        let config = RunConfig {
-            benchmarks: ids.clone(),
-            model: model.clone(),
-            sampling: sampling.clone(),
-            trials: a.trials,
-            system_prompt: system_prompt.clone(),
-            concurrency: a.concurrency,
-            protocol,
-            data,
-            store: a.store.clone(),
-            limit: a.limit,
-            progress: !a.json,
-        };
+        let model = model_name(&a)?;
         if !a.rescore {
-            let backend: Backend = if let Some(dir) = &a.local_model {
-                let local =
-                    LocalModel::load(dir, a.tokenizer.as_deref(), None, a.think, a.concurrency)
-                        .map_err(|e| anyhow::anyhow!("--local-model {}: {e}", dir.display()))?;
-                Backend::Local(local)
-            } else {
-                if a.base_urls.is_empty() {
-                    bail!("--base-url (or OPENAI_BASE_URL) or --local-model is required to query a model; use --rescore to grade stored responses only");
-                }
-                let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
-                let endpoints = a
-                    .base_urls
-                    .iter()
-                    .map(|u| Endpoint {
-                        base_url: u.clone(),
-                        api_key: api_key.clone(),
-                    })
-                    .collect();
-                Backend::Http(Client::new(
-                    endpoints,
-                    RetryPolicy {
-                        max_attempts: a.max_attempts.max(1),
-                        base_delay: Duration::from_millis(500),
-                        max_delay: Duration::from_secs(30),
-                        request_timeout: Duration::from_secs(a.timeout.max(1)),
-                    },
-                )?)
-            };
-            let stop = super::stop_on_ctrl_c();
-            let q = run::query(&config, &benches, &backend, stop.clone()).await?;
-            if !a.json {
-                eprintln!(
-                    "responses: {} reused from the store, {} new, {} failed",
-                    q.reused, q.answered, q.failed
-                );
-                if let Backend::Local(local) = &backend {
-                    eprintln!("local engine: {}", local.stats());
-                }
-            }
-            if let Some(judge) = &judge {
-                judge_answers(&benches, &model, judge, &a, keep, stop).await?;
-            }
+            query_model(&a, &model, &benches, &key, judge.as_ref(), &data).await?;
         }
-        let mut store = Store::open(&a.store)?;
-        let mut rows = Vec::new();
-        for b in &benches {
-            let records = store.records(b.spec.id, &model, None)?;
-            let (row, report) = if judge::is_judged(b.spec) {
-                let judgments = store.judgments(b.spec.id, &model)?;
-                let judge_model = judge_name(&a, judge.as_ref());
-                let (row, report) = judge::grade_judged(
-                    b,
-                    &model,
-                    a.trials,
-                    records,
-                    keep,
-                    &judgments,
-                    &judge_model,
-                    &glm,
-                );
-                (row, Some(report))
-            } else {
-                let graded = run::grade(b, &model, a.trials, records, keep);
-                (run::summarize(&graded, b.spec.primary_metric), None)
-            };
-            let run_hash = run::params_hash(system_prompt.as_deref(), "", &sampling, 0);
-            store.save_run_info(
-                b.spec.id,
-                &model,
-                &run_hash,
-                &serde_json::json!({
-                    "sampling": sampling,
-                    "trials": a.trials,
-                    "system_prompt": system_prompt,
-                    "protocol": a.protocol,
-                    "data_sha256": b.data_sha256,
-                    "metis_version": env!("CARGO_PKG_VERSION"),
-                    "result": row,
-                    "judge": report,
-                }),
-            )?;
-            rows.push(row);
-            reports.extend(report);
-        }
+        let graded = grade_run(&a, &model, &benches, &key, judge.as_ref(), &glm)?;
+        let (rows, judged): (Vec<_>, Vec<_>) = graded.into_iter().unzip();
+        reports.extend(judged.into_iter().flatten());
         rows
     };
     output(&rows, &reports, a.json, a.out.as_deref())
+}
+
+/// The benchmarks of the run: `--bench` (default: all available unless `--prompts` is given,
+/// judged ones skipped without a judge) and the `--prompts` files.
+async fn load_run_benchmarks(
+    a: &RunArgs,
+    data: &DataSource,
+    judge: Option<&Judge>,
+) -> anyhow::Result<Vec<Benchmark>> {
+    let mut ids = match (a.benchmarks.is_empty(), a.prompt_files.is_empty()) {
+        (true, true) => available_benchmark_ids(data),
+        _ => a.benchmarks.clone(),
+    };
+    check_judge(a, &mut ids, judge)?;
+    let mut benches = run::load_benchmarks(&ids, data, a.protocol, a.limit).await?;
+    for arg in &a.prompt_files {
+        let (id, path) = prompt_file_id(arg);
+        let mut b = load_prompt_file(&id, &path, Some(data.root()), a.protocol)?;
+        if let Some(n) = a.limit {
+            b.items.truncate(n);
+        }
+        benches.push(b);
+    }
+    Ok(benches)
+}
+
+fn read_system_prompt(a: &RunArgs) -> anyhow::Result<Option<String>> {
+    a.system_prompt
+        .as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the system prompt {}", p.display()))
+        })
+        .transpose()
+}
+
+/// `--model`, else the name of the `--local-model` directory (its parent's for a dtype
+/// subdirectory such as `f32/`).
+fn model_name(a: &RunArgs) -> anyhow::Result<String> {
+    let local_name = a.local_model.as_ref().and_then(|p| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| n != "f32" && n != "bf16" && n != "f16")
+            .or_else(|| {
+                p.parent()?
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+    });
+    a.model.clone().or(local_name).context(
+        "--model is required (or give --responses FILE to grade answers produced elsewhere)",
+    )
+}
+
+/// Asks the model every missing (item, trial) and commits the answers; judges them where a
+/// benchmark is judged.
+async fn query_model(
+    a: &RunArgs,
+    model: &str,
+    benches: &[Benchmark],
+    key: &RunKey,
+    judge: Option<&Judge>,
+    data: &DataSource,
+) -> anyhow::Result<()> {
+    let config = RunConfig {
+        benchmarks: benches.iter().map(|b| b.id().to_owned()).collect(),
+        model: model.to_owned(),
+        sampling: key.sampling.clone(),
+        trials: a.trials,
+        system_prompt: key.system_prompt.clone(),
+        concurrency: a.concurrency,
+        protocol: a.protocol,
+        data: data.clone(),
+        store: a.store.clone(),
+        limit: a.limit,
+        progress: !a.json,
+    };
+    let backend = backend(a)?;
+    let stop = super::stop_on_ctrl_c();
+    let q = run::query(&config, benches, &backend, stop.clone()).await?;
+    if !a.json {
+        eprintln!(
+            "responses: {} reused from the store, {} new, {} failed",
+            q.reused, q.answered, q.failed
+        );
+        if let Backend::Local(local) = &backend {
+            eprintln!("local engine: {}", local.stats());
+        }
+    }
+    if let Some(judge) = judge {
+        judge_answers(
+            benches,
+            model,
+            judge,
+            a,
+            |i, t, r| key.answers(i, t, r),
+            stop,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The local engine (`--local-model`) or the endpoints (`--base-url`) the run asks.
+fn backend(a: &RunArgs) -> anyhow::Result<Backend> {
+    if let Some(dir) = &a.local_model {
+        let local = LocalModel::load(dir, a.tokenizer.as_deref(), None, a.think, a.concurrency)
+            .map_err(|e| anyhow::anyhow!("--local-model {}: {e}", dir.display()))?;
+        return Ok(Backend::Local(local));
+    }
+    if a.base_urls.is_empty() {
+        bail!("--base-url (or OPENAI_BASE_URL) or --local-model is required to query a model; use --rescore to grade stored responses only");
+    }
+    let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
+    let endpoints = a
+        .base_urls
+        .iter()
+        .map(|u| Endpoint {
+            base_url: u.clone(),
+            api_key: api_key.clone(),
+        })
+        .collect();
+    Ok(Backend::Http(Client::new(endpoints, retry_policy(a))?))
+}
+
+fn retry_policy(a: &RunArgs) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: a.max_attempts.max(1),
+        base_delay: Duration::from_millis(500),
+        max_delay: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(a.timeout.max(1)),
+    }
+}
+
+/// Grades this run's stored answers per benchmark and records what produced each result.
+fn grade_run(
+    a: &RunArgs,
+    model: &str,
+    benches: &[Benchmark],
+    key: &RunKey,
+    judge: Option<&Judge>,
+    glm: &GlmReference,
+) -> anyhow::Result<Vec<(ResultRow, Option<JudgeReport>)>> {
+    let mut store = Store::open(&a.store)?;
+    let mut out = Vec::new();
+    for b in benches {
+        let (row, report) = if judge::is_judged(b.spec) {
+            let records = store.records(b.spec.id, model, None)?;
+            let judgments = store.judgments(b.spec.id, model)?;
+            let (row, report) = judge::grade_judged(
+                b,
+                model,
+                a.trials,
+                records,
+                |i, t, r| key.answers(i, t, r),
+                &judgments,
+                &judge_name(a, judge),
+                glm,
+            );
+            (row, Some(report))
+        } else {
+            (
+                results::grade_stored(&store, b, model, a.trials, key)?,
+                None,
+            )
+        };
+        results::record_result(
+            &mut store,
+            b,
+            key,
+            a.trials,
+            a.protocol,
+            &row,
+            report.as_ref(),
+        )?;
+        out.push((row, report));
+    }
+    Ok(out)
 }
 
 /// The judge whose judgments are reported (`check_judge` made sure there is one).
@@ -765,10 +827,9 @@ async fn compare(
     store_path: &Path,
     ids: Vec<String>,
     data_dir: Option<PathBuf>,
-    protocol: &str,
+    protocol: Protocol,
     json: bool,
 ) -> anyhow::Result<()> {
-    let protocol: Protocol = protocol.parse().map_err(anyhow::Error::msg)?;
     if !store_path.exists() {
         bail!("no store at {}", store_path.display());
     }
@@ -781,42 +842,15 @@ async fn compare(
     let data = DataSource::resolve(data_dir);
     let mut any = false;
     for id in ids {
-        let ra = store.records(&id, model_a, None)?;
-        let rb = store.records(&id, model_b, None)?;
-        let ok =
-            |r: &Vec<metis_eval::store::ResponseRecord>| r.iter().any(|x| x.status == Status::Ok);
-        if !ok(&ra) || !ok(&rb) {
+        let has_answers = |m| run::stored_ok(&store, &id, m).map(|s| !s.is_empty());
+        if !has_answers(model_a)? || !has_answers(model_b)? {
             continue;
         }
-        any = true;
         let b = benchmarks::load(&id, &data, protocol).await?;
-        let trials = |r: &Vec<metis_eval::store::ResponseRecord>| {
-            r.iter().map(|x| x.key.trial + 1).max().unwrap_or(1)
+        let Some(d) = results::compare_models(&store, &b, model_a, model_b)? else {
+            continue;
         };
-        let answered = |r: &Vec<metis_eval::store::ResponseRecord>| {
-            r.iter()
-                .filter(|x| x.status == Status::Ok)
-                .map(|x| x.key.item.clone())
-                .collect::<std::collections::HashSet<_>>()
-        };
-        // Only items both models answered are compared.
-        let both: std::collections::HashSet<String> = answered(&ra)
-            .intersection(&answered(&rb))
-            .cloned()
-            .collect();
-        let (ta, tb) = (trials(&ra), trials(&rb));
-        let ga = run::grade(&b, model_a, ta, ra, |_, _, _| true);
-        let gb = run::grade(&b, model_b, tb, rb, |_, _, _| true);
-        let (sa, sb) = (run::item_scores(&ga), run::item_scores(&gb));
-        let mut a_vals = Vec::new();
-        let mut b_vals = Vec::new();
-        for item in b.items.iter().filter(|i| both.contains(&i.id)) {
-            if let (Some(x), Some(y)) = (sa.get(&item.id), sb.get(&item.id)) {
-                a_vals.push(*x);
-                b_vals.push(*y);
-            }
-        }
-        let d = stats::paired_diff(&a_vals, &b_vals, run::BOOTSTRAP_RESAMPLES, 0.95, 7);
+        any = true;
         if json {
             println!(
                 "{}",
@@ -827,10 +861,7 @@ async fn compare(
                 })
             );
         } else {
-            println!(
-                "{id}: {model_a} − {model_b} = {:+.4} (95% CI [{:+.4}, {:+.4}]) over {} items; {} better on {}, {} better on {}, {} ties",
-                d.mean_diff, d.ci_low, d.ci_high, d.n, model_a, d.a_better, model_b, d.b_better, d.ties
-            );
+            println!("{}", results::describe_diff(&id, model_a, model_b, &d));
         }
     }
     if !any {

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod cvss;
+pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod guard_args;

@@ -37,6 +37,9 @@ pub enum RemoteSource {
     /// A dataset behind a licence click-through (GPQA): never downloaded; the user puts the
     /// file into the data directory after accepting the terms at `page`.
     Gated { page: &'static str },
+    /// A prompt file given by the user (`metis eval --prompts`): read where it is, never
+    /// downloaded, fingerprinted by its SHA-256.
+    LocalFile,
 }
 
 impl RemoteSource {
@@ -53,6 +56,7 @@ impl RemoteSource {
             }
             RemoteSource::Url { base } => format!("{base} (hash recorded at first download)"),
             RemoteSource::Gated { page } => format!("{page} (gated: a local copy is read)"),
+            RemoteSource::LocalFile => "a local prompt file".to_owned(),
         }
     }
 
@@ -71,6 +75,7 @@ impl RemoteSource {
             }
             RemoteSource::Url { base } => format!("{}/{path}", base.trim_end_matches('/')),
             RemoteSource::Gated { page } => format!("{page} ({path})"),
+            RemoteSource::LocalFile => path.to_owned(),
         }
     }
 }
@@ -96,6 +101,12 @@ pub(crate) async fn download(
     dest: &Path,
 ) -> Result<String, BenchmarkError> {
     let url = source.url(file.remote_path);
+    if *source == RemoteSource::LocalFile {
+        return Err(fetch_err(
+            &url,
+            format!("{id} is a local prompt file: nothing to download"),
+        ));
+    }
     if let RemoteSource::Gated { page } = source {
         return Err(fetch_err(
             &url,

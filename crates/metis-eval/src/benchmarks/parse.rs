@@ -54,6 +54,12 @@ pub(crate) fn parse(
     companions: &[(std::path::PathBuf, String)],
 ) -> Result<Parsed, BenchmarkError> {
     match format {
+        Format::PromptFile => Err(BenchmarkError::Parse {
+            path: path.to_owned(),
+            line: 0,
+            field: None,
+            detail: "a prompt file is read by prompt_file::load_prompt_file".to_owned(),
+        }),
         Format::CtiMcq => cti_mcq(text, path),
         Format::CtiRcm | Format::CtiVsp => cti_cve(text, path),
         Format::CtiAte => cti_ate(text, path),

@@ -44,8 +44,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use metis_engine::chat::Message;
+use metis_verify::record::{record_gold, record_verifier, RecordError};
 pub use metis_verify::VerifierSpec;
-use metis_verify::{Gold, Protocol, Task, Verifier, VerifierFactory};
+use metis_verify::{Gold, Task, Verifier, VerifierFactory};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -259,17 +260,16 @@ fn parse_record(
         return Err((Some("messages"), "must not be empty".to_owned()));
     }
 
-    let (spec, verifier) = record_verifier(&obj, opts, factory)?;
+    let to_field = |e: RecordError| (e.field, e.message);
+    let run_defaults = |task| VerifierSpec {
+        protocol: Some(opts.verify.protocol),
+        reward: Some(opts.rewards.get(&task).copied().unwrap_or_default()),
+        ..VerifierSpec::default()
+    };
+    let (spec, verifier) = record_verifier(&obj, run_defaults, factory).map_err(to_field)?;
     let task = spec.task().map_err(|e| (Some("task"), e.to_string()))?;
     let reward = spec.reward.unwrap_or_default();
-
-    let gold_json = obj
-        .get("gold")
-        .cloned()
-        .ok_or_else(|| (Some("gold"), "missing".to_owned()))?;
-    let gold = verifier
-        .parse_gold_json(&gold_json)
-        .map_err(|e| (Some("gold"), e.to_string()))?;
+    let (gold_json, gold) = record_gold(&obj, &*verifier).map_err(to_field)?;
 
     Ok(PromptRecord {
         id,
@@ -282,109 +282,6 @@ fn parse_record(
         verifier,
         reward,
     })
-}
-
-/// The record's verifier spec — its `verifier` object over the run's defaults (protocol,
-/// per-task reward) — and the verifier the factory builds from it.
-fn record_verifier(
-    obj: &serde_json::Map<String, Value>,
-    opts: &LoadOptions,
-    factory: &mut VerifierFactory,
-) -> Result<(VerifierSpec, Arc<dyn Verifier>), FieldError> {
-    let task = match obj.get("task") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
-            Some(Task::from_str(s).map_err(|e| (Some("task"), e.to_string()))?)
-        }
-        Some(other) => return Err((Some("task"), format!("must be a string, got {other}"))),
-    };
-    let own: VerifierSpec = match obj.get("verifier") {
-        None | Some(Value::Null) => VerifierSpec::default(),
-        Some(v) => spec_from_json(v)?,
-    };
-    let task = match (task, own.task) {
-        (Some(t), Some(v)) if t != v => {
-            return Err((
-                Some("verifier.task"),
-                format!("{v} differs from the record's task {t}"),
-            ))
-        }
-        (Some(t), _) | (None, Some(t)) => t,
-        (None, None) => return Err((Some("task"), "missing".to_owned())),
-    };
-    let run_defaults = VerifierSpec {
-        task: Some(task),
-        protocol: Some(opts.verify.protocol),
-        reward: Some(opts.rewards.get(&task).copied().unwrap_or_default()),
-        ..VerifierSpec::default()
-    };
-    let spec = run_defaults.overridden_by(&own).resolved();
-    let verifier = factory
-        .build(&spec)
-        .map_err(|e| (Some(spec_error_field(&e)), e.to_string()))?;
-    Ok((spec, verifier))
-}
-
-/// The record field a spec error is about (`verifier.choices`, …).
-fn spec_error_field(e: &metis_verify::SpecError) -> &'static str {
-    use metis_verify::SpecError;
-    let field = match e {
-        SpecError::WrongTask { field, .. } | SpecError::BadValue { field, .. } => *field,
-        _ => "",
-    };
-    match field {
-        "choices" => "verifier.choices",
-        "multi" => "verifier.multi",
-        "cvss_version" => "verifier.cvss_version",
-        "cwe_hierarchy" => "verifier.cwe_hierarchy",
-        "credit_parent" => "verifier.credit_parent",
-        "attack_catalog" => "verifier.attack_catalog",
-        "ifeval_mode" => "verifier.ifeval_mode",
-        "math_extraction" => "verifier.math_extraction",
-        "taa_rule" => "verifier.taa_rule",
-        "qa_rule" => "verifier.qa_rule",
-        "bbh_answer" => "verifier.bbh_answer",
-        "bbh_extraction" => "verifier.bbh_extraction",
-        "code_timeout_ms" => "verifier.code_timeout_ms",
-        "code_memory_mib" => "verifier.code_memory_mib",
-        "code_interpreter" => "verifier.code_interpreter",
-        "code_unsafe_no_isolation" => "verifier.code_unsafe_no_isolation",
-        _ => "verifier",
-    }
-}
-
-/// A record's `verifier` object. Protocol names are accepted in the CLI's spelling too
-/// (`last-line`), and errors name the offending field.
-fn spec_from_json(v: &Value) -> Result<VerifierSpec, FieldError> {
-    let mut v = v.clone();
-    if let Some(Value::String(p)) = v.get("protocol") {
-        let protocol: Protocol = p
-            .parse()
-            .map_err(|e: String| (Some("verifier.protocol"), e))?;
-        v["protocol"] =
-            serde_json::to_value(protocol).map_err(|e| (Some("verifier"), e.to_string()))?;
-    }
-    if let Some(Value::String(r)) = v.get("reward") {
-        let reward: metis_verify::RewardShape = r
-            .parse()
-            .map_err(|e: String| (Some("verifier.reward"), e))?;
-        v["reward"] =
-            serde_json::to_value(reward).map_err(|e| (Some("verifier"), e.to_string()))?;
-    }
-    if let Some(Value::String(c)) = v.get("cvss_version") {
-        if c.parse::<metis_verify::cvss::Version>().is_err() {
-            return Err((
-                Some("verifier.cvss_version"),
-                format!("{c:?}: expected 2.0, 3.0, 3.1 or 4.0"),
-            ));
-        }
-    }
-    let spec: VerifierSpec =
-        serde_json::from_value(v).map_err(|e| (Some("verifier"), e.to_string()))?;
-    spec.task
-        .map_or(Ok(()), |_| spec.validate().map(|_| ()))
-        .map_err(|e| (Some(spec_error_field(&e)), e.to_string()))?;
-    Ok(spec)
 }
 
 // ---------------------------------------------------------------------------------------------
