@@ -53,8 +53,6 @@
 
 mod error;
 mod fused;
-#[cfg(test)]
-mod fused_tests;
 mod layers;
 mod layout;
 mod rope;

@@ -5,11 +5,11 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::fused::{self, AttentionMask};
-use super::layers::{dense_attention, mm, rms_norm_spelled, swiglu_spelled};
-use super::layout::BatchLayout;
-use super::logprobs_spelled;
-use super::rope::Rope;
+use crate::model::fused::{self, AttentionMask};
+use crate::model::layers::{dense_attention, mm, rms_norm_spelled, swiglu_spelled};
+use crate::model::layout::BatchLayout;
+use crate::model::logprobs_spelled;
+use crate::model::rope::Rope;
 use crate::rng::SplitMix64;
 use metis_engine::config::{RopeConfig, RopeScaling};
 
