@@ -533,9 +533,10 @@ impl ModelConfig {
         self.num_attention_heads / self.num_key_value_heads
     }
 
-    /// Whether the architecture applies RMSNorm to each q/k head before rope (Qwen3).
+    /// Whether the architecture applies RMSNorm to each q/k head before rope (Qwen3), as its
+    /// declaration in the parameter table says.
     pub fn has_qk_norm(&self) -> bool {
-        self.architecture == Architecture::Qwen3
+        crate::model::params::ArchitectureTensors::of(self.architecture).qk_norm
     }
 }
 

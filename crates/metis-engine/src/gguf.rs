@@ -4,14 +4,14 @@
 //!
 //! Layout conventions shared by the reader ([`crate::model::Model::load_gguf`]) and the writer:
 //!
-//! * tensor names `token_embd.weight`, `blk.N.{attn_q,attn_k,attn_v,attn_output}.{weight,bias}`,
-//!   `blk.N.{attn_q_norm,attn_k_norm,attn_norm,ffn_norm}.weight`,
-//!   `blk.N.{ffn_gate,ffn_up,ffn_down}.weight`, `output_norm.weight`, `output.weight`
-//!   (absent = tied to `token_embd.weight`), `rope_freqs.weight` (Llama-3 rope scaling as
-//!   per-dimension divisors of the inverse frequencies);
+//! * tensor names, shapes and order as the parameter table ([`crate::model::params`]) lists
+//!   them (`token_embd.weight`, `blk.N.attn_q.weight`, …, `output_norm.weight`,
+//!   `output.weight`, absent = tied to `token_embd.weight`), plus `rope_freqs.weight` (Llama-3
+//!   rope scaling as per-dimension divisors of the inverse frequencies);
 //! * for `llama` only, the rows of Q and K (weights and biases) are permuted per head from the
-//!   HF "rotate_half" rope layout to llama.cpp's interleaved one (`LlamaModel.permute`); the
-//!   loader undoes it row by row on the raw blocks (exact for every storage type);
+//!   HF "rotate_half" rope layout to llama.cpp's interleaved one (`LlamaModel.permute`; the
+//!   table's `gguf_row_permutation`); the loader undoes it row by row on the raw blocks (exact
+//!   for every storage type);
 //! * 1-D tensors (norms, biases, rope factors) are F32.
 
 use std::collections::HashMap;
@@ -25,6 +25,10 @@ use candle_core::{DType, Device, Tensor};
 pub use candle_core::quantized::GgmlDType;
 
 use crate::config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
+use crate::model::params::{
+    CheckpointFormat, ModelParams, ParamRole, ParamSpec, Projection, EMBED_TOKENS, GGUF_ROPE_FREQS,
+    OUTPUT_HEAD,
+};
 use crate::model::EngineError;
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -207,27 +211,30 @@ pub fn config_from_gguf(content: &Content, file: &str) -> Result<ModelConfig> {
         }
     };
 
-    let embd = content
-        .tensor_infos
-        .get("token_embd.weight")
-        .ok_or_else(|| EngineError::MissingTensor {
-            name: "token_embd.weight".into(),
-        })?;
+    let embd =
+        content
+            .tensor_infos
+            .get(EMBED_TOKENS.gguf)
+            .ok_or_else(|| EngineError::MissingTensor {
+                name: EMBED_TOKENS.gguf.into(),
+            })?;
     let vocab_size = match embd.shape.dims() {
         [v, h] if *h == hidden_size => *v,
         dims => {
             return Err(EngineError::Shape {
-                name: "token_embd.weight".into(),
+                name: EMBED_TOKENS.gguf.into(),
                 expected: vec![0, hidden_size],
                 got: dims.to_vec(),
             })
         }
     };
+    // The optional tensors the table lists, read back from what the file holds.
     let has = |name: &str| content.tensor_infos.contains_key(name);
-    let tie_word_embeddings = !has("output.weight");
-    let qkv_bias = has("blk.0.attn_q.bias");
-    let o_bias = has("blk.0.attn_output.bias");
-    let mlp_bias = has("blk.0.ffn_up.bias");
+    let has_bias = |p: Projection| has(&format!("{}.bias", p.gguf_module(0)));
+    let tie_word_embeddings = !has(OUTPUT_HEAD.gguf);
+    let qkv_bias = has_bias(Projection::Q);
+    let o_bias = has_bias(Projection::O);
+    let mlp_bias = has_bias(Projection::Up);
 
     let bos_token_id = m.opt_u64("tokenizer.ggml.bos_token_id")?.map(|x| x as u32);
     let eos_token_ids = end_of_sequence_ids(&m)?;
@@ -445,15 +452,15 @@ impl FileType {
     }
 
     /// Wanted type of a matrix by its role (before the row-length fallback).
-    fn wanted(self, role: Role, layer: usize, layers: usize) -> GgmlDType {
+    fn wanted(self, role: MixRole, layer: usize, layers: usize) -> GgmlDType {
         let base = match self {
             FileType::All(t) => return t,
             FileType::Q4KM => GgmlDType::Q4K,
             FileType::Q5KM => GgmlDType::Q5K,
         };
         match role {
-            Role::Output => GgmlDType::Q6K,
-            Role::AttnV | Role::FfnDown if use_more_bits(layer, layers) => GgmlDType::Q6K,
+            MixRole::Output => GgmlDType::Q6K,
+            MixRole::AttnV | MixRole::FfnDown if use_more_bits(layer, layers) => GgmlDType::Q6K,
             _ => base,
         }
     }
@@ -461,12 +468,25 @@ impl FileType {
 
 /// What a matrix is, for the mixes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
+enum MixRole {
     /// `output.weight`, or `token_embd.weight` of a tied model (it is the output too).
     Output,
     AttnV,
     FfnDown,
     Other,
+}
+
+impl MixRole {
+    /// The mix role of a tensor with table role `role` in a model whose head is `tied` or not.
+    fn of(role: ParamRole, tied: bool) -> Self {
+        match role {
+            ParamRole::OutputHead => MixRole::Output,
+            ParamRole::Embedding if tied => MixRole::Output,
+            ParamRole::LinearWeight(Projection::V) => MixRole::AttnV,
+            ParamRole::LinearWeight(Projection::Down) => MixRole::FfnDown,
+            _ => MixRole::Other,
+        }
+    }
 }
 
 /// llama.cpp's layers that get more bits in the `_M` mixes: the first and last eighth and
@@ -566,135 +586,82 @@ pub fn write_gguf(hf_dir: &Path, out: &Path, file_type: impl Into<FileType>) -> 
     let files = crate::model::safetensors_files(hf_dir)?;
     // SAFETY: read-only memory map; the files must not change while converting.
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
-    let cpu = Device::Cpu;
-    let load = |name: &str| -> Result<Tensor> {
-        if st.get(name).is_err() {
-            return Err(EngineError::MissingTensor {
-                name: name.to_string(),
-            });
-        }
-        Ok(st.load(name, &cpu)?.to_dtype(DType::F32)?)
-    };
+    let mut tensors = ModelParams::new(&cfg)
+        .iter()
+        .map(|spec| Ok((spec.gguf_name.clone(), gguf_tensor(&st, spec, ftype, &cfg)?)))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(factors) = rope_freq_factors(&cfg) {
+        let n = factors.len();
+        let t = Tensor::from_vec(factors, n, &Device::Cpu)?;
+        tensors.push((
+            GGUF_ROPE_FREQS.into(),
+            QTensor::quantize(&t, GgmlDType::F32)?,
+        ));
+    }
+    let mut md = model_metadata(&cfg, hf_dir, ftype);
+    md.extend(tokenizer_metadata(hf_dir, cfg.vocab_size)?);
+
+    let file = std::fs::File::create(out).map_err(|e| io_err(out, e))?;
+    let mut w = std::io::BufWriter::new(file);
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut w, &md_refs, &t_refs)?;
+    use std::io::Write;
+    w.flush().map_err(|e| io_err(out, e))?;
+    Ok(())
+}
+
+/// The tensor of table row `spec` as llama.cpp's converter stores it: read from the HF
+/// checkpoint and checked against the table, rows permuted where the table says so, a matrix
+/// in the type `ftype` picks for its role, a vector (norm, bias) in F32.
+fn gguf_tensor(
+    st: &candle_core::safetensors::MmapedSafetensors,
+    spec: &ParamSpec,
+    ftype: FileType,
+    cfg: &ModelConfig,
+) -> Result<QTensor> {
+    let name = &spec.hf_name;
+    let stored = st.get(name).ok().map(|view| view.shape().to_vec());
+    spec.check(CheckpointFormat::Hf, stored.as_deref())?;
+    let mut t = st.load(name, &Device::Cpu)?.to_dtype(DType::F32)?;
+    if let Some(heads) = spec.gguf_row_permutation {
+        t = permute_dense(&t, heads)?;
+    }
+    if t.rank() == 1 {
+        return Ok(QTensor::quantize(&t, GgmlDType::F32)?);
+    }
+    let role = MixRole::of(spec.role, cfg.tie_word_embeddings);
+    // Only attn_v and ffn_down choose by layer; the model-level matrices pass layer 0.
+    let want = ftype.wanted(role, spec.layer.unwrap_or(0), cfg.num_hidden_layers);
+    Ok(QTensor::quantize(&t, fit_type(want, t.dim(1)?))?)
+}
+
+/// Llama-3 rope scaling as llama.cpp stores it, per-dimension divisors [head_dim / 2] for
+/// `rope_freqs.weight`; None for the other scalings.
+fn rope_freq_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
+    match &cfg.rope.scaling {
+        RopeScaling::None | RopeScaling::Linear { .. } => None,
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => Some(llama3_rope_factors(
+            cfg.rope.theta,
+            cfg.head_dim,
+            *factor,
+            *low_freq_factor,
+            *high_freq_factor,
+            *original_max_position_embeddings,
+        )),
+        RopeScaling::FreqFactors { factors } => Some(factors.clone()),
+    }
+}
+
+/// The `general.*` and `{arch}.*` metadata of the model in `hf_dir` and its special token ids,
+/// in the order llama.cpp's converter writes them.
+fn model_metadata(cfg: &ModelConfig, hf_dir: &Path, ftype: FileType) -> Vec<(String, Value)> {
     let arch = arch_name(cfg.architecture);
-    let is_llama = cfg.architecture == Architecture::Llama;
-    let layers = cfg.num_hidden_layers;
-
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    fn push_2d(
-        tensors: &mut Vec<(String, QTensor)>,
-        name: String,
-        t: Tensor,
-        want: GgmlDType,
-    ) -> Result<()> {
-        let row_len = t.dim(1)?;
-        let q = QTensor::quantize(&t, fit_type(want, row_len))?;
-        tensors.push((name, q));
-        Ok(())
-    }
-    let embd_role = if cfg.tie_word_embeddings {
-        Role::Output
-    } else {
-        Role::Other
-    };
-    push_2d(
-        &mut tensors,
-        "token_embd.weight".into(),
-        load("model.embed_tokens.weight")?,
-        ftype.wanted(embd_role, 0, layers),
-    )?;
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let b = format!("blk.{i}");
-        let heads = [
-            ("q_proj", "attn_q", Some(cfg.num_attention_heads)),
-            ("k_proj", "attn_k", Some(cfg.num_key_value_heads)),
-            ("v_proj", "attn_v", None),
-            ("o_proj", "attn_output", None),
-        ];
-        for (hf, gg, n_head) in heads {
-            let perm = if is_llama { n_head } else { None };
-            let mut w = load(&format!("{p}.self_attn.{hf}.weight"))?;
-            if let Some(n) = perm {
-                w = permute_dense(&w, n)?;
-            }
-            let role = if gg == "attn_v" {
-                Role::AttnV
-            } else {
-                Role::Other
-            };
-            let want = ftype.wanted(role, i, layers);
-            push_2d(&mut tensors, format!("{b}.{gg}.weight"), w, want)?;
-            let has_bias = if hf == "o_proj" {
-                cfg.o_bias
-            } else {
-                cfg.qkv_bias
-            };
-            if has_bias {
-                let mut bias = load(&format!("{p}.self_attn.{hf}.bias"))?;
-                if let Some(n) = perm {
-                    bias = permute_dense(&bias, n)?;
-                }
-                tensors.push((
-                    format!("{b}.{gg}.bias"),
-                    QTensor::quantize(&bias, GgmlDType::F32)?,
-                ));
-            }
-        }
-        if cfg.has_qk_norm() {
-            for (hf, gg) in [("q_norm", "attn_q_norm"), ("k_norm", "attn_k_norm")] {
-                let t = load(&format!("{p}.self_attn.{hf}.weight"))?;
-                tensors.push((
-                    format!("{b}.{gg}.weight"),
-                    QTensor::quantize(&t, GgmlDType::F32)?,
-                ));
-            }
-        }
-        for (hf, gg) in [
-            ("gate_proj", "ffn_gate"),
-            ("up_proj", "ffn_up"),
-            ("down_proj", "ffn_down"),
-        ] {
-            let w = load(&format!("{p}.mlp.{hf}.weight"))?;
-            let role = if gg == "ffn_down" {
-                Role::FfnDown
-            } else {
-                Role::Other
-            };
-            let want = ftype.wanted(role, i, layers);
-            push_2d(&mut tensors, format!("{b}.{gg}.weight"), w, want)?;
-            if cfg.mlp_bias {
-                let bias = load(&format!("{p}.mlp.{hf}.bias"))?;
-                tensors.push((
-                    format!("{b}.{gg}.bias"),
-                    QTensor::quantize(&bias, GgmlDType::F32)?,
-                ));
-            }
-        }
-        for (hf, gg) in [
-            ("input_layernorm", "attn_norm"),
-            ("post_attention_layernorm", "ffn_norm"),
-        ] {
-            let t = load(&format!("{p}.{hf}.weight"))?;
-            tensors.push((
-                format!("{b}.{gg}.weight"),
-                QTensor::quantize(&t, GgmlDType::F32)?,
-            ));
-        }
-    }
-    let norm = load("model.norm.weight")?;
-    tensors.push((
-        "output_norm.weight".into(),
-        QTensor::quantize(&norm, GgmlDType::F32)?,
-    ));
-    if !cfg.tie_word_embeddings {
-        push_2d(
-            &mut tensors,
-            "output.weight".into(),
-            load("lm_head.weight")?,
-            ftype.wanted(Role::Output, 0, layers),
-        )?;
-    }
-
     let u32v = |x: usize| Value::U32(x as u32);
     let mut md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
@@ -740,47 +707,15 @@ pub fn write_gguf(hf_dir: &Path, out: &Path, file_type: impl Into<FileType>) -> 
         ),
         (format!("{arch}.vocab_size"), u32v(cfg.vocab_size)),
     ];
-    match &cfg.rope.scaling {
-        RopeScaling::None => {}
-        RopeScaling::Linear { factor } => {
-            md.push((
-                format!("{arch}.rope.scaling.type"),
-                Value::String("linear".into()),
-            ));
-            md.push((
-                format!("{arch}.rope.scaling.factor"),
-                Value::F32(*factor as f32),
-            ));
-        }
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => {
-            let f = llama3_rope_factors(
-                cfg.rope.theta,
-                cfg.head_dim,
-                *factor,
-                *low_freq_factor,
-                *high_freq_factor,
-                *original_max_position_embeddings,
-            );
-            let n = f.len();
-            let t = Tensor::from_vec(f, n, &cpu)?;
-            tensors.push((
-                "rope_freqs.weight".into(),
-                QTensor::quantize(&t, GgmlDType::F32)?,
-            ));
-        }
-        RopeScaling::FreqFactors { factors } => {
-            let n = factors.len();
-            let t = Tensor::from_vec(factors.clone(), n, &cpu)?;
-            tensors.push((
-                "rope_freqs.weight".into(),
-                QTensor::quantize(&t, GgmlDType::F32)?,
-            ));
-        }
+    if let RopeScaling::Linear { factor } = &cfg.rope.scaling {
+        md.push((
+            format!("{arch}.rope.scaling.type"),
+            Value::String("linear".into()),
+        ));
+        md.push((
+            format!("{arch}.rope.scaling.factor"),
+            Value::F32(*factor as f32),
+        ));
     }
     if let Some(bos) = cfg.bos_token_id {
         md.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)));
@@ -798,17 +733,7 @@ pub fn write_gguf(hf_dir: &Path, out: &Path, file_type: impl Into<FileType>) -> 
             Value::U32(eos[eos.len() - 1]),
         ));
     }
-
-    md.extend(tokenizer_metadata(hf_dir, cfg.vocab_size)?);
-
-    let file = std::fs::File::create(out).map_err(|e| io_err(out, e))?;
-    let mut w = std::io::BufWriter::new(file);
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut w, &md_refs, &t_refs)?;
-    use std::io::Write;
-    w.flush().map_err(|e| io_err(out, e))?;
-    Ok(())
+    md
 }
 
 /// llama.cpp tokenizer metadata for the checkpoint in `hf_dir`: the byte-level BPE of its

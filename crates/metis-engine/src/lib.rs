@@ -6,8 +6,8 @@
 //! 1. [`loader::load_model`] is the one way in: a Hugging Face directory (`config.json`,
 //!    safetensors, `tokenizer.json`, chat template) or a llama.cpp GGUF file (weights,
 //!    tokenizer and chat template in one file, [`gguf`]) becomes a [`loader::LoadedModel`]: the
-//!    [`model::Model`] (weights by name through `model::weights`, one decoder per
-//!    architecture in [`config::Config`]), its [`tokenizer::Tokenizer`], its
+//!    [`model::Model`] (one decoder for every [`config::Architecture`], its weights read by
+//!    the parameter table [`model::params`]), its [`tokenizer::Tokenizer`], its
 //!    [`chat::ChatTemplate`] and its stop ids. Every caller (generate, chat, serve, the guard,
 //!    local evaluation, the trainers' base models) loads through it.
 //! 2. [`chat::ChatTemplate::render`] turns [`chat::Message`]s into the prompt text (minijinja,

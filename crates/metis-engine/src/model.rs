@@ -1,14 +1,9 @@
 //! Model architectures: one decoder-only transformer covering Llama 3.x, Qwen2 and Qwen3.
 //!
-//! Shared layers live in [`layers`]; the per-architecture differences are explicit in
-//! [`crate::config::ModelConfig`] (bias flags, `has_qk_norm`) and applied when the weights are
-//! loaded by their Hugging Face names:
-//!
-//! | arch  | q/k/v bias | o bias | q_norm/k_norm | lm_head |
-//! |-------|------------|--------|---------------|---------|
-//! | Llama | `attention_bias` | `attention_bias` | no | tied or own |
-//! | Qwen2 | always | no | no | tied or own |
-//! | Qwen3 | `attention_bias` | `attention_bias` | yes (per head, before rope) | tied or own |
+//! Shared layers live in [`layers`]; the per-architecture differences are only which tensors
+//! exist (biases, Qwen3's per-head q/k norms, a tied or own output head), declared with their
+//! names and shapes in the one parameter table, [`params`], which both loaders (HF safetensors
+//! and GGUF) walk.
 //!
 //! Numerics follow HF eager attention: compute in the weights' dtype, RMSNorm and softmax in
 //! f32, rope tables in f32 cast to the activation dtype.
@@ -17,6 +12,7 @@ mod cache;
 mod error;
 mod gguf_load;
 mod layers;
+pub mod params;
 mod ragged;
 mod rope;
 mod weights;
@@ -30,7 +26,10 @@ pub use error::EngineError;
 pub use weights::safetensors_files;
 
 use crate::config::ModelConfig;
-use layers::{causal_mask, padded_causal_mask, DecoderLayer, Embedding, Linear, RmsNorm};
+use layers::{
+    causal_mask, padded_causal_mask, DecoderLayer, Embedding, LayerSource, Linear, RmsNorm,
+};
+use params::ModelParams;
 use rope::Rope;
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -125,17 +124,19 @@ impl Model {
         dtype: DType,
         device: &Device,
     ) -> Result<Model> {
-        let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let embed_tokens = w.embedding("model.embed_tokens.weight", vocab, hidden)?;
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| w.decoder_layer(&config, i))
+        let params = ModelParams::new(&config);
+        let embed_tokens = w.embedding(&params.embed_tokens)?;
+        let layers = params
+            .layers
+            .iter()
+            .map(|p| DecoderLayer::load(w, &config, p))
             .collect::<Result<Vec<_>>>()?;
-        let norm = w.rms_norm("model.norm.weight", hidden, config.rms_norm_eps)?;
+        let norm = w.rms_norm(&params.norm, config.rms_norm_eps)?;
         // Tied checkpoints carry no lm_head.weight (and HF ignores one if present).
-        let lm_head = match (&embed_tokens, config.tie_word_embeddings) {
-            (Embedding::Quantized(view), true) => Linear::from_matrix(view.clone(), None),
-            (Embedding::Dense(t), true) => Linear::dense(t.to_dtype(w.matmul_dtype())?, None)?,
-            (_, false) => w.head("lm_head.weight", vocab, hidden)?,
+        let lm_head = match (&embed_tokens, &params.lm_head) {
+            (_, Some(head)) => w.head(head)?,
+            (Embedding::Quantized(view), None) => Linear::from_matrix(view.clone(), None),
+            (Embedding::Dense(t), None) => Linear::dense(t.to_dtype(w.matmul_dtype())?, None)?,
         };
         let rope = Rope::new(&config.rope, config.head_dim);
         Ok(Model {

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use metis_engine::model::params::EMBED_TOKENS;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -388,7 +389,7 @@ pub fn merge_lora(base_dir: &Path, adapter_dir: &Path, out_dir: &Path) -> Result
             }
             _ => w,
         };
-        if name == "model.embed_tokens.weight" {
+        if name == EMBED_TOKENS.hf {
             dtype = Some(w.dtype());
         }
         out.push((name, w));

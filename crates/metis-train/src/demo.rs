@@ -23,6 +23,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use metis_engine::config::ModelConfig;
+use metis_engine::model::params::{ModelParams, ParamRole};
 use metis_verify::cvss::{Severity, Vector};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -372,75 +374,72 @@ pub fn train_tokenizer(corpus: &[String], vocab: usize) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-/// A random-init tied Llama of the demo shape (N(0, 0.02) weights, unit norms).
+/// A random-init tied Llama of the demo shape: every tensor the parameter table lists for its
+/// config, matrices N(0, 0.02), norms ones (drawn in table order, so one seed is one model).
 fn write_model(cfg: &DemoConfig, dir: &Path, bos: u32, eot: u32) -> Result<()> {
-    let head_dim = cfg.hidden / cfg.heads;
-    write_json(
-        &dir.join("config.json"),
-        &json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": cfg.hidden,
-            "intermediate_size": cfg.intermediate,
-            "num_hidden_layers": cfg.layers,
-            "num_attention_heads": cfg.heads,
-            "num_key_value_heads": cfg.kv_heads,
-            "head_dim": head_dim,
-            "rms_norm_eps": 1e-5,
-            "vocab_size": cfg.vocab,
-            "max_position_embeddings": 512,
-            "rope_theta": 10000.0,
-            "tie_word_embeddings": true,
-            "bos_token_id": bos,
-            "eos_token_id": eot,
-            "torch_dtype": "float32",
-            "hidden_act": "silu",
-            "attention_bias": false,
-            "mlp_bias": false,
-        }),
-    )?;
-    let dev = Device::Cpu;
+    let config_json = demo_config_json(cfg, bos, eot);
+    let config_path = dir.join("config.json");
+    write_json(&config_path, &config_json)?;
+    let config =
+        ModelConfig::from_json_str(&config_json.to_string(), &config_path.display().to_string())?;
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x6d65_7469_735f_6465);
-    let mut randn = |rows: usize, cols: usize, std: f64| -> Result<Tensor> {
-        // Box-Muller from the seeded generator: the same seed gives the same model everywhere.
-        let n = rows * cols;
-        let mut v = Vec::with_capacity(n);
-        while v.len() < n {
-            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
-            let r = (-2.0 * u1.ln()).sqrt();
-            v.push((r * (std::f64::consts::TAU * u2).cos() * std) as f32);
-            v.push((r * (std::f64::consts::TAU * u2).sin() * std) as f32);
-        }
-        v.truncate(n);
-        Ok(Tensor::from_vec(v, (rows, cols), &dev)?)
-    };
-    let (h, kv) = (cfg.hidden, cfg.kv_heads * head_dim);
-    let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu);
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    tensors.insert(
-        "model.embed_tokens.weight".into(),
-        randn(cfg.vocab, h, 0.02)?,
-    );
-    tensors.insert("model.norm.weight".into(), ones(h)?);
-    for l in 0..cfg.layers {
-        let p = format!("model.layers.{l}");
-        for (name, (r, c)) in [
-            ("self_attn.q_proj", (h, h)),
-            ("self_attn.k_proj", (kv, h)),
-            ("self_attn.v_proj", (kv, h)),
-            ("self_attn.o_proj", (h, h)),
-            ("mlp.gate_proj", (cfg.intermediate, h)),
-            ("mlp.up_proj", (cfg.intermediate, h)),
-            ("mlp.down_proj", (h, cfg.intermediate)),
-        ] {
-            tensors.insert(format!("{p}.{name}.weight"), randn(r, c, 0.02)?);
-        }
-        tensors.insert(format!("{p}.input_layernorm.weight"), ones(h)?);
-        tensors.insert(format!("{p}.post_attention_layernorm.weight"), ones(h)?);
+    for spec in ModelParams::new(&config).iter() {
+        let t = match spec.role {
+            ParamRole::Norm => Tensor::ones(spec.shape.as_slice(), DType::F32, &Device::Cpu)?,
+            ParamRole::LinearBias(_) => {
+                Tensor::zeros(spec.shape.as_slice(), DType::F32, &Device::Cpu)?
+            }
+            ParamRole::Embedding | ParamRole::LinearWeight(_) | ParamRole::OutputHead => {
+                randn(&mut rng, &spec.shape, 0.02)?
+            }
+        };
+        tensors.insert(spec.hf_name.clone(), t);
     }
     let path = dir.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &path)?;
     Ok(())
+}
+
+/// The demo model's `config.json`: a tied Llama without biases.
+fn demo_config_json(cfg: &DemoConfig, bos: u32, eot: u32) -> serde_json::Value {
+    let head_dim = cfg.hidden / cfg.heads;
+    json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": cfg.hidden,
+        "intermediate_size": cfg.intermediate,
+        "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": head_dim,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": cfg.vocab,
+        "max_position_embeddings": 512,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": true,
+        "bos_token_id": bos,
+        "eos_token_id": eot,
+        "torch_dtype": "float32",
+        "hidden_act": "silu",
+        "attention_bias": false,
+        "mlp_bias": false,
+    })
+}
+
+/// N(0, std) values of `shape` from `rng`, by Box-Muller: the same seed gives the same model
+/// everywhere.
+fn randn(rng: &mut StdRng, shape: &[usize], std: f64) -> Result<Tensor> {
+    let n = shape.iter().product();
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+        let r = (-2.0 * u1.ln()).sqrt();
+        v.push((r * (std::f64::consts::TAU * u2).cos() * std) as f32);
+        v.push((r * (std::f64::consts::TAU * u2).sin() * std) as f32);
+    }
+    v.truncate(n);
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
 fn io(path: &Path, e: std::io::Error) -> TrainError {

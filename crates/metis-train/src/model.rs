@@ -64,6 +64,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, Var, D};
 use metis_engine::config::ModelConfig;
+use metis_engine::model::params::{
+    CheckpointFormat, LayerParams, LinearParams, ModelParams, ParamSpec, Projection,
+};
 
 pub use error::{Result, TrainError};
 pub use layout::BatchLayout;
@@ -131,57 +134,24 @@ pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// The safetensors files of an HF model directory (single file or sharded with an index).
 pub use metis_engine::model::safetensors_files;
 
-/// Reads weights by HF name, makes Vars of them (full fine-tuning) or keeps them frozen.
-struct Loader {
+/// Reads the weights the parameter table lists from an HF checkpoint, checked against the
+/// table's shapes, and makes Vars of them (full fine-tuning) or keeps them frozen and adds
+/// LoRA adapters.
+struct Loader<'a> {
     st: MmapedSafetensors,
     dir: PathBuf,
     dtype: DType,
     device: Device,
-    full: bool,
-    trainable: Vec<(String, Var)>,
+    lora: Option<&'a LoraConfig>,
+    /// Full fine-tuning: the base weights by HF name, in load order.
+    weight_vars: Vec<(String, Var)>,
+    /// LoRA: the adapters' A and B by PEFT name, in load order.
+    lora_vars: Vec<(String, Var)>,
 }
 
-impl Loader {
-    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        if self.st.get(name).is_err() {
-            return Err(TrainError::MissingTensor {
-                path: self.dir.clone(),
-                name: name.to_string(),
-            });
-        }
-        let t = self.st.load(name, &self.device)?;
-        if t.dims() != shape {
-            return Err(TrainError::Shape {
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                got: t.dims().to_vec(),
-            });
-        }
-        let t = t.to_dtype(self.dtype)?;
-        if self.full {
-            let v = Var::from_tensor(&t)?;
-            let t = v.as_tensor().clone();
-            self.trainable.push((name.to_string(), v));
-            Ok(t)
-        } else {
-            Ok(t)
-        }
-    }
-}
-
-impl TrainModel {
-    /// Load `dir/config.json` and the HF safetensors weights. See [`TrainModelOptions`].
-    pub fn load(dir: &Path, opts: &TrainModelOptions) -> Result<Self> {
-        if !matches!(opts.dtype, DType::F32 | DType::BF16 | DType::F64) {
-            return Err(TrainError::InvalidArgument(format!(
-                "unsupported training dtype {:?} (f32, bf16, f64)",
-                opts.dtype
-            )));
-        }
-        if let Some(l) = &opts.lora {
-            l.validate()?;
-        }
-        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+impl<'a> Loader<'a> {
+    /// Maps the safetensors files of `dir`.
+    fn open(dir: &Path, opts: &'a TrainModelOptions) -> Result<Self> {
         let files = safetensors_files(dir)?;
         for f in &files {
             if !f.is_file() {
@@ -193,139 +163,131 @@ impl TrainModel {
         }
         // SAFETY: read-only mmap of the checkpoint; the files must not change while loading.
         let st = unsafe { MmapedSafetensors::multi(&files)? };
-        let mut ld = Loader {
+        Ok(Self {
             st,
             dir: dir.to_path_buf(),
             dtype: opts.dtype,
             device: opts.device.clone(),
-            full: opts.lora.is_none(),
-            trainable: Vec::new(),
-        };
-        let lora_dtype = acc_dtype(opts.dtype);
-        let mut lora_vars = Vec::new();
-        let (h, hd, inter) = (
-            config.hidden_size,
-            config.head_dim,
-            config.intermediate_size,
-        );
-        let (nh, nkv, eps) = (
-            config.num_attention_heads,
-            config.num_key_value_heads,
-            config.rms_norm_eps,
-        );
-        let embed_tokens = ld.get("model.embed_tokens.weight", &[config.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let mut linear = |ld: &mut Loader,
-                              module: &str,
-                              short: &str,
-                              idx: u64,
-                              out: usize,
-                              inp: usize,
-                              bias: bool|
-             -> Result<Linear> {
-                let prefix = format!("{p}.{module}.{short}");
-                let weight = ld.get(&format!("{prefix}.weight"), &[out, inp])?;
-                let bias = if bias {
-                    Some(ld.get(&format!("{prefix}.bias"), &[out])?)
-                } else {
-                    None
-                };
-                let lora = match &opts.lora {
-                    Some(cfg) if cfg.targets(short) => {
-                        let ad = LoraAdapter::new(
-                            inp,
-                            out,
-                            cfg,
-                            i as u64 * 7 + idx,
-                            lora_dtype,
-                            &opts.device,
-                        )?;
-                        lora_vars.push((peft_name(&prefix, "A"), ad.a.clone()));
-                        lora_vars.push((peft_name(&prefix, "B"), ad.b.clone()));
-                        Some(ad)
-                    }
-                    _ => None,
-                };
-                Ok(Linear { weight, bias, lora })
-            };
-            let input_layernorm = ld.get(&format!("{p}.input_layernorm.weight"), &[h])?;
-            let q_proj = linear(
-                &mut ld,
-                "self_attn",
-                "q_proj",
-                0,
-                nh * hd,
-                h,
-                config.qkv_bias,
-            )?;
-            let k_proj = linear(
-                &mut ld,
-                "self_attn",
-                "k_proj",
-                1,
-                nkv * hd,
-                h,
-                config.qkv_bias,
-            )?;
-            let v_proj = linear(
-                &mut ld,
-                "self_attn",
-                "v_proj",
-                2,
-                nkv * hd,
-                h,
-                config.qkv_bias,
-            )?;
-            let (q_norm, k_norm) = if config.has_qk_norm() {
-                (
-                    Some(ld.get(&format!("{p}.self_attn.q_norm.weight"), &[hd])?),
-                    Some(ld.get(&format!("{p}.self_attn.k_norm.weight"), &[hd])?),
-                )
-            } else {
-                (None, None)
-            };
-            let o_proj = linear(&mut ld, "self_attn", "o_proj", 3, h, nh * hd, config.o_bias)?;
-            let post_attention_layernorm =
-                ld.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
-            let gate_proj = linear(&mut ld, "mlp", "gate_proj", 4, inter, h, config.mlp_bias)?;
-            let up_proj = linear(&mut ld, "mlp", "up_proj", 5, inter, h, config.mlp_bias)?;
-            let down_proj = linear(&mut ld, "mlp", "down_proj", 6, h, inter, config.mlp_bias)?;
-            layers.push(DecoderLayer {
-                input_layernorm,
-                self_attn: Attention {
-                    q_proj,
-                    k_proj,
-                    v_proj,
-                    o_proj,
-                    q_norm,
-                    k_norm,
-                    num_heads: nh,
-                    num_kv_heads: nkv,
-                    head_dim: hd,
-                    eps,
-                },
-                post_attention_layernorm,
-                mlp: Mlp {
-                    gate_proj,
-                    up_proj,
-                    down_proj,
-                },
-                eps,
-            });
+            lora: opts.lora.as_ref(),
+            weight_vars: Vec::new(),
+            lora_vars: Vec::new(),
+        })
+    }
+
+    /// Table row `spec`'s tensor in the compute dtype (a Var's tensor for full fine-tuning).
+    fn get(&mut self, spec: &ParamSpec) -> Result<Tensor> {
+        let name = &spec.hf_name;
+        let stored = self.st.get(name).ok().map(|view| view.shape().to_vec());
+        spec.check(CheckpointFormat::Hf, stored.as_deref())
+            .map_err(|e| TrainError::table_mismatch(e, &self.dir))?;
+        let t = self.st.load(name, &self.device)?.to_dtype(self.dtype)?;
+        if self.lora.is_some() {
+            return Ok(t);
         }
-        let norm = ld.get("model.norm.weight", &[h])?;
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(ld.get("lm_head.weight", &[config.vocab_size, h])?)
+        let v = Var::from_tensor(&t)?;
+        let t = v.as_tensor().clone();
+        self.weight_vars.push((name.clone(), v));
+        Ok(t)
+    }
+
+    fn linear(&mut self, p: &LinearParams) -> Result<Linear> {
+        let weight = self.get(&p.weight)?;
+        let bias = p.bias.as_ref().map(|b| self.get(b)).transpose()?;
+        let lora = self.adapter(p)?;
+        Ok(Linear { weight, bias, lora })
+    }
+
+    /// A fresh LoRA adapter for projection `p`, if the LoRA config targets it.
+    fn adapter(&mut self, p: &LinearParams) -> Result<Option<LoraAdapter>> {
+        let Some(cfg) = self.lora.filter(|c| c.targets(p.projection.hf_name())) else {
+            return Ok(None);
         };
-        let trainable = if opts.lora.is_some() {
-            lora_vars
-        } else {
-            ld.trainable
+        // One init stream per (layer, projection), numbered as since the first release.
+        let stream = (p.layer * Projection::ALL.len() + p.projection.index()) as u64;
+        let (out, inp) = (p.out_features(), p.in_features());
+        let ad = LoraAdapter::new(inp, out, cfg, stream, acc_dtype(self.dtype), &self.device)?;
+        let module = p.hf_module();
+        self.lora_vars.push((peft_name(&module, "A"), ad.a.clone()));
+        self.lora_vars.push((peft_name(&module, "B"), ad.b.clone()));
+        Ok(Some(ad))
+    }
+
+    fn decoder_layer(&mut self, cfg: &ModelConfig, p: &LayerParams) -> Result<DecoderLayer> {
+        let a = &p.self_attn;
+        let eps = cfg.rms_norm_eps;
+        let input_layernorm = self.get(&p.input_layernorm)?;
+        let q_proj = self.linear(&a.q_proj)?;
+        let k_proj = self.linear(&a.k_proj)?;
+        let v_proj = self.linear(&a.v_proj)?;
+        let q_norm = a.q_norm.as_ref().map(|s| self.get(s)).transpose()?;
+        let k_norm = a.k_norm.as_ref().map(|s| self.get(s)).transpose()?;
+        let o_proj = self.linear(&a.o_proj)?;
+        let post_attention_layernorm = self.get(&p.post_attention_layernorm)?;
+        let mlp = Mlp {
+            gate_proj: self.linear(&p.mlp.gate_proj)?,
+            up_proj: self.linear(&p.mlp.up_proj)?,
+            down_proj: self.linear(&p.mlp.down_proj)?,
         };
+        Ok(DecoderLayer {
+            input_layernorm,
+            self_attn: Attention {
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                q_norm,
+                k_norm,
+                num_heads: cfg.num_attention_heads,
+                num_kv_heads: cfg.num_key_value_heads,
+                head_dim: cfg.head_dim,
+                eps,
+            },
+            post_attention_layernorm,
+            mlp,
+            eps,
+        })
+    }
+
+    /// The trainable Vars: the adapters with LoRA, else every weight.
+    fn into_trainable(self) -> Vec<(String, Var)> {
+        if self.lora.is_some() {
+            self.lora_vars
+        } else {
+            self.weight_vars
+        }
+    }
+}
+
+/// Checks that `opts` asks for something the trainer supports.
+fn check_options(opts: &TrainModelOptions) -> Result<()> {
+    if !matches!(opts.dtype, DType::F32 | DType::BF16 | DType::F64) {
+        return Err(TrainError::InvalidArgument(format!(
+            "unsupported training dtype {:?} (f32, bf16, f64)",
+            opts.dtype
+        )));
+    }
+    match &opts.lora {
+        Some(l) => l.validate(),
+        None => Ok(()),
+    }
+}
+
+impl TrainModel {
+    /// Load `dir/config.json` and the HF safetensors weights, walking the parameter table of
+    /// the config's architecture. See [`TrainModelOptions`].
+    pub fn load(dir: &Path, opts: &TrainModelOptions) -> Result<Self> {
+        check_options(opts)?;
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let params = ModelParams::new(&config);
+        let mut ld = Loader::open(dir, opts)?;
+        let embed_tokens = ld.get(&params.embed_tokens)?;
+        let layers = params
+            .layers
+            .iter()
+            .map(|p| ld.decoder_layer(&config, p))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = ld.get(&params.norm)?;
+        let lm_head = params.lm_head.as_ref().map(|p| ld.get(p)).transpose()?;
         Ok(Self {
             rope: Rope::new(&config.rope, config.head_dim),
             config,
@@ -336,7 +298,7 @@ impl TrainModel {
             layers,
             norm,
             lm_head,
-            trainable,
+            trainable: ld.into_trainable(),
             lora: opts.lora.clone(),
             adapters_enabled: true,
             seed: opts.seed,
@@ -495,36 +457,31 @@ impl TrainModel {
     /// The base weights by HF name with their current values (the trained values for full
     /// fine-tuning; without LoRA deltas). Tied models have no `lm_head.weight`.
     pub fn named_weights(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            self.embed_tokens.clone(),
-        )];
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                l.input_layernorm.clone(),
-            ));
-            for (short, lin) in l.linears() {
-                let module = module_of(short);
-                out.push((format!("{p}.{module}.{short}.weight"), lin.weight.clone()));
-                if let Some(b) = &lin.bias {
-                    out.push((format!("{p}.{module}.{short}.bias"), b.clone()));
-                }
+        let params = ModelParams::new(&self.config);
+        let named = |spec: &ParamSpec, t: &Tensor| (spec.hf_name.clone(), t.clone());
+        let mut out = vec![named(&params.embed_tokens, &self.embed_tokens)];
+        for (p, l) in params.layers.iter().zip(&self.layers) {
+            out.push(named(&p.input_layernorm, &l.input_layernorm));
+            for (lp, lin) in p.linears().into_iter().zip(l.linears()) {
+                out.push(named(&lp.weight, &lin.weight));
+                out.extend(lp.bias.iter().zip(&lin.bias).map(|(s, b)| named(s, b)));
             }
-            if let (Some(qn), Some(kn)) = (&l.self_attn.q_norm, &l.self_attn.k_norm) {
-                out.push((format!("{p}.self_attn.q_norm.weight"), qn.clone()));
-                out.push((format!("{p}.self_attn.k_norm.weight"), kn.clone()));
-            }
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                l.post_attention_layernorm.clone(),
+            let (a, la) = (&p.self_attn, &l.self_attn);
+            out.extend(a.q_norm.iter().zip(&la.q_norm).map(|(s, t)| named(s, t)));
+            out.extend(a.k_norm.iter().zip(&la.k_norm).map(|(s, t)| named(s, t)));
+            out.push(named(
+                &p.post_attention_layernorm,
+                &l.post_attention_layernorm,
             ));
         }
-        out.push(("model.norm.weight".to_string(), self.norm.clone()));
-        if let Some(w) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), w.clone()));
-        }
+        out.push(named(&params.norm, &self.norm));
+        out.extend(
+            params
+                .lm_head
+                .iter()
+                .zip(&self.lm_head)
+                .map(|(s, t)| named(s, t)),
+        );
         out
     }
 
@@ -554,12 +511,12 @@ impl TrainModel {
 
     /// The LoRA adapters by HF module path (`model.layers.N.self_attn.q_proj`).
     pub fn lora_adapters(&self) -> Vec<(String, &LoraAdapter)> {
+        let params = ModelParams::new(&self.config);
         let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            for (short, lin) in l.linears() {
+        for (p, l) in params.layers.iter().zip(&self.layers) {
+            for (lp, lin) in p.linears().into_iter().zip(l.linears()) {
                 if let Some(a) = &lin.lora {
-                    let module = module_of(short);
-                    out.push((format!("model.layers.{i}.{module}.{short}"), a));
+                    out.push((lp.hf_module(), a));
                 }
             }
         }
@@ -583,27 +540,19 @@ impl TrainModel {
     }
 }
 
-/// `self_attn` or `mlp`, the HF parent module of a projection.
-fn module_of(short: &str) -> &'static str {
-    if matches!(short, "q_proj" | "k_proj" | "v_proj" | "o_proj") {
-        "self_attn"
-    } else {
-        "mlp"
-    }
-}
-
 impl DecoderLayer {
-    fn linears(&self) -> [(&'static str, &Linear); 7] {
+    /// The seven projections in `Projection::ALL` order (the table's `LayerParams::linears`).
+    fn linears(&self) -> [&Linear; 7] {
         let a = &self.self_attn;
         let m = &self.mlp;
         [
-            ("q_proj", &a.q_proj),
-            ("k_proj", &a.k_proj),
-            ("v_proj", &a.v_proj),
-            ("o_proj", &a.o_proj),
-            ("gate_proj", &m.gate_proj),
-            ("up_proj", &m.up_proj),
-            ("down_proj", &m.down_proj),
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
         ]
     }
 }

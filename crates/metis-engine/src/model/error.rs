@@ -36,3 +36,23 @@ pub enum EngineError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
+
+/// A checkpoint that does not match the parameter table: the engine's own variants, so that
+/// callers see the same errors whichever loader found the mismatch.
+impl From<super::params::ParamError> for EngineError {
+    fn from(e: super::params::ParamError) -> Self {
+        use super::params::ParamError;
+        match e {
+            ParamError::Missing { name } => EngineError::MissingTensor { name },
+            ParamError::Shape {
+                name,
+                expected,
+                got,
+            } => EngineError::Shape {
+                name,
+                expected,
+                got,
+            },
+        }
+    }
+}

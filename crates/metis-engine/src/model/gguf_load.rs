@@ -12,13 +12,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{QStorage, QTensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::layers::{Attention, DecoderLayer, Embedding, Linear, Mlp, RmsNorm};
+use super::layers::{DecoderLayer, Embedding, LayerSource, Linear, RmsNorm};
+use super::params::{self, LinearParams, ModelParams, ParamSpec, GGUF_ROPE_FREQS};
 use super::rope::Rope;
 use super::{EngineError, Model};
-use crate::config::{Architecture, ModelConfig, RopeScaling};
+use crate::config::{ModelConfig, RopeScaling};
 use crate::gguf;
 use crate::quant::{QMatrix, SharedBytes};
 
@@ -36,26 +37,11 @@ impl GgufReader {
         self.content.tensor_infos.contains_key(name)
     }
 
-    /// Type, byte range and logical shape check of tensor `name`.
-    fn locate(
-        &self,
-        name: &str,
-        shape: &[usize],
-    ) -> Result<(candle_core::quantized::GgmlDType, usize, usize)> {
-        let info =
-            self.content
-                .tensor_infos
-                .get(name)
-                .ok_or_else(|| EngineError::MissingTensor {
-                    name: name.to_string(),
-                })?;
-        if info.shape.dims() != shape {
-            return Err(EngineError::Shape {
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                got: info.shape.dims().to_vec(),
-            });
-        }
+    /// Type and byte range of tensor `name`, after checking it has `shape`.
+    fn locate(&self, name: &str, shape: &[usize]) -> Result<(GgmlDType, usize, usize)> {
+        let info = self.content.tensor_infos.get(name);
+        params::check_shape(name, shape, info.map(|i| i.shape.dims()))?;
+        let info = &self.content.tensor_infos[name];
         let dtype = info.ggml_dtype;
         let elems: usize = shape.iter().product();
         let len = elems / dtype.block_size() * dtype.type_size();
@@ -73,12 +59,13 @@ impl GgufReader {
         Ok((dtype, start, len))
     }
 
-    /// Matrix `name` [rows, cols] viewed in place (CPU).
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
-        let (dtype, start, _) = self.locate(name, &[rows, cols])?;
+    /// Matrix `spec` viewed in place (CPU), rows in stored order.
+    fn matrix(&self, spec: &ParamSpec) -> Result<QMatrix> {
+        let (dtype, start, _) = self.locate(&spec.gguf_name, &spec.shape)?;
+        let (rows, cols) = spec.rows_cols();
         QMatrix::new(self.map.clone(), start, dtype, rows, cols).map_err(|e| EngineError::Config {
             file: self.file.clone(),
-            field: name.to_string(),
+            field: spec.gguf_name.clone(),
             detail: e.to_string(),
         })
     }
@@ -92,43 +79,39 @@ impl GgufReader {
         Ok(Tensor::from_vec(out, shape, &self.device)?)
     }
 
-    /// Dense f32 vector, rows un-permuted over `unpermute_heads` if given.
-    fn vector(&self, name: &str, len: usize, unpermute_heads: Option<usize>) -> Result<Tensor> {
-        let t = self.dense(name, &[len])?;
-        match unpermute_heads {
-            None => Ok(t),
-            Some(n) => {
-                let v = t.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
-                let order = gguf::unpermute_order(len, n)?;
-                let v: Vec<f32> = order.iter().map(|&r| v[r as usize]).collect();
-                Ok(Tensor::from_vec(v, len, &self.device)?)
-            }
-        }
+    /// Dense f32 vector in HF row order (un-permuted where the table says it is stored
+    /// permuted).
+    fn vector(&self, spec: &ParamSpec) -> Result<Tensor> {
+        let t = self.dense(&spec.gguf_name, &spec.shape)?;
+        let Some(heads) = spec.gguf_row_permutation else {
+            return Ok(t);
+        };
+        let v = t.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+        let order = gguf::unpermute_order(v.len(), heads)?;
+        let v: Vec<f32> = order.iter().map(|&r| v[r as usize]).collect();
+        Ok(Tensor::from_vec(v, spec.shape.as_slice(), &self.device)?)
     }
 
-    /// A linear layer's weight: a view on the CPU, an uploaded `QTensor` elsewhere.
-    fn weight(
-        &self,
-        name: &str,
-        out: usize,
-        inp: usize,
-        unpermute_heads: Option<usize>,
-    ) -> Result<Linear> {
+    /// A bias-free linear layer over matrix `spec`, rows in HF order: a view on the CPU, an
+    /// uploaded `QTensor` elsewhere.
+    fn weight(&self, spec: &ParamSpec) -> Result<Linear> {
+        let (out, inp) = spec.rows_cols();
+        let permuted = spec.gguf_row_permutation;
         if self.device.is_cpu() {
-            let mut m = self.matrix(name, out, inp)?;
-            if let Some(n) = unpermute_heads {
+            let mut m = self.matrix(spec)?;
+            if let Some(heads) = permuted {
                 m = m
-                    .with_row_order(gguf::unpermute_order(out, n)?)
+                    .with_row_order(gguf::unpermute_order(out, heads)?)
                     .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
             }
             return Ok(Linear::from_matrix(m, None));
         }
-        let (dtype, start, len) = self.locate(name, &[out, inp])?;
+        let (dtype, start, len) = self.locate(&spec.gguf_name, &spec.shape)?;
         let bytes = &(*self.map).as_ref()[start..start + len];
         let owned;
-        let bytes: &[u8] = match unpermute_heads {
-            Some(n) => {
-                owned = gguf::permute_rows_raw(bytes, out, n, false)?;
+        let bytes: &[u8] = match permuted {
+            Some(heads) => {
+                owned = gguf::permute_rows_raw(bytes, out, heads, false)?;
                 &owned
             }
             None => bytes,
@@ -139,70 +122,17 @@ impl GgufReader {
         )?;
         Linear::from_qtensor(q, None)
     }
+}
 
-    fn linear(
-        &self,
-        prefix: &str,
-        out: usize,
-        inp: usize,
-        bias: bool,
-        unpermute_heads: Option<usize>,
-    ) -> Result<Linear> {
-        let mut l = self.weight(&format!("{prefix}.weight"), out, inp, unpermute_heads)?;
-        if bias {
-            l.bias = Some(self.vector(&format!("{prefix}.bias"), out, unpermute_heads)?);
-        }
+impl LayerSource for GgufReader {
+    fn linear(&self, p: &LinearParams) -> Result<Linear> {
+        let mut l = self.weight(&p.weight)?;
+        l.bias = p.bias.as_ref().map(|b| self.vector(b)).transpose()?;
         Ok(l)
     }
 
-    fn rms_norm(&self, name: &str, size: usize, eps: f64) -> Result<RmsNorm> {
-        RmsNorm::new(self.dense(name, &[size])?, eps)
-    }
-
-    fn decoder_layer(&self, cfg: &ModelConfig, i: usize) -> Result<DecoderLayer> {
-        let b = format!("blk.{i}");
-        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let eps = cfg.rms_norm_eps;
-        // llama.cpp's converter permutes Llama's Q/K rows (not Qwen's); undo it.
-        let llama = cfg.architecture == Architecture::Llama;
-        let (perm_q, perm_k) = if llama {
-            (Some(nh), Some(nkv))
-        } else {
-            (None, None)
-        };
-        let (q_norm, k_norm) = if cfg.has_qk_norm() {
-            (
-                Some(self.rms_norm(&format!("{b}.attn_q_norm.weight"), hd, eps)?),
-                Some(self.rms_norm(&format!("{b}.attn_k_norm.weight"), hd, eps)?),
-            )
-        } else {
-            (None, None)
-        };
-        let self_attn = Attention {
-            q_proj: self.linear(&format!("{b}.attn_q"), nh * hd, h, cfg.qkv_bias, perm_q)?,
-            k_proj: self.linear(&format!("{b}.attn_k"), nkv * hd, h, cfg.qkv_bias, perm_k)?,
-            v_proj: self.linear(&format!("{b}.attn_v"), nkv * hd, h, cfg.qkv_bias, None)?,
-            o_proj: self.linear(&format!("{b}.attn_output"), h, nh * hd, cfg.o_bias, None)?,
-            q_norm,
-            k_norm,
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: hd,
-            scale: (hd as f64).powf(-0.5),
-        };
-        let inter = cfg.intermediate_size;
-        let mlp = Mlp {
-            gate_proj: self.linear(&format!("{b}.ffn_gate"), inter, h, cfg.mlp_bias, None)?,
-            up_proj: self.linear(&format!("{b}.ffn_up"), inter, h, cfg.mlp_bias, None)?,
-            down_proj: self.linear(&format!("{b}.ffn_down"), h, inter, cfg.mlp_bias, None)?,
-        };
-        Ok(DecoderLayer {
-            input_layernorm: self.rms_norm(&format!("{b}.attn_norm.weight"), h, eps)?,
-            self_attn,
-            post_attention_layernorm: self.rms_norm(&format!("{b}.ffn_norm.weight"), h, eps)?,
-            mlp,
-        })
+    fn rms_norm(&self, p: &ParamSpec, eps: f64) -> Result<RmsNorm> {
+        RmsNorm::new(self.dense(&p.gguf_name, &p.shape)?, eps)
     }
 }
 
@@ -223,40 +153,24 @@ pub(super) fn load(path: &Path, device: &Device) -> Result<Model> {
         device: device.clone(),
         file: path.display().to_string(),
     };
-    let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-    if r.contains("rope_freqs.weight") {
-        let half = config.head_dim / 2;
-        let factors = r
-            .dense("rope_freqs.weight", &[half])?
-            .to_device(&Device::Cpu)?
-            .to_vec1::<f32>()?;
-        config.rope.scaling = match config.rope.scaling {
-            RopeScaling::None => RopeScaling::FreqFactors { factors },
-            _ => {
-                return Err(EngineError::Config {
-                    file: path.display().to_string(),
-                    field: "rope_freqs.weight".into(),
-                    detail: "present together with rope.scaling.type (unsupported)".into(),
-                })
-            }
-        };
+    if r.contains(GGUF_ROPE_FREQS) {
+        config.rope.scaling = rope_freq_factors(&r, &config)?;
     }
+    let params = ModelParams::new(&config);
     let embed_tokens = if device.is_cpu() {
-        Embedding::Quantized(r.matrix("token_embd.weight", vocab, hidden)?)
+        Embedding::Quantized(r.matrix(&params.embed_tokens)?)
     } else {
-        Embedding::Dense(r.dense("token_embd.weight", &[vocab, hidden])?)
+        let embed = &params.embed_tokens;
+        Embedding::Dense(r.dense(&embed.gguf_name, &embed.shape)?)
     };
-    let layers = (0..config.num_hidden_layers)
-        .map(|i| r.decoder_layer(&config, i))
+    let layers = params
+        .layers
+        .iter()
+        .map(|p| DecoderLayer::load(&r, &config, p))
         .collect::<Result<Vec<_>>>()?;
-    let norm = r.rms_norm("output_norm.weight", hidden, config.rms_norm_eps)?;
-    let lm_name = if config.tie_word_embeddings {
-        "token_embd.weight"
-    } else {
-        "output.weight"
-    };
+    let norm = r.rms_norm(&params.norm, config.rms_norm_eps)?;
     // Tied: a second view of the embedding bytes, not a copy.
-    let lm_head = r.weight(lm_name, vocab, hidden, None)?;
+    let lm_head = r.weight(params.lm_head.as_ref().unwrap_or(&params.embed_tokens))?;
     let rope = Rope::new(&config.rope, config.head_dim);
     Ok(Model {
         config,
@@ -268,4 +182,21 @@ pub(super) fn load(path: &Path, device: &Device) -> Result<Model> {
         lm_head,
         rope,
     })
+}
+
+/// The rope scaling of a file with `rope_freqs.weight` [head_dim / 2]: per-dimension divisors,
+/// which replace no other scaling (the metadata must declare none).
+fn rope_freq_factors(r: &GgufReader, config: &ModelConfig) -> Result<RopeScaling> {
+    if config.rope.scaling != RopeScaling::None {
+        return Err(EngineError::Config {
+            file: r.file.clone(),
+            field: GGUF_ROPE_FREQS.into(),
+            detail: "present together with rope.scaling.type (unsupported)".into(),
+        });
+    }
+    let factors = r
+        .dense(GGUF_ROPE_FREQS, &[config.head_dim / 2])?
+        .to_device(&Device::Cpu)?
+        .to_vec1::<f32>()?;
+    Ok(RopeScaling::FreqFactors { factors })
 }

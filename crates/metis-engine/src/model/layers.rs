@@ -1,7 +1,7 @@
 //! Building blocks shared by all supported architectures: linear layers, RMSNorm, the SwiGLU
 //! MLP, grouped-query attention and the pre-norm decoder layer. The per-architecture
-//! differences are only *which* weights exist (biases, Qwen3's q/k norms), decided at load
-//! time in [`super::weights`].
+//! differences are only *which* weights exist (biases, Qwen3's q/k norms), listed in the
+//! parameter table ([`super::params`]) and read by [`DecoderLayer::load`] from either format.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 
@@ -9,7 +9,9 @@ use crate::quant::QMatrix;
 use candle_core::{DType, Module, Tensor};
 
 use super::cache::KvCache;
+use super::params::{LayerParams, LinearParams, ParamSpec};
 use super::EngineError;
+use crate::config::ModelConfig;
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -573,7 +575,47 @@ pub(crate) struct DecoderLayer {
     pub(crate) mlp: Mlp,
 }
 
+/// A checkpoint a decoder layer is read from (HF safetensors or GGUF), each tensor looked up
+/// by its row of the parameter table and checked against its shape.
+pub(crate) trait LayerSource {
+    fn linear(&self, p: &LinearParams) -> Result<Linear>;
+    fn rms_norm(&self, p: &ParamSpec, eps: f64) -> Result<RmsNorm>;
+}
+
 impl DecoderLayer {
+    /// The layer whose tensors table row `p` lists, read from `src`. Absent optional tensors
+    /// (biases, q/k norms) are absent from `p`, so every architecture is built the same way.
+    pub(crate) fn load(src: &impl LayerSource, cfg: &ModelConfig, p: &LayerParams) -> Result<Self> {
+        let eps = cfg.rms_norm_eps;
+        let norm =
+            |spec: &Option<ParamSpec>| spec.as_ref().map(|s| src.rms_norm(s, eps)).transpose();
+        let (a, m) = (&p.self_attn, &p.mlp);
+        let hd = cfg.head_dim;
+        let self_attn = Attention {
+            q_proj: src.linear(&a.q_proj)?,
+            k_proj: src.linear(&a.k_proj)?,
+            v_proj: src.linear(&a.v_proj)?,
+            o_proj: src.linear(&a.o_proj)?,
+            q_norm: norm(&a.q_norm)?,
+            k_norm: norm(&a.k_norm)?,
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: cfg.num_key_value_heads,
+            head_dim: hd,
+            scale: (hd as f64).powf(-0.5), // python `head_dim**-0.5`
+        };
+        let mlp = Mlp {
+            gate_proj: src.linear(&m.gate_proj)?,
+            up_proj: src.linear(&m.up_proj)?,
+            down_proj: src.linear(&m.down_proj)?,
+        };
+        Ok(Self {
+            input_layernorm: src.rms_norm(&p.input_layernorm, eps)?,
+            self_attn,
+            post_attention_layernorm: src.rms_norm(&p.post_attention_layernorm, eps)?,
+            mlp,
+        })
+    }
+
     pub(crate) fn forward(
         &self,
         x: &Tensor,

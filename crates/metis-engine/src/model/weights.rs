@@ -15,9 +15,9 @@ use std::sync::Arc;
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 
-use super::layers::{Attention, DecoderLayer, Embedding, Linear, Mlp, RmsNorm};
+use super::layers::{Embedding, LayerSource, Linear, RmsNorm};
+use super::params::{CheckpointFormat, LinearParams, ParamSpec};
 use super::EngineError;
-use crate::config::ModelConfig;
 use crate::quant::{AlignedBytes, QMatrix, SharedBytes};
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -199,20 +199,28 @@ impl Weights {
         }
     }
 
-    pub(crate) fn contains(&self, name: &str) -> bool {
+    /// The shape stored under `name`; None if the checkpoint has no such tensor.
+    fn stored_shape(&self, name: &str) -> Option<Vec<usize>> {
         match &self.src {
-            Source::Files(t) => t.contains_key(name),
-            Source::Memory(map) => map.contains_key(name),
+            Source::Files(t) => t.get(name).map(|m| m.shape.clone()),
+            Source::Memory(t) => t.get(name).map(|m| m.dims().to_vec()),
         }
     }
 
-    /// Load `name`, check its shape, convert to the compute dtype.
-    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        if !self.contains(name) {
-            return Err(EngineError::MissingTensor {
-                name: name.to_string(),
-            });
-        }
+    /// The stored dtype of `spec`'s tensor, after checking it is present with the table's shape.
+    fn checked_dtype(&self, spec: &ParamSpec) -> Result<DType> {
+        let name = &spec.hf_name;
+        spec.check(CheckpointFormat::Hf, self.stored_shape(name).as_deref())?;
+        Ok(match &self.src {
+            Source::Files(t) => t[name].dtype,
+            Source::Memory(t) => t[name].dtype(),
+        })
+    }
+
+    /// Loads `spec`'s tensor, checked against the table, in the compute dtype.
+    fn get(&self, spec: &ParamSpec) -> Result<Tensor> {
+        self.checked_dtype(spec)?;
+        let name = &spec.hf_name;
         let t = match &self.src {
             Source::Files(t) => {
                 let m = &t[name];
@@ -222,13 +230,6 @@ impl Weights {
             // Detached copy: the engine must not keep a training graph (or a Var) alive.
             Source::Memory(map) => map[name].detach().to_device(&self.device)?,
         };
-        if t.dims() != shape {
-            return Err(EngineError::Shape {
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                got: t.dims().to_vec(),
-            });
-        }
         Ok(t.to_dtype(self.dtype)?)
     }
 
@@ -243,30 +244,17 @@ impl Weights {
     }
 
     /// Like [`Weights::get`] but in [`Weights::matmul_dtype`].
-    pub(crate) fn get_matmul(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        Ok(self.get(name, shape)?.to_dtype(self.matmul_dtype())?)
+    fn get_matmul(&self, spec: &ParamSpec) -> Result<Tensor> {
+        Ok(self.get(spec)?.to_dtype(self.matmul_dtype())?)
     }
 
-    /// Matrix `name` [rows, cols] as a view of the mapped file, where the product can read the
-    /// stored dtype as it is (see the module doc); None where it must be copied.
+    /// Matrix `spec` as a view of the mapped file, where the product can read the stored dtype
+    /// as it is (see the module doc); None where it must be copied.
     ///
     /// Tensors already in memory get the same kind of matrix over a copy of their bytes, so
     /// that a model built from them computes exactly what the model loaded from disk does.
-    fn view(&self, name: &str, rows: usize, cols: usize) -> Result<Option<QMatrix>> {
-        let (dtype, shape) = match &self.src {
-            Source::Files(t) => t.get(name).map(|m| (m.dtype, m.shape.clone())),
-            Source::Memory(t) => t.get(name).map(|m| (m.dtype(), m.dims().to_vec())),
-        }
-        .ok_or_else(|| EngineError::MissingTensor {
-            name: name.to_string(),
-        })?;
-        if shape != [rows, cols] {
-            return Err(EngineError::Shape {
-                name: name.to_string(),
-                expected: vec![rows, cols],
-                got: shape,
-            });
-        }
+    fn view(&self, spec: &ParamSpec) -> Result<Option<QMatrix>> {
+        let dtype = self.checked_dtype(spec)?;
         let readable = dtype == self.dtype
             || (self.dtype == DType::F32 && matches!(dtype, DType::F16 | DType::BF16));
         let ggml = match dtype {
@@ -278,10 +266,12 @@ impl Weights {
         if !self.device.is_cpu() || !readable {
             return Ok(None);
         }
+        let name = &spec.hf_name;
         let (bytes, start): (SharedBytes, usize) = match &self.src {
             Source::Files(t) => (t[name].map.clone(), t[name].start),
             Source::Memory(t) => (Arc::new(AlignedBytes::from(tensor_bytes(&t[name])?)), 0),
         };
+        let (rows, cols) = spec.rows_cols();
         // A shard whose data is not 4-byte aligned (not written by the reference library)
         // falls back to a copy.
         Ok(QMatrix::new(bytes, start, ggml, rows, cols).ok())
@@ -289,96 +279,33 @@ impl Weights {
 
     /// The token embedding table [vocab, hidden]: a view where possible (rows dequantized on
     /// lookup), else a tensor in the compute dtype.
-    pub(crate) fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
-        match self.view(name, vocab, hidden)? {
+    pub(crate) fn embedding(&self, spec: &ParamSpec) -> Result<Embedding> {
+        match self.view(spec)? {
             Some(m) => Ok(Embedding::Quantized(m)),
-            None => Ok(Embedding::Dense(self.get(name, &[vocab, hidden])?)),
+            None => Ok(Embedding::Dense(self.get(spec)?)),
         }
     }
 
-    /// A bias-free output head over matrix `name` (a view where possible).
-    pub(crate) fn head(&self, name: &str, vocab: usize, hidden: usize) -> Result<Linear> {
-        match self.view(name, vocab, hidden)? {
+    /// A bias-free output head over matrix `spec` (a view where possible).
+    pub(crate) fn head(&self, spec: &ParamSpec) -> Result<Linear> {
+        match self.view(spec)? {
             Some(m) => Ok(Linear::from_matrix(m, None)),
-            None => Linear::dense(self.get_matmul(name, &[vocab, hidden])?, None),
+            None => Linear::dense(self.get_matmul(spec)?, None),
+        }
+    }
+}
+
+impl LayerSource for Weights {
+    fn linear(&self, p: &LinearParams) -> Result<Linear> {
+        let view = self.view(&p.weight)?;
+        let bias = p.bias.as_ref().map(|b| self.get(b)).transpose()?;
+        match view {
+            Some(m) => Ok(Linear::from_matrix(m, bias)),
+            None => Linear::dense(self.get_matmul(&p.weight)?, bias),
         }
     }
 
-    pub(crate) fn linear(
-        &self,
-        prefix: &str,
-        out: usize,
-        inp: usize,
-        bias: bool,
-    ) -> Result<Linear> {
-        let name = format!("{prefix}.weight");
-        if let Some(m) = self.view(&name, out, inp)? {
-            let bias = if bias {
-                Some(self.get(&format!("{prefix}.bias"), &[out])?)
-            } else {
-                None
-            };
-            return Ok(Linear::from_matrix(m, bias));
-        }
-        let weight = self.get_matmul(&name, &[out, inp])?;
-        let bias = if bias {
-            Some(self.get(&format!("{prefix}.bias"), &[out])?)
-        } else {
-            None
-        };
-        Linear::dense(weight, bias)
-    }
-
-    pub(crate) fn rms_norm(&self, name: &str, size: usize, eps: f64) -> Result<RmsNorm> {
-        RmsNorm::new(self.get(name, &[size])?, eps)
-    }
-
-    /// Decoder layer `i`; the architecture differences are the bias flags and Qwen3's q/k norms.
-    pub(crate) fn decoder_layer(&self, cfg: &ModelConfig, i: usize) -> Result<DecoderLayer> {
-        let p = format!("model.layers.{i}");
-        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let a = format!("{p}.self_attn");
-        let (q_norm, k_norm) = if cfg.has_qk_norm() {
-            (
-                Some(self.rms_norm(&format!("{a}.q_norm.weight"), hd, cfg.rms_norm_eps)?),
-                Some(self.rms_norm(&format!("{a}.k_norm.weight"), hd, cfg.rms_norm_eps)?),
-            )
-        } else {
-            (None, None)
-        };
-        let self_attn = Attention {
-            q_proj: self.linear(&format!("{a}.q_proj"), nh * hd, h, cfg.qkv_bias)?,
-            k_proj: self.linear(&format!("{a}.k_proj"), nkv * hd, h, cfg.qkv_bias)?,
-            v_proj: self.linear(&format!("{a}.v_proj"), nkv * hd, h, cfg.qkv_bias)?,
-            o_proj: self.linear(&format!("{a}.o_proj"), h, nh * hd, cfg.o_bias)?,
-            q_norm,
-            k_norm,
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: hd,
-            scale: (hd as f64).powf(-0.5), // python `head_dim**-0.5`
-        };
-        let m = format!("{p}.mlp");
-        let inter = cfg.intermediate_size;
-        let mlp = Mlp {
-            gate_proj: self.linear(&format!("{m}.gate_proj"), inter, h, cfg.mlp_bias)?,
-            up_proj: self.linear(&format!("{m}.up_proj"), inter, h, cfg.mlp_bias)?,
-            down_proj: self.linear(&format!("{m}.down_proj"), h, inter, cfg.mlp_bias)?,
-        };
-        Ok(DecoderLayer {
-            input_layernorm: self.rms_norm(
-                &format!("{p}.input_layernorm.weight"),
-                h,
-                cfg.rms_norm_eps,
-            )?,
-            self_attn,
-            post_attention_layernorm: self.rms_norm(
-                &format!("{p}.post_attention_layernorm.weight"),
-                h,
-                cfg.rms_norm_eps,
-            )?,
-            mlp,
-        })
+    fn rms_norm(&self, p: &ParamSpec, eps: f64) -> Result<RmsNorm> {
+        RmsNorm::new(self.get(p)?, eps)
     }
 }

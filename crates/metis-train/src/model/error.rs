@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use metis_engine::model::params::ParamError;
+
 /// Errors from loading, running, training or saving a model.
 #[derive(thiserror::Error, Debug)]
 pub enum TrainError {
@@ -57,6 +59,25 @@ impl TrainError {
         Self::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// A checkpoint in `path` that does not match the parameter table.
+    pub(crate) fn table_mismatch(e: ParamError, path: impl Into<PathBuf>) -> Self {
+        match e {
+            ParamError::Missing { name } => Self::MissingTensor {
+                path: path.into(),
+                name,
+            },
+            ParamError::Shape {
+                name,
+                expected,
+                got,
+            } => Self::Shape {
+                name,
+                expected,
+                got,
+            },
         }
     }
 
