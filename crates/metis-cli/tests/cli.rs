@@ -1,7 +1,7 @@
 //! End-to-end tests of the `metis` binary's verifier commands.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn metis() -> Command {
@@ -449,4 +449,66 @@ fn score_grades_bbh_with_either_extraction() {
     let out = run_with_stdin(cmd, "x");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("multiple_choice"));
+}
+
+fn demo_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cvss-severity-demo")
+}
+
+const DEMO_QUESTION: &str = "Severity of CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:L/A:N?\nA) Low\nB) Medium\nC) High\nD) Critical\nEnd with \"Answer: <letter>\".";
+
+/// `metis chat` fed a line that is not UTF-8 says so for that line and goes on with the next
+/// one, instead of ending the session.
+#[test]
+fn chat_skips_a_line_that_is_not_utf8() {
+    let mut child = metis()
+        .arg("chat")
+        .arg("--model")
+        .arg(demo_model())
+        .args(["--max-tokens", "80"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = b"\xff\xfe not text\n".to_vec();
+    input.extend_from_slice(DEMO_QUESTION.replace('\n', " ").as_bytes());
+    input.extend_from_slice(b"\n/exit\n");
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("not UTF-8"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("Answer:"),
+        "the next line was answered: {stdout:?}"
+    );
+}
+
+/// `metis generate … | head -c 1`: the reader goes away while tokens stream; the command
+/// ends quietly instead of generating on or panicking in its last newline.
+#[test]
+fn generate_ends_quietly_when_stdout_closes() {
+    let mut child = metis()
+        .arg("generate")
+        .arg("--model")
+        .arg(demo_model())
+        .args(["--chat", "--max-tokens", "200", "--prompt", DEMO_QUESTION])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

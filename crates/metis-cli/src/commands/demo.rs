@@ -18,6 +18,7 @@
 //!
 //! The defaults (the shape of the run) live in [`DemoRun::default`]; the flags override them.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -326,7 +327,8 @@ fn write_report(demo: &DemoRun, task: &DemoPaths, rows: &[ResultRow]) -> anyhow:
     ));
     std::fs::write(dir.join("comparison.md"), &comparison)
         .with_context(|| format!("writing {}", dir.join("comparison.md").display()))?;
-    println!("{}", report::markdown(rows));
-    println!("{comparison}");
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", report::markdown(rows))?;
+    writeln!(stdout, "{comparison}")?;
     Ok(())
 }

@@ -2,23 +2,22 @@
 //! answers produced elsewhere), resumably, and report mean ± std over trials with CIs.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
+use super::model_args::{ModelSourceArgs, RetryArgs, SamplingArgs};
 use super::ModelKind;
 use anyhow::{bail, Context};
 use clap::{Args as ClapArgs, Subcommand};
 use metis_eval::benchmarks::prompt_file::{load_prompt_file, prompt_file_id};
 use metis_eval::benchmarks::{self, Benchmark, DataSource};
 use metis_eval::judge::{self, GlmReference, Judge, JudgeReport};
-use metis_eval::local::LocalModel;
 use metis_eval::report::{self, ResultRow};
 use metis_eval::results::{self, RunKey};
 use metis_eval::run::{self, Backend, RunConfig, Sampling};
 use metis_eval::store::Store;
-use metis_openai::{Client, Endpoint, RetryPolicy};
 use metis_verify::Protocol;
 
 #[derive(ClapArgs)]
@@ -53,8 +52,8 @@ enum EvalCommand {
         benchmark: String,
         #[arg(long, env = "METIS_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// Answer extraction: last-line, faith or faith-strict.
-        #[arg(long, default_value = "last-line")]
+        /// Answer extraction.
+        #[arg(long, default_value = "last-line", value_parser = super::protocol_parser())]
         protocol: Protocol,
         /// Output file (default: standard output).
         #[arg(long, short)]
@@ -70,8 +69,8 @@ enum EvalCommand {
         store: PathBuf,
         #[arg(long, env = "METIS_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// Answer extraction: last-line, faith or faith-strict.
-        #[arg(long, default_value = "last-line")]
+        /// Answer extraction.
+        #[arg(long, default_value = "last-line", value_parser = super::protocol_parser())]
         protocol: Protocol,
         /// Output file (default: standard output).
         #[arg(long, short)]
@@ -88,8 +87,8 @@ enum EvalCommand {
         benchmarks: Vec<String>,
         #[arg(long, env = "METIS_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// Answer extraction: last-line, faith or faith-strict.
-        #[arg(long, default_value = "last-line")]
+        /// Answer extraction.
+        #[arg(long, default_value = "last-line", value_parser = super::protocol_parser())]
         protocol: Protocol,
         #[arg(long)]
         json: bool,
@@ -111,34 +110,13 @@ struct RunArgs {
     /// Model name sent to the endpoint and used as the key in the store.
     #[arg(long)]
     model: Option<String>,
-    /// Base URL of an OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1); repeat for
-    /// data-parallel replicas.
-    #[arg(long = "base-url", env = "OPENAI_BASE_URL", value_delimiter = ',')]
-    base_urls: Vec<String>,
-    /// Query a model directory in-process with the Metis engine instead of an endpoint.
-    #[arg(long, conflicts_with = "base_urls")]
-    local_model: Option<PathBuf>,
-    /// Tokenizer directory for --local-model (default: the model directory).
-    #[arg(long, requires = "local_model")]
-    tokenizer: Option<PathBuf>,
-    /// For --local-model: open the reasoning block (`<think>\n`) after the generation prompt.
-    #[arg(long, requires = "local_model")]
-    think: bool,
-    /// Environment variable holding the API key.
-    #[arg(long, default_value = "OPENAI_API_KEY")]
-    api_key_env: String,
+    #[command(flatten)]
+    source: ModelSourceArgs,
     /// Sampling defaults of the report: reasoning (T 0.6, top-p 0.95) or instruct (T 0.3, top-p 1.0).
     #[arg(long, value_enum, default_value_t = ModelKind::Reasoning)]
     kind: ModelKind,
-    #[arg(long)]
-    temperature: Option<f64>,
-    #[arg(long)]
-    top_p: Option<f64>,
-    #[arg(long)]
-    max_tokens: Option<u32>,
-    /// Base seed; trial t uses seed + t.
-    #[arg(long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[arg(long, default_value_t = 5)]
     trials: u32,
     /// Requests in flight at once (over all endpoints); with --local-model, the most
@@ -155,17 +133,14 @@ struct RunArgs {
     /// cache filled from the pinned public sources.
     #[arg(long, env = "METIS_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Answer extraction: last-line, faith or faith-strict.
-    #[arg(long, default_value = "last-line")]
+    /// Answer extraction.
+    #[arg(long, default_value = "last-line", value_parser = super::protocol_parser())]
     protocol: Protocol,
     /// Only the first N items of each benchmark.
     #[arg(long)]
     limit: Option<usize>,
-    /// Per-request timeout in seconds.
-    #[arg(long, default_value_t = 600)]
-    timeout: u64,
-    #[arg(long, default_value_t = 6)]
-    max_attempts: u32,
+    #[command(flatten)]
+    retry: RetryArgs,
     /// Grade answers produced elsewhere (JSONL: benchmark, item, trial, response, optional
     /// reasoning and model) instead of querying a model.
     #[arg(long)]
@@ -298,7 +273,6 @@ fn with_output(
     path: Option<&Path>,
     write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<usize>,
 ) -> anyhow::Result<usize> {
-    use std::io::Write;
     match path {
         Some(path) => {
             let tmp = path.with_extension("partial");
@@ -362,24 +336,11 @@ fn write_card(w: &mut dyn std::io::Write, c: &benchmarks::Card) -> std::io::Resu
 }
 
 fn sampling(a: &RunArgs) -> Sampling {
-    let mut s = if a.kind == ModelKind::Instruct {
+    a.sampling.over(if a.kind == ModelKind::Instruct {
         Sampling::instruct()
     } else {
         Sampling::reasoning()
-    };
-    if let Some(t) = a.temperature {
-        s.temperature = t;
-    }
-    if let Some(p) = a.top_p {
-        s.top_p = p;
-    }
-    if let Some(m) = a.max_tokens {
-        s.max_tokens = m;
-    }
-    if let Some(seed) = a.seed {
-        s.seed = seed;
-    }
-    s
+    })
 }
 
 /// The judge the flags describe: `None` without `--judge-url` (stored judgments can still be
@@ -391,16 +352,9 @@ fn judge_from_args(a: &RunArgs) -> anyhow::Result<Option<Judge>> {
     let Some(model) = a.judge_model.clone() else {
         bail!("--judge-url needs --judge-model (the judge model's name at that endpoint)");
     };
-    let api_key = std::env::var(&a.judge_api_key_env)
-        .ok()
-        .filter(|k| !k.is_empty());
-    let client = Client::new(
-        vec![Endpoint {
-            base_url: url.clone(),
-            api_key,
-        }],
-        retry_policy(a),
-    )?;
+    let client = a
+        .retry
+        .client(std::slice::from_ref(url), &a.judge_api_key_env)?;
     Ok(Some(Judge { model, client }))
 }
 
@@ -552,7 +506,7 @@ fn read_system_prompt(a: &RunArgs) -> anyhow::Result<Option<String>> {
 /// `--model`, else the name of the `--local-model` directory (its parent's for a dtype
 /// subdirectory such as `f32/`).
 fn model_name(a: &RunArgs) -> anyhow::Result<String> {
-    let local_name = a.local_model.as_ref().and_then(|p| {
+    let local_name = a.source.local_model.as_ref().and_then(|p| {
         p.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .filter(|n| n != "f32" && n != "bf16" && n != "f16")
@@ -618,33 +572,9 @@ async fn query_model(
 
 /// The local engine (`--local-model`) or the endpoints (`--base-url`) the run asks.
 fn backend(a: &RunArgs) -> anyhow::Result<Backend> {
-    if let Some(dir) = &a.local_model {
-        let local = LocalModel::load(dir, a.tokenizer.as_deref(), None, a.think, a.concurrency)
-            .map_err(|e| anyhow::anyhow!("--local-model {}: {e}", dir.display()))?;
-        return Ok(Backend::Local(local));
-    }
-    if a.base_urls.is_empty() {
-        bail!("--base-url (or OPENAI_BASE_URL) or --local-model is required to query a model; use --rescore to grade stored responses only");
-    }
-    let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
-    let endpoints = a
-        .base_urls
-        .iter()
-        .map(|u| Endpoint {
-            base_url: u.clone(),
-            api_key: api_key.clone(),
-        })
-        .collect();
-    Ok(Backend::Http(Client::new(endpoints, retry_policy(a))?))
-}
-
-fn retry_policy(a: &RunArgs) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: a.max_attempts.max(1),
-        base_delay: Duration::from_millis(500),
-        max_delay: Duration::from_secs(30),
-        request_timeout: Duration::from_secs(a.timeout.max(1)),
-    }
+    a.source.backend(&a.retry, a.concurrency)?.context(
+        "--base-url (or OPENAI_BASE_URL) or --local-model is required to query a model; use --rescore to grade stored responses only",
+    )
 }
 
 /// Grades this run's stored answers per benchmark and records what produced each result.
@@ -777,27 +707,29 @@ fn output(
             .iter()
             .find(|j| j.benchmark == r.benchmark && j.model == r.model)
     };
+    let mut stdout = std::io::stdout().lock();
     if json {
         for r in rows {
             let mut value = serde_json::to_value(r)?;
             if let (Some(j), Some(obj)) = (report_of(r), value.as_object_mut()) {
                 obj.insert("judge".to_owned(), serde_json::to_value(j)?);
             }
-            println!("{}", serde_json::to_string(&value)?);
+            writeln!(stdout, "{}", serde_json::to_string(&value)?)?;
         }
     } else {
-        println!("{}", report::markdown(rows));
+        writeln!(stdout, "{}", report::markdown(rows))?;
         for r in rows {
             let ci = r.metrics.get(&r.primary_metric);
             if let Some(s) = ci {
-                println!(
+                writeln!(
+                    stdout,
                     "{} / {}: {} = {:.4} ± {:.4} (stderr {:.4}, 95% CI [{:.4}, {:.4}]); {} items × {} trials, {} invalid, {} failed",
                     r.benchmark, r.model, r.primary_metric, s.mean, s.std, s.stderr, s.ci_low, s.ci_high,
                     r.n_items, r.n_trials, r.invalid, r.failed
-                );
+                )?;
             }
             if let Some(j) = report_of(r) {
-                println!("{}", j.summary_line(r));
+                writeln!(stdout, "{}", j.summary_line(r))?;
             }
         }
     }
@@ -841,6 +773,7 @@ async fn compare(
     };
     let data = DataSource::resolve(data_dir);
     let mut any = false;
+    let mut stdout = std::io::stdout().lock();
     for id in ids {
         let has_answers = |m| run::stored_ok(&store, &id, m).map(|s| !s.is_empty());
         if !has_answers(model_a)? || !has_answers(model_b)? {
@@ -852,16 +785,21 @@ async fn compare(
         };
         any = true;
         if json {
-            println!(
+            writeln!(
+                stdout,
                 "{}",
                 serde_json::json!({
                     "benchmark": id, "model_a": model_a, "model_b": model_b,
                     "mean_diff": d.mean_diff, "ci_low": d.ci_low, "ci_high": d.ci_high,
                     "n": d.n, "a_better": d.a_better, "b_better": d.b_better, "ties": d.ties,
                 })
-            );
+            )?;
         } else {
-            println!("{}", results::describe_diff(&id, model_a, model_b, &d));
+            writeln!(
+                stdout,
+                "{}",
+                results::describe_diff(&id, model_a, model_b, &d)
+            )?;
         }
     }
     if !any {

@@ -113,17 +113,30 @@ fn render(loaded: &LoadedModel, messages: &[Message], think: bool) -> anyhow::Re
     Ok(tok.encode(&text, false)?)
 }
 
-fn print_delta(d: &StreamDelta, tty: bool) {
+fn print_delta(d: &StreamDelta, tty: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     match d {
-        StreamDelta::Reasoning(t) if tty => {
-            let _ = write!(out, "\x1b[2m{t}\x1b[0m");
-        }
-        StreamDelta::Reasoning(t) | StreamDelta::Answer(t) => {
-            let _ = write!(out, "{t}");
-        }
+        StreamDelta::Reasoning(t) if tty => write!(out, "\x1b[2m{t}\x1b[0m")?,
+        StreamDelta::Reasoning(t) | StreamDelta::Answer(t) => write!(out, "{t}")?,
     }
-    let _ = out.flush();
+    out.flush()
+}
+
+/// Streams a generation's deltas to stdout; a write error (a reader that went away) stops the
+/// generation and is kept in `failed`, for the caller to return.
+fn stream_to_stdout<'a>(
+    tty: bool,
+    failed: &'a mut Option<std::io::Error>,
+) -> impl FnMut(&TokenEvent<'_>) -> ControlFlow<()> + 'a {
+    move |ev| {
+        for d in ev.deltas {
+            if let Err(e) = print_delta(d, tty) {
+                *failed = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
@@ -157,19 +170,28 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let opts = options(&args.model, &loaded);
     let stream = !args.json && loaded.tokenizer.is_some();
     let tty = std::io::stdout().is_terminal();
-    let generation: Generation = generate(
-        &loaded.model,
-        loaded.tokenizer.as_ref(),
-        &prompt_ids,
-        &opts,
-        args.model.think,
-        |ev: &TokenEvent<'_>| {
-            if stream {
-                ev.deltas.iter().for_each(|d| print_delta(d, tty));
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
+    let mut failed = None;
+    let generation: Generation = {
+        let mut on_token = stream_to_stdout(tty, &mut failed);
+        generate(
+            &loaded.model,
+            loaded.tokenizer.as_ref(),
+            &prompt_ids,
+            &opts,
+            args.model.think,
+            |ev: &TokenEvent<'_>| {
+                if stream {
+                    on_token(ev)
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?
+    };
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let mut stdout = std::io::stdout().lock();
     if args.json {
         let out = serde_json::json!({
             "prompt_ids": generation.prompt_ids,
@@ -178,12 +200,12 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             "reasoning": generation.reasoning,
             "answer": generation.answer,
         });
-        println!("{out}");
+        writeln!(stdout, "{out}")?;
     } else if stream {
-        println!();
+        writeln!(stdout)?;
     } else {
         let ids: Vec<String> = generation.ids.iter().map(u32::to_string).collect();
-        println!("{}", ids.join(","));
+        writeln!(stdout, "{}", ids.join(","))?;
     }
     Ok(())
 }
@@ -214,8 +236,12 @@ pub fn run_chat(args: ChatArgs) -> anyhow::Result<()> {
         let _ = std::io::stderr().flush();
     };
     show_prompt();
-    for line in stdin.lock().lines() {
-        let line = line?;
+    for line in stdin.lock().split(b'\n') {
+        let Ok(line) = String::from_utf8(line?) else {
+            eprintln!("error: that line is not UTF-8 text; nothing was sent");
+            show_prompt();
+            continue;
+        };
         match line.trim() {
             "" => {}
             "/exit" | "/quit" => break,
@@ -223,18 +249,19 @@ pub fn run_chat(args: ChatArgs) -> anyhow::Result<()> {
             text => {
                 history.push(Message::user(text.to_owned()));
                 let ids = render(&loaded, &history, args.model.think)?;
+                let mut failed = None;
                 let g = generate(
                     &loaded.model,
                     loaded.tokenizer.as_ref(),
                     &ids,
                     &opts,
                     args.model.think,
-                    |ev| {
-                        ev.deltas.iter().for_each(|d| print_delta(d, tty));
-                        ControlFlow::Continue(())
-                    },
+                    stream_to_stdout(tty, &mut failed),
                 )?;
-                println!();
+                if let Some(e) = failed {
+                    return Err(e.into());
+                }
+                writeln!(std::io::stdout())?;
                 // The history keeps the answer only, as reasoning models' templates expect.
                 history.push(Message::assistant(g.answer.unwrap_or_default()));
             }

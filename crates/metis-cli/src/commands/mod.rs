@@ -6,6 +6,7 @@ pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod guard_args;
+pub mod model_args;
 pub mod report;
 pub mod safety;
 pub mod score;
@@ -19,6 +20,34 @@ pub enum ModelKind {
     Reasoning,
     /// An instruct model: T 0.3, top-p 1.0.
     Instruct,
+}
+
+/// The answer-extraction protocols as clap lists and parses them (`--protocol last-line`);
+/// [`protocol_parser`] turns the choice into `metis_verify::Protocol`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolArg {
+    /// The answer on the last non-empty line.
+    LastLine,
+    /// FAITH's ordered patterns on normalised text.
+    Faith,
+    /// FAITH's patterns exactly as FAITH applies them.
+    FaithStrict,
+}
+
+impl From<ProtocolArg> for metis_verify::Protocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::LastLine => Self::LastLine,
+            ProtocolArg::Faith => Self::Faith,
+            ProtocolArg::FaithStrict => Self::FaithStrict,
+        }
+    }
+}
+
+/// The value parser of a `--protocol` flag typed `metis_verify::Protocol`.
+pub fn protocol_parser() -> impl clap::builder::TypedValueParser<Value = metis_verify::Protocol> {
+    use clap::builder::TypedValueParser;
+    clap::builder::EnumValueParser::<ProtocolArg>::new().map(metis_verify::Protocol::from)
 }
 
 /// A flag set on Ctrl-C (with a note that the same command resumes): long runs poll it, stop

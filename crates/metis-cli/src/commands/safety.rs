@@ -2,16 +2,15 @@
 //! system prompt, behind a guardrail, or an endpoint that is a deployment), judged, summarised
 //! and reported in the layout of the paper's Figure 5.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use metis_eval::benchmarks::DataSource;
-use metis_eval::local::LocalModel;
 use metis_eval::run::{Backend, ChatBackend};
 use metis_eval::stats;
-use metis_openai::{Client, Endpoint, RetryPolicy};
+use metis_openai::Client;
 use metis_safety::behaviors::{self, Split};
 use metis_safety::deployment::{Configuration, GuardedBackend};
 use metis_safety::judge::{ClassifierJudge, CopyrightJudge};
@@ -21,6 +20,7 @@ use metis_safety::run::{self as safety_run, SafetyRun};
 use metis_serve::system_prompt::DEFAULT_SYSTEM_PROMPT;
 
 use super::guard_args::{guard_backend, GuardArgs};
+use super::model_args::{ModelSourceArgs, RetryArgs, SamplingArgs};
 use super::{stop_on_ctrl_c, ModelKind};
 
 /// The configurations `metis safety` knows.
@@ -64,20 +64,8 @@ pub struct Args {
     /// Served model name (default: the local model's directory name).
     #[arg(long)]
     model: Option<String>,
-    /// OpenAI-compatible endpoint(s) of the model (comma-separated replicas).
-    #[arg(long = "base-url", env = "OPENAI_BASE_URL", value_delimiter = ',')]
-    base_urls: Vec<String>,
-    /// Answer with a local model (directory or .gguf) instead of an endpoint.
-    #[arg(long, conflicts_with = "base_urls")]
-    local_model: Option<PathBuf>,
-    /// Tokenizer for --local-model (default: the model's own).
-    #[arg(long, requires = "local_model")]
-    tokenizer: Option<PathBuf>,
-    /// Open the reasoning block after the generation prompt (--local-model).
-    #[arg(long, requires = "local_model")]
-    think: bool,
-    #[arg(long, default_value = "OPENAI_API_KEY")]
-    api_key_env: String,
+    #[command(flatten)]
+    source: ModelSourceArgs,
     /// Configurations to measure, in report order (default: bare, system-prompt, and guarded
     /// when --guard is given, deployment when --deployment-url is).
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -109,14 +97,8 @@ pub struct Args {
     /// reasoning (T 0.6, top-p 0.95, 4,096 tokens) or instruct (T 0.3, 512 tokens).
     #[arg(long, value_enum, default_value_t = ModelKind::Reasoning)]
     kind: ModelKind,
-    #[arg(long)]
-    temperature: Option<f64>,
-    #[arg(long)]
-    top_p: Option<f64>,
-    #[arg(long)]
-    max_tokens: Option<u32>,
-    #[arg(long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Completions per behaviour (the report: 1).
     #[arg(long, default_value_t = 1)]
     trials: u32,
@@ -127,10 +109,8 @@ pub struct Args {
     /// The evaluation store (shared with `metis eval`).
     #[arg(long, default_value = "metis-eval.sqlite")]
     store: PathBuf,
-    #[arg(long, default_value_t = 600)]
-    timeout: u64,
-    #[arg(long, default_value_t = 6)]
-    max_attempts: u32,
+    #[command(flatten)]
+    retry: RetryArgs,
     /// Judge of standard and contextual behaviours (default: harmbench with --judge-url,
     /// llama-guard with --judge-guard, else none).
     #[arg(long, value_enum)]
@@ -240,9 +220,9 @@ async fn measure(a: Args) -> anyhow::Result<()> {
         write_outputs(dir, &ctx, &results, &outcomes)?;
     }
     if a.json {
-        println!("{}", report::json(&ctx, &results));
+        writeln!(std::io::stdout(), "{}", report::json(&ctx, &results))?;
     } else {
-        println!("{}", report::markdown(&ctx, &results));
+        writeln!(std::io::stdout(), "{}", report::markdown(&ctx, &results))?;
     }
     Ok(())
 }
@@ -265,6 +245,7 @@ async fn load_behaviors(a: &Args) -> anyhow::Result<(Vec<behaviors::Behavior>, P
 
 fn model_name(a: &Args) -> anyhow::Result<String> {
     let local = a
+        .source
         .local_model
         .as_ref()
         .and_then(|p| p.file_stem().map(|n| n.to_string_lossy().into_owned()));
@@ -276,58 +257,18 @@ fn model_name(a: &Args) -> anyhow::Result<String> {
 }
 
 fn sampling(a: &Args) -> metis_eval::run::Sampling {
-    let mut s = safety_run::default_sampling(a.kind == ModelKind::Reasoning);
-    if let Some(t) = a.temperature {
-        s.temperature = t;
-    }
-    if let Some(p) = a.top_p {
-        s.top_p = p;
-    }
-    if let Some(m) = a.max_tokens {
-        s.max_tokens = m;
-    }
-    if let Some(seed) = a.seed {
-        s.seed = seed;
-    }
-    s
-}
-
-fn retry(a: &Args) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: a.max_attempts.max(1),
-        base_delay: Duration::from_millis(500),
-        max_delay: Duration::from_secs(30),
-        request_timeout: Duration::from_secs(a.timeout.max(1)),
-    }
+    a.sampling
+        .over(safety_run::default_sampling(a.kind == ModelKind::Reasoning))
 }
 
 fn client(urls: &[String], key_env: &str, a: &Args) -> anyhow::Result<Client> {
-    let api_key = std::env::var(key_env).ok().filter(|k| !k.is_empty());
-    let endpoints = urls
-        .iter()
-        .map(|u| Endpoint {
-            base_url: u.clone(),
-            api_key: api_key.clone(),
-        })
-        .collect();
-    Ok(Client::new(endpoints, retry(a))?)
+    a.retry.client(urls, key_env)
 }
 
 /// The model itself: an endpoint or the local engine.
 fn model_backend(a: &Args) -> anyhow::Result<Option<Arc<dyn ChatBackend>>> {
-    if let Some(dir) = &a.local_model {
-        let local = LocalModel::load(dir, a.tokenizer.as_deref(), None, a.think, a.concurrency)
-            .map_err(|e| anyhow::anyhow!("--local-model {}: {e}", dir.display()))?;
-        return Ok(Some(Arc::new(Backend::Local(local))));
-    }
-    if a.base_urls.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Arc::new(Backend::Http(client(
-        &a.base_urls,
-        &a.api_key_env,
-        a,
-    )?))))
+    let backend = a.source.backend(&a.retry, a.concurrency)?;
+    Ok(backend.map(|b| Arc::new(b) as Arc<dyn ChatBackend>))
 }
 
 fn configurations(a: &Args, model: &str) -> anyhow::Result<Vec<Configuration>> {
@@ -419,7 +360,11 @@ fn deployment_backend(a: &Args) -> anyhow::Result<Arc<dyn ChatBackend>> {
         .deployment_url
         .clone()
         .context("the deployment configuration needs --deployment-url")?;
-    Ok(Arc::new(Backend::Http(client(&[url], &a.api_key_env, a)?)))
+    Ok(Arc::new(Backend::Http(client(
+        &[url],
+        &a.source.api_key_env,
+        a,
+    )?)))
 }
 
 fn classifier_judge(a: &Args) -> anyhow::Result<Option<ClassifierJudge>> {

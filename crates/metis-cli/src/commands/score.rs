@@ -33,8 +33,8 @@ pub struct Args {
     #[arg(long)]
     spec: Option<String>,
     /// Answer-extraction protocol.
-    #[arg(long, value_parser = ["last-line", "faith", "faith-strict"])]
-    protocol: Option<String>,
+    #[arg(long, value_parser = super::protocol_parser())]
+    protocol: Option<Protocol>,
     /// Opening and closing reasoning delimiters.
     #[arg(long, num_args = 2, value_names = ["OPEN", "CLOSE"], default_values = ["<think>", "</think>"])]
     delimiters: Vec<String>,
@@ -102,8 +102,8 @@ fn spec(args: &Args) -> anyhow::Result<VerifierSpec> {
     if spec.task.is_none() {
         anyhow::bail!("give --task or a --spec that names its task");
     }
-    if let Some(p) = &args.protocol {
-        spec.protocol = Some(p.parse::<Protocol>().map_err(anyhow::Error::msg)?);
+    if let Some(p) = args.protocol {
+        spec.protocol = Some(p);
     }
     if args.options.is_some() {
         spec.choices = args.options;
