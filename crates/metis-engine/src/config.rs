@@ -348,179 +348,37 @@ impl ModelConfig {
     /// Parse the JSON text of a `config.json`; `file` is used in error messages.
     pub fn from_json_str(text: &str, file: &str) -> Result<Self, EngineError> {
         let r = Reader { file };
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| r.err("<json>", e.to_string()))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| r.err("<root>", "expected a JSON object"))?;
-
-        let model_type = r.opt_str(obj, "model_type")?;
-        let architecture = match model_type {
-            Some(mt) => Architecture::from_model_type(mt).ok_or_else(|| {
-                r.err(
-                    "model_type",
-                    format!("unsupported model type {mt:?} (supported: llama, qwen2, qwen3)"),
-                )
-            })?,
-            None => {
-                let archs = r
-                    .get(obj, "architectures")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| r.err("model_type", "missing (and no architectures list)"))?;
-                archs
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .find_map(Architecture::from_hf_class)
-                    .ok_or_else(|| {
-                        r.err(
-                            "architectures",
-                            format!("no supported architecture in {archs:?}"),
-                        )
-                    })?
-            }
-        };
-        let model_type = model_type
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("{architecture:?}").to_lowercase());
-
-        let hidden_size = r.usize(obj, "hidden_size")?;
-        let intermediate_size = r.usize(obj, "intermediate_size")?;
-        let num_hidden_layers = r.usize(obj, "num_hidden_layers")?;
-        let num_attention_heads = r.usize(obj, "num_attention_heads")?;
-        if num_attention_heads == 0 {
-            return Err(r.err("num_attention_heads", "must be positive"));
-        }
-        let num_key_value_heads = r
-            .opt_usize(obj, "num_key_value_heads")?
-            .unwrap_or(num_attention_heads);
-        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
-            return Err(r.err(
-                "num_key_value_heads",
-                format!("{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"),
-            ));
-        }
-        let head_dim = match r.opt_usize(obj, "head_dim")? {
-            Some(d) => d,
-            None => {
-                if hidden_size % num_attention_heads != 0 {
-                    return Err(r.err(
-                        "head_dim",
-                        "missing and hidden_size is not a multiple of num_attention_heads",
-                    ));
-                }
-                hidden_size / num_attention_heads
-            }
-        };
-        if head_dim % 2 != 0 {
-            return Err(r.err("head_dim", format!("{head_dim} must be even for rope")));
-        }
+        let obj = &r.root_object(text)?;
+        // The fields are read in this order so that, of several faults, the first reported
+        // stays the same one.
+        let (architecture, model_type) = r.architecture(obj)?;
+        let shape = r.shape(obj)?;
         let rms_norm_eps = r.opt_f64(obj, "rms_norm_eps")?.unwrap_or(1e-6);
         let vocab_size = r.usize(obj, "vocab_size")?;
         let max_position_embeddings = r.opt_usize(obj, "max_position_embeddings")?.unwrap_or(2048);
         let tie_word_embeddings = r.opt_bool(obj, "tie_word_embeddings")?.unwrap_or(false);
-
-        if let Some(act) = r.opt_str(obj, "hidden_act")? {
-            if act != "silu" {
-                return Err(r.err(
-                    "hidden_act",
-                    format!("unsupported activation {act:?} (only silu)"),
-                ));
-            }
-        }
-        if r.opt_bool(obj, "use_sliding_window")? == Some(true) {
-            return Err(r.err(
-                "use_sliding_window",
-                "sliding-window attention is not supported",
-            ));
-        }
-
-        let attention_bias = r.opt_bool(obj, "attention_bias")?.unwrap_or(false);
-        let (qkv_bias, o_bias) = match architecture {
-            Architecture::Qwen2 => (true, false),
-            Architecture::Llama | Architecture::Qwen3 => (attention_bias, attention_bias),
-        };
-        let mlp_bias = r.opt_bool(obj, "mlp_bias")?.unwrap_or(false);
-
-        let bos_token_id = match r.get(obj, "bos_token_id") {
-            None => None,
-            Some(v) => Some(r.token_id(v, "bos_token_id")?),
-        };
-        let eos_token_ids = match r.get(obj, "eos_token_id") {
-            None => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| r.token_id(v, "eos_token_id"))
-                .collect::<Result<_, _>>()?,
-            Some(v) => vec![r.token_id(v, "eos_token_id")?],
-        };
-
-        // Rope: transformers 5 `rope_parameters` first, then the released-checkpoint layout.
-        let rope = match r.opt_obj(obj, "rope_parameters")? {
-            Some(params) => {
-                // Models with per-layer-type rope nest the dicts; take full attention's.
-                let (params, prefix) = match r.opt_obj(params, "full_attention")? {
-                    Some(p) if !params.contains_key("rope_theta") => {
-                        (p, "rope_parameters.full_attention")
-                    }
-                    _ => (params, "rope_parameters"),
-                };
-                let theta = match params.get("rope_theta").filter(|v| !v.is_null()) {
-                    Some(v) => v.as_f64().ok_or_else(|| {
-                        r.err(
-                            &format!("{prefix}.rope_theta"),
-                            format!("expected a number, got {v}"),
-                        )
-                    })?,
-                    None => r.opt_f64(obj, "rope_theta")?.unwrap_or(10_000.0),
-                };
-                RopeConfig {
-                    theta,
-                    scaling: r.rope_scaling(params, prefix)?,
-                }
-            }
-            None => {
-                let theta = r.opt_f64(obj, "rope_theta")?.unwrap_or(10_000.0);
-                let scaling = match r.opt_obj(obj, "rope_scaling")? {
-                    Some(s) => r.rope_scaling(s, "rope_scaling")?,
-                    None => RopeScaling::None,
-                };
-                RopeConfig { theta, scaling }
-            }
-        };
-        if rope.theta <= 0.0 {
-            return Err(r.err("rope_theta", "must be positive"));
-        }
-
-        let (dtype_field, dtype_str) = match r.opt_str(obj, "torch_dtype")? {
-            Some(s) => ("torch_dtype", Some(s)),
-            None => ("dtype", r.opt_str(obj, "dtype")?),
-        };
-        let dtype = match dtype_str {
-            None => None,
-            Some(s) => Some(parse_dtype(s).ok_or_else(|| {
-                r.err(
-                    dtype_field,
-                    format!("unsupported dtype {s:?} (float32, bfloat16, float16)"),
-                )
-            })?),
-        };
+        r.reject_unsupported_features(obj)?;
+        let biases = r.biases(obj, architecture)?;
+        let (bos_token_id, eos_token_ids) = r.special_tokens(obj)?;
+        let rope = r.rope(obj)?;
+        let dtype = r.dtype(obj)?;
 
         Ok(Self {
             architecture,
             model_type,
-            hidden_size,
-            intermediate_size,
-            num_hidden_layers,
-            num_attention_heads,
-            num_key_value_heads,
-            head_dim,
+            hidden_size: shape.hidden_size,
+            intermediate_size: shape.intermediate_size,
+            num_hidden_layers: shape.num_hidden_layers,
+            num_attention_heads: shape.num_attention_heads,
+            num_key_value_heads: shape.num_key_value_heads,
+            head_dim: shape.head_dim,
             rms_norm_eps,
             vocab_size,
             max_position_embeddings,
             tie_word_embeddings,
-            qkv_bias,
-            o_bias,
-            mlp_bias,
+            qkv_bias: biases.qkv,
+            o_bias: biases.o,
+            mlp_bias: biases.mlp,
             bos_token_id,
             eos_token_ids,
             rope,
@@ -537,6 +395,230 @@ impl ModelConfig {
     /// declaration in the parameter table says.
     pub fn has_qk_norm(&self) -> bool {
         crate::model::params::ArchitectureTensors::of(self.architecture).qk_norm
+    }
+}
+
+/// The layer dimensions of a config, checked against each other.
+struct Shape {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
+    head_dim: usize,
+}
+
+/// Which projections carry a bias.
+struct Biases {
+    qkv: bool,
+    o: bool,
+    mlp: bool,
+}
+
+/// The steps of [`ModelConfig::from_json_str`], each reading one group of fields.
+impl Reader<'_> {
+    fn root_object(&self, text: &str) -> Result<Obj, EngineError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| self.err("<json>", e.to_string()))?;
+        match value {
+            Value::Object(obj) => Ok(obj),
+            _ => Err(self.err("<root>", "expected a JSON object")),
+        }
+    }
+
+    /// The architecture and `model_type`, which may be absent when `architectures` names a
+    /// supported class.
+    fn architecture(&self, obj: &Obj) -> Result<(Architecture, String), EngineError> {
+        let model_type = self.opt_str(obj, "model_type")?;
+        let architecture = match model_type {
+            Some(mt) => Architecture::from_model_type(mt).ok_or_else(|| {
+                self.err(
+                    "model_type",
+                    format!("unsupported model type {mt:?} (supported: llama, qwen2, qwen3)"),
+                )
+            })?,
+            None => self.architecture_from_classes(obj)?,
+        };
+        let model_type = model_type
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{architecture:?}").to_lowercase());
+        Ok((architecture, model_type))
+    }
+
+    fn architecture_from_classes(&self, obj: &Obj) -> Result<Architecture, EngineError> {
+        let archs = self
+            .get(obj, "architectures")
+            .and_then(Value::as_array)
+            .ok_or_else(|| self.err("model_type", "missing (and no architectures list)"))?;
+        archs
+            .iter()
+            .filter_map(Value::as_str)
+            .find_map(Architecture::from_hf_class)
+            .ok_or_else(|| {
+                self.err(
+                    "architectures",
+                    format!("no supported architecture in {archs:?}"),
+                )
+            })
+    }
+
+    fn shape(&self, obj: &Obj) -> Result<Shape, EngineError> {
+        let hidden_size = self.usize(obj, "hidden_size")?;
+        let intermediate_size = self.usize(obj, "intermediate_size")?;
+        let num_hidden_layers = self.usize(obj, "num_hidden_layers")?;
+        let num_attention_heads = self.usize(obj, "num_attention_heads")?;
+        if num_attention_heads == 0 {
+            return Err(self.err("num_attention_heads", "must be positive"));
+        }
+        let num_key_value_heads = self
+            .opt_usize(obj, "num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(self.err(
+                "num_key_value_heads",
+                format!("{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"),
+            ));
+        }
+        let head_dim = self.head_dim(obj, hidden_size, num_attention_heads)?;
+        Ok(Shape {
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+        })
+    }
+
+    /// `head_dim` as given, else derived from the hidden size; rope needs it even.
+    fn head_dim(
+        &self,
+        obj: &Obj,
+        hidden_size: usize,
+        num_attention_heads: usize,
+    ) -> Result<usize, EngineError> {
+        let head_dim = match self.opt_usize(obj, "head_dim")? {
+            Some(d) => d,
+            None => {
+                if !hidden_size.is_multiple_of(num_attention_heads) {
+                    return Err(self.err(
+                        "head_dim",
+                        "missing and hidden_size is not a multiple of num_attention_heads",
+                    ));
+                }
+                hidden_size / num_attention_heads
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(self.err("head_dim", format!("{head_dim} must be even for rope")));
+        }
+        Ok(head_dim)
+    }
+
+    /// Fail on a config that asks for what the engine does not implement, rather than run it
+    /// as something else.
+    fn reject_unsupported_features(&self, obj: &Obj) -> Result<(), EngineError> {
+        if let Some(act) = self.opt_str(obj, "hidden_act")? {
+            if act != "silu" {
+                return Err(self.err(
+                    "hidden_act",
+                    format!("unsupported activation {act:?} (only silu)"),
+                ));
+            }
+        }
+        if self.opt_bool(obj, "use_sliding_window")? == Some(true) {
+            return Err(self.err(
+                "use_sliding_window",
+                "sliding-window attention is not supported",
+            ));
+        }
+        Ok(())
+    }
+
+    fn biases(&self, obj: &Obj, architecture: Architecture) -> Result<Biases, EngineError> {
+        let attention_bias = self.opt_bool(obj, "attention_bias")?.unwrap_or(false);
+        // Qwen2 checkpoints carry q/k/v biases whatever the config says.
+        let (qkv, o) = match architecture {
+            Architecture::Qwen2 => (true, false),
+            Architecture::Llama | Architecture::Qwen3 => (attention_bias, attention_bias),
+        };
+        let mlp = self.opt_bool(obj, "mlp_bias")?.unwrap_or(false);
+        Ok(Biases { qkv, o, mlp })
+    }
+
+    /// `bos_token_id`, and `eos_token_id`, which may be one id or a list.
+    fn special_tokens(&self, obj: &Obj) -> Result<(Option<u32>, Vec<u32>), EngineError> {
+        let bos_token_id = match self.get(obj, "bos_token_id") {
+            None => None,
+            Some(v) => Some(self.token_id(v, "bos_token_id")?),
+        };
+        let eos_token_ids = match self.get(obj, "eos_token_id") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| self.token_id(v, "eos_token_id"))
+                .collect::<Result<_, _>>()?,
+            Some(v) => vec![self.token_id(v, "eos_token_id")?],
+        };
+        Ok((bos_token_id, eos_token_ids))
+    }
+
+    /// Rope: transformers 5 `rope_parameters` first, then the released-checkpoint layout.
+    fn rope(&self, obj: &Obj) -> Result<RopeConfig, EngineError> {
+        let rope = match self.opt_obj(obj, "rope_parameters")? {
+            Some(params) => self.rope_from_parameters(obj, params)?,
+            None => {
+                let theta = self.opt_f64(obj, "rope_theta")?.unwrap_or(10_000.0);
+                let scaling = match self.opt_obj(obj, "rope_scaling")? {
+                    Some(s) => self.rope_scaling(s, "rope_scaling")?,
+                    None => RopeScaling::None,
+                };
+                RopeConfig { theta, scaling }
+            }
+        };
+        if rope.theta <= 0.0 {
+            return Err(self.err("rope_theta", "must be positive"));
+        }
+        Ok(rope)
+    }
+
+    /// The transformers 5 layout; `rope_theta` may still sit at the top level of `obj`.
+    fn rope_from_parameters(&self, obj: &Obj, params: &Obj) -> Result<RopeConfig, EngineError> {
+        // Models with per-layer-type rope nest the dicts; take full attention's.
+        let (params, prefix) = match self.opt_obj(params, "full_attention")? {
+            Some(p) if !params.contains_key("rope_theta") => (p, "rope_parameters.full_attention"),
+            _ => (params, "rope_parameters"),
+        };
+        let theta = match params.get("rope_theta").filter(|v| !v.is_null()) {
+            Some(v) => v.as_f64().ok_or_else(|| {
+                self.err(
+                    &format!("{prefix}.rope_theta"),
+                    format!("expected a number, got {v}"),
+                )
+            })?,
+            None => self.opt_f64(obj, "rope_theta")?.unwrap_or(10_000.0),
+        };
+        Ok(RopeConfig {
+            theta,
+            scaling: self.rope_scaling(params, prefix)?,
+        })
+    }
+
+    /// `torch_dtype` (released checkpoints) or else `dtype` (transformers 5).
+    fn dtype(&self, obj: &Obj) -> Result<Option<DType>, EngineError> {
+        let (dtype_field, dtype_str) = match self.opt_str(obj, "torch_dtype")? {
+            Some(s) => ("torch_dtype", Some(s)),
+            None => ("dtype", self.opt_str(obj, "dtype")?),
+        };
+        match dtype_str {
+            None => Ok(None),
+            Some(s) => Ok(Some(parse_dtype(s).ok_or_else(|| {
+                self.err(
+                    dtype_field,
+                    format!("unsupported dtype {s:?} (float32, bfloat16, float16)"),
+                )
+            })?)),
+        }
     }
 }
 
