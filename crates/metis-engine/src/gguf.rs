@@ -129,6 +129,46 @@ pub fn config_from_gguf(content: &Content, file: &str) -> Result<ModelConfig> {
         md: &content.metadata,
         file: file.to_string(),
     };
+    // The keys are read in this order so that, of several faults, the first reported stays
+    // the same one.
+    let (architecture, arch_str) = gguf_architecture(&m)?;
+    let k = |s: &str| format!("{arch_str}.{s}");
+    let shape = gguf_shape(&m, &arch_str)?;
+    let rms_norm_eps = m
+        .opt_f64(&k("attention.layer_norm_rms_epsilon"))?
+        .unwrap_or(1e-6);
+    let max_position_embeddings = m.opt_usize(&k("context_length"))?.unwrap_or(2048);
+    let rope = gguf_rope(&m, &arch_str)?;
+    let vocab_size = gguf_vocab_size(content, shape.hidden_size)?;
+    let present = OptionalTensors::of(content);
+    let bos_token_id = m.opt_u64("tokenizer.ggml.bos_token_id")?.map(|x| x as u32);
+    let eos_token_ids = end_of_sequence_ids(&m)?;
+
+    Ok(ModelConfig {
+        architecture,
+        model_type: arch_str,
+        hidden_size: shape.hidden_size,
+        intermediate_size: shape.intermediate_size,
+        num_hidden_layers: shape.num_hidden_layers,
+        num_attention_heads: shape.num_attention_heads,
+        num_key_value_heads: shape.num_key_value_heads,
+        head_dim: shape.head_dim,
+        rms_norm_eps,
+        vocab_size,
+        max_position_embeddings,
+        tie_word_embeddings: present.tie_word_embeddings,
+        qkv_bias: present.qkv_bias,
+        o_bias: present.o_bias,
+        mlp_bias: present.mlp_bias,
+        bos_token_id,
+        eos_token_ids,
+        rope,
+        dtype: Some(DType::F32),
+    })
+}
+
+/// The architecture and its name as written, which prefixes the other metadata keys.
+fn gguf_architecture(m: &Meta) -> Result<(Architecture, String)> {
     let arch_str = m
         .opt_str("general.architecture")?
         .ok_or_else(|| m.err("general.architecture", "missing"))?
@@ -139,6 +179,20 @@ pub fn config_from_gguf(content: &Content, file: &str) -> Result<ModelConfig> {
             format!("unsupported architecture {arch_str:?} (supported: llama, qwen2, qwen3)"),
         )
     })?;
+    Ok((architecture, arch_str))
+}
+
+/// The layer dimensions of a GGUF model, checked against each other.
+struct GgufShape {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
+    head_dim: usize,
+}
+
+fn gguf_shape(m: &Meta, arch_str: &str) -> Result<GgufShape> {
     let k = |s: &str| format!("{arch_str}.{s}");
     let hidden_size = m.usize(&k("embedding_length"))?;
     let num_hidden_layers = m.usize(&k("block_count"))?;
@@ -155,10 +209,31 @@ pub fn config_from_gguf(content: &Content, file: &str) -> Result<ModelConfig> {
             format!("{num_key_value_heads} does not divide head_count {num_attention_heads}"),
         ));
     }
+    let head_dim = gguf_head_dim(m, arch_str, hidden_size, num_attention_heads)?;
+    let intermediate_size = m.usize(&k("feed_forward_length"))?;
+    Ok(GgufShape {
+        hidden_size,
+        intermediate_size,
+        num_hidden_layers,
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim,
+    })
+}
+
+/// `key_length` as given, else derived from the embedding length; rope needs it even, and
+/// the engine supports only values as long as keys.
+fn gguf_head_dim(
+    m: &Meta,
+    arch_str: &str,
+    hidden_size: usize,
+    num_attention_heads: usize,
+) -> Result<usize> {
+    let k = |s: &str| format!("{arch_str}.{s}");
     let head_dim = match m.opt_usize(&k("attention.key_length"))? {
         Some(d) => d,
         None => {
-            if hidden_size % num_attention_heads != 0 {
+            if !hidden_size.is_multiple_of(num_attention_heads) {
                 return Err(m.err(
                     &k("attention.key_length"),
                     "missing and embedding_length is not a multiple of head_count",
@@ -181,11 +256,11 @@ pub fn config_from_gguf(content: &Content, file: &str) -> Result<ModelConfig> {
             ));
         }
     }
-    let intermediate_size = m.usize(&k("feed_forward_length"))?;
-    let rms_norm_eps = m
-        .opt_f64(&k("attention.layer_norm_rms_epsilon"))?
-        .unwrap_or(1e-6);
-    let max_position_embeddings = m.opt_usize(&k("context_length"))?.unwrap_or(2048);
+    Ok(head_dim)
+}
+
+fn gguf_rope(m: &Meta, arch_str: &str) -> Result<RopeConfig> {
+    let k = |s: &str| format!("{arch_str}.{s}");
     let theta = m.opt_f64(&k("rope.freq_base"))?.unwrap_or(10_000.0);
     if theta <= 0.0 {
         return Err(m.err(&k("rope.freq_base"), "must be positive"));
@@ -210,7 +285,11 @@ pub fn config_from_gguf(content: &Content, file: &str) -> Result<ModelConfig> {
             ))
         }
     };
+    Ok(RopeConfig { theta, scaling })
+}
 
+/// The vocabulary size, which the metadata need not state: the rows of the token embedding.
+fn gguf_vocab_size(content: &Content, hidden_size: usize) -> Result<usize> {
     let embd =
         content
             .tensor_infos
@@ -218,48 +297,35 @@ pub fn config_from_gguf(content: &Content, file: &str) -> Result<ModelConfig> {
             .ok_or_else(|| EngineError::MissingTensor {
                 name: EMBED_TOKENS.gguf.into(),
             })?;
-    let vocab_size = match embd.shape.dims() {
-        [v, h] if *h == hidden_size => *v,
-        dims => {
-            return Err(EngineError::Shape {
-                name: EMBED_TOKENS.gguf.into(),
-                expected: vec![0, hidden_size],
-                got: dims.to_vec(),
-            })
+    match embd.shape.dims() {
+        [v, h] if *h == hidden_size => Ok(*v),
+        dims => Err(EngineError::Shape {
+            name: EMBED_TOKENS.gguf.into(),
+            expected: vec![0, hidden_size],
+            got: dims.to_vec(),
+        }),
+    }
+}
+
+/// The optional tensors the table lists, read back from what the file holds.
+struct OptionalTensors {
+    tie_word_embeddings: bool,
+    qkv_bias: bool,
+    o_bias: bool,
+    mlp_bias: bool,
+}
+
+impl OptionalTensors {
+    fn of(content: &Content) -> Self {
+        let has = |name: &str| content.tensor_infos.contains_key(name);
+        let has_bias = |p: Projection| has(&format!("{}.bias", p.gguf_module(0)));
+        Self {
+            tie_word_embeddings: !has(OUTPUT_HEAD.gguf),
+            qkv_bias: has_bias(Projection::Q),
+            o_bias: has_bias(Projection::O),
+            mlp_bias: has_bias(Projection::Up),
         }
-    };
-    // The optional tensors the table lists, read back from what the file holds.
-    let has = |name: &str| content.tensor_infos.contains_key(name);
-    let has_bias = |p: Projection| has(&format!("{}.bias", p.gguf_module(0)));
-    let tie_word_embeddings = !has(OUTPUT_HEAD.gguf);
-    let qkv_bias = has_bias(Projection::Q);
-    let o_bias = has_bias(Projection::O);
-    let mlp_bias = has_bias(Projection::Up);
-
-    let bos_token_id = m.opt_u64("tokenizer.ggml.bos_token_id")?.map(|x| x as u32);
-    let eos_token_ids = end_of_sequence_ids(&m)?;
-
-    Ok(ModelConfig {
-        architecture,
-        model_type: arch_str,
-        hidden_size,
-        intermediate_size,
-        num_hidden_layers,
-        num_attention_heads,
-        num_key_value_heads,
-        head_dim,
-        rms_norm_eps,
-        vocab_size,
-        max_position_embeddings,
-        tie_word_embeddings,
-        qkv_bias,
-        o_bias,
-        mlp_bias,
-        bos_token_id,
-        eos_token_ids,
-        rope: RopeConfig { theta, scaling },
-        dtype: Some(DType::F32),
-    })
+    }
 }
 
 /// The EOS, EOM and EOT ids the metadata declares, in that order, without repeats.
