@@ -12,6 +12,7 @@ use std::path::Path;
 
 use metis_plot::{render, FONT, PALETTE};
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -246,77 +247,147 @@ impl Ranged for GroupAxis {
     }
 }
 
+/// The side of a legend colour swatch and the gap between legend entries, in pixels.
+const LEGEND_SWATCH: i32 = 14;
+const LEGEND_GAP: i32 = 24;
+
+/// One bar: the benchmark and model indices, the mean and std in percent.
+struct Bar {
+    bench: usize,
+    model: usize,
+    mean: f64,
+    std: f64,
+}
+
+/// One legend entry: the model index (its colour), name, and width in pixels.
+type LegendEntry<'a> = (usize, &'a str, i32);
+
+type GroupChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<GroupAxis, RangedCoordf64>>;
+
+fn draw_err<DB: DrawingBackend>(e: DrawingAreaErrorKind<DB::ErrorType>) -> String {
+    e.to_string()
+}
+
 fn draw_chart<DB: DrawingBackend>(
     rows: &[ResultRow],
     root: &DrawingArea<DB, Shift>,
 ) -> Result<(), String> {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let benchmarks = ordered(rows.iter().map(|r| r.benchmark.as_str()));
     let models = ordered(rows.iter().map(|r| r.model.as_str()));
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE).map_err(draw_err::<DB>)?;
 
     // Title, then a legend row (wrapping) above the plot.
+    let y = draw_title(root)?;
+    let y = draw_legend(root, &models, y)?;
+    let (_, plot_area) = root.split_vertically(y + 4);
+
+    let bars = bars(rows, &benchmarks, &models);
+    let n_bench = benchmarks.len().max(1);
+    let x_labels = benchmark_labels(rows, &benchmarks);
+    let mut chart = draw_axes(&plot_area, n_bench, value_range(&bars), &x_labels)?;
+    draw_bars(root, &mut chart, &plot_area, &bars, models.len(), n_bench)
+}
+
+/// Draws the centred title; returns the y at which the legend starts.
+fn draw_title<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>) -> Result<i32, String> {
+    let err = draw_err::<DB>;
     let title_font = TextStyle::from((FONT, 26).into_font());
-    let legend_font = TextStyle::from((FONT, 16).into_font());
     let (width, _) = root.dim_in_pixel();
     let title = "Primary metric by benchmark (mean ± std over trials)";
     let (tw, th) = root.estimate_text_size(title, &title_font).map_err(err)?;
-    let mut y = 12i32;
+    let y = 12i32;
     root.draw(&Text::new(
         title,
         ((width as i32 - tw as i32) / 2, y),
         title_font.color(&BLACK),
     ))
     .map_err(err)?;
-    y += th as i32 + 14;
+    Ok(y + th as i32 + 14)
+}
 
-    let swatch = 14i32;
-    let gap = 24i32;
+/// Draws the legend in centred lines from `y`; returns the y below it.
+fn draw_legend<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    models: &[&str],
+    mut y: i32,
+) -> Result<i32, String> {
+    let legend_font = TextStyle::from((FONT, 16).into_font());
+    let (width, _) = root.dim_in_pixel();
+    let lines = legend_lines(root, models, &legend_font, width as i32 - 80)?;
+    for line in lines.iter().filter(|l| !l.is_empty()) {
+        draw_legend_line(root, line, &legend_font, width, y)?;
+        y += 24;
+    }
+    Ok(y)
+}
+
+/// The legend entries of `models` wrapped into lines no wider than `max_line` pixels.
+fn legend_lines<'a, DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    models: &[&'a str],
+    legend_font: &TextStyle,
+    max_line: i32,
+) -> Result<Vec<Vec<LegendEntry<'a>>>, String> {
     let mut entries = Vec::new();
     for (i, m) in models.iter().enumerate() {
-        let (w, _) = root.estimate_text_size(m, &legend_font).map_err(err)?;
-        entries.push((i, *m, swatch + 6 + w as i32));
+        let (w, _) = root
+            .estimate_text_size(m, legend_font)
+            .map_err(draw_err::<DB>)?;
+        entries.push((i, *m, LEGEND_SWATCH + 6 + w as i32));
     }
-    // Lay the entries out in centred lines.
-    let max_line = width as i32 - 80;
-    let mut lines: Vec<Vec<(usize, &str, i32)>> = vec![Vec::new()];
+    let mut lines: Vec<Vec<LegendEntry>> = vec![Vec::new()];
     let mut line_w = 0;
     for e in entries {
         let last = lines.last_mut().expect("non-empty");
-        if !last.is_empty() && line_w + gap + e.2 > max_line {
+        if !last.is_empty() && line_w + LEGEND_GAP + e.2 > max_line {
             lines.push(vec![e]);
             line_w = e.2;
         } else {
-            line_w += if last.is_empty() { e.2 } else { gap + e.2 };
+            line_w += if last.is_empty() {
+                e.2
+            } else {
+                LEGEND_GAP + e.2
+            };
             last.push(e);
         }
     }
-    for line in lines.iter().filter(|l| !l.is_empty()) {
-        let total: i32 = line.iter().map(|e| e.2).sum::<i32>() + gap * (line.len() as i32 - 1);
-        let mut x = (width as i32 - total) / 2;
-        for &(i, name, w) in line {
-            let color = PALETTE[i % PALETTE.len()];
-            root.draw(&Rectangle::new(
-                [(x, y + 2), (x + swatch, y + 2 + swatch)],
-                color.filled(),
-            ))
-            .map_err(err)?;
-            root.draw(&Text::new(
-                name.to_string(),
-                (x + swatch + 6, y + 2 + swatch / 2),
-                legend_font
-                    .color(&BLACK)
-                    .pos(Pos::new(HPos::Left, VPos::Center)),
-            ))
-            .map_err(err)?;
-            x += w + gap;
-        }
-        y += 24;
-    }
-    let (_, plot_area) = root.split_vertically(y + 4);
+    Ok(lines)
+}
 
-    // Bars: (benchmark index, model index, mean %, std %).
-    let bars: Vec<(usize, usize, f64, f64)> = benchmarks
+fn draw_legend_line<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    line: &[LegendEntry],
+    legend_font: &TextStyle,
+    width: u32,
+    y: i32,
+) -> Result<(), String> {
+    let err = draw_err::<DB>;
+    let (swatch, gap) = (LEGEND_SWATCH, LEGEND_GAP);
+    let total: i32 = line.iter().map(|e| e.2).sum::<i32>() + gap * (line.len() as i32 - 1);
+    let mut x = (width as i32 - total) / 2;
+    for &(i, name, w) in line {
+        let color = PALETTE[i % PALETTE.len()];
+        root.draw(&Rectangle::new(
+            [(x, y + 2), (x + swatch, y + 2 + swatch)],
+            color.filled(),
+        ))
+        .map_err(err)?;
+        root.draw(&Text::new(
+            name.to_string(),
+            (x + swatch + 6, y + 2 + swatch / 2),
+            legend_font
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Left, VPos::Center)),
+        ))
+        .map_err(err)?;
+        x += w + gap;
+    }
+    Ok(())
+}
+
+/// The bars with a finite mean, benchmark by benchmark; a std that is not finite draws none.
+fn bars(rows: &[ResultRow], benchmarks: &[&str], models: &[&str]) -> Vec<Bar> {
+    benchmarks
         .iter()
         .enumerate()
         .flat_map(|(bi, b)| {
@@ -324,18 +395,30 @@ fn draw_chart<DB: DrawingBackend>(
                 let s = find(rows, b, m)?.primary()?;
                 s.mean.is_finite().then(|| {
                     let std = if s.std.is_finite() { s.std } else { 0.0 };
-                    (bi, mi, 100.0 * s.mean, 100.0 * std)
+                    Bar {
+                        bench: bi,
+                        model: mi,
+                        mean: 100.0 * s.mean,
+                        std: 100.0 * std,
+                    }
                 })
             })
         })
-        .collect();
-    let top = bars.iter().map(|b| b.2 + b.3).fold(100.0f64, f64::max);
-    let bottom = bars.iter().map(|b| b.2 - b.3).fold(0.0f64, f64::min);
+        .collect()
+}
+
+/// The y range: 0 to 100 %, widened with a margin when a bar or error bar leaves it.
+fn value_range(bars: &[Bar]) -> std::ops::Range<f64> {
+    let top = bars.iter().map(|b| b.mean + b.std).fold(100.0f64, f64::max);
+    let bottom = bars.iter().map(|b| b.mean - b.std).fold(0.0f64, f64::min);
     let y_max = if top > 100.0 { top * 1.05 } else { 100.0 };
     let y_min = if bottom < 0.0 { bottom * 1.05 } else { 0.0 };
+    y_min..y_max
+}
 
-    let n_bench = benchmarks.len().max(1);
-    let x_labels: Vec<String> = benchmarks
+/// "benchmark (metric)" for each benchmark, the metric that of its first row.
+fn benchmark_labels(rows: &[ResultRow], benchmarks: &[&str]) -> Vec<String> {
+    benchmarks
         .iter()
         .map(|b| {
             let metric = rows
@@ -345,7 +428,17 @@ fn draw_chart<DB: DrawingBackend>(
                 .unwrap_or_default();
             format!("{b} ({metric})")
         })
-        .collect();
+        .collect()
+}
+
+/// Builds the chart's coordinates on `plot_area` and draws its axes and grid.
+fn draw_axes<'a, DB: DrawingBackend>(
+    plot_area: &'a DrawingArea<DB, Shift>,
+    n_bench: usize,
+    y_range: std::ops::Range<f64>,
+    x_labels: &[String],
+) -> Result<GroupChart<'a, DB>, String> {
+    let err = draw_err::<DB>;
     let label_of = |v: &f64| -> String {
         let i = v.floor();
         if i >= 0.0 && (i as usize) < x_labels.len() {
@@ -354,14 +447,13 @@ fn draw_chart<DB: DrawingBackend>(
             String::new()
         }
     };
-
-    let mut chart = ChartBuilder::on(&plot_area)
+    let mut chart = ChartBuilder::on(plot_area)
         .margin_left(10)
         .margin_right(20)
         .margin_bottom(10)
         .x_label_area_size(60)
         .y_label_area_size(70)
-        .build_cartesian_2d(GroupAxis { n: n_bench }, y_min..y_max)
+        .build_cartesian_2d(GroupAxis { n: n_bench }, y_range)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -376,49 +468,85 @@ fn draw_chart<DB: DrawingBackend>(
         .bold_line_style(RGBColor(220, 220, 220))
         .draw()
         .map_err(err)?;
+    Ok(chart)
+}
 
-    let n_models = models.len().max(1) as f64;
+/// Draws each bar, then its error bar and, where bars are wide enough, its value.
+fn draw_bars<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    chart: &mut GroupChart<DB>,
+    plot_area: &DrawingArea<DB, Shift>,
+    bars: &[Bar],
+    n_models: usize,
+    n_bench: usize,
+) -> Result<(), String> {
+    let err = draw_err::<DB>;
+    let n_models = n_models.max(1) as f64;
     let group = 0.8;
     let bar_w = group / n_models;
     let bar_px = (plot_area.dim_in_pixel().0 as f64 - 90.0) / n_bench as f64 * bar_w;
     let value_font = TextStyle::from((FONT, 12).into_font());
-    for &(bi, mi, mean, std) in &bars {
-        let color = PALETTE[mi % PALETTE.len()];
-        let x0 = bi as f64 + (1.0 - group) / 2.0 + mi as f64 * bar_w;
+    for bar in bars {
+        let color = PALETTE[bar.model % PALETTE.len()];
+        let x0 = bar.bench as f64 + (1.0 - group) / 2.0 + bar.model as f64 * bar_w;
         let x1 = x0 + bar_w * 0.92;
         let xc = (x0 + x1) / 2.0;
         chart
             .draw_series(std::iter::once(Rectangle::new(
-                [(x0, 0.0), (x1, mean)],
+                [(x0, 0.0), (x1, bar.mean)],
                 color.filled(),
             )))
             .map_err(err)?;
-        if std > 0.0 {
-            // Error bar drawn in pixels: a vertical line with whiskers (no mean marker).
-            let half = ((bar_px * 0.18) as i32).clamp(3, 10);
-            let (px, lo) = chart.backend_coord(&(xc, mean - std));
-            let (_, hi) = chart.backend_coord(&(xc, mean + std));
-            let style = BLACK.stroke_width(2);
-            for path in [
-                vec![(px, lo), (px, hi)],
-                vec![(px - half, lo), (px + half, lo)],
-                vec![(px - half, hi), (px + half, hi)],
-            ] {
-                root.draw(&PathElement::new(path, style)).map_err(err)?;
-            }
+        if bar.std > 0.0 {
+            draw_error_bar(root, chart, xc, bar, bar_px)?;
         }
         if bar_px >= 30.0 {
-            let text = format!("{mean:.1}");
-            let (px, py) = chart.backend_coord(&(xc, mean.max(0.0) + std));
-            let (w, h) = root.estimate_text_size(&text, &value_font).map_err(err)?;
-            // `backend_coord` is in absolute pixels, which is the root area's frame.
-            root.draw(&Text::new(
-                text,
-                (px - w as i32 / 2, py - h as i32 - 4),
-                value_font.color(&RGBColor(60, 60, 60)),
-            ))
-            .map_err(err)?;
+            draw_value_label(root, chart, xc, bar, &value_font)?;
         }
     }
     Ok(())
+}
+
+/// An error bar drawn in pixels: a vertical line with whiskers (no mean marker).
+fn draw_error_bar<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    chart: &GroupChart<DB>,
+    xc: f64,
+    bar: &Bar,
+    bar_px: f64,
+) -> Result<(), String> {
+    let half = ((bar_px * 0.18) as i32).clamp(3, 10);
+    let (px, lo) = chart.backend_coord(&(xc, bar.mean - bar.std));
+    let (_, hi) = chart.backend_coord(&(xc, bar.mean + bar.std));
+    let style = BLACK.stroke_width(2);
+    for path in [
+        vec![(px, lo), (px, hi)],
+        vec![(px - half, lo), (px + half, lo)],
+        vec![(px - half, hi), (px + half, hi)],
+    ] {
+        root.draw(&PathElement::new(path, style))
+            .map_err(draw_err::<DB>)?;
+    }
+    Ok(())
+}
+
+/// The mean, printed above the bar and its error bar.
+fn draw_value_label<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    chart: &GroupChart<DB>,
+    xc: f64,
+    bar: &Bar,
+    value_font: &TextStyle,
+) -> Result<(), String> {
+    let err = draw_err::<DB>;
+    let text = format!("{:.1}", bar.mean);
+    let (px, py) = chart.backend_coord(&(xc, bar.mean.max(0.0) + bar.std));
+    let (w, h) = root.estimate_text_size(&text, value_font).map_err(err)?;
+    // `backend_coord` is in absolute pixels, which is the root area's frame.
+    root.draw(&Text::new(
+        text,
+        (px - w as i32 / 2, py - h as i32 - 4),
+        value_font.color(&RGBColor(60, 60, 60)),
+    ))
+    .map_err(err)
 }
