@@ -218,124 +218,192 @@ pub(super) async fn stream_job(
         endpoint: job.endpoint,
         include_usage: job.params.include_usage,
     };
-    let output_guard = st.guard.as_ref().filter(|g| g.check_output);
-    let hold_answer = output_guard.is_some();
-    let hold_reasoning = output_guard.is_some_and(|g| g.include_reasoning);
-    let mut pieces = Pieces::new(job.endpoint, job.opens_reasoning);
-    let mut held: Vec<StreamDelta> = Vec::new();
-    let mut text = String::new();
-    let route = job.endpoint.route();
+    let mut relay = Relay::new(&st, &mut job, &out, &c);
+    // A stream that stopped early has been recorded already; returning drops `rx`, which
+    // cancels the sequence in the engine.
+    let _: Result<(), Stopped> = relay.run(&mut rx).await;
+}
 
-    macro_rules! send {
-        ($e:expr) => {
-            if out.send($e).await.is_err() {
-                // The client went away; dropping `rx` cancels the sequence in the engine.
-                audit(&st, &mut job, 200, "cancelled", false);
-                st.metrics
-                    .observe(route, 200, job.t0.elapsed().as_secs_f64());
-                return;
-            }
-        };
+/// The stream ended before its last chunk: the job has been audited and counted already.
+struct Stopped;
+
+/// What generation produced, once the engine is done.
+struct Generated {
+    text: String,
+    finish: &'static str,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
+/// One streaming job on its way to the client: the chunks sent, the deltas held back for the
+/// output guard, and the audit and metrics however the stream ends.
+struct Relay<'a> {
+    st: &'a AppState,
+    job: &'a mut Job,
+    out: &'a mpsc::Sender<Event>,
+    c: &'a Chunker<'a>,
+    route: &'static str,
+    hold_answer: bool,
+    hold_reasoning: bool,
+    held: Vec<StreamDelta>,
+}
+
+impl<'a> Relay<'a> {
+    fn new(
+        st: &'a AppState,
+        job: &'a mut Job,
+        out: &'a mpsc::Sender<Event>,
+        c: &'a Chunker<'a>,
+    ) -> Self {
+        let output_guard = st.guard.as_ref().filter(|g| g.check_output);
+        let route = job.endpoint.route();
+        Self {
+            st,
+            job,
+            out,
+            c,
+            route,
+            hold_answer: output_guard.is_some(),
+            hold_reasoning: output_guard.is_some_and(|g| g.include_reasoning),
+            held: Vec::new(),
+        }
     }
 
-    if let Some(e) = c.start() {
-        send!(e);
+    async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<GenEvent>) -> Result<(), Stopped> {
+        if let Some(e) = self.c.start() {
+            self.send(e).await?;
+        }
+        let generated = self.relay_generation(rx).await?;
+        let (finish, blocked) = self.release_checked_output(&generated).await?;
+        self.send(self.c.end(finish)).await?;
+        let usage = token_usage(generated.prompt_tokens, generated.completion_tokens);
+        if let Some(e) = self.c.usage(usage) {
+            self.send(e).await?;
+        }
+        self.send(done_event()).await?;
+        self.record(200, finish, blocked);
+        Ok(())
     }
-    let (finish, prompt_tokens, completion_tokens) = loop {
+
+    /// Passes the engine's output on (or holds it back) until the engine is done.
+    async fn relay_generation(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<GenEvent>,
+    ) -> Result<Generated, Stopped> {
+        let mut pieces = Pieces::new(self.job.endpoint, self.job.opens_reasoning);
+        let mut text = String::new();
+        loop {
+            let deltas = match self.next_event(rx).await? {
+                Some(GenEvent::Text(t)) => {
+                    text.push_str(&t);
+                    pieces.push(&t)
+                }
+                Some(GenEvent::Done {
+                    finish,
+                    prompt_tokens,
+                    completion_tokens,
+                }) => {
+                    self.pass_or_hold(pieces.finish()).await?;
+                    return Ok(Generated {
+                        text,
+                        finish: finish.as_str(),
+                        prompt_tokens,
+                        completion_tokens,
+                    });
+                }
+                other => {
+                    let msg = match other {
+                        Some(GenEvent::Error(e)) => format!("generation failed: {e}"),
+                        _ => "the engine stopped".to_owned(),
+                    };
+                    return Err(self.fail(ApiError::internal(msg)).await);
+                }
+            };
+            self.pass_or_hold(deltas).await?;
+        }
+    }
+
+    /// The engine's next event, or `Stopped` when the client has left.
+    async fn next_event(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<GenEvent>,
+    ) -> Result<Option<GenEvent>, Stopped> {
         // Watch the client too: while output is held back for the guard nothing is sent, and
         // a client that left must still stop its sequence.
-        let event = tokio::select! {
-            e = rx.recv() => e,
-            _ = out.closed() => {
-                audit(&st, &mut job, 200, "cancelled", false);
-                st.metrics.observe(route, 200, job.t0.elapsed().as_secs_f64());
-                return;
+        tokio::select! {
+            e = rx.recv() => Ok(e),
+            _ = self.out.closed() => {
+                self.record(200, "cancelled", false);
+                Err(Stopped)
             }
-        };
-        let deltas = match event {
-            Some(GenEvent::Text(t)) => {
-                text.push_str(&t);
-                pieces.push(&t)
-            }
-            Some(GenEvent::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-            }) => {
-                let rest = pieces.finish();
-                for d in rest {
-                    let hold = match d {
-                        StreamDelta::Answer(_) => hold_answer,
-                        StreamDelta::Reasoning(_) => hold_reasoning,
-                    };
-                    if hold {
-                        held.push(d);
-                    } else {
-                        send!(c.piece(d));
-                    }
-                }
-                break (finish.as_str(), prompt_tokens, completion_tokens);
-            }
-            other => {
-                let msg = match other {
-                    Some(GenEvent::Error(e)) => format!("generation failed: {e}"),
-                    _ => "the engine stopped".to_owned(),
-                };
-                let err = ApiError::internal(msg);
-                let _ = out.send(Event::default().data(err.body())).await;
-                let _ = out.send(done_event()).await;
-                audit(&st, &mut job, 500, err.kind, false);
-                st.metrics
-                    .observe(route, 500, job.t0.elapsed().as_secs_f64());
-                return;
-            }
-        };
+        }
+    }
+
+    async fn pass_or_hold(&mut self, deltas: Vec<StreamDelta>) -> Result<(), Stopped> {
         for d in deltas {
             let hold = match d {
-                StreamDelta::Answer(_) => hold_answer,
-                StreamDelta::Reasoning(_) => hold_reasoning,
+                StreamDelta::Answer(_) => self.hold_answer,
+                StreamDelta::Reasoning(_) => self.hold_reasoning,
             };
             if hold {
-                held.push(d);
+                self.held.push(d);
             } else {
-                send!(c.piece(d));
+                self.send(self.c.piece(d)).await?;
             }
         }
-    };
-    let (reasoning, answer) = final_split(&job, &text);
-    job.record.completion_tokens = completion_tokens;
-    job.record.reasoning = reasoning.clone();
-    job.record.answer = Some(answer.clone());
-    let mut finish = finish;
-    let mut blocked = false;
-    match check_output(&st, &mut job, &answer, reasoning.as_deref()).await {
-        Ok(Some(v)) => {
-            send!(c.piece(StreamDelta::Answer(guard::refusal(&v))));
-            finish = "content_filter";
-            blocked = true;
-        }
-        Ok(None) => {
-            for d in held {
-                send!(c.piece(d));
+        Ok(())
+    }
+
+    /// Records the output on the job, has the guard judge it, then sends the held-back
+    /// deltas, or the refusal in their place. Returns the finish reason and whether the guard
+    /// blocked the output.
+    async fn release_checked_output(
+        &mut self,
+        generated: &Generated,
+    ) -> Result<(&'static str, bool), Stopped> {
+        let (reasoning, answer) = final_split(self.job, &generated.text);
+        self.job.record.completion_tokens = generated.completion_tokens;
+        self.job.record.reasoning = reasoning.clone();
+        self.job.record.answer = Some(answer.clone());
+        match check_output(self.st, self.job, &answer, reasoning.as_deref()).await {
+            Ok(Some(v)) => {
+                self.send(self.c.piece(StreamDelta::Answer(guard::refusal(&v))))
+                    .await?;
+                Ok(("content_filter", true))
             }
-        }
-        Err(e) => {
-            let _ = out.send(Event::default().data(e.body())).await;
-            let _ = out.send(done_event()).await;
-            audit(&st, &mut job, 500, e.kind, false);
-            st.metrics
-                .observe(route, 500, job.t0.elapsed().as_secs_f64());
-            return;
+            Ok(None) => {
+                for d in std::mem::take(&mut self.held) {
+                    self.send(self.c.piece(d)).await?;
+                }
+                Ok((generated.finish, false))
+            }
+            Err(e) => Err(self.fail(e).await),
         }
     }
-    send!(c.end(finish));
-    if let Some(e) = c.usage(token_usage(prompt_tokens, completion_tokens)) {
-        send!(e);
+
+    async fn send(&mut self, e: Event) -> Result<(), Stopped> {
+        if self.out.send(e).await.is_err() {
+            // The client went away; dropping `rx` cancels the sequence in the engine.
+            self.record(200, "cancelled", false);
+            return Err(Stopped);
+        }
+        Ok(())
     }
-    send!(done_event());
-    audit(&st, &mut job, 200, finish, blocked);
-    st.metrics
-        .observe(route, 200, job.t0.elapsed().as_secs_f64());
+
+    /// Ends the stream with `err` as its last chunk.
+    async fn fail(&mut self, err: ApiError) -> Stopped {
+        let _ = self.out.send(Event::default().data(err.body())).await;
+        let _ = self.out.send(done_event()).await;
+        self.record(500, err.kind, false);
+        Stopped
+    }
+
+    fn record(&mut self, status: u16, finish: &str, blocked: bool) {
+        audit(self.st, self.job, status, finish, blocked);
+        self.st
+            .metrics
+            .observe(self.route, status, self.job.t0.elapsed().as_secs_f64());
+    }
 }
 
 #[cfg(test)]
