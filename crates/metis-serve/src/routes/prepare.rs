@@ -122,67 +122,12 @@ pub(super) fn prepare_chat(
     let req: api::ChatCompletionRequest = api::parse_body(&bytes)?;
     check_model(st, &req.common.model)?;
     let mut params = req.common.validate(st.limits)?;
-    if req.messages.is_empty() {
-        return Err(ApiError::invalid_param(
-            "messages",
-            "messages must not be empty",
-        ));
-    }
-    if req.messages.len() > st.max_messages {
-        return Err(ApiError::invalid_param(
-            "messages",
-            format!(
-                "too many messages: {} (this server allows {})",
-                req.messages.len(),
-                st.max_messages
-            ),
-        ));
-    }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
-        let role = match m.role.as_str() {
-            "system" | "developer" => "system",
-            "user" => "user",
-            "assistant" => "assistant",
-            other => {
-                return Err(ApiError::invalid_param(
-                    "messages",
-                    format!(
-                        "unsupported message role {other:?} (system, developer, user, assistant)"
-                    ),
-                ))
-            }
-        };
-        let text = m.text()?;
-        if let Some(t) = st
-            .reserved_tokens
-            .iter()
-            .find(|t| text.contains(t.as_str()))
-        {
-            return Err(ApiError::invalid_param(
-                "messages",
-                format!("message content contains the reserved special token {t:?}"),
-            ));
-        }
-        messages.push(Message::new(role, text));
-    }
+    let messages = chat_messages(st, &req.messages)?;
     let opt_out = req.metis_system_prompt == Some(false);
     let (messages, system_hash) =
         system_prompt::apply(messages, &st.system_prompt, st.policy, opt_out)
             .map_err(|e| ApiError::invalid_param("metis_system_prompt", e.to_string()))?;
-    let template = st.template.as_ref().ok_or_else(|| {
-        ApiError::bad_request("this model has no chat template; use /v1/completions")
-    })?;
-    let extra = req.chat_template_kwargs.clone().unwrap_or_default();
-    let thinking_off = extra.get("enable_thinking") == Some(&Value::Bool(false));
-    let opts = RenderOptions {
-        prefill_think: st.prefill_think && !thinking_off,
-        extra,
-        ..RenderOptions::generation()
-    };
-    let prompt = template
-        .render(&messages, &opts)
-        .map_err(|e| ApiError::bad_request(format!("cannot render the conversation: {e}")))?;
+    let prompt = render_chat(st, &messages, req.chat_template_kwargs.clone())?;
     // The template emits BOS itself.
     let prompt_ids = st
         .tokenizer
@@ -205,6 +150,85 @@ pub(super) fn prepare_chat(
         verdicts: Vec::new(),
         t0,
     })
+}
+
+/// The request's messages as the template takes them, checked for count, role and content.
+fn chat_messages(st: &AppState, requested: &[api::ChatMessage]) -> Result<Vec<Message>, ApiError> {
+    if requested.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "messages must not be empty",
+        ));
+    }
+    if requested.len() > st.max_messages {
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!(
+                "too many messages: {} (this server allows {})",
+                requested.len(),
+                st.max_messages
+            ),
+        ));
+    }
+    let mut messages = Vec::with_capacity(requested.len());
+    for m in requested {
+        let role = template_role(&m.role)?;
+        let text = m.text()?;
+        reject_reserved_tokens(st, &text)?;
+        messages.push(Message::new(role, text));
+    }
+    Ok(messages)
+}
+
+/// The template's role for an OpenAI role (`developer` is a system message).
+fn template_role(role: &str) -> Result<&'static str, ApiError> {
+    match role {
+        "system" | "developer" => Ok("system"),
+        "user" => Ok("user"),
+        "assistant" => Ok("assistant"),
+        other => Err(ApiError::invalid_param(
+            "messages",
+            format!("unsupported message role {other:?} (system, developer, user, assistant)"),
+        )),
+    }
+}
+
+/// Special tokens in a message would be tokenised as control tokens, letting a client forge
+/// turns of the conversation.
+fn reject_reserved_tokens(st: &AppState, text: &str) -> Result<(), ApiError> {
+    if let Some(t) = st
+        .reserved_tokens
+        .iter()
+        .find(|t| text.contains(t.as_str()))
+    {
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!("message content contains the reserved special token {t:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The prompt text of the conversation, rendered by the model's chat template with the
+/// request's extra template variables.
+fn render_chat(
+    st: &AppState,
+    messages: &[Message],
+    extra: Option<serde_json::Map<String, Value>>,
+) -> Result<String, ApiError> {
+    let template = st.template.as_ref().ok_or_else(|| {
+        ApiError::bad_request("this model has no chat template; use /v1/completions")
+    })?;
+    let extra = extra.unwrap_or_default();
+    let thinking_off = extra.get("enable_thinking") == Some(&Value::Bool(false));
+    let opts = RenderOptions {
+        prefill_think: st.prefill_think && !thinking_off,
+        extra,
+        ..RenderOptions::generation()
+    };
+    template
+        .render(messages, &opts)
+        .map_err(|e| ApiError::bad_request(format!("cannot render the conversation: {e}")))
 }
 
 pub(super) fn prepare_completion(
