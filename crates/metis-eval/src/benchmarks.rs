@@ -1045,8 +1045,9 @@ pub enum BenchmarkError {
         source: io::Error,
     },
     /// A data file row that cannot be used; `line` is the 1-based physical line (the header
-    /// of a TSV is line 1), `field` the column or JSON key when one is to blame.
-    #[error("{} line {line}{}: {detail}", path.display(), field_suffix(field))]
+    /// of a TSV is line 1; 0 when the whole file is at fault), `field` the column or JSON key
+    /// when one is to blame.
+    #[error("{}{}{}: {detail}", path.display(), line_suffix(*line), field_suffix(field))]
     Parse {
         path: PathBuf,
         line: usize,
@@ -1073,6 +1074,14 @@ pub enum BenchmarkError {
     /// The code sandbox a benchmark's verifier needs cannot run here.
     #[error("{0}")]
     Sandbox(String),
+}
+
+fn line_suffix(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(" line {line}")
+    }
 }
 
 fn field_suffix(field: &Option<String>) -> String {

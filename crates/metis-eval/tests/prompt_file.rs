@@ -135,7 +135,7 @@ fn bad_files_are_refused_with_file_line_and_field() {
         serde_json::json!({"id": "x", "task": "mcq", "gold": "C", "messages": user}),
     ]);
     assert!(dup.contains("duplicate item id \"x\""), "{dup}");
-    assert!(load_err(&[]).contains("no prompt records"));
+    assert_eq!(load_err(&[]), "FILE: no prompt records");
 
     let tmp = tempfile::tempdir().unwrap();
     let path = write(
