@@ -398,14 +398,15 @@ impl ModelConfig {
     }
 }
 
-/// The layer dimensions of a config, checked against each other.
-struct Shape {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: usize,
-    head_dim: usize,
+/// The layer dimensions of a model, checked against each other: read from `config.json`
+/// here and from GGUF metadata by `gguf::config_from_gguf`.
+pub(crate) struct LayerShape {
+    pub(crate) hidden_size: usize,
+    pub(crate) intermediate_size: usize,
+    pub(crate) num_hidden_layers: usize,
+    pub(crate) num_attention_heads: usize,
+    pub(crate) num_key_value_heads: usize,
+    pub(crate) head_dim: usize,
 }
 
 /// Which projections carry a bias.
@@ -462,7 +463,7 @@ impl Reader<'_> {
             })
     }
 
-    fn shape(&self, obj: &Obj) -> Result<Shape, EngineError> {
+    fn shape(&self, obj: &Obj) -> Result<LayerShape, EngineError> {
         let hidden_size = self.usize(obj, "hidden_size")?;
         let intermediate_size = self.usize(obj, "intermediate_size")?;
         let num_hidden_layers = self.usize(obj, "num_hidden_layers")?;
@@ -480,7 +481,7 @@ impl Reader<'_> {
             ));
         }
         let head_dim = self.head_dim(obj, hidden_size, num_attention_heads)?;
-        Ok(Shape {
+        Ok(LayerShape {
             hidden_size,
             intermediate_size,
             num_hidden_layers,

@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use candle_core::quantized::GgmlDType;
 
-use crate::config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
+use crate::config::{Architecture, LayerShape, ModelConfig, RopeConfig, RopeScaling};
 use crate::model::params::{
     CheckpointFormat, ModelParams, ParamRole, ParamSpec, Projection, EMBED_TOKENS, GGUF_ROPE_FREQS,
     OUTPUT_HEAD,
@@ -183,16 +183,7 @@ fn gguf_architecture(m: &Meta) -> Result<(Architecture, String)> {
 }
 
 /// The layer dimensions of a GGUF model, checked against each other.
-struct GgufShape {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: usize,
-    head_dim: usize,
-}
-
-fn gguf_shape(m: &Meta, arch_str: &str) -> Result<GgufShape> {
+fn gguf_shape(m: &Meta, arch_str: &str) -> Result<LayerShape> {
     let k = |s: &str| format!("{arch_str}.{s}");
     let hidden_size = m.usize(&k("embedding_length"))?;
     let num_hidden_layers = m.usize(&k("block_count"))?;
@@ -211,7 +202,7 @@ fn gguf_shape(m: &Meta, arch_str: &str) -> Result<GgufShape> {
     }
     let head_dim = gguf_head_dim(m, arch_str, hidden_size, num_attention_heads)?;
     let intermediate_size = m.usize(&k("feed_forward_length"))?;
-    Ok(GgufShape {
+    Ok(LayerShape {
         hidden_size,
         intermediate_size,
         num_hidden_layers,

@@ -153,6 +153,20 @@ pub struct DemoPaths {
     pub heldout_examples: usize,
 }
 
+impl DemoPaths {
+    /// The layout of a demo directory `dir` (the one place its file names are written).
+    fn under(dir: &Path, train_examples: usize, heldout_examples: usize) -> Self {
+        Self {
+            model: dir.join("init"),
+            sft: dir.join("sft.jsonl"),
+            prompts: dir.join("prompts.jsonl"),
+            heldout: dir.join("heldout.jsonl"),
+            train_examples,
+            heldout_examples,
+        }
+    }
+}
+
 /// Reads the CVSS v3.1 base vectors of `data_dir/cvss/cvss-test-vectors.tsv` (column
 /// `vector`, rows with `cvss_version` 3.1, temporal/environmental metrics stripped), scored by
 /// `metis_verify::cvss`, severity None left out, in file order without duplicates.
@@ -243,9 +257,9 @@ pub fn split(
 pub fn build(cfg: &DemoConfig) -> Result<DemoPaths> {
     let examples = load_examples(&cfg.data_dir)?;
     let (train, heldout) = split(&examples, cfg.heldout_fraction, cfg.seed);
-    std::fs::create_dir_all(&cfg.out).map_err(|e| io(&cfg.out, e))?;
-    let model_dir = cfg.out.join("init");
-    std::fs::create_dir_all(&model_dir).map_err(|e| io(&model_dir, e))?;
+    let paths = DemoPaths::under(&cfg.out, train.len(), heldout.len());
+    let model_dir = &paths.model;
+    std::fs::create_dir_all(model_dir).map_err(|e| io(model_dir, e))?;
 
     let corpus: Vec<String> = train
         .iter()
@@ -277,11 +291,10 @@ pub fn build(cfg: &DemoConfig) -> Result<DemoPaths> {
         &model_dir.join("generation_config.json"),
         &json!({"bos_token_id": bos, "eos_token_id": eot}),
     )?;
-    write_model(cfg, &model_dir, bos, eot)?;
+    write_model(cfg, model_dir, bos, eot)?;
 
-    let sft = cfg.out.join("sft.jsonl");
     write_jsonl(
-        &sft,
+        &paths.sft,
         train.iter().map(|e| {
             json!({"messages": [
                 {"role": "user", "content": e.question()},
@@ -298,27 +311,18 @@ pub fn build(cfg: &DemoConfig) -> Result<DemoPaths> {
             "vector": e.vector,
         })
     };
-    let prompts = cfg.out.join("prompts.jsonl");
     write_jsonl(
-        &prompts,
+        &paths.prompts,
         train.iter().enumerate().map(|(i, e)| prompt(e, "train", i)),
     )?;
-    let heldout_path = cfg.out.join("heldout.jsonl");
     write_jsonl(
-        &heldout_path,
+        &paths.heldout,
         heldout
             .iter()
             .enumerate()
             .map(|(i, e)| prompt(e, "heldout", i)),
     )?;
-    Ok(DemoPaths {
-        model: model_dir,
-        sft,
-        prompts,
-        heldout: heldout_path,
-        train_examples: train.len(),
-        heldout_examples: heldout.len(),
-    })
+    Ok(paths)
 }
 
 /// [`build`] unless `cfg.out` already holds a task: the task is built in `<out>.partial` and
@@ -332,22 +336,20 @@ pub fn build_once(cfg: &DemoConfig) -> Result<DemoPaths> {
         if partial.exists() {
             std::fs::remove_dir_all(&partial).map_err(|e| io(&partial, e))?;
         }
-        build(&DemoConfig {
+        let built = build(&DemoConfig {
             out: partial.clone(),
             ..cfg.clone()
         })?;
         std::fs::rename(&partial, &cfg.out).map_err(|e| io(&cfg.out, e))?;
+        return Ok(DemoPaths::under(
+            &cfg.out,
+            built.train_examples,
+            built.heldout_examples,
+        ));
     }
     let examples = load_examples(&cfg.data_dir)?;
     let (train, heldout) = split(&examples, cfg.heldout_fraction, cfg.seed);
-    Ok(DemoPaths {
-        model: cfg.out.join("init"),
-        sft: cfg.out.join("sft.jsonl"),
-        prompts: cfg.out.join("prompts.jsonl"),
-        heldout: cfg.out.join("heldout.jsonl"),
-        train_examples: train.len(),
-        heldout_examples: heldout.len(),
-    })
+    Ok(DemoPaths::under(&cfg.out, train.len(), heldout.len()))
 }
 
 /// A byte-level BPE of `vocab` ids trained on `corpus`, with the role/turn special tokens and

@@ -97,6 +97,13 @@ impl Default for DemoRun {
     }
 }
 
+impl DemoRun {
+    /// The evaluation's answer store.
+    fn store_path(&self) -> PathBuf {
+        self.out.join("eval.sqlite")
+    }
+}
+
 /// The held-out benchmarks: greedy, and sampled at the rollout temperature.
 const GREEDY: &str = "heldout-greedy";
 const SAMPLED: &str = "heldout-t1";
@@ -117,10 +124,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let sft = stage("2/5 SFT", || train_sft(&demo, &task))?;
     let grpo = stage("3/5 GRPO", || train_grpo(&demo, &task, &sft))?;
     let models = [("init", task.model.clone()), ("sft", sft), ("grpo", grpo)];
+    let runs = held_out_runs(&demo, &task)?;
     let rows = stage("4/5 held-out evaluation", || {
-        evaluate(&demo, &task, &models)
+        evaluate(&demo, &runs, &models)
     })?;
-    stage("5/5 report", || write_report(&demo, &task, &rows))?;
+    stage("5/5 report", || write_report(&demo, &runs, &rows))?;
     eprintln!(
         "done in {:.0} s; the report is {}",
         started.elapsed().as_secs_f64(),
@@ -212,11 +220,11 @@ fn train_grpo(demo: &DemoRun, task: &DemoPaths, sft: &Path) -> anyhow::Result<Pa
 /// keeps each answer, so a rerun asks only what is missing).
 fn evaluate(
     demo: &DemoRun,
-    task: &DemoPaths,
+    runs: &[HeldOutRun],
     models: &[(&str, PathBuf)],
 ) -> anyhow::Result<Vec<ResultRow>> {
-    let store_path = demo.out.join("eval.sqlite");
-    let runs = held_out_runs(demo, task)?;
+    let store_path = demo.store_path();
+    let mut store = Store::open(&store_path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -226,7 +234,7 @@ fn evaluate(
         let local = LocalModel::load(dir, None, None, false, 64)
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let backend = Backend::Local(local);
-        for (bench, key, trials) in &runs {
+        for HeldOutRun { bench, key, trials } in runs {
             let config = RunConfig {
                 benchmarks: vec![bench.id().to_owned()],
                 model: (*name).to_owned(),
@@ -249,7 +257,6 @@ fn evaluate(
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 anyhow::bail!("interrupted: rerun the same command to resume");
             }
-            let mut store = Store::open(&store_path)?;
             let row = results::grade_stored(&store, bench, name, *trials, key)?;
             results::record_result(
                 &mut store,
@@ -276,11 +283,15 @@ fn evaluate(
     Ok(rows)
 }
 
+/// One evaluation of the held-out prompts: as a benchmark, under a run key, for some trials.
+struct HeldOutRun {
+    bench: Benchmark,
+    key: RunKey,
+    trials: u32,
+}
+
 /// The held-out prompt file as two benchmarks: greedy (one trial) and at temperature 1.
-fn held_out_runs(
-    demo: &DemoRun,
-    task: &DemoPaths,
-) -> anyhow::Result<Vec<(Benchmark, RunKey, u32)>> {
+fn held_out_runs(demo: &DemoRun, task: &DemoPaths) -> anyhow::Result<Vec<HeldOutRun>> {
     let load = |id: &str| -> anyhow::Result<Benchmark> {
         let mut b = load_prompt_file(id, &task.heldout, Some(&demo.data_dir), Protocol::LastLine)?;
         if let Some(n) = demo.heldout_limit {
@@ -298,21 +309,29 @@ fn held_out_runs(
         },
     };
     Ok(vec![
-        (load(GREEDY)?, key(0.0), 1),
-        (load(SAMPLED)?, key(1.0), demo.sampled_trials),
+        HeldOutRun {
+            bench: load(GREEDY)?,
+            key: key(0.0),
+            trials: 1,
+        },
+        HeldOutRun {
+            bench: load(SAMPLED)?,
+            key: key(1.0),
+            trials: demo.sampled_trials,
+        },
     ])
 }
 
 /// Stage 4: the results table and chart, the paired GRPO − SFT comparison, and where the
 /// training curves are.
-fn write_report(demo: &DemoRun, task: &DemoPaths, rows: &[ResultRow]) -> anyhow::Result<()> {
+fn write_report(demo: &DemoRun, runs: &[HeldOutRun], rows: &[ResultRow]) -> anyhow::Result<()> {
     let dir = demo.out.join("report");
     super::eval::write_reports(rows, &dir)?;
-    let store = Store::open(&demo.out.join("eval.sqlite"))?;
+    let store = Store::open(&demo.store_path())?;
     let mut comparison = String::from("# Paired differences on the held-out prompts\n\n");
-    for (bench, _, _) in held_out_runs(demo, task)? {
+    for HeldOutRun { bench, .. } in runs {
         for (a, b) in [("grpo", "sft"), ("sft", "init")] {
-            if let Some(d) = results::compare_models(&store, &bench, a, b)? {
+            if let Some(d) = results::compare_models(&store, bench, a, b)? {
                 comparison.push_str(&format!(
                     "- {}\n",
                     results::describe_diff(bench.id(), a, b, &d)

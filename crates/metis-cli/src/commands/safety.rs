@@ -10,7 +10,6 @@ use anyhow::Context;
 use metis_eval::benchmarks::DataSource;
 use metis_eval::run::{Backend, ChatBackend};
 use metis_eval::stats;
-use metis_openai::Client;
 use metis_safety::behaviors::{self, Split};
 use metis_safety::deployment::{Configuration, GuardedBackend};
 use metis_safety::judge::{ClassifierJudge, CopyrightJudge};
@@ -261,10 +260,6 @@ fn sampling(a: &Args) -> metis_eval::run::Sampling {
         .over(safety_run::default_sampling(a.kind == ModelKind::Reasoning))
 }
 
-fn client(urls: &[String], key_env: &str, a: &Args) -> anyhow::Result<Client> {
-    a.retry.client(urls, key_env)
-}
-
 /// The model itself: an endpoint or the local engine.
 fn model_backend(a: &Args) -> anyhow::Result<Option<Arc<dyn ChatBackend>>> {
     let backend = a.source.backend(&a.retry, a.concurrency)?;
@@ -360,11 +355,8 @@ fn deployment_backend(a: &Args) -> anyhow::Result<Arc<dyn ChatBackend>> {
         .deployment_url
         .clone()
         .context("the deployment configuration needs --deployment-url")?;
-    Ok(Arc::new(Backend::Http(client(
-        &[url],
-        &a.source.api_key_env,
-        a,
-    )?)))
+    let client = a.retry.client(&[url], &a.source.api_key_env)?;
+    Ok(Arc::new(Backend::Http(client)))
 }
 
 fn classifier_judge(a: &Args) -> anyhow::Result<Option<ClassifierJudge>> {
@@ -387,7 +379,7 @@ fn classifier_judge(a: &Args) -> anyhow::Result<Option<ClassifierJudge>> {
                 None => None,
             };
             Ok(Some(ClassifierJudge::HarmBench {
-                client: client(&[url], &a.judge_api_key_env, a)?,
+                client: a.retry.client(&[url], &a.judge_api_key_env)?,
                 model: a.judge_model.clone(),
                 tokenizer,
             }))
