@@ -11,6 +11,7 @@
 mod cache;
 mod error;
 mod gguf_load;
+mod host_step;
 mod layers;
 pub mod params;
 mod ragged;
@@ -61,6 +62,8 @@ pub struct Model {
     /// where matmul weights are kept in f32).
     lm_head: Linear,
     rope: Rope,
+    /// The decode step without the tensor graph, built on first use ([`host_step`]).
+    host: std::sync::OnceLock<Option<host_step::HostPlan>>,
 }
 
 impl Model {
@@ -148,6 +151,7 @@ impl Model {
             lm_head,
             rope,
             config,
+            host: Default::default(),
         })
     }
 
@@ -214,11 +218,35 @@ impl Model {
     /// Like [`Model::forward`] but only the last position's logits, [batch, vocab] f32
     /// (skips the lm_head over the prompt during prefill).
     pub fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        if let Some(token) = self.single_token(input_ids, cache)? {
+            if let Some(logits) = self.host_decode(&[token], &mut [cache])? {
+                return Ok(logits);
+            }
+        }
         let start = cache.next_position();
         let hidden = self.hidden(input_ids, start, cache, None)?; // [b, s, hidden]
         let s = hidden.dim(1)?;
         let last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?.contiguous()?; // [b, hidden]
         Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
+    }
+
+    /// The token of a one-token, batch-1 step through an unpadded cache (a decode step), its id
+    /// checked against the vocabulary; None for any other input.
+    fn single_token(&self, input_ids: &Tensor, cache: &KvCache) -> Result<Option<u32>> {
+        if input_ids.dims() != [1, 1] || cache.batch() != 1 || cache.pads().is_some() {
+            return Ok(None);
+        }
+        let token = input_ids
+            .flatten_all()?
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?[0];
+        let vocab = self.config.vocab_size;
+        if token as usize >= vocab {
+            return Err(EngineError::InvalidArgument(format!(
+                "token id out of range (vocab size {vocab})"
+            )));
+        }
+        Ok(Some(token))
     }
 
     /// Same as [`Model::forward`] with explicit rope positions `start_pos .. start_pos + seq`.

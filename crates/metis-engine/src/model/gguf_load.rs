@@ -181,6 +181,7 @@ pub(super) fn load(path: &Path, device: &Device) -> Result<Model> {
         norm,
         lm_head,
         rope,
+        host: Default::default(),
     })
 }
 

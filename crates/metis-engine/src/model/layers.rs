@@ -9,6 +9,7 @@ use crate::quant::QMatrix;
 use candle_core::{DType, Module, Tensor};
 
 use super::cache::KvCache;
+use super::host_step::{attend_one, CachedKv};
 use super::params::{LayerParams, LinearParams, ParamSpec};
 use super::EngineError;
 use crate::config::ModelConfig;
@@ -333,6 +334,11 @@ impl RmsNorm {
         })
     }
 
+    /// The weight and epsilon.
+    pub(crate) fn parts(&self) -> (&Tensor, f32) {
+        (&self.weight, self.eps)
+    }
+
     /// Normalises over the last dimension; any leading shape.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.dtype() == DType::F32 {
@@ -512,42 +518,23 @@ impl Attention {
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
-        let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*qs, &*ks, &*vs) else {
+        let Storage::Cpu(qs) = &*qs else {
             return Ok(None);
         };
-        let (kst, vst) = (kl.stride(), vl.stride());
-        if kst[3] != 1 || vst[3] != 1 {
+        if kl.stride()[3] != 1 || vl.stride()[3] != 1 {
             return Ok(None);
         }
+        let kv = CachedKv::of(&ks, kl, &vs, vl)?;
         let q = &qs.as_slice::<f32>()?[ql.start_offset()..][..nh * s * hd];
-        let kall = &ks.as_slice::<f32>()?[kl.start_offset()..];
-        let vall = &vs.as_slice::<f32>()?[vl.start_offset()..];
         // Output [nkv, n_rep * s, hd]: row (h % n_rep) * s + i of kv head h / n_rep, which is
         // row h * s + i overall, the same index as query (h, i) in q [nh, s, hd].
         let mut out = vec![0f32; nh * s * hd];
         let scale = self.scale as f32;
-        let rows: Vec<std::sync::Mutex<&mut [f32]>> =
-            out.chunks_mut(hd).map(std::sync::Mutex::new).collect();
-        crate::quant::run_tasks(nh * s, &|t| {
+        crate::quant::run_chunks_mut(&mut out, hd, &|t, row| {
             let (h, i) = (t / s, t % s);
-            let g = h / n_rep;
-            let qi = &q[t * hd..(t + 1) * hd];
             let visible = offset + i + 1;
-            let mut scores: Vec<f32> = (0..visible)
-                .map(|j| crate::quant::dot_f32(qi, &kall[g * kst[1] + j * kst[2]..][..hd]) * scale)
-                .collect();
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut total = 0f32;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                total += *sc;
-            }
-            let mut row = rows[t].lock().unwrap_or_else(|p| p.into_inner());
-            for (j, &p) in scores.iter().enumerate() {
-                crate::quant::axpy_f32(p / total, &vall[g * vst[1] + j * vst[2]..][..hd], &mut row);
-            }
+            attend_one(&q[t * hd..][..hd], &kv.head(h / n_rep), visible, scale, row);
         });
-        drop(rows);
         Ok(Some(Tensor::from_vec(
             out,
             (1, nkv, n_rep * s, hd),

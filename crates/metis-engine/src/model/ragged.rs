@@ -48,6 +48,9 @@ impl Model {
                 "ragged decode needs unpadded batch-1 caches".into(),
             ));
         }
+        if let Some(logits) = self.host_decode(tokens, caches)? {
+            return Ok(logits);
+        }
         let positions: Vec<usize> = caches.iter().map(|c| c.next_position()).collect();
         let ids = Tensor::new(tokens, &self.device)?;
         // [n, 1, hidden]: each sequence is a batch row with one position.

@@ -22,7 +22,7 @@ impl Rope {
         }
     }
 
-    #[cfg(test)]
+    /// The inverse frequencies, [head_dim / 2].
     pub(crate) fn inv_freq(&self) -> &[f32] {
         &self.inv_freq
     }

@@ -441,8 +441,16 @@ unsafe impl Sync for SyncPtr {}
 /// An output matrix written by the pool's tasks, each its own columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: only used in `dots_group`, where every task writes its own columns.
+// SAFETY: only used in `dots_group` and `run_chunks_mut`, where every task writes its own
+// columns or rows.
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer `i` values on (a method, so that closures capture the whole `OutPtr`).
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
 unsafe impl Send for OutPtr {}
 
 /// Per-thread buffers reused across products: quantized activations, a dequantized row.
@@ -457,10 +465,22 @@ thread_local! {
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f(0) … f(tasks − 1)` on the product pool (for work split like a product's, such as
-/// attention heads).
-pub(crate) fn run_tasks(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-    pool::global().run(tasks, f);
+/// Runs `f(t, chunk_t)` on the product pool for every `chunk`-long piece `chunk_t` of `out`
+/// (work that writes disjoint rows, such as attention heads).
+pub(crate) fn run_chunks_mut(
+    out: &mut [f32],
+    chunk: usize,
+    f: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    assert!(chunk > 0 && out.len().is_multiple_of(chunk), "whole chunks");
+    let tasks = out.len() / chunk;
+    let base = OutPtr(out.as_mut_ptr());
+    pool::global().run(tasks, &|t| {
+        // SAFETY: t < tasks, so chunk t lies inside `out`, which stays mutably borrowed for the
+        // whole call; the pool runs each task index exactly once, so no two live slices overlap.
+        let piece = unsafe { std::slice::from_raw_parts_mut(base.at(t * chunk), chunk) };
+        f(t, piece);
+    });
 }
 
 /// `y += a·x` with the fastest f32 kernel of this CPU.

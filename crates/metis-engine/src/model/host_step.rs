@@ -1,0 +1,474 @@
+//! The decode step on the CPU without the tensor graph: `n` sequences, one new token each,
+//! through every layer on plain f32 buffers.
+//!
+//! A decode step of a small model is ~120 matrix products of 50–300 µs and, around them,
+//! ~15 small operations per layer (norms, rope, reshapes, residual adds, SwiGLU). Through
+//! candle each of those is a tensor allocation and a dispatch (several fan out to rayon for a
+//! single row), which cost a third of the step on SmolLM2-135M. Here the same arithmetic runs
+//! in place: [`HostPlan`] holds what a step needs besides the matrices (norm weights and
+//! biases as f32 vectors), [`HostPlan::step`] walks the layers as named steps over a few
+//! buffers allocated once per step, the products go through [`crate::quant::matmul_group`] as
+//! before, and attention reads each sequence's KV cache in place on the product pool.
+//!
+//! The results equal the tensor path's bit for bit (same products, same operation order in
+//! the norms, rope, softmax and SwiGLU); `tests` checks that on Llama, Qwen2 and Qwen3
+//! layouts. A plan exists only where it applies: f32 compute on the CPU with every projection
+//! a [`QMatrix`] (GGUF files and memory-mapped f32/f16/bf16 safetensors).
+
+use candle_core::{DType, Device, Tensor};
+
+use super::cache::KvCache;
+use super::layers::{Attention, DecoderLayer, Embedding, Linear, LinearWeight, RmsNorm};
+use super::{Model, Result};
+use crate::config::rope_cos_sin;
+use crate::quant::{self, QMatrix};
+
+/// A projection of the plan: the matrix and its bias.
+#[derive(Debug, Clone)]
+struct HostLinear {
+    w: QMatrix,
+    bias: Option<Vec<f32>>,
+}
+
+/// An RMSNorm of the plan: its weight in f32.
+#[derive(Debug, Clone)]
+struct HostNorm {
+    weight: Vec<f32>,
+    eps: f32,
+}
+
+#[derive(Debug, Clone)]
+struct HostLayer {
+    input_norm: HostNorm,
+    q: HostLinear,
+    k: HostLinear,
+    v: HostLinear,
+    o: HostLinear,
+    q_norm: Option<HostNorm>,
+    k_norm: Option<HostNorm>,
+    post_norm: HostNorm,
+    gate: HostLinear,
+    up: HostLinear,
+    down: HostLinear,
+}
+
+/// What a host decode step reads besides the model's matrices.
+#[derive(Debug, Clone)]
+pub(crate) struct HostPlan {
+    layers: Vec<HostLayer>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
+/// Per-step activations, [n, width] each.
+struct Buffers {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl HostNorm {
+    fn of(norm: &RmsNorm) -> Option<Self> {
+        let (weight, eps) = norm.parts();
+        Some(Self {
+            weight: weight.to_dtype(DType::F32).ok()?.to_vec1().ok()?,
+            eps,
+        })
+    }
+
+    /// candle's `rms_norm` on each `weight.len()`-wide row of `x` in place, in its operation
+    /// order (sum of squares in order, `x / sqrt(mean + eps) * w`).
+    fn apply(&self, x: &mut [f32]) {
+        let dim = self.weight.len();
+        for row in x.chunks_exact_mut(dim) {
+            let sum2 = row.iter().map(|&v| v * v).sum::<f32>();
+            let m = (sum2 / dim as f32 + self.eps).sqrt();
+            for (v, &w) in row.iter_mut().zip(&self.weight) {
+                *v = *v / m * w;
+            }
+        }
+    }
+
+    /// `out = rms_norm(x)` row by row.
+    fn apply_into(&self, x: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(x);
+        self.apply(out);
+    }
+}
+
+impl HostLinear {
+    fn of(linear: &Linear) -> Option<Self> {
+        let LinearWeight::Matrix(w) = &linear.weight else {
+            return None;
+        };
+        let bias = match &linear.bias {
+            Some(b) => Some(b.to_dtype(DType::F32).ok()?.to_vec1().ok()?),
+            None => None,
+        };
+        Some(Self { w: w.clone(), bias })
+    }
+
+    /// Adds the bias (if any) to each row of `y` [n, rows].
+    fn add_bias(&self, y: &mut [f32]) {
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(b.len()) {
+                for (v, &c) in row.iter_mut().zip(b) {
+                    *v += c;
+                }
+            }
+        }
+    }
+}
+
+/// Several projections of the same input in one grouped product, biases added.
+fn project(ls: &[&HostLinear], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
+    let ws: Vec<&QMatrix> = ls.iter().map(|l| &l.w).collect();
+    quant::matmul_group(&ws, x, n, ys);
+    for (l, y) in ls.iter().zip(ys.iter_mut()) {
+        l.add_bias(y);
+    }
+}
+
+/// `x += y` elementwise.
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// candle's non-interleaved rope (`rotate_half`) on each `2 * cos.len()`-wide head of `x`.
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    for head in x.chunks_exact_mut(2 * half) {
+        let (a, b) = head.split_at_mut(half);
+        for i in 0..half {
+            let (x1, x2) = (a[i], b[i]);
+            a[i] = x1 * cos[i] - x2 * sin[i];
+            b[i] = x1 * sin[i] + x2 * cos[i];
+        }
+    }
+}
+
+impl HostPlan {
+    /// The plan of `model`, or None where the host step does not apply (another dtype or
+    /// device, or a projection that is not a [`QMatrix`]).
+    pub(crate) fn new(model: &Model) -> Option<Self> {
+        if model.dtype != DType::F32 || !model.device.is_cpu() {
+            return None;
+        }
+        let layers = model
+            .layers
+            .iter()
+            .map(HostLayer::of)
+            .collect::<Option<Vec<_>>>()?;
+        let a = &model.layers.first()?.self_attn;
+        Some(Self {
+            layers,
+            num_heads: a.num_heads,
+            num_kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim,
+            scale: a.scale as f32,
+        })
+    }
+
+    /// One decode step: `x` [n, hidden] holds the embeddings of the `n` new tokens, the token
+    /// of row `i` sits at rope position `positions[i]` and attends through `caches[i]` (batch-1,
+    /// unpadded). Returns the last layer's output [n, hidden]; the caches hold the new keys and
+    /// values but are not advanced (the caller advances them once every layer has run).
+    pub(crate) fn step(
+        &self,
+        x: Vec<f32>,
+        positions: &[usize],
+        rope_inv_freq: &[f32],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Vec<f32>> {
+        let n = positions.len();
+        let (cos, sin) = rope_cos_sin(rope_inv_freq, positions.iter().copied());
+        let mut buf = self.buffers(x, n);
+        for (index, layer) in self.layers.iter().enumerate() {
+            self.attention_block(layer, index, &mut buf, &cos, &sin, caches)?;
+            Self::mlp_block(layer, &mut buf, n);
+        }
+        Ok(buf.x)
+    }
+
+    fn buffers(&self, x: Vec<f32>, n: usize) -> Buffers {
+        let hidden = x.len() / n;
+        let (q_dim, kv_dim) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let inter = self.layers.first().map_or(0, |l| l.gate.w.rows());
+        Buffers {
+            x,
+            h: vec![0.0; n * hidden],
+            q: vec![0.0; n * q_dim],
+            k: vec![0.0; n * kv_dim],
+            v: vec![0.0; n * kv_dim],
+            att: vec![0.0; n * q_dim],
+            proj: vec![0.0; n * hidden],
+            gate: vec![0.0; n * inter],
+            up: vec![0.0; n * inter],
+        }
+    }
+
+    /// `x += o(attention(rope(q), rope(k), v))` over `norm(x)`, each row against its cache.
+    fn attention_block(
+        &self,
+        layer: &HostLayer,
+        index: usize,
+        buf: &mut Buffers,
+        cos: &[f32],
+        sin: &[f32],
+        caches: &mut [&mut KvCache],
+    ) -> Result<()> {
+        let n = caches.len();
+        layer.input_norm.apply_into(&buf.x, &mut buf.h);
+        project(
+            &[&layer.q, &layer.k, &layer.v],
+            &buf.h,
+            n,
+            &mut [&mut buf.q, &mut buf.k, &mut buf.v],
+        );
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            qn.apply(&mut buf.q);
+            kn.apply(&mut buf.k);
+        }
+        let half = self.head_dim / 2;
+        let q_dim = self.num_heads * self.head_dim;
+        let kv_dim = self.num_kv_heads * self.head_dim;
+        for r in 0..n {
+            let (c, s) = (&cos[r * half..][..half], &sin[r * half..][..half]);
+            rope(&mut buf.q[r * q_dim..][..q_dim], c, s);
+            rope(&mut buf.k[r * kv_dim..][..kv_dim], c, s);
+        }
+        self.attend(index, buf, caches)?;
+        project(&[&layer.o], &buf.att, n, &mut [&mut buf.proj]);
+        add_into(&mut buf.x, &buf.proj);
+        Ok(())
+    }
+
+    /// Appends each row's key and value to its cache, then attends every (row, head) on the
+    /// product pool, reading the caches in place: `buf.att` [n, heads * head_dim].
+    fn attend(&self, index: usize, buf: &mut Buffers, caches: &mut [&mut KvCache]) -> Result<()> {
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let kv_dim = nkv * hd;
+        let mut views = Vec::with_capacity(caches.len());
+        for (r, cache) in caches.iter_mut().enumerate() {
+            let row = |b: &[f32]| {
+                Tensor::from_slice(&b[r * kv_dim..][..kv_dim], (1, nkv, 1, hd), &Device::Cpu)
+            };
+            views.push(cache.append(index, &row(&buf.k)?, &row(&buf.v)?)?);
+        }
+        let reads: Vec<_> = views
+            .iter()
+            .map(|(k, v)| (k.storage_and_layout(), v.storage_and_layout()))
+            .collect();
+        let kvs = reads
+            .iter()
+            .map(|((ks, kl), (vs, vl))| CachedKv::of(ks, kl, vs, vl))
+            .collect::<Result<Vec<_>>>()?;
+        let n_rep = nh / nkv;
+        let scale = self.scale;
+        let q = &buf.q;
+        quant::run_chunks_mut(&mut buf.att, hd, &|t, out| {
+            let (r, h) = (t / nh, t % nh);
+            let kv = &kvs[r];
+            let qi = &q[t * hd..][..hd];
+            attend_one(qi, &kv.head(h / n_rep), kv.len, scale, out);
+        });
+        Ok(())
+    }
+
+    /// `x += down(silu(gate(norm(x))) * up(norm(x)))`.
+    fn mlp_block(layer: &HostLayer, buf: &mut Buffers, n: usize) {
+        layer.post_norm.apply_into(&buf.x, &mut buf.h);
+        project(
+            &[&layer.gate, &layer.up],
+            &buf.h,
+            n,
+            &mut [&mut buf.gate, &mut buf.up],
+        );
+        for (g, &u) in buf.gate.iter_mut().zip(&buf.up) {
+            // candle's silu, then the product: `silu(g) * u`.
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+        project(&[&layer.down], &buf.gate, n, &mut [&mut buf.proj]);
+        add_into(&mut buf.x, &buf.proj);
+    }
+}
+
+impl HostLayer {
+    fn of(layer: &DecoderLayer) -> Option<Self> {
+        let a: &Attention = &layer.self_attn;
+        let m = &layer.mlp;
+        Some(Self {
+            input_norm: HostNorm::of(&layer.input_layernorm)?,
+            q: HostLinear::of(&a.q_proj)?,
+            k: HostLinear::of(&a.k_proj)?,
+            v: HostLinear::of(&a.v_proj)?,
+            o: HostLinear::of(&a.o_proj)?,
+            q_norm: optional_norm(&a.q_norm)?,
+            k_norm: optional_norm(&a.k_norm)?,
+            post_norm: HostNorm::of(&layer.post_attention_layernorm)?,
+            gate: HostLinear::of(&m.gate_proj)?,
+            up: HostLinear::of(&m.up_proj)?,
+            down: HostLinear::of(&m.down_proj)?,
+        })
+    }
+}
+
+/// Some(None) for an absent norm, None (no plan) for a present one that cannot be read.
+fn optional_norm(norm: &Option<RmsNorm>) -> Option<Option<HostNorm>> {
+    match norm {
+        None => Some(None),
+        Some(n) => HostNorm::of(n).map(Some),
+    }
+}
+
+/// One sequence's cached keys and values of one layer, read in place:
+/// [1, kv_heads, len, head_dim] with the cache buffer's strides.
+pub(crate) struct CachedKv<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    k_strides: [usize; 2],
+    v_strides: [usize; 2],
+    pub(crate) len: usize,
+}
+
+/// One kv head's keys and values: position `j` at `j * stride`.
+pub(crate) struct KvHead<'a> {
+    pub(crate) k: &'a [f32],
+    pub(crate) v: &'a [f32],
+    pub(crate) k_stride: usize,
+    pub(crate) v_stride: usize,
+}
+
+impl<'a> CachedKv<'a> {
+    /// The f32 CPU storage behind cache views `k`, `v` [1, kv_heads, len, head_dim].
+    pub(crate) fn of(
+        ks: &'a candle_core::Storage,
+        kl: &candle_core::Layout,
+        vs: &'a candle_core::Storage,
+        vl: &candle_core::Layout,
+    ) -> Result<Self> {
+        use candle_core::Storage;
+        let (Storage::Cpu(ks), Storage::Cpu(vs)) = (ks, vs) else {
+            return Err(super::EngineError::InvalidArgument(
+                "the host decode step needs a CPU KV cache".into(),
+            ));
+        };
+        let (kst, vst) = (kl.stride(), vl.stride());
+        Ok(Self {
+            k: &ks.as_slice::<f32>()?[kl.start_offset()..],
+            v: &vs.as_slice::<f32>()?[vl.start_offset()..],
+            k_strides: [kst[1], kst[2]],
+            v_strides: [vst[1], vst[2]],
+            len: kl.dims()[2],
+        })
+    }
+
+    /// Keys and values of kv head `g`.
+    pub(crate) fn head(&self, g: usize) -> KvHead<'_> {
+        KvHead {
+            k: &self.k[g * self.k_strides[0]..],
+            v: &self.v[g * self.v_strides[0]..],
+            k_stride: self.k_strides[1],
+            v_stride: self.v_strides[1],
+        }
+    }
+}
+
+/// Attention of one query head `q` [head_dim] over the first `visible` cached positions of its
+/// kv head, into `out` [head_dim]: scores `(q · k_j) * scale` in f32, softmax in f32 (max
+/// subtracted), then `Σ p_j v_j` — the tensor path's arithmetic.
+pub(crate) fn attend_one(q: &[f32], kv: &KvHead, visible: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    let mut scores: Vec<f32> = (0..visible)
+        .map(|j| quant::dot_f32(q, &kv.k[j * kv.k_stride..][..hd]) * scale)
+        .collect();
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut total = 0f32;
+    for sc in scores.iter_mut() {
+        *sc = (*sc - max).exp();
+        total += *sc;
+    }
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        quant::axpy_f32(p / total, &kv.v[j * kv.v_stride..][..hd], out);
+    }
+}
+
+/// Whether decode steps may take the host path: yes unless `METIS_HOST_STEP=off` (to compare
+/// with the tensor path in benchmarks and bug reports).
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("METIS_HOST_STEP").map_or(true, |v| v != "off"))
+}
+
+impl Model {
+    /// The host decode plan, built on first use (None where it does not apply).
+    pub(crate) fn host_plan(&self) -> Option<&HostPlan> {
+        self.host.get_or_init(|| HostPlan::new(self)).as_ref()
+    }
+
+    /// A decode step through the host plan: embeddings of `tokens` (ids already checked),
+    /// every layer, the final norm and the head; f32 logits [n, vocab]. None where no plan
+    /// applies. Advances every cache by one position.
+    pub(crate) fn host_decode(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Option<Tensor>> {
+        if !enabled() {
+            return Ok(None);
+        }
+        let Some(plan) = self.host_plan() else {
+            return Ok(None);
+        };
+        let n = tokens.len();
+        let hidden = self.config.hidden_size;
+        let x = self.embed_rows(tokens)?;
+        let positions: Vec<usize> = caches.iter().map(|c| c.next_position()).collect();
+        let x = plan.step(x, &positions, self.rope.inv_freq(), caches)?;
+        for cache in caches.iter_mut() {
+            cache.advance(1);
+        }
+        let x = Tensor::from_vec(x, (n, hidden), &self.device)?;
+        let h = self.norm.forward(&x)?;
+        Ok(Some(self.lm_head.forward(&h)?.to_dtype(DType::F32)?))
+    }
+
+    /// Embedding rows of `tokens` as f32, [n, hidden] row-major.
+    fn embed_rows(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        match &self.embed_tokens {
+            Embedding::Quantized(m) => {
+                let hidden = m.cols();
+                let mut out = vec![0f32; tokens.len() * hidden];
+                for (&id, row) in tokens.iter().zip(out.chunks_exact_mut(hidden)) {
+                    m.dequantize_row(id as usize, row);
+                }
+                Ok(out)
+            }
+            dense => {
+                let ids = Tensor::new(tokens, &self.device)?;
+                Ok(dense
+                    .forward(&ids)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
