@@ -9,6 +9,7 @@
 //! f32, rope tables in f32 cast to the activation dtype.
 
 mod cache;
+mod cpu_attention;
 mod error;
 mod gguf_load;
 mod host_step;

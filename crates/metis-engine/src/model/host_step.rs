@@ -18,6 +18,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::cache::KvCache;
+use super::cpu_attention::{attend_one, CachedKv};
 use super::layers::{Attention, DecoderLayer, Embedding, Linear, LinearWeight, RmsNorm};
 use super::{Model, Result};
 use crate::config::rope_cos_sin;
@@ -279,7 +280,8 @@ impl HostPlan {
         let n_rep = nh / nkv;
         let scale = self.scale;
         let q = &buf.q;
-        quant::run_chunks_mut(&mut buf.att, hd, &|t, out| {
+        let bounds: Vec<usize> = (0..=caches.len() * nh).map(|t| t * hd).collect();
+        quant::run_parts_mut(&mut buf.att, &bounds, &|t, out| {
             let (r, h) = (t / nh, t % nh);
             let kv = &kvs[r];
             let qi = &q[t * hd..][..hd];
@@ -331,79 +333,6 @@ fn optional_norm(norm: &Option<RmsNorm>) -> Option<Option<HostNorm>> {
     match norm {
         None => Some(None),
         Some(n) => HostNorm::of(n).map(Some),
-    }
-}
-
-/// One sequence's cached keys and values of one layer, read in place:
-/// [1, kv_heads, len, head_dim] with the cache buffer's strides.
-pub(crate) struct CachedKv<'a> {
-    k: &'a [f32],
-    v: &'a [f32],
-    k_strides: [usize; 2],
-    v_strides: [usize; 2],
-    pub(crate) len: usize,
-}
-
-/// One kv head's keys and values: position `j` at `j * stride`.
-pub(crate) struct KvHead<'a> {
-    pub(crate) k: &'a [f32],
-    pub(crate) v: &'a [f32],
-    pub(crate) k_stride: usize,
-    pub(crate) v_stride: usize,
-}
-
-impl<'a> CachedKv<'a> {
-    /// The f32 CPU storage behind cache views `k`, `v` [1, kv_heads, len, head_dim].
-    pub(crate) fn of(
-        ks: &'a candle_core::Storage,
-        kl: &candle_core::Layout,
-        vs: &'a candle_core::Storage,
-        vl: &candle_core::Layout,
-    ) -> Result<Self> {
-        use candle_core::Storage;
-        let (Storage::Cpu(ks), Storage::Cpu(vs)) = (ks, vs) else {
-            return Err(super::EngineError::InvalidArgument(
-                "the host decode step needs a CPU KV cache".into(),
-            ));
-        };
-        let (kst, vst) = (kl.stride(), vl.stride());
-        Ok(Self {
-            k: &ks.as_slice::<f32>()?[kl.start_offset()..],
-            v: &vs.as_slice::<f32>()?[vl.start_offset()..],
-            k_strides: [kst[1], kst[2]],
-            v_strides: [vst[1], vst[2]],
-            len: kl.dims()[2],
-        })
-    }
-
-    /// Keys and values of kv head `g`.
-    pub(crate) fn head(&self, g: usize) -> KvHead<'_> {
-        KvHead {
-            k: &self.k[g * self.k_strides[0]..],
-            v: &self.v[g * self.v_strides[0]..],
-            k_stride: self.k_strides[1],
-            v_stride: self.v_strides[1],
-        }
-    }
-}
-
-/// Attention of one query head `q` [head_dim] over the first `visible` cached positions of its
-/// kv head, into `out` [head_dim]: scores `(q · k_j) * scale` in f32, softmax in f32 (max
-/// subtracted), then `Σ p_j v_j` — the tensor path's arithmetic.
-pub(crate) fn attend_one(q: &[f32], kv: &KvHead, visible: usize, scale: f32, out: &mut [f32]) {
-    let hd = q.len();
-    let mut scores: Vec<f32> = (0..visible)
-        .map(|j| quant::dot_f32(q, &kv.k[j * kv.k_stride..][..hd]) * scale)
-        .collect();
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut total = 0f32;
-    for sc in scores.iter_mut() {
-        *sc = (*sc - max).exp();
-        total += *sc;
-    }
-    out.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        quant::axpy_f32(p / total, &kv.v[j * kv.v_stride..][..hd], out);
     }
 }
 

@@ -9,7 +9,7 @@ use crate::quant::QMatrix;
 use candle_core::{DType, Module, Tensor};
 
 use super::cache::KvCache;
-use super::host_step::{attend_one, CachedKv};
+use super::cpu_attention::{attend_cached, CachedKv};
 use super::params::{LayerParams, LinearParams, ParamSpec};
 use super::EngineError;
 use crate::config::ModelConfig;
@@ -483,11 +483,10 @@ impl Attention {
 
     /// Attention read straight from the KV cache buffers for f32 on the CPU, batch 1: a decode
     /// step (one query, no mask) or a prompt under the plain causal mask (query i at cache
-    /// position `kv_len − s + i` sees keys 0..=that position). Per (query head, query): scores
-    /// against its kv head's keys, an f32 softmax, the weighted sum of values — the tensor
-    /// path's arithmetic (scale on the f32 product, softmax in f32) without copying K to
-    /// transpose it or materialising score and mask tensors. Tasks run on the product pool.
-    /// None where it does not apply (padded batches, other dtypes or devices).
+    /// position `kv_len − s + i` sees keys 0..=that position), by [`attend_cached`] — the
+    /// tensor path's arithmetic (scale on the f32 product, softmax in f32) without copying K
+    /// to transpose it or materialising score and mask tensors. None where it does not apply
+    /// (padded batches, other dtypes or devices).
     fn attend_direct(
         &self,
         q: &Tensor,
@@ -512,9 +511,6 @@ impl Attention {
         if !applies {
             return Ok(None);
         }
-        let (nkv, kv_len) = (self.num_kv_heads, k.dim(2)?);
-        let n_rep = nh / nkv;
-        let offset = kv_len - s;
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
@@ -526,15 +522,9 @@ impl Attention {
         }
         let kv = CachedKv::of(&ks, kl, &vs, vl)?;
         let q = &qs.as_slice::<f32>()?[ql.start_offset()..][..nh * s * hd];
-        // Output [nkv, n_rep * s, hd]: row (h % n_rep) * s + i of kv head h / n_rep, which is
-        // row h * s + i overall, the same index as query (h, i) in q [nh, s, hd].
-        let mut out = vec![0f32; nh * s * hd];
-        let scale = self.scale as f32;
-        crate::quant::run_chunks_mut(&mut out, hd, &|t, row| {
-            let (h, i) = (t / s, t % s);
-            let visible = offset + i + 1;
-            attend_one(&q[t * hd..][..hd], &kv.head(h / n_rep), visible, scale, row);
-        });
+        // [nh, s, hd] is [nkv, n_rep * s, hd]: query head h reads kv head h / n_rep.
+        let out = attend_cached(q, nh, s, hd, &kv, self.scale as f32);
+        let (nkv, n_rep) = (self.num_kv_heads, nh / self.num_kv_heads);
         Ok(Some(Tensor::from_vec(
             out,
             (1, nkv, n_rep * s, hd),

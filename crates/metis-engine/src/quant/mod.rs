@@ -441,7 +441,7 @@ unsafe impl Sync for SyncPtr {}
 /// An output matrix written by the pool's tasks, each its own columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: only used in `dots_group` and `run_chunks_mut`, where every task writes its own
+// SAFETY: only used in `dots_group` and `run_parts_mut`, where every task writes its own
 // columns or rows.
 unsafe impl Sync for OutPtr {}
 
@@ -465,21 +465,27 @@ thread_local! {
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f(t, chunk_t)` on the product pool for every `chunk`-long piece `chunk_t` of `out`
-/// (work that writes disjoint rows, such as attention heads).
-pub(crate) fn run_chunks_mut(
+/// Runs `f(t, part_t)` on the product pool for every part `out[bounds[t]..bounds[t + 1]]`
+/// (work that writes disjoint rows, such as attention heads). `bounds` must not decrease and
+/// must end within `out`.
+pub(crate) fn run_parts_mut(
     out: &mut [f32],
-    chunk: usize,
+    bounds: &[usize],
     f: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
-    assert!(chunk > 0 && out.len().is_multiple_of(chunk), "whole chunks");
-    let tasks = out.len() / chunk;
+    assert!(
+        bounds.windows(2).all(|w| w[0] <= w[1]) && bounds.last().is_none_or(|&e| e <= out.len()),
+        "parts must be ordered and inside the output"
+    );
+    let tasks = bounds.len().saturating_sub(1);
     let base = OutPtr(out.as_mut_ptr());
     pool::global().run(tasks, &|t| {
-        // SAFETY: t < tasks, so chunk t lies inside `out`, which stays mutably borrowed for the
-        // whole call; the pool runs each task index exactly once, so no two live slices overlap.
-        let piece = unsafe { std::slice::from_raw_parts_mut(base.at(t * chunk), chunk) };
-        f(t, piece);
+        let (start, end) = (bounds[t], bounds[t + 1]);
+        // SAFETY: bounds are ordered and end inside `out` (asserted), so parts are disjoint
+        // ranges of `out`, which stays mutably borrowed for the whole call; the pool runs each
+        // task index exactly once, so no two live slices overlap.
+        let part = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
+        f(t, part);
     });
 }
 
