@@ -2,19 +2,17 @@
 //! step ([`super::host_step`]) and for prompts under the plain causal mask
 //! ([`super::layers::Attention`]).
 //!
-//! [`CachedKv`] views one layer of a sequence's cache without copying; [`attend_cached`] runs
-//! every (query head, query) on the product pool. A decode step's single query per head goes
-//! through [`attend_one`] (dot products against each cached key, an f32 softmax, a weighted
-//! sum of values). A prompt's queries go in blocks of [`PROMPT_BLOCK`] rows through two
-//! `gemm` calls per block (scores `Q Kᵀ`, then `P V`), which reuse each key and value across
-//! the block's rows instead of re-reading them per query: the arithmetic is the same, summed
-//! in gemm's order.
+//! [`CachedKv`] views one layer of a sequence's cache without copying. Every attention here
+//! is two `gemm` calls over a group of query rows that share a kv head (scores `Q Kᵀ`, an f32
+//! softmax per row, then `P V`), so each cached key and value is read once per group rather
+//! than once per query: [`attend_decode`] groups a decode step's query heads by kv head (one
+//! task per sequence and kv head), [`attend_cached`] a prompt's queries in blocks of
+//! [`PROMPT_BLOCK`] positions per head. Tasks run on the product pool.
 
 use super::{EngineError, Result};
 use crate::quant;
 
-/// Queries per prompt block (rows of one gemm), and the prompt length from which blocks are
-/// used.
+/// Queries per prompt block (rows of one gemm).
 pub(crate) const PROMPT_BLOCK: usize = 32;
 
 /// One sequence's cached keys and values of one layer, read in place:
@@ -28,14 +26,16 @@ pub(crate) struct CachedKv<'a> {
     pub(crate) len: usize,
     /// kv heads.
     heads: usize,
+    hd: usize,
 }
 
 /// One kv head's keys and values: position `j` at `j * stride`.
 pub(crate) struct KvHead<'a> {
-    pub(crate) k: &'a [f32],
-    pub(crate) v: &'a [f32],
-    pub(crate) k_stride: usize,
-    pub(crate) v_stride: usize,
+    k: &'a [f32],
+    v: &'a [f32],
+    k_stride: usize,
+    v_stride: usize,
+    hd: usize,
 }
 
 impl<'a> CachedKv<'a> {
@@ -65,6 +65,7 @@ impl<'a> CachedKv<'a> {
             v_strides: [vst[1], vst[2]],
             len: kl.dims()[2],
             heads: kl.dims()[1],
+            hd: kl.dims()[3],
         })
     }
 
@@ -75,27 +76,8 @@ impl<'a> CachedKv<'a> {
             v: &self.v[g * self.v_strides[0]..],
             k_stride: self.k_strides[1],
             v_stride: self.v_strides[1],
+            hd: self.hd,
         }
-    }
-}
-
-/// Attention of one query head `q` [head_dim] over the first `visible` cached positions of its
-/// kv head, into `out` [head_dim]: scores `(q · k_j) * scale` in f32, softmax in f32 (max
-/// subtracted), then `Σ p_j v_j` — the tensor path's arithmetic.
-pub(crate) fn attend_one(q: &[f32], kv: &KvHead, visible: usize, scale: f32, out: &mut [f32]) {
-    let hd = q.len();
-    let mut scores: Vec<f32> = (0..visible)
-        .map(|j| quant::dot_f32(q, &kv.k[j * kv.k_stride..][..hd]) * scale)
-        .collect();
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut total = 0f32;
-    for sc in scores.iter_mut() {
-        *sc = (*sc - max).exp();
-        total += *sc;
-    }
-    out.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        quant::axpy_f32(p / total, &kv.v[j * kv.v_stride..][..hd], out);
     }
 }
 
@@ -111,21 +93,12 @@ pub(crate) fn attend_cached(
     scale: f32,
 ) -> Vec<f32> {
     let n_rep = heads / kv.heads;
-    let offset = kv.len - s;
     let mut out = vec![0f32; heads * s * hd];
-    if s < PROMPT_BLOCK {
-        quant::run_parts_mut(&mut out, &uniform_bounds(heads * s, hd), &|t, row| {
-            let (h, i) = (t / s, t % s);
-            attend_one(
-                &q[t * hd..][..hd],
-                &kv.head(h / n_rep),
-                offset + i + 1,
-                scale,
-                row,
-            );
-        });
+    if s == 1 {
+        attend_decode(q, &[kv], n_rep, hd, scale, &mut out);
         return out;
     }
+    let offset = kv.len - s;
     // Blocks of up to PROMPT_BLOCK queries of one head: (head, first query, queries).
     let blocks: Vec<(usize, usize, usize)> = (0..heads)
         .flat_map(|h| {
@@ -139,25 +112,67 @@ pub(crate) fn attend_cached(
     quant::run_parts_mut(&mut out, &bounds, &|t, rows| {
         let (h, i0, n) = blocks[t];
         let qb = &q[(h * s + i0) * hd..][..n * hd];
-        attend_block(qb, &kv.head(h / n_rep), offset + i0, hd, scale, rows);
+        let first = offset + i0;
+        attend_rows(
+            qb,
+            &kv.head(h / n_rep),
+            first + n,
+            |r| first + r + 1,
+            scale,
+            rows,
+        );
     });
     out
 }
 
-/// `[0, chunk, 2·chunk, …, parts·chunk]`.
-fn uniform_bounds(parts: usize, chunk: usize) -> Vec<usize> {
-    (0..=parts).map(|t| t * chunk).collect()
+/// One decode step's attention for several sequences: `q` [n, heads, hd] holds one query per
+/// head of sequence `r`, which reads `kvs[r]` whole; `out` [n, heads, hd]. One task per
+/// (sequence, kv head) takes that head's `n_rep` query heads together, so each key and value
+/// is read once for all of them.
+pub(crate) fn attend_decode(
+    q: &[f32],
+    kvs: &[&CachedKv],
+    n_rep: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let group = n_rep * hd;
+    let tasks = out.len() / group;
+    let kv_heads = tasks / kvs.len().max(1);
+    let bounds: Vec<usize> = (0..=tasks).map(|t| t * group).collect();
+    quant::run_parts_mut(out, &bounds, &|t, rows| {
+        let kv = kvs[t / kv_heads];
+        let head = kv.head(t % kv_heads);
+        attend_rows(
+            &q[t * group..][..group],
+            &head,
+            kv.len,
+            |_| kv.len,
+            scale,
+            rows,
+        );
+    });
 }
 
-/// Attention of `n = q.len() / hd` consecutive queries of one head, the first at cache
-/// position `first` (query `r` sees keys `0..=first + r`), into `out` [n, hd]: scores for the
-/// block's widest range of keys in one gemm, each row's invisible keys dropped, an f32
-/// softmax per row, then one gemm with the values.
-fn attend_block(q: &[f32], kv: &KvHead, first: usize, hd: usize, scale: f32, out: &mut [f32]) {
-    let n = q.len() / hd;
-    let keys = first + n;
+/// Attention of the queries `q` [n, hd] of one kv head, row `r` seeing keys
+/// `0..visible(r)` (at most `keys`), into `out` [n, hd]: scores `(q · k_j) · scale` for all
+/// `keys` keys in one gemm, each row's invisible keys dropped, an f32 softmax per row (max
+/// subtracted), then one gemm with the values.
+fn attend_rows(
+    q: &[f32],
+    kv: &KvHead,
+    keys: usize,
+    visible: impl Fn(usize) -> usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    assert_eq!(q.len(), out.len(), "q and out are both [n, hd]");
+    let (hd, n) = (kv.hd, q.len() / kv.hd);
     assert!(
-        (keys - 1) * kv.k_stride + hd <= kv.k.len() && (keys - 1) * kv.v_stride + hd <= kv.v.len(),
+        keys > 0
+            && (keys - 1) * kv.k_stride + hd <= kv.k.len()
+            && (keys - 1) * kv.v_stride + hd <= kv.v.len(),
         "cache views hold every visible position"
     );
     let mut p = vec![0f32; n * keys];
@@ -188,9 +203,9 @@ fn attend_block(q: &[f32], kv: &KvHead, first: usize, hd: usize, scale: f32, out
         );
     }
     for (r, row) in p.chunks_exact_mut(keys).enumerate() {
-        let visible = first + r + 1;
-        softmax_in_place(&mut row[..visible]);
-        row[visible..].fill(0.0);
+        let seen = visible(r).min(keys);
+        softmax_in_place(&mut row[..seen]);
+        row[seen..].fill(0.0);
     }
     // SAFETY: p is [n, keys] (cs 1, rs keys); value j is kv.v[j·v_stride ..][..hd], read at
     // (j, d) = j·v_stride + d, inside kv.v for j < keys (asserted above); out is [n, hd]
@@ -220,7 +235,7 @@ fn attend_block(q: &[f32], kv: &KvHead, first: usize, hd: usize, scale: f32, out
     }
 }
 
-/// `x ← softmax(x)` in f32 (max subtracted), as [`attend_one`] computes it.
+/// `x ← softmax(x)` in f32, the largest value subtracted first.
 fn softmax_in_place(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut total = 0f32;
@@ -268,6 +283,7 @@ mod tests {
                 v_strides: [self.cap * self.hd, self.hd],
                 len: self.len,
                 heads: self.kv_heads,
+                hd: self.hd,
             }
         }
 

@@ -18,7 +18,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::cache::KvCache;
-use super::cpu_attention::{attend_one, CachedKv};
+use super::cpu_attention::{attend_decode, CachedKv};
 use super::layers::{Attention, DecoderLayer, Embedding, Linear, LinearWeight, RmsNorm};
 use super::{Model, Result};
 use crate::config::rope_cos_sin;
@@ -257,8 +257,8 @@ impl HostPlan {
         Ok(())
     }
 
-    /// Appends each row's key and value to its cache, then attends every (row, head) on the
-    /// product pool, reading the caches in place: `buf.att` [n, heads * head_dim].
+    /// Appends each row's key and value to its cache, then attends every row against its
+    /// cache read in place: `buf.att` [n, heads * head_dim].
     fn attend(&self, index: usize, buf: &mut Buffers, caches: &mut [&mut KvCache]) -> Result<()> {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let kv_dim = nkv * hd;
@@ -277,16 +277,8 @@ impl HostPlan {
             .iter()
             .map(|((ks, kl), (vs, vl))| CachedKv::of(ks, kl, vs, vl))
             .collect::<Result<Vec<_>>>()?;
-        let n_rep = nh / nkv;
-        let scale = self.scale;
-        let q = &buf.q;
-        let bounds: Vec<usize> = (0..=caches.len() * nh).map(|t| t * hd).collect();
-        quant::run_parts_mut(&mut buf.att, &bounds, &|t, out| {
-            let (r, h) = (t / nh, t % nh);
-            let kv = &kvs[r];
-            let qi = &q[t * hd..][..hd];
-            attend_one(qi, &kv.head(h / n_rep), kv.len, scale, out);
-        });
+        let kv_refs: Vec<&CachedKv> = kvs.iter().collect();
+        attend_decode(&buf.q, &kv_refs, nh / nkv, hd, self.scale, &mut buf.att);
         Ok(())
     }
 

@@ -349,18 +349,3 @@ pub(crate) unsafe fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
     let head = dot_float!(whole, w.as_ptr(), x, load_bf16);
     head + super::portable::dot_bf16(&w[whole * 2..n * 2], &x[whole..n])
 }
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let whole = n - n % 8;
-    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-    let av = _mm256_set1_ps(a);
-    let mut j = 0;
-    while j < whole {
-        let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(j)), _mm256_loadu_ps(yp.add(j)));
-        _mm256_storeu_ps(yp.add(j), v);
-        j += 8;
-    }
-    super::portable::axpy(a, &x[whole..n], &mut y[whole..n]);
-}

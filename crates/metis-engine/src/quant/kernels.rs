@@ -15,9 +15,6 @@ pub(crate) type Q8KDot = fn(&[u8], Q8KRow) -> f32;
 /// Dot of one float weight row (f32/f16/bf16 bytes) with an f32 activation row.
 pub(crate) type FloatDot = fn(&[u8], &[f32]) -> f32;
 
-/// `y += a·x` over f32 slices (attention's weighted sum of values).
-pub(crate) type Axpy = fn(f32, &[f32], &mut [f32]);
-
 /// The kernels of one instruction set.
 pub(crate) struct Kernels {
     pub name: &'static str,
@@ -32,7 +29,6 @@ pub(crate) struct Kernels {
     pub f32: FloatDot,
     pub f16: FloatDot,
     pub bf16: FloatDot,
-    pub axpy: Axpy,
 }
 
 pub(crate) static PORTABLE: Kernels = Kernels {
@@ -48,7 +44,6 @@ pub(crate) static PORTABLE: Kernels = Kernels {
     f32: portable::dot_f32,
     f16: portable::dot_f16,
     bf16: portable::dot_bf16,
-    axpy: portable::axpy,
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -96,11 +91,6 @@ mod x86 {
     wrap!(f16_, avx2::dot_f16, Float);
     wrap!(bf16_, avx2::dot_bf16, Float);
 
-    fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        // SAFETY: AVX2 table only; the kernel bounds its accesses by min(x, y) lengths.
-        unsafe { avx2::axpy(a, x, y) }
-    }
-
     pub(crate) static AVX2: Kernels = Kernels {
         name: "avx2",
         q8_0,
@@ -114,7 +104,6 @@ mod x86 {
         f32: f32_,
         f16: f16_,
         bf16: bf16_,
-        axpy,
     };
 
     pub(crate) fn supported() -> bool {

@@ -489,16 +489,6 @@ pub(crate) fn run_parts_mut(
     });
 }
 
-/// `y += a·x` with the fastest f32 kernel of this CPU.
-pub(crate) fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
-    (kernels::chosen().axpy)(a, x, y)
-}
-
-/// `Σ a·b` with the fastest f32 kernel of this CPU (for attention over the KV cache).
-pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    (kernels::chosen().f32)(bytemuck_f32(a), b)
-}
-
 fn bytemuck_f32(v: &[f32]) -> &[u8] {
     // SAFETY: any f32 is 4 initialised bytes; u8 has alignment 1; the length is exact.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }

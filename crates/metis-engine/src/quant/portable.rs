@@ -213,9 +213,3 @@ pub(crate) fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
         .map(|(b, &x)| bf16::from_le_bytes([b[0], b[1]]).to_f32() * x)
         .sum()
 }
-
-pub(crate) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
-}
