@@ -18,7 +18,8 @@ The models are written by Metis (`engine_speed --prepare`): an HF safetensors di
 Metis loads at F32) and GGUF F32 / Q8_0 / Q4_K_M / Q4_1 files in llama.cpp's layout (what
 llama.cpp loads, and what Metis loads at the quantized formats). Engines alternate (Metis, llama.cpp, Metis, ...) for REPEATS
 rounds so that both see the same machine state; the table gives the median over rounds.
-llama.cpp keeps its default F16 KV cache (Metis's is F32).
+Both engines cache keys and values in F16 for GGUF files (llama.cpp's default, and Metis's);
+Metis caches F32 for the HF safetensors row.
 
 Needs a Python with `llama-cpp-python` (PyPI sdist, compiled locally). On CPUs with AMX
 (Sapphire Rapids and later) build it without ggml's AMX backend, whose Q8_0 repacking crashes

@@ -185,17 +185,21 @@ fn child(model_path: &Path) {
         }
         decode.push(128.0 / t1.elapsed().as_secs_f64());
     }
-    // Where the time goes: a 512-token prefill, then 32 decode steps, with the product timer
-    // on (products of GGUF/mapped matrices; 0 for other weights).
-    metis_engine::quant::profile::enable();
-    metis_engine::quant::profile::take();
+    // Where the time goes: a 512-token prefill, then 32 decode steps, with the product and
+    // attention timers on (products of GGUF/mapped matrices and attention read in place from
+    // the cache; 0 for other weights and paths).
+    use metis_engine::quant::profile::{self, Phase};
+    profile::enable();
+    profile::take(Phase::Products);
+    profile::take(Phase::Attention);
     let mut cache = model.new_cache(1);
     let t_prefill = Instant::now();
     let mut logits = model
         .forward_last(&row(&prompt), &mut cache)
         .expect("prefill");
     let prefill_ms = t_prefill.elapsed().as_secs_f64() * 1e3;
-    let prefill_products_ms = metis_engine::quant::profile::take().1 as f64 / 1e6;
+    let prefill_products_ms = profile::take(Phase::Products).1 as f64 / 1e6;
+    let prefill_attention_ms = profile::take(Phase::Attention).1 as f64 / 1e6;
     let t2 = Instant::now();
     for _ in 0..32 {
         let last: Vec<f32> = logits.get(0).unwrap().to_vec1().unwrap();
@@ -205,15 +209,18 @@ fn child(model_path: &Path) {
             .expect("decode");
     }
     let step_ms = t2.elapsed().as_secs_f64() * 1e3 / 32.0;
-    let (calls, nanos) = metis_engine::quant::profile::take();
+    let (calls, nanos) = profile::take(Phase::Products);
     let products_ms = nanos as f64 / 1e6 / 32.0;
+    let attention_ms = profile::take(Phase::Attention).1 as f64 / 1e6 / 32.0;
     println!(
         "{}",
         serde_json::json!({
             "prefill_ms": prefill_ms,
             "prefill_products_ms": prefill_products_ms,
+            "prefill_attention_ms": prefill_attention_ms,
             "decode_step_ms": step_ms,
             "decode_products_ms": products_ms,
+            "decode_attention_ms": attention_ms,
             "decode_products_per_step": calls as f64 / 32.0,
             "prefill_tok_s": median(prefill.clone()),
             "decode_tok_s": median(decode.clone()),

@@ -63,6 +63,8 @@ pub struct Model {
     /// where matmul weights are kept in f32).
     lm_head: Linear,
     rope: Rope,
+    /// What KV caches store keys and values as.
+    kv_dtype: DType,
     /// The decode step without the tensor graph, built on first use ([`host_step`]).
     host: std::sync::OnceLock<Option<host_step::HostPlan>>,
 }
@@ -98,7 +100,8 @@ impl Model {
     /// weights (Q8_0, Q4_K, Q6_K, …) stay quantized and are multiplied with candle's
     /// `QMatMul`; everything else is dequantized to f32, and the model computes in f32.
     /// Llama Q/K rows are un-permuted from llama.cpp's rope layout, and `rope_freqs.weight`
-    /// (Llama-3 scaling) divides the rope inverse frequencies.
+    /// (Llama-3 scaling) divides the rope inverse frequencies. Its KV caches store f16, as
+    /// llama.cpp's do by default ([`Model::with_kv_dtype`] changes that).
     pub fn load_gguf(path: &Path, device: &Device) -> Result<Model> {
         gguf_load::load(path, device)
     }
@@ -152,6 +155,7 @@ impl Model {
             lm_head,
             rope,
             config,
+            kv_dtype: dtype,
             host: Default::default(),
         })
     }
@@ -169,6 +173,20 @@ impl Model {
         &self.device
     }
 
+    /// What KV caches store keys and values as: the compute dtype for checkpoints, f16 for
+    /// GGUF files (llama.cpp's default cache type, half the memory and half the bytes a decode
+    /// step reads).
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
+    /// The same model with caches that store keys and values as `dtype` (f32 for an exact
+    /// comparison with an f32 reference).
+    pub fn with_kv_dtype(mut self, dtype: DType) -> Self {
+        self.kv_dtype = dtype;
+        self
+    }
+
     /// An empty KV cache for `batch` sequences.
     pub fn new_cache(&self, batch: usize) -> KvCache {
         KvCache::new(
@@ -176,6 +194,7 @@ impl Model {
             batch,
             self.config.max_position_embeddings,
         )
+        .with_dtype(self.kv_dtype)
     }
 
     /// An empty KV cache for a left-padded batch: sequence `i` of every input to

@@ -1,6 +1,6 @@
 //! Key/value cache: one preallocated, geometrically growing buffer per layer.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::EngineError;
 
@@ -29,6 +29,8 @@ pub struct KvCache {
     max_positions: usize,
     /// Left-pad count of each sequence; None for an unpadded cache.
     pads: Option<Vec<usize>>,
+    /// What keys and values are stored as (None: as they come).
+    dtype: Option<DType>,
 }
 
 impl KvCache {
@@ -40,7 +42,14 @@ impl KvCache {
             pos_offset: 0,
             max_positions,
             pads: None,
+            dtype: None,
         }
+    }
+
+    /// Store keys and values as `dtype` (converted on the way in).
+    pub(crate) fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = Some(dtype);
+        self
     }
 
     pub(crate) fn with_pads(mut self, pads: Vec<usize>) -> Self {
@@ -106,6 +115,11 @@ impl KvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor), EngineError> {
+        let (k, v) = match self.dtype {
+            Some(dtype) if k.dtype() != dtype => (k.to_dtype(dtype)?, v.to_dtype(dtype)?),
+            _ => (k.clone(), v.clone()),
+        };
+        let (k, v) = (&k, &v);
         let (b, h, s, d) = k.dims4()?;
         if b != self.batch {
             return Err(EngineError::InvalidArgument(format!(

@@ -1,4 +1,4 @@
-//! Attention on the CPU read in place from the KV cache (f32, one sequence), for the decode
+//! Attention on the CPU read in place from the KV cache (f32 or f16, one sequence), for the decode
 //! step ([`super::host_step`]) and for prompts under the plain causal mask
 //! ([`super::layers::Attention`]).
 //!
@@ -8,6 +8,15 @@
 //! than once per query: [`attend_decode`] groups a decode step's query heads by kv head (one
 //! task per sequence and kv head), [`attend_cached`] a prompt's queries in blocks of
 //! [`PROMPT_BLOCK`] positions per head. Tasks run on the product pool.
+//!
+//! An f16 cache (GGUF models' default, as in llama.cpp) halves the bytes a decode step reads
+//! from memory, which at a few hundred positions is a fifth of the step; its rows are widened
+//! to f32 into a per-thread scratch right before each gemm.
+
+use std::cell::RefCell;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::{EngineError, Result};
 use crate::quant;
@@ -18,8 +27,8 @@ pub(crate) const PROMPT_BLOCK: usize = 32;
 /// One sequence's cached keys and values of one layer, read in place:
 /// [1, kv_heads, len, head_dim] with the cache buffer's strides.
 pub(crate) struct CachedKv<'a> {
-    k: &'a [f32],
-    v: &'a [f32],
+    k: Rows<'a>,
+    v: Rows<'a>,
     k_strides: [usize; 2],
     v_strides: [usize; 2],
     /// Cached positions.
@@ -31,15 +40,105 @@ pub(crate) struct CachedKv<'a> {
 
 /// One kv head's keys and values: position `j` at `j * stride`.
 pub(crate) struct KvHead<'a> {
-    k: &'a [f32],
-    v: &'a [f32],
+    k: Rows<'a>,
+    v: Rows<'a>,
     k_stride: usize,
     v_stride: usize,
     hd: usize,
 }
 
+/// Cached values as stored.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl<'a> Rows<'a> {
+    fn of(storage: &'a candle_core::CpuStorage, start: usize) -> Result<Self> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::CpuStorage as C;
+        Ok(match storage {
+            C::F32(v) => Rows::F32(&v[start..]),
+            C::F16(v) => Rows::F16(&v[start..]),
+            other => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "attention read in place needs an f32 or f16 KV cache, not {:?}",
+                    other.dtype()
+                )))
+            }
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.len(),
+            Rows::F16(v) => v.len(),
+        }
+    }
+
+    fn from(&self, start: usize) -> Self {
+        match self {
+            Rows::F32(v) => Rows::F32(&v[start..]),
+            Rows::F16(v) => Rows::F16(&v[start..]),
+        }
+    }
+
+    /// The `hd` values at `start` as f32: in place, or widened into `row` by `widen`.
+    #[inline(always)]
+    fn row_f32<'r>(
+        &self,
+        start: usize,
+        hd: usize,
+        row: &'r mut [f32],
+        widen: &impl Fn(&[f16], &mut [f32]),
+    ) -> &'r [f32]
+    where
+        'a: 'r,
+    {
+        match *self {
+            Rows::F32(v) => &v[start..][..hd],
+            Rows::F16(v) => {
+                widen(&v[start..][..hd], row);
+                row
+            }
+        }
+    }
+
+    /// Rows `0..rows` (`stride` apart, `hd` values each) as f32: read in place, or widened
+    /// into `scratch`. Returns the values and their row stride.
+    fn as_f32<'s>(
+        &self,
+        rows: usize,
+        stride: usize,
+        hd: usize,
+        scratch: &'s mut Vec<f32>,
+    ) -> (&'s [f32], usize)
+    where
+        'a: 's,
+    {
+        match *self {
+            Rows::F32(v) => (v, stride),
+            Rows::F16(v) => {
+                scratch.resize(rows * hd, 0.0);
+                for (j, out) in scratch.chunks_exact_mut(hd).enumerate() {
+                    v[j * stride..][..hd].convert_to_f32_slice(out);
+                }
+                (scratch, hd)
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Widened f16 keys and values, per thread.
+    static WIDE: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// A decode group's scores, per thread.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 impl<'a> CachedKv<'a> {
-    /// The f32 CPU storage behind cache views `k`, `v` [1, kv_heads, len, head_dim].
+    /// The CPU storage behind cache views `k`, `v` [1, kv_heads, len, head_dim].
     pub(crate) fn of(
         ks: &'a candle_core::Storage,
         kl: &candle_core::Layout,
@@ -59,8 +158,8 @@ impl<'a> CachedKv<'a> {
             ));
         }
         Ok(Self {
-            k: &ks.as_slice::<f32>()?[kl.start_offset()..],
-            v: &vs.as_slice::<f32>()?[vl.start_offset()..],
+            k: Rows::of(ks, kl.start_offset())?,
+            v: Rows::of(vs, vl.start_offset())?,
             k_strides: [kst[1], kst[2]],
             v_strides: [vst[1], vst[2]],
             len: kl.dims()[2],
@@ -72,8 +171,8 @@ impl<'a> CachedKv<'a> {
     /// Keys and values of kv head `g`.
     pub(crate) fn head(&self, g: usize) -> KvHead<'_> {
         KvHead {
-            k: &self.k[g * self.k_strides[0]..],
-            v: &self.v[g * self.v_strides[0]..],
+            k: self.k.from(g * self.k_strides[0]),
+            v: self.v.from(g * self.v_strides[0]),
             k_stride: self.k_strides[1],
             v_stride: self.v_strides[1],
             hd: self.hd,
@@ -98,6 +197,7 @@ pub(crate) fn attend_cached(
         attend_decode(q, &[kv], n_rep, hd, scale, &mut out);
         return out;
     }
+    let _timer = quant::profile::Timer::start(quant::profile::Phase::Attention);
     let offset = kv.len - s;
     // Blocks of up to PROMPT_BLOCK queries of one head: (head, first query, queries).
     let blocks: Vec<(usize, usize, usize)> = (0..heads)
@@ -137,6 +237,7 @@ pub(crate) fn attend_decode(
     scale: f32,
     out: &mut [f32],
 ) {
+    let _timer = quant::profile::Timer::start(quant::profile::Phase::Attention);
     let group = n_rep * hd;
     let tasks = out.len() / group;
     let kv_heads = tasks / kvs.len().max(1);
@@ -144,15 +245,132 @@ pub(crate) fn attend_decode(
     quant::run_parts_mut(out, &bounds, &|t, rows| {
         let kv = kvs[t / kv_heads];
         let head = kv.head(t % kv_heads);
-        attend_rows(
-            &q[t * group..][..group],
-            &head,
-            kv.len,
-            |_| kv.len,
-            scale,
-            rows,
-        );
+        let q = &q[t * group..][..group];
+        if hd <= MAX_STREAM_HD {
+            decode_group(q, &head, kv.len, scale, rows);
+        } else {
+            attend_rows(q, &head, kv.len, |_| kv.len, scale, rows);
+        }
     });
+}
+
+/// Widest head for which [`decode_group`] streams keys through a stack row.
+const MAX_STREAM_HD: usize = 256;
+
+/// A decode step's attention for the `n = q.len() / hd` query heads sharing one kv head, all
+/// seeing keys `0..keys`, into `out` [n, hd]. One pass over the keys (each widened once into
+/// a stack row, then dotted with every query) and one over the values (each widened once and
+/// added into every output row): for a handful of rows this streams the cache once, with
+/// none of a gemm's packing.
+fn decode_group(q: &[f32], kv: &KvHead, keys: usize, scale: f32, out: &mut [f32]) {
+    // Taken out of the thread-local so that the body runs outside a closure (a closure passed
+    // to `LocalKey::with` is compiled without the AVX2 function's target features).
+    let mut scores = SCORES.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    scores.resize(q.len() / kv.hd * keys, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if quant::kernel_set() == "avx2" {
+        // SAFETY: the avx2 kernel set is chosen only after AVX2, FMA and F16C are detected.
+        unsafe { decode_group_avx2(q, kv, keys, scale, &mut scores, out) };
+        SCORES.with(|s| *s.borrow_mut() = scores);
+        return;
+    }
+    let widen = |src: &[f16], dst: &mut [f32]| src.convert_to_f32_slice(dst);
+    decode_group_body(q, kv, keys, scale, &mut scores, out, widen);
+    SCORES.with(|s| *s.borrow_mut() = scores);
+}
+
+/// [`decode_group_body`] compiled for AVX2 (its loops vectorize eight lanes wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_group_avx2(
+    q: &[f32],
+    kv: &KvHead,
+    keys: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    // SAFETY: this function runs only where F16C was detected (see `decode_group`).
+    let widen = |src: &[f16], dst: &mut [f32]| unsafe { widen_f16c(src, dst) };
+    decode_group_body(q, kv, keys, scale, scores, out, widen)
+}
+
+/// f16 → f32 with F16C, eight at a time (inlined into the AVX2 decode group; `half`'s
+/// slice conversion dispatches per call and per eight values, which costs as much as the
+/// attention arithmetic).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_f16c(src: &[f16], dst: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let n = src.len().min(dst.len());
+    let whole = n - n % 8;
+    let mut i = 0;
+    while i < whole {
+        // SAFETY: i + 8 <= n, inside both slices.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    for j in whole..n {
+        dst[j] = src[j].to_f32();
+    }
+}
+
+/// `scores` [n, keys] is scratch; `widen` turns f16 rows into f32.
+#[inline(always)]
+fn decode_group_body(
+    q: &[f32],
+    kv: &KvHead,
+    keys: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+    widen: impl Fn(&[f16], &mut [f32]),
+) {
+    let hd = kv.hd;
+    let mut row = [0f32; MAX_STREAM_HD];
+    let row = &mut row[..hd];
+    for j in 0..keys {
+        let k = kv.k.row_f32(j * kv.k_stride, hd, row, &widen);
+        for (r, qr) in q.chunks_exact(hd).enumerate() {
+            scores[r * keys + j] = dot(qr, k) * scale;
+        }
+    }
+    for p in scores.chunks_exact_mut(keys) {
+        softmax_in_place(p);
+    }
+    out.fill(0.0);
+    for j in 0..keys {
+        let v = kv.v.row_f32(j * kv.v_stride, hd, row, &widen);
+        for (r, o) in out.chunks_exact_mut(hd).enumerate() {
+            let p = scores[r * keys + j];
+            for (o, &x) in o.iter_mut().zip(v) {
+                *o += p * x;
+            }
+        }
+    }
+}
+
+/// `Σ a·b` in eight interleaved partial sums (which the compiler keeps in one vector register).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Attention of the queries `q` [n, hd] of one kv head, row `r` seeing keys
@@ -168,17 +386,51 @@ fn attend_rows(
     out: &mut [f32],
 ) {
     assert_eq!(q.len(), out.len(), "q and out are both [n, hd]");
-    let (hd, n) = (kv.hd, q.len() / kv.hd);
+    let hd = kv.hd;
     assert!(
         keys > 0
             && (keys - 1) * kv.k_stride + hd <= kv.k.len()
             && (keys - 1) * kv.v_stride + hd <= kv.v.len(),
         "cache views hold every visible position"
     );
+    WIDE.with(|wide| {
+        let (k_wide, v_wide) = &mut *wide.borrow_mut();
+        let (k, k_stride) = kv.k.as_f32(keys, kv.k_stride, hd, k_wide);
+        let (v, v_stride) = kv.v.as_f32(keys, kv.v_stride, hd, v_wide);
+        attend_rows_f32(
+            q,
+            [k, v],
+            [k_stride, v_stride],
+            keys,
+            hd,
+            visible,
+            scale,
+            out,
+        );
+    });
+}
+
+/// [`attend_rows`] over f32 keys and values, row `j` of each at `j * stride`.
+#[allow(clippy::too_many_arguments)]
+fn attend_rows_f32(
+    q: &[f32],
+    [k, v]: [&[f32]; 2],
+    [k_stride, v_stride]: [usize; 2],
+    keys: usize,
+    hd: usize,
+    visible: impl Fn(usize) -> usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let n = q.len() / hd;
+    assert!(
+        (keys - 1) * k_stride + hd <= k.len() && (keys - 1) * v_stride + hd <= v.len(),
+        "key and value rows cover every visible position"
+    );
     let mut p = vec![0f32; n * keys];
-    // SAFETY: q is [n, hd] (cs 1, rs hd); key j of the head is kv.k[j·k_stride ..][..hd], so
-    // Kᵀ is read at (d, j) = d + j·k_stride, inside kv.k for j < keys (asserted above); the
-    // destination p is [n, keys] (cs 1, rs keys), owned here.
+    // SAFETY: q is [n, hd] (cs 1, rs hd); key j is k[j·k_stride ..][..hd], so Kᵀ is read at
+    // (d, j) = d + j·k_stride, inside k for j < keys (asserted above); the destination p is
+    // [n, keys] (cs 1, rs keys), owned here.
     unsafe {
         gemm::gemm(
             n,
@@ -191,8 +443,8 @@ fn attend_rows(
             q.as_ptr(),
             1,
             hd as isize,
-            kv.k.as_ptr(),
-            kv.k_stride as isize,
+            k.as_ptr(),
+            k_stride as isize,
             1,
             0f32,
             scale,
@@ -207,8 +459,8 @@ fn attend_rows(
         softmax_in_place(&mut row[..seen]);
         row[seen..].fill(0.0);
     }
-    // SAFETY: p is [n, keys] (cs 1, rs keys); value j is kv.v[j·v_stride ..][..hd], read at
-    // (j, d) = j·v_stride + d, inside kv.v for j < keys (asserted above); out is [n, hd]
+    // SAFETY: p is [n, keys] (cs 1, rs keys); value j is v[j·v_stride ..][..hd], read at
+    // (j, d) = j·v_stride + d, inside v for j < keys (asserted above); out is [n, hd]
     // (cs 1, rs hd), the caller's exclusive slice.
     unsafe {
         gemm::gemm(
@@ -222,9 +474,9 @@ fn attend_rows(
             p.as_ptr(),
             1,
             keys as isize,
-            kv.v.as_ptr(),
+            v.as_ptr(),
             1,
-            kv.v_stride as isize,
+            v_stride as isize,
             0f32,
             1f32,
             false,
@@ -236,6 +488,7 @@ fn attend_rows(
 }
 
 /// `x ← softmax(x)` in f32, the largest value subtracted first.
+#[inline(always)]
 fn softmax_in_place(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut total = 0f32;
@@ -264,10 +517,13 @@ mod tests {
             .collect()
     }
 
-    /// A cache layer [1, kv_heads, cap, hd] holding `len` positions.
+    /// A cache layer [1, kv_heads, cap, hd] holding `len` positions, in f32 and f16 (the
+    /// f32 values are the f16 ones widened, so that one reference serves both).
     struct Layer {
         k: Vec<f32>,
         v: Vec<f32>,
+        k16: Vec<f16>,
+        v16: Vec<f16>,
         kv_heads: usize,
         cap: usize,
         hd: usize,
@@ -275,10 +531,36 @@ mod tests {
     }
 
     impl Layer {
-        fn view(&self) -> CachedKv<'_> {
+        fn new(kv_heads: usize, cap: usize, hd: usize, len: usize) -> Self {
+            let k16: Vec<f16> = random(kv_heads * cap * hd, 1)
+                .into_iter()
+                .map(f16::from_f32)
+                .collect();
+            let v16: Vec<f16> = random(kv_heads * cap * hd, 2)
+                .into_iter()
+                .map(f16::from_f32)
+                .collect();
+            Layer {
+                k: k16.iter().map(|x| x.to_f32()).collect(),
+                v: v16.iter().map(|x| x.to_f32()).collect(),
+                k16,
+                v16,
+                kv_heads,
+                cap,
+                hd,
+                len,
+            }
+        }
+
+        fn view(&self, f16: bool) -> CachedKv<'_> {
+            let (k, v) = if f16 {
+                (Rows::F16(&self.k16), Rows::F16(&self.v16))
+            } else {
+                (Rows::F32(&self.k), Rows::F32(&self.v))
+            };
             CachedKv {
-                k: &self.k,
-                v: &self.v,
+                k,
+                v,
                 k_strides: [self.cap * self.hd, self.hd],
                 v_strides: [self.cap * self.hd, self.hd],
                 len: self.len,
@@ -319,8 +601,8 @@ mod tests {
         }
     }
 
-    /// Both paths (per-query dots for short inputs, gemm blocks for prompts) against the f64
-    /// definition: GQA, a prompt continuing a cache (offset > 0), partial last blocks.
+    /// Decode and prompt attention, over f32 and f16 caches, against the f64 definition: GQA,
+    /// a prompt continuing a cache (offset > 0), partial last blocks.
     #[test]
     fn cached_attention_matches_the_definition() {
         let (heads, kv_heads, hd, cap) = (6, 2, 16, 192);
@@ -333,24 +615,43 @@ mod tests {
             (70, 70),
             (45, 130),
         ] {
-            let layer = Layer {
-                k: random(kv_heads * cap * hd, 1),
-                v: random(kv_heads * cap * hd, 2),
-                kv_heads,
-                cap,
-                hd,
-                len,
-            };
+            let layer = Layer::new(kv_heads, cap, hd, len);
             let q = random(heads * s * hd, 3 + s as u64);
             let scale = (hd as f32).powf(-0.5);
-            let got = attend_cached(&q, heads, s, hd, &layer.view(), scale);
             let want = layer.reference(&q, heads, s, scale);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(&g, &w)| (g as f64 - w).abs())
-                .fold(0.0, f64::max);
-            assert!(worst < 2e-5, "s {s}, cached {len}: max abs error {worst}");
+            for f16 in [false, true] {
+                let got = attend_cached(&q, heads, s, hd, &layer.view(f16), scale);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(&g, &w)| (g as f64 - w).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    worst < 2e-5,
+                    "s {s}, cached {len}, f16 {f16}: max abs error {worst}"
+                );
+            }
+        }
+    }
+
+    /// The AVX2 decode group (F16C widening, eight-lane loops) equals the portable one bit for
+    /// bit: same partial sums in the same order, and widening is exact.
+    #[test]
+    fn simd_decode_group_equals_the_portable_one() {
+        if crate::quant::kernel_set() != "avx2" {
+            return;
+        }
+        let layer = Layer::new(2, 96, 24, 90);
+        let q = random(3 * 24, 7);
+        for f16 in [false, true] {
+            let view = layer.view(f16);
+            let head = view.head(1);
+            let (mut simd, mut portable) = (vec![0f32; 3 * 24], vec![0f32; 3 * 24]);
+            decode_group(&q, &head, 90, 0.2, &mut simd);
+            let mut scores = vec![0f32; 3 * 90];
+            let widen = |src: &[f16], dst: &mut [f32]| src.convert_to_f32_slice(dst);
+            decode_group_body(&q, &head, 90, 0.2, &mut scores, &mut portable, widen);
+            assert_eq!(simd, portable, "f16 cache: {f16}");
         }
     }
 }

@@ -181,6 +181,7 @@ pub(super) fn load(path: &Path, device: &Device) -> Result<Model> {
         norm,
         lm_head,
         rope,
+        kv_dtype: candle_core::DType::F16,
         host: Default::default(),
     })
 }

@@ -505,8 +505,8 @@ impl Attention {
             && causal
             && q.device().is_cpu()
             && q.dtype() == DType::F32
-            && k.dtype() == DType::F32
-            && v.dtype() == DType::F32
+            && matches!(k.dtype(), DType::F32 | DType::F16)
+            && v.dtype() == k.dtype()
             && q.is_contiguous();
         if !applies {
             return Ok(None);

@@ -279,7 +279,7 @@ impl QMatrix {
 /// the activations are prepared once per layout and all rows go through one fork-join.
 /// `x` is [m, cols]; `ys[i]` is [m, ws[i].rows()].
 pub fn matmul_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
-    let _timer = profile::Timer::start();
+    let _timer = profile::Timer::start(profile::Phase::Products);
     assert_eq!(ws.len(), ys.len(), "one output per matrix");
     let Some(first) = ws.first() else { return };
     for (w, y) in ws.iter().zip(ys.iter()) {
@@ -582,42 +582,54 @@ pub fn quantize_rows(
     Ok(q.data().expect("cpu tensor").into_owned())
 }
 
-/// Time spent in matrix products, for benchmarks that split a decode step into products and
-/// everything else. Off unless [`profile::enable`] is called (then one clock read per product).
+/// Time spent in matrix products and in attention, for benchmarks that split a decode step
+/// into those and everything else. Off unless [`profile::enable`] is called (then one clock
+/// read per product or attention call).
 pub mod profile {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Instant;
 
+    /// What a timed stretch of work was.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Phase {
+        /// A matrix product (one [`super::matmul_group`] call).
+        Products,
+        /// Attention over the KV cache (one layer's).
+        Attention,
+    }
+
     static ON: AtomicBool = AtomicBool::new(false);
-    static NANOS: AtomicU64 = AtomicU64::new(0);
-    static CALLS: AtomicU64 = AtomicU64::new(0);
+    static NANOS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+    static CALLS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
     /// Start counting.
     pub fn enable() {
         ON.store(true, Ordering::Relaxed);
     }
 
-    /// (products, nanoseconds in them) since the last call, and reset.
-    pub fn take() -> (u64, u64) {
+    /// (calls, nanoseconds) of `phase` since its last `take`, and reset.
+    pub fn take(phase: Phase) -> (u64, u64) {
+        let i = phase as usize;
         (
-            CALLS.swap(0, Ordering::Relaxed),
-            NANOS.swap(0, Ordering::Relaxed),
+            CALLS[i].swap(0, Ordering::Relaxed),
+            NANOS[i].swap(0, Ordering::Relaxed),
         )
     }
 
-    pub(crate) struct Timer(Option<Instant>);
+    pub(crate) struct Timer(Option<(Instant, Phase)>);
 
     impl Timer {
-        pub(crate) fn start() -> Self {
-            Timer(ON.load(Ordering::Relaxed).then(Instant::now))
+        pub(crate) fn start(phase: Phase) -> Self {
+            Timer(ON.load(Ordering::Relaxed).then(|| (Instant::now(), phase)))
         }
     }
 
     impl Drop for Timer {
         fn drop(&mut self) {
-            if let Some(t) = self.0 {
-                NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                CALLS.fetch_add(1, Ordering::Relaxed);
+            if let Some((t, phase)) = self.0 {
+                let i = phase as usize;
+                NANOS[i].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                CALLS[i].fetch_add(1, Ordering::Relaxed);
             }
         }
     }
