@@ -238,8 +238,12 @@ impl Model {
     /// Like [`Model::forward`] but only the last position's logits, [batch, vocab] f32
     /// (skips the lm_head over the prompt during prefill).
     pub fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        if let Some(token) = self.single_token(input_ids, cache)? {
-            if let Some(logits) = self.host_decode(&[token], &mut [cache])? {
+        if let Some(tokens) = self.unpadded_row(input_ids, cache)? {
+            let logits = match tokens.as_slice() {
+                [token] => self.host_decode(&[*token], &mut [cache])?,
+                _ => self.host_prompt(&tokens, cache)?,
+            };
+            if let Some(logits) = logits {
                 return Ok(logits);
             }
         }
@@ -250,23 +254,24 @@ impl Model {
         Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
     }
 
-    /// The token of a one-token, batch-1 step through an unpadded cache (a decode step), its id
-    /// checked against the vocabulary; None for any other input.
-    fn single_token(&self, input_ids: &Tensor, cache: &KvCache) -> Result<Option<u32>> {
-        if input_ids.dims() != [1, 1] || cache.batch() != 1 || cache.pads().is_some() {
+    /// The tokens of a batch-1 input [1, s ≥ 1] through an unpadded cache (a prompt or a
+    /// decode step), their ids checked against the vocabulary; None for any other input.
+    fn unpadded_row(&self, input_ids: &Tensor, cache: &KvCache) -> Result<Option<Vec<u32>>> {
+        let single_row = matches!(input_ids.dims(), [1, s] if *s > 0);
+        if !single_row || cache.batch() != 1 || cache.pads().is_some() {
             return Ok(None);
         }
-        let token = input_ids
+        let tokens = input_ids
             .flatten_all()?
             .to_dtype(DType::U32)?
-            .to_vec1::<u32>()?[0];
+            .to_vec1::<u32>()?;
         let vocab = self.config.vocab_size;
-        if token as usize >= vocab {
+        if tokens.iter().any(|&t| t as usize >= vocab) {
             return Err(EngineError::InvalidArgument(format!(
                 "token id out of range (vocab size {vocab})"
             )));
         }
-        Ok(Some(token))
+        Ok(Some(tokens))
     }
 
     /// Same as [`Model::forward`] with explicit rope positions `start_pos .. start_pos + seq`.

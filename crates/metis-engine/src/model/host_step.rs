@@ -1,24 +1,26 @@
-//! The decode step on the CPU without the tensor graph: `n` sequences, one new token each,
-//! through every layer on plain f32 buffers.
+//! Decoding on the CPU without the tensor graph: `n` sequences with one new token each (a
+//! decode step), or one sequence's prompt, through every layer on plain f32 buffers.
 //!
 //! A decode step of a small model is ~120 matrix products of 50–300 µs and, around them,
 //! ~15 small operations per layer (norms, rope, reshapes, residual adds, SwiGLU). Through
 //! candle each of those is a tensor allocation and a dispatch (several fan out to rayon for a
 //! single row), which cost a third of the step on SmolLM2-135M. Here the same arithmetic runs
 //! in place: [`HostPlan`] holds what a step needs besides the matrices (norm weights and
-//! biases as f32 vectors), [`HostPlan::step`] walks the layers as named steps over a few
-//! buffers allocated once per step, the products go through [`crate::quant::matmul_group`] as
-//! before, and attention reads each sequence's KV cache in place on the product pool.
+//! biases as f32 vectors), [`HostPlan::step`] and [`HostPlan::prompt`] walk the layers as
+//! named steps over a few buffers allocated once per call, the products go through
+//! [`crate::quant::matmul_group`] as before, and attention reads the KV caches in place on the
+//! product pool ([`super::cpu_attention`]).
 //!
-//! The results equal the tensor path's bit for bit (same products, same operation order in
-//! the norms, rope, softmax and SwiGLU); `tests` checks that on Llama, Qwen2 and Qwen3
-//! layouts. A plan exists only where it applies: f32 compute on the CPU with every projection
-//! a [`QMatrix`] (GGUF files and memory-mapped f32/f16/bf16 safetensors).
+//! The results equal the tensor path's bit for bit (same products and attention, same
+//! operation order in the norms, rope, softmax and SwiGLU); `tests` checks that on Llama,
+//! Qwen2 and Qwen3 layouts and a quantized GGUF. A plan exists only where it applies: f32
+//! compute on the CPU with every projection a [`QMatrix`] (GGUF files and memory-mapped
+//! f32/f16/bf16 safetensors).
 
 use candle_core::{DType, Device, Tensor};
 
 use super::cache::KvCache;
-use super::cpu_attention::{attend_decode, CachedKv};
+use super::cpu_attention::{attend_cached, attend_decode, CachedKv};
 use super::layers::{Attention, DecoderLayer, Embedding, Linear, LinearWeight, RmsNorm};
 use super::{Model, Result};
 use crate::config::rope_cos_sin;
@@ -145,6 +147,17 @@ fn add_into(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// [a, b, hd] → [b, a, hd].
+fn transpose_heads(x: &[f32], a: usize, b: usize, hd: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for i in 0..a {
+        for j in 0..b {
+            out[(j * a + i) * hd..][..hd].copy_from_slice(&x[(i * b + j) * hd..][..hd]);
+        }
+    }
+    out
+}
+
 /// candle's non-interleaved rope (`rotate_half`) on each `2 * cos.len()`-wide head of `x`.
 fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = cos.len();
@@ -191,11 +204,43 @@ impl HostPlan {
         rope_inv_freq: &[f32],
         caches: &mut [&mut KvCache],
     ) -> Result<Vec<f32>> {
-        let n = positions.len();
         let (cos, sin) = rope_cos_sin(rope_inv_freq, positions.iter().copied());
+        self.layers_over(x, positions.len(), &cos, &sin, |index, buf| {
+            self.attend(index, buf, caches)
+        })
+    }
+
+    /// A prompt of one sequence: `x` [s, hidden] holds the embeddings of `s` tokens at rope
+    /// positions `start ..`, appended to `cache` (batch-1, unpadded) after what it holds,
+    /// each attending causally. Returns the last layer's output [s, hidden]; the cache is not
+    /// advanced.
+    pub(crate) fn prompt(
+        &self,
+        x: Vec<f32>,
+        s: usize,
+        start: usize,
+        rope_inv_freq: &[f32],
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
+        let (cos, sin) = rope_cos_sin(rope_inv_freq, start..start + s);
+        self.layers_over(x, s, &cos, &sin, |index, buf| {
+            self.attend_prompt(index, buf, s, cache)
+        })
+    }
+
+    /// Every layer over the `n` rows of `x`, with rope tables `cos`/`sin` [n, head_dim / 2]
+    /// and `attend` filling `buf.att` from `buf.q`, `buf.k`, `buf.v` for a layer.
+    fn layers_over(
+        &self,
+        x: Vec<f32>,
+        n: usize,
+        cos: &[f32],
+        sin: &[f32],
+        mut attend: impl FnMut(usize, &mut Buffers) -> Result<()>,
+    ) -> Result<Vec<f32>> {
         let mut buf = self.buffers(x, n);
         for (index, layer) in self.layers.iter().enumerate() {
-            self.attention_block(layer, index, &mut buf, &cos, &sin, caches)?;
+            self.attention_block(layer, index, &mut buf, n, cos, sin, &mut attend)?;
             Self::mlp_block(layer, &mut buf, n);
         }
         Ok(buf.x)
@@ -222,16 +267,17 @@ impl HostPlan {
     }
 
     /// `x += o(attention(rope(q), rope(k), v))` over `norm(x)`, each row against its cache.
+    #[allow(clippy::too_many_arguments)]
     fn attention_block(
         &self,
         layer: &HostLayer,
         index: usize,
         buf: &mut Buffers,
+        n: usize,
         cos: &[f32],
         sin: &[f32],
-        caches: &mut [&mut KvCache],
+        attend: &mut impl FnMut(usize, &mut Buffers) -> Result<()>,
     ) -> Result<()> {
-        let n = caches.len();
         layer.input_norm.apply_into(&buf.x, &mut buf.h);
         project(
             &[&layer.q, &layer.k, &layer.v],
@@ -251,7 +297,7 @@ impl HostPlan {
             rope(&mut buf.q[r * q_dim..][..q_dim], c, s);
             rope(&mut buf.k[r * kv_dim..][..kv_dim], c, s);
         }
-        self.attend(index, buf, caches)?;
+        attend(index, buf)?;
         project(&[&layer.o], &buf.att, n, &mut [&mut buf.proj]);
         add_into(&mut buf.x, &buf.proj);
         Ok(())
@@ -279,6 +325,37 @@ impl HostPlan {
             .collect::<Result<Vec<_>>>()?;
         let kv_refs: Vec<&CachedKv> = kvs.iter().collect();
         attend_decode(&buf.q, &kv_refs, nh / nkv, hd, self.scale, &mut buf.att);
+        Ok(())
+    }
+
+    /// A prompt's attention: its `s` keys and values appended to `cache`, then every query
+    /// against the cache under the causal mask ([`attend_cached`] takes heads-major
+    /// [heads, s, head_dim]; the rows here are position-major [s, heads * head_dim]).
+    fn attend_prompt(
+        &self,
+        index: usize,
+        buf: &mut Buffers,
+        s: usize,
+        cache: &mut KvCache,
+    ) -> Result<()> {
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads_major = |rows: &[f32], heads: usize| {
+            Tensor::from_vec(
+                transpose_heads(rows, s, heads, hd),
+                (1, heads, s, hd),
+                &Device::Cpu,
+            )
+        };
+        let (k, v) = cache.append(
+            index,
+            &heads_major(&buf.k, nkv)?,
+            &heads_major(&buf.v, nkv)?,
+        )?;
+        let ((ks, kl), (vs, vl)) = (k.storage_and_layout(), v.storage_and_layout());
+        let kv = CachedKv::of(&ks, kl, &vs, vl)?;
+        let q = transpose_heads(&buf.q, s, nh, hd);
+        let out = attend_cached(&q, nh, s, hd, &kv, self.scale);
+        buf.att = transpose_heads(&out, nh, s, hd);
         Ok(())
     }
 
@@ -365,6 +442,29 @@ impl Model {
         }
         let x = Tensor::from_vec(x, (n, hidden), &self.device)?;
         let h = self.norm.forward(&x)?;
+        Ok(Some(self.lm_head.forward(&h)?.to_dtype(DType::F32)?))
+    }
+
+    /// A prompt through the host plan: `tokens` (ids already checked, at least one) appended
+    /// to `cache` (batch-1, unpadded) at its next positions; f32 logits of the last position
+    /// [1, vocab]. None where no plan applies. Advances the cache by the prompt's length.
+    pub(crate) fn host_prompt(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Option<Tensor>> {
+        if !enabled() {
+            return Ok(None);
+        }
+        let Some(plan) = self.host_plan() else {
+            return Ok(None);
+        };
+        let (s, hidden) = (tokens.len(), self.config.hidden_size);
+        let x = self.embed_rows(tokens)?;
+        let x = plan.prompt(x, s, cache.next_position(), self.rope.inv_freq(), cache)?;
+        cache.advance(s);
+        let last = Tensor::from_slice(&x[(s - 1) * hidden..], (1, hidden), &self.device)?;
+        let h = self.norm.forward(&last)?;
         Ok(Some(self.lm_head.forward(&h)?.to_dtype(DType::F32)?))
     }
 

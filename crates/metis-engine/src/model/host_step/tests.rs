@@ -1,6 +1,7 @@
 //! The host step against the tensor path: the same logits and cache contents, bit for bit, for
 //! Llama (untied head), Qwen2 (q/k/v biases), Qwen3 (per-head q/k norms) and a quantized GGUF,
-//! decoding several sequences of different lengths as one ragged step.
+//! decoding several sequences of different lengths as one ragged step, and prompts (short
+//! ones through the dot kernels, long ones through gemm, one continuing a cache).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,62 @@ fn tensor_step(model: &Model, token: u32, cache: &mut KvCache) -> Vec<f32> {
     logits.squeeze(0).unwrap().to_vec1().unwrap()
 }
 
+/// Last-position logits of the prompt `ids` through `cache` by the tensor path.
+fn tensor_prompt(model: &Model, ids: &[u32], cache: &mut KvCache) -> Vec<f32> {
+    let input = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let start = cache.next_position();
+    let hidden = model.hidden(&input, start, cache, None).unwrap();
+    let last = hidden
+        .narrow(1, ids.len() - 1, 1)
+        .unwrap()
+        .squeeze(1)
+        .unwrap();
+    let logits = model.lm_head.forward(&last).unwrap();
+    logits.squeeze(0).unwrap().to_vec1().unwrap()
+}
+
+/// Prompts of 5 and 40 tokens, and one of 23 continued by 37 more through the same cache, by
+/// the host path and the tensor path; then one decode step from each cache.
+fn host_prompt_equals_tensor_path(model: &Model, vocab: u32) {
+    for chunks in [&[5usize][..], &[40], &[23, 37]] {
+        let (mut host, mut reference) = (model.new_cache(1), model.new_cache(1));
+        let mut last = Vec::new();
+        for (c, &len) in chunks.iter().enumerate() {
+            let ids: Vec<u32> = (0..len as u32)
+                .map(|i| (i * 17 + 3 + 5 * c as u32) % vocab)
+                .collect();
+            let got: Vec<f32> = model
+                .host_prompt(&ids, &mut host)
+                .unwrap()
+                .expect("host plan")
+                .squeeze(0)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let want = tensor_prompt(model, &ids, &mut reference);
+            assert!(got == want, "chunks {chunks:?}, chunk {c}: logits differ");
+            assert_eq!(host.len(), reference.len());
+            last = got;
+        }
+        let next = crate::sampling::argmax(&last);
+        let got: Vec<f32> = model
+            .host_decode(&[next], &mut [&mut host])
+            .unwrap()
+            .expect("host plan")
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(
+            got == tensor_step(model, next, &mut reference),
+            "{chunks:?}: decode after"
+        );
+    }
+}
+
 /// Prefills three prompts of different lengths twice (one cache set per path), then decodes
 /// `steps` tokens: all three in one host step, and each alone through the tensor path.
 fn host_equals_tensor_path(model: &Model, vocab: u32, steps: usize) {
@@ -105,17 +162,21 @@ fn host_equals_tensor_path(model: &Model, vocab: u32, steps: usize) {
 fn llama_host_step_equals_tensor_path() {
     let model = Model::load(&fixture("llama31-tiny-v512"), None, &Device::Cpu).unwrap();
     host_equals_tensor_path(&model, 512, 5);
+    host_prompt_equals_tensor_path(&model, 512);
 }
 
 #[test]
 fn qwen2_host_step_with_biases_equals_tensor_path() {
     let model = Model::load(&fixture("qwen2-tiny-v512"), None, &Device::Cpu).unwrap();
     host_equals_tensor_path(&model, 512, 5);
+    host_prompt_equals_tensor_path(&model, 512);
 }
 
 #[test]
 fn qwen3_host_step_with_qk_norms_equals_tensor_path() {
-    host_equals_tensor_path(&qwen3(), 128, 5);
+    let model = qwen3();
+    host_equals_tensor_path(&model, 128, 5);
+    host_prompt_equals_tensor_path(&model, 128);
 }
 
 #[test]
@@ -130,6 +191,7 @@ fn quantized_gguf_host_step_equals_tensor_path() {
     .unwrap();
     let model = Model::load(&path, None, &Device::Cpu).unwrap();
     host_equals_tensor_path(&model, 512, 5);
+    host_prompt_equals_tensor_path(&model, 512);
 }
 
 #[test]
