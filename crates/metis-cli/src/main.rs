@@ -46,6 +46,8 @@ enum Command {
     Audit(commands::audit::Args),
     /// Train: supervised fine-tuning on reasoning traces, LoRA merge.
     Train(commands::train::Args),
+    /// Measure the engine on this machine: speed, parity of a device with the CPU.
+    Bench(commands::bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,5 +81,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => commands::serve::run(*args),
         Command::Audit(args) => commands::audit::run(args),
         Command::Train(args) => commands::train::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     }
 }

@@ -512,3 +512,179 @@ fn generate_ends_quietly_when_stdout_closes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+#[test]
+fn bench_engine_reports_decode_and_prefill_throughput() {
+    let out = metis()
+        .args(["bench", "engine", "--shape", "tiny", "--batches", "1,3"])
+        .args([
+            "--prompt-len",
+            "9",
+            "--decode-tokens",
+            "5",
+            "--prefill-len",
+            "40",
+        ])
+        .output()
+        .unwrap();
+    let lines = json_lines(&out);
+    let what: Vec<(&str, u64, u64)> = lines
+        .iter()
+        .map(|l| {
+            let rate = l["tokens_per_s"].as_f64().unwrap();
+            assert!(rate.is_finite() && rate > 0.0, "{l}");
+            assert_eq!(
+                (l["device"].as_str(), l["dtype"].as_str()),
+                (Some("cpu"), Some("f32"))
+            );
+            let bench = l["bench"].as_str().unwrap();
+            (
+                bench,
+                l["batch"].as_u64().unwrap(),
+                l["tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        what,
+        [("decode", 1, 5), ("decode", 3, 15), ("prefill", 1, 40)]
+    );
+
+    let out = metis()
+        .args(["bench", "engine", "--shape", "llama-70b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("llama-3.1-8b, llama-3.2-1b, tiny"), "{err}");
+}
+
+#[test]
+fn bench_parity_of_the_cpu_with_itself_is_exact_in_f32() {
+    let model = fixtures().join("llama31-tiny-v512/f32");
+    let out = metis()
+        .args([
+            "bench",
+            "parity",
+            "--device",
+            "cpu",
+            "--prompt-lens",
+            "5,30",
+        ])
+        .args(["--decode-tokens", "8", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 4, "two prompts in f32 and in bf16");
+    for l in &lines {
+        assert_eq!(l["pass"], true, "{l}");
+        let diff = l["max_abs_logit_diff"].as_f64().unwrap();
+        match l["dtype"].as_str().unwrap() {
+            // The same kernels on the same inputs.
+            "f32" => {
+                assert_eq!(diff, 0.0, "{l}");
+                assert_eq!(l["greedy_agree"], 8, "{l}");
+            }
+            // bf16 weights and activations differ from f32, within the bound.
+            "bf16" => assert!(diff > 0.0 && diff <= 0.1, "{l}"),
+            other => panic!("dtype {other}"),
+        }
+    }
+}
+
+#[test]
+fn bench_init_model_writes_a_model_the_engine_loads() {
+    let dir = tempfile_dir("bench-init");
+    let out_dir = dir.join("tiny");
+    let tokenizer = fixtures().join("llama31-tokenizer");
+    let run = |out_dir: &Path| {
+        metis()
+            .args([
+                "bench",
+                "init-model",
+                "--shape",
+                "tiny",
+                "--dtype",
+                "f32",
+                "--tokenizer",
+            ])
+            .arg(&tokenizer)
+            .arg("--out")
+            .arg(out_dir)
+            .output()
+            .unwrap()
+    };
+    let out = run(&out_dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(out_dir.join(f).is_file(), "{f}");
+    }
+    // The engine runs it (prompt ids, no tokenizer needed for that).
+    let out = metis()
+        .args([
+            "generate",
+            "--prompt-ids",
+            "1,7,9",
+            "--max-tokens",
+            "4",
+            "--json",
+            "--model",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["ids"].as_array().unwrap().len(), 4, "{}", lines[0]);
+    // An existing directory is never overwritten.
+    let again = run(&out_dir);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn cuda_in_a_cpu_build_is_a_clear_error() {
+    let model = fixtures().join("llama31-tiny-v512/f32");
+    let out = metis()
+        .args([
+            "generate",
+            "--prompt-ids",
+            "1,2",
+            "--device",
+            "cuda:0",
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("built without CUDA") && err.contains("--features cuda"),
+        "{err}"
+    );
+}

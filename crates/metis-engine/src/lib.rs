@@ -23,6 +23,9 @@
 //!    goes back through the request's [`scheduler::EventSink`] (no async runtime needed);
 //!    [`scheduler::SchedulerStats`] counts steps, tokens and the batch sizes reached.
 //!
+//! [`device::ComputeDevice`] is where it runs (`cpu`, `cuda:N` with the `cuda` feature); on a
+//! GPU a model computes in bf16 unless told otherwise, on the CPU in its checkpoint's dtype.
+//!
 //! On the CPU, weights stay where the file put them: [`quant::QMatrix`] is a view of a
 //! memory-mapped GGUF (any llama.cpp type from F32 to Q2_K) or safetensors matrix, multiplied
 //! by Metis's own kernels (integer dot products chosen at run time for the CPU, a persistent
@@ -31,6 +34,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod device;
 pub mod generate;
 pub mod gguf;
 pub mod loader;

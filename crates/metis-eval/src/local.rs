@@ -48,18 +48,20 @@ pub struct LocalModel {
 }
 
 impl LocalModel {
-    /// Loads a model directory or `.gguf` file through the engine's loader and starts its
+    /// Loads a model directory or `.gguf` file through the engine's loader onto `device` (in
+    /// `dtype`, or the engine's default there) and starts its
     /// engine thread, which decodes up to `max_batch` requests together (give the run's
     /// concurrency). The tokenizer (with a chat template) comes from `tokenizer_dir` (a
     /// directory or `.gguf` file) or else from the model itself.
     pub fn load(
         model_dir: &Path,
         tokenizer_dir: Option<&Path>,
+        device: &Device,
         dtype: Option<DType>,
         prefill_think: bool,
         max_batch: usize,
     ) -> Result<Arc<LocalModel>, LocalError> {
-        let loaded = load_model(model_dir, tokenizer_dir, &Device::Cpu, dtype)?;
+        let loaded = load_model(model_dir, tokenizer_dir, device, dtype)?;
         let tokenizer = Arc::new(loaded.tokenizer.ok_or(LocalError::NoTokenizer)?);
         let template = loaded.template.ok_or(LocalError::NoTemplate)?;
         let scheduler = Scheduler::start(

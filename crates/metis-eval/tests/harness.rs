@@ -269,6 +269,7 @@ async fn local_engine_backend_answers_and_stores_every_item() {
     let local = metis_eval::local::LocalModel::load(
         &fixtures.join("llama31-tiny-v128k/f32"),
         Some(&fixtures.join("llama31-tokenizer")),
+        &candle_core::Device::Cpu,
         None,
         true,
         4,

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use candle_core::Device;
 use metis_eval::benchmarks::{self, Benchmark, DataSource};
 use metis_eval::local::LocalModel;
 use metis_eval::run::{self, RunConfig, Sampling};
@@ -146,6 +147,7 @@ async fn tiny_model_concurrency_8_batches_and_answers_as_concurrency_1() {
         LocalModel::load(
             &fixtures.join("llama31-tiny-v128k/f32"),
             Some(&fixtures.join("llama31-tokenizer")),
+            &Device::Cpu,
             None,
             true,
             concurrency,
@@ -178,7 +180,7 @@ async fn smollm2_gguf_concurrency_8_answers_bit_exactly_as_concurrency_1() {
         }
     };
     let load = |concurrency| {
-        LocalModel::load(&gguf, None, None, false, concurrency).expect("SmolLM2 GGUF")
+        LocalModel::load(&gguf, None, &Device::Cpu, None, false, concurrency).expect("SmolLM2 GGUF")
     };
     let bench = bench("mmlu-security", 8).await;
     let greedy = Sampling {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 
 use crate::auth::ApiKeys;
 use crate::guard::Guard;
@@ -16,7 +16,9 @@ pub struct ServeConfig {
     /// Tokenizer to use instead of the model's own: a directory with `tokenizer.json` (and the
     /// chat template) or a `.gguf` file.
     pub tokenizer_dir: Option<PathBuf>,
-    /// Compute dtype (the checkpoint's by default).
+    /// Where the model (and a local guard) runs; the CPU by default.
+    pub device: Device,
+    /// Compute dtype (default: bf16 on a GPU, the checkpoint's on the CPU).
     pub dtype: Option<DType>,
     /// Address to bind; anything but loopback needs API keys.
     pub host: String,
@@ -55,6 +57,7 @@ impl ServeConfig {
         Self {
             model_dir: model_dir.into(),
             tokenizer_dir: None,
+            device: Device::Cpu,
             dtype: None,
             host: "127.0.0.1".into(),
             port: 8000,

@@ -351,10 +351,12 @@ impl LocalGuard {
     }
 
     /// Loads the guard from a Hugging Face model directory or a `.gguf` file, with its own
-    /// tokenizer, through the engine's loader.
-    pub fn load(path: &std::path::Path) -> Result<Self, crate::error::ServeError> {
-        let device = candle_core::Device::Cpu;
-        let loaded = metis_engine::loader::load_model(path, None, &device, None)?;
+    /// tokenizer, through the engine's loader, onto `device` (bf16 on a GPU).
+    pub fn load(
+        path: &std::path::Path,
+        device: &candle_core::Device,
+    ) -> Result<Self, crate::error::ServeError> {
+        let loaded = metis_engine::loader::load_model(path, None, device, None)?;
         let tokenizer = loaded.tokenizer.ok_or_else(|| {
             crate::error::ServeError::Config(format!("guard {} has no tokenizer", path.display()))
         })?;

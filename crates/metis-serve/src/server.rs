@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use candle_core::Device;
 use metis_engine::loader::load_model;
 use metis_engine::scheduler::{Scheduler, SchedulerConfig};
 use tokio::sync::oneshot;
@@ -81,11 +80,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         return Err(ServeError::Config("max_batch must be at least 1".into()));
     }
     let model_name = config.model_name();
-    let device = Device::Cpu;
     let loaded = load_model(
         &config.model_dir,
         config.tokenizer_dir.as_deref(),
-        &device,
+        &config.device,
         config.dtype,
     )?;
     let Some(tokenizer) = loaded.tokenizer else {

@@ -8,10 +8,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use serde::{Deserialize, Serialize};
-
-use crate::model::Result;
 
 /// The compute dtype of the trained model (its weights, activations and gradients).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -63,61 +61,18 @@ impl FromStr for TrainDtype {
     }
 }
 
-/// The device a trainer computes on. `cuda` needs a build with the `cuda` feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum TrainDevice {
-    #[default]
-    Cpu,
-    /// The CUDA device with this ordinal (`cuda` is `cuda:0`).
-    Cuda(usize),
-}
+/// The device a trainer computes on: the engine's, so that `--device` reads the same in
+/// every command.
+pub use metis_engine::device::ComputeDevice as TrainDevice;
 
-impl TrainDevice {
-    /// Open the device (for CUDA: create its context).
-    pub fn open(self) -> Result<Device> {
-        Ok(match self {
-            TrainDevice::Cpu => Device::Cpu,
-            TrainDevice::Cuda(n) => Device::new_cuda(n)?,
-        })
-    }
-}
-
-impl fmt::Display for TrainDevice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TrainDevice::Cpu => f.write_str("cpu"),
-            TrainDevice::Cuda(n) => write!(f, "cuda:{n}"),
+impl TrainDtype {
+    /// The dtype a run on `device` trains in when `--dtype` is not given: bf16 on a GPU
+    /// (the optimizer keeps f32 master weights and moments), f32 on the CPU.
+    pub fn default_for(device: TrainDevice) -> TrainDtype {
+        match device.default_dtype() {
+            Some(DType::BF16) => TrainDtype::Bf16,
+            _ => TrainDtype::F32,
         }
-    }
-}
-
-impl FromStr for TrainDevice {
-    type Err = String;
-    /// `cpu`, `cuda` or `cuda:N`.
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "cpu" => Ok(TrainDevice::Cpu),
-            "cuda" => Ok(TrainDevice::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse::<usize>().ok())
-                .map(TrainDevice::Cuda)
-                .ok_or_else(|| format!("unknown device {s:?} (cpu, cuda, cuda:N)")),
-        }
-    }
-}
-
-impl TryFrom<String> for TrainDevice {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<TrainDevice> for String {
-    fn from(d: TrainDevice) -> String {
-        d.to_string()
     }
 }
 
@@ -148,23 +103,11 @@ mod tests {
     }
 
     #[test]
-    fn device_spellings_round_trip() {
-        assert_eq!("cpu".parse::<TrainDevice>().unwrap(), TrainDevice::Cpu);
-        assert_eq!("cuda".parse::<TrainDevice>().unwrap(), TrainDevice::Cuda(0));
+    fn trainers_default_to_bf16_on_a_gpu() {
+        assert_eq!(TrainDtype::default_for(TrainDevice::Cpu), TrainDtype::F32);
         assert_eq!(
-            "cuda:3".parse::<TrainDevice>().unwrap(),
-            TrainDevice::Cuda(3)
+            TrainDtype::default_for(TrainDevice::Cuda(0)),
+            TrainDtype::Bf16
         );
-        for bad in ["gpu", "cuda:", "cuda:x", "CPU"] {
-            let err = bad.parse::<TrainDevice>().unwrap_err();
-            assert!(err.contains("cpu, cuda, cuda:N"), "{bad}: {err}");
-        }
-        for d in [TrainDevice::Cpu, TrainDevice::Cuda(2)] {
-            let json = serde_json::to_string(&d).unwrap();
-            assert_eq!(serde_json::from_str::<TrainDevice>(&json).unwrap(), d);
-        }
-        assert_eq!(serde_json::to_string(&TrainDevice::Cpu).unwrap(), "\"cpu\"");
-        assert!(serde_json::from_str::<TrainDevice>("\"tpu\"").is_err());
-        assert!(matches!(TrainDevice::Cpu.open().unwrap(), Device::Cpu));
     }
 }

@@ -214,7 +214,7 @@ pub fn run_sft(cfg: &SftConfig, resume: bool) -> Result<SftSummary, SftError> {
 
 fn run_sft_on_pool(cfg: &SftConfig, resume: bool) -> Result<SftSummary, SftError> {
     cfg.validate()?;
-    let device = cfg.device.open()?;
+    let device = cfg.device.open().map_err(TrainError::from)?;
     let run = RunDir::create(&cfg.out_dir, cfg.tokenizer_dir(), cfg.keep_last)?;
     let data = SftData::load(cfg)?;
     let shape = data.shape(cfg);

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use candle_core::Device;
 use metis_eval::benchmarks::prompt_file::load_prompt_file;
 use metis_eval::benchmarks::Benchmark;
 use metis_eval::local::LocalModel;
@@ -231,7 +232,7 @@ fn evaluate(
     let stop = rt.block_on(async { super::stop_on_ctrl_c() });
     let mut rows = Vec::new();
     for (name, dir) in models {
-        let local = LocalModel::load(dir, None, None, false, 64)
+        let local = LocalModel::load(dir, None, &Device::Cpu, None, false, 64)
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let backend = Backend::Local(local);
         for HeldOutRun { bench, key, trials } in runs {

@@ -5,12 +5,13 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
 use metis_engine::chat::{Message, RenderOptions};
 use metis_engine::generate::{generate, GenerateOptions, Generation, TokenEvent};
 use metis_engine::loader::{load_model, LoadedModel};
 use metis_engine::sampling::SamplingParams;
 use metis_verify::reasoning::StreamDelta;
+
+use super::model_args::PlacementArgs;
 
 /// Options shared by `generate` and `chat`.
 #[derive(clap::Args)]
@@ -23,9 +24,8 @@ pub struct ModelArgs {
     /// .gguf file.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Compute dtype (default: the checkpoint's).
-    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
-    dtype: Option<String>,
+    #[command(flatten)]
+    placement: PlacementArgs,
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// 0 = greedy.
@@ -74,13 +74,8 @@ pub struct GenerateArgs {
 }
 
 fn load(a: &ModelArgs) -> anyhow::Result<LoadedModel> {
-    let dtype = match a.dtype.as_deref() {
-        Some("f32") => Some(DType::F32),
-        Some("bf16") => Some(DType::BF16),
-        Some("f16") => Some(DType::F16),
-        _ => None,
-    };
-    load_model(&a.model, a.tokenizer.as_deref(), &Device::Cpu, dtype)
+    let (device, dtype) = a.placement.open()?;
+    load_model(&a.model, a.tokenizer.as_deref(), &device, dtype)
         .with_context(|| format!("loading the model from {}", a.model.display()))
 }
 

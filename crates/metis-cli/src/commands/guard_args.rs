@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use candle_core::Device;
 use metis_serve::guard::{self, Guard, GuardBackend, LocalGuard, RemoteGuard};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -34,8 +35,9 @@ pub struct GuardArgs {
 }
 
 impl GuardArgs {
-    /// The guardrail the flags describe (`None` without `--guard`).
-    pub fn build(&self) -> anyhow::Result<Option<Guard>> {
+    /// The guardrail the flags describe (`None` without `--guard`); a local guard model runs
+    /// on `device`.
+    pub fn build(&self, device: &Device) -> anyhow::Result<Option<Guard>> {
         let Some(spec) = &self.guard else {
             return Ok(None);
         };
@@ -44,7 +46,7 @@ impl GuardArgs {
             None => None,
         };
         Ok(Some(Guard {
-            backend: guard_backend(spec, &self.guard_model, key)?,
+            backend: guard_backend(spec, &self.guard_model, key, device)?,
             categories: guard::parse_categories(&self.guard_categories)?,
             check_input: !self.no_guard_input,
             check_output: !self.no_guard_output,
@@ -58,10 +60,12 @@ pub fn guard_backend(
     spec: &str,
     model: &str,
     api_key: Option<String>,
+    device: &Device,
 ) -> anyhow::Result<Arc<dyn GuardBackend>> {
     if let Some(dir) = spec.strip_prefix("local:") {
         Ok(Arc::new(
-            LocalGuard::load(Path::new(dir)).with_context(|| format!("loading guard {dir}"))?,
+            LocalGuard::load(Path::new(dir), device)
+                .with_context(|| format!("loading guard {dir}"))?,
         ))
     } else if let Some(url) = spec.strip_prefix("url:") {
         Ok(Arc::new(RemoteGuard::new(url, model, api_key)?))

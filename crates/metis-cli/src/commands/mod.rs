@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod audit;
+pub mod bench;
 pub mod cvss;
 pub mod demo;
 pub mod eval;

@@ -1,11 +1,14 @@
 //! Flags shared by the commands that ask a model (`metis eval`, `metis safety`): where the
-//! model is (endpoints or the local engine), how endpoint requests are retried, and the
-//! overrides of a run's sampling defaults. Each is a clap struct flattened into the command's
-//! own flags, with the one conversion to the library type beside it.
+//! model is (endpoints or the local engine), where a local model runs and in what dtype
+//! (also `generate`, `chat`, `serve`), how endpoint requests are retried, and the overrides
+//! of a run's sampling defaults. Each is a clap struct flattened into the command's own
+//! flags, with the one conversion to the library type beside it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use candle_core::{DType, Device};
+use metis_engine::device::ComputeDevice;
 use metis_eval::local::LocalModel;
 use metis_eval::run::{Backend, Sampling};
 use metis_openai::{Client, Endpoint, RetryPolicy};
@@ -27,6 +30,8 @@ pub struct ModelSourceArgs {
     /// For --local-model: open the reasoning block (`<think>\n`) after the generation prompt.
     #[arg(long, requires = "local_model")]
     pub think: bool,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
     /// Environment variable holding the endpoints' API key.
     #[arg(long, default_value = "OPENAI_API_KEY")]
     pub api_key_env: String,
@@ -37,9 +42,10 @@ impl ModelSourceArgs {
     /// endpoints; `None` when neither is given.
     pub fn backend(&self, retry: &RetryArgs, max_batch: usize) -> anyhow::Result<Option<Backend>> {
         if let Some(dir) = &self.local_model {
-            let local =
-                LocalModel::load(dir, self.tokenizer.as_deref(), None, self.think, max_batch)
-                    .map_err(|e| anyhow::anyhow!("--local-model {}: {e}", dir.display()))?;
+            let (device, dtype) = self.placement.open()?;
+            let tokenizer = self.tokenizer.as_deref();
+            let local = LocalModel::load(dir, tokenizer, &device, dtype, self.think, max_batch)
+                .map_err(|e| anyhow::anyhow!("--local-model {}: {e}", dir.display()))?;
             return Ok(Some(Backend::Local(local)));
         }
         if self.base_urls.is_empty() {
@@ -48,6 +54,44 @@ impl ModelSourceArgs {
         Ok(Some(Backend::Http(
             retry.client(&self.base_urls, &self.api_key_env)?,
         )))
+    }
+}
+
+/// Where a local model runs (`--device`) and in what dtype (`--dtype`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PlacementArgs {
+    /// Where local models run: cpu, cuda or cuda:N (cuda needs a build with the `cuda`
+    /// feature).
+    #[arg(long, default_value_t = ComputeDevice::Cpu)]
+    pub device: ComputeDevice,
+    /// Compute dtype of local models (default: bf16 on a GPU, the checkpoint's on the CPU;
+    /// GGUF files compute in f32).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+}
+
+/// The compute dtypes a local model can run in.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl PlacementArgs {
+    /// The opened device and the dtype asked for (`None`: the engine's default there).
+    pub fn open(&self) -> anyhow::Result<(Device, Option<DType>)> {
+        Ok((self.device.open()?, self.dtype.map(DType::from)))
+    }
+}
+
+impl From<DtypeArg> for DType {
+    fn from(d: DtypeArg) -> DType {
+        match d {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::Bf16 => DType::BF16,
+            DtypeArg::F16 => DType::F16,
+        }
     }
 }
 

@@ -323,7 +323,7 @@ fn configuration(
         ConfigName::Guarded => {
             let guard = a
                 .guard
-                .build()?
+                .build(&a.source.placement.device.open()?)?
                 .context("the guarded configuration needs --guard local:PATH or url:BASE")?;
             let id = a.guard.guard.clone().unwrap_or_default();
             c.deployment = Some(GuardedBackend::describe(
@@ -393,7 +393,12 @@ fn classifier_judge(a: &Args) -> anyhow::Result<Option<ClassifierJudge>> {
                 .ok()
                 .filter(|k| !k.is_empty());
             Ok(Some(ClassifierJudge::LlamaGuard {
-                backend: guard_backend(&spec, &a.guard.guard_model, key)?,
+                backend: guard_backend(
+                    &spec,
+                    &a.guard.guard_model,
+                    key,
+                    &a.source.placement.device.open()?,
+                )?,
                 name: format!("{spec}#{}", a.guard.guard_model),
             }))
         }

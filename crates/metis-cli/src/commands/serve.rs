@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use candle_core::DType;
 use metis_serve::auth::ApiKeys;
 use metis_serve::system_prompt::SystemPromptPolicy;
 use metis_serve::ServeConfig;
 
 use super::guard_args::GuardArgs;
+use super::model_args::PlacementArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,9 +28,8 @@ pub struct Args {
     /// Model id in /v1/models and in requests (default: the model directory's name).
     #[arg(long)]
     served_model_name: Option<String>,
-    /// Compute dtype (default: the checkpoint's).
-    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
-    dtype: Option<String>,
+    #[command(flatten)]
+    placement: PlacementArgs,
     /// System prompt file (default: the built-in Metis prompt).
     #[arg(long)]
     system_prompt: Option<PathBuf>,
@@ -79,12 +78,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = ServeConfig::new(&args.model);
     config.tokenizer_dir = args.tokenizer.clone();
-    config.dtype = match args.dtype.as_deref() {
-        Some("bf16") => Some(DType::BF16),
-        Some("f16") => Some(DType::F16),
-        Some(_) => Some(DType::F32),
-        None => None,
-    };
+    (config.device, config.dtype) = args.placement.open()?;
     config.host = args.host.clone();
     config.port = args.port;
     config.served_model_name = args.served_model_name.clone();
@@ -94,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     config.system_prompt_policy = args.system_prompt_policy;
     config.prefill_think = !args.no_think;
-    config.guard = args.guard.build()?;
+    config.guard = args.guard.build(&config.device)?;
     let mut keys = ApiKeys::default();
     if let Some(p) = &args.api_keys {
         let text = std::fs::read_to_string(p)

@@ -131,9 +131,10 @@ struct GrpoArgs {
     keep_last: usize,
     #[arg(long, default_value_t = GrpoConfig::default().eval_every)]
     eval_every: u64,
-    /// Compute dtype of the policy and the reference model.
-    #[arg(long, value_enum, default_value_t = GrpoConfig::default().dtype)]
-    dtype: TrainDtype,
+    /// Compute dtype of the policy and the reference model (default: bf16 on a GPU, f32 on
+    /// the CPU).
+    #[arg(long, value_enum)]
+    dtype: Option<TrainDtype>,
     /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
     #[arg(long, default_value_t = GrpoConfig::default().device)]
     device: TrainDevice,
@@ -225,8 +226,9 @@ struct SftArgs {
     max_grad_norm: f64,
     #[arg(long, default_value_t = SftConfig::default().seed)]
     seed: u64,
-    #[arg(long, value_enum, default_value_t = SftConfig::default().dtype)]
-    dtype: TrainDtype,
+    /// Compute dtype (default: bf16 on a GPU, f32 on the CPU).
+    #[arg(long, value_enum)]
+    dtype: Option<TrainDtype>,
     /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
     #[arg(long, default_value_t = SftConfig::default().device)]
     device: TrainDevice,
@@ -330,7 +332,7 @@ impl SftArgs {
             weight_decay: self.weight_decay,
             max_grad_norm: self.max_grad_norm,
             seed: self.seed,
-            dtype: self.dtype,
+            dtype: self.dtype.unwrap_or(TrainDtype::default_for(self.device)),
             device: self.device,
             lora,
             save_every: self.save_every,
@@ -387,7 +389,7 @@ impl GrpoArgs {
             eval_every: self.eval_every,
             micro_batch: self.micro_batch,
             prefill_think: self.prefill_think,
-            dtype: self.dtype,
+            dtype: self.dtype.unwrap_or(TrainDtype::default_for(self.device)),
             device: self.device,
             ..GrpoConfig::new(self.model, self.prompts, self.out)
         };
@@ -545,6 +547,20 @@ mod tests {
         // LoRA without --lr: the LoRA learning rate.
         assert_eq!(cfg.lr, SftConfig::default_lr(true));
         assert_eq!(cfg.lora.unwrap().target_modules, ["q_proj", "v_proj"]);
+        assert_eq!((cfg.dtype, cfg.device), (TrainDtype::F32, TrainDevice::Cpu));
+
+        // Without --dtype a GPU run trains in bf16.
+        let sft = ["sft", "--model", "m", "--data", "d", "--out", "o"];
+        let TrainCommand::Sft(a) = parse(&[&sft[..], &["--device", "cuda"]].concat()) else {
+            panic!("not sft")
+        };
+        assert_eq!(a.config().dtype, TrainDtype::Bf16);
+        let TrainCommand::Sft(a) =
+            parse(&[&sft[..], &["--device", "cuda", "--dtype", "f32"]].concat())
+        else {
+            panic!("not sft")
+        };
+        assert_eq!(a.config().dtype, TrainDtype::F32);
 
         for bad in [
             &[
