@@ -20,6 +20,7 @@ use half::slice::HalfFloatSliceExt;
 
 use super::{EngineError, Result};
 use crate::quant;
+use crate::quant::f32_gemm::{gemm_f32, Strided};
 
 /// Queries per prompt block (rows of one gemm).
 pub(crate) const PROMPT_BLOCK: usize = 32;
@@ -432,26 +433,13 @@ fn attend_rows_f32(
     // (d, j) = d + j·k_stride, inside k for j < keys (asserted above); the destination p is
     // [n, keys] (cs 1, rs keys), owned here.
     unsafe {
-        gemm::gemm(
-            n,
-            keys,
-            hd,
+        gemm_f32(
+            (n, keys, hd),
             p.as_mut_ptr(),
-            1,
-            keys as isize,
-            false,
-            q.as_ptr(),
-            1,
-            hd as isize,
-            k.as_ptr(),
-            k_stride as isize,
-            1,
-            0f32,
+            keys,
+            Strided::rows(q.as_ptr(), hd),
+            Strided::transposed(k.as_ptr(), k_stride),
             scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
     }
     for (r, row) in p.chunks_exact_mut(keys).enumerate() {
@@ -463,26 +451,13 @@ fn attend_rows_f32(
     // (j, d) = j·v_stride + d, inside v for j < keys (asserted above); out is [n, hd]
     // (cs 1, rs hd), the caller's exclusive slice.
     unsafe {
-        gemm::gemm(
-            n,
-            hd,
-            keys,
+        gemm_f32(
+            (n, hd, keys),
             out.as_mut_ptr(),
-            1,
-            hd as isize,
-            false,
-            p.as_ptr(),
-            1,
-            keys as isize,
-            v.as_ptr(),
-            1,
-            v_stride as isize,
-            0f32,
-            1f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+            hd,
+            Strided::rows(p.as_ptr(), keys),
+            Strided::rows(v.as_ptr(), v_stride),
+            1.0,
         );
     }
 }

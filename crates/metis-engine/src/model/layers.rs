@@ -5,6 +5,7 @@
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 
+use crate::quant::f32_gemm::{gemm_f32, Strided};
 use crate::quant::QMatrix;
 use candle_core::{DType, Module, Tensor};
 
@@ -279,26 +280,13 @@ fn split_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
             // row-major; rhs element (kk, j) is W[j0 + j, kk], i.e. at j * k + kk from row j0.
             // Every index stays inside these slices.
             unsafe {
-                gemm::gemm(
-                    rows,
-                    cols,
-                    k,
+                gemm_f32(
+                    (rows, cols, k),
                     block.as_mut_ptr(),
-                    1,
-                    cols as isize,
-                    false,
-                    xs.as_ptr(),
-                    1,
-                    k as isize,
-                    ws.as_ptr().add(j0 * k),
-                    k as isize,
-                    1,
-                    0f32,
-                    1f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    cols,
+                    Strided::rows(xs.as_ptr(), k),
+                    Strided::transposed(ws.as_ptr().add(j0 * k), k),
+                    1.0,
                 );
             }
             (j0, block)

@@ -20,6 +20,7 @@
 
 pub mod act;
 mod avx2;
+pub(crate) mod f32_gemm;
 pub(crate) mod kernels;
 mod pool;
 mod portable;
@@ -32,6 +33,7 @@ use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
 pub use act::{Q8Acts, Q8KActs};
+use f32_gemm::{gemm_f32, Strided};
 pub use kernels::kernel_set;
 use portable::{Q8KRow, Q8Row};
 
@@ -249,26 +251,13 @@ impl QMatrix {
             // scratch or, unpermuted F32, the stored rows, which `new` bounds-checked); the
             // destination is columns j0..j0+n of y [m, rows], which no other task writes.
             unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    cols,
+                gemm_f32(
+                    (m, n, cols),
                     y_ptr.0.add(j0),
-                    1,
-                    rows as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    cols as isize,
-                    w,
-                    cols as isize,
-                    1,
-                    0f32,
-                    1f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    rows,
+                    Strided::rows(x.as_ptr(), cols),
+                    Strided::transposed(w, cols),
+                    1.0,
                 );
             }
         });
