@@ -15,6 +15,9 @@
 //! let lp = model.token_logprobs(&ids, &layout, &targets, 1.0, true)?; // [b, s] f32
 //! let loss = ...;                                            // masked mean of -lp
 //! let mut grads = Grads::from_backward(&loss.backward()?, &model.trainable());
+//! // or, loss from logits, optionally with activation checkpointing (same gradients):
+//! let out = model.loss_and_grads(&ids, &layout, true, ckpt, |lg| Ok((loss_of(lg)?, ())))?;
+//! let mut grads = out.grads;
 //! let norm = clip_grad_norm(&mut grads, 1.0)?;              // pre-clip global norm
 //! opt.step(&grads)?;                                         // opt = AdamW::new(model.trainable(), cfg)
 //! model.save(out_dir)?;     // full: HF dir (engine/transformers); LoRA: PEFT adapter dir
@@ -49,12 +52,17 @@
 //!
 //! Memory: the fused attention holds `[128, s]` score blocks per head being computed (the
 //! spelled-out path materialises `[b, heads, s, s]`), and [`TrainModel::token_logprobs`] the
-//! `[b, s, vocab]` logits; there is no activation checkpointing yet.
+//! `[b, s, vocab]` logits. A plain backward keeps every layer's activations until it reaches
+//! them; [`TrainModel::backward_checkpointed`] (activation checkpointing, `--grad-checkpoint`
+//! in both trainers, through [`TrainModel::loss_and_grads`]) keeps one `[b, s, hidden]` input
+//! per layer and the graph of one layer at a time, recomputing each layer in the backward
+//! (about one more forward), with the same gradients and dropout masks.
 
 mod error;
 mod fused;
 mod layers;
 mod layout;
+mod recompute;
 mod rope;
 
 use std::collections::HashMap;
@@ -70,6 +78,7 @@ use metis_engine::model::params::{
 
 pub use error::{Result, TrainError};
 pub use layout::BatchLayout;
+pub use recompute::LossGrads;
 
 use crate::lora::{mix, peft_name, LoraAdapter, LoraConfig};
 pub(crate) use layers::acc_dtype;
@@ -119,6 +128,30 @@ pub struct TrainModel {
     seed: u64,
     /// Training forwards run so far (keys the dropout masks).
     forward_count: AtomicU64,
+}
+
+/// What every layer of one forward shares: the token ids, where each token is and what it
+/// attends to, and the LoRA switches with the pass's dropout key.
+#[derive(Debug)]
+struct Pass {
+    /// `[b * s]` u32.
+    ids: Tensor,
+    batch: usize,
+    seq: usize,
+    pos: Positions,
+    adapters: bool,
+    /// Some(key) in a training forward with adapters: every layer's masks derive from it.
+    dropout_key: Option<u64>,
+}
+
+impl Pass {
+    /// Layer `layer`'s context: its dropout key is the pass's mixed with the layer index.
+    fn ctx(&self, layer: usize) -> Ctx {
+        Ctx {
+            adapters: self.adapters,
+            dropout_key: self.dropout_key.map(|k| mix(&[k, layer as u64])),
+        }
+    }
 }
 
 /// Runs `f` on a thread of rayon's global pool and returns its result.
@@ -374,15 +407,7 @@ impl TrainModel {
     /// `train` enables LoRA dropout (and advances the dropout stream).
     pub fn forward(&self, input_ids: &Tensor, batch: &BatchLayout, train: bool) -> Result<Tensor> {
         let hidden = self.hidden(input_ids, batch, train)?;
-        let (b, s, h) = hidden.dims3()?;
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        if fused::applies(&hidden) && w.dtype() == hidden.dtype() {
-            return Ok(fused::linear(&hidden, w)?); // [b, s, vocab]
-        }
-        let logits = mm(&hidden.reshape((b * s, h))?, &w.t()?)?;
-        Ok(logits
-            .reshape((b, s, self.config.vocab_size))?
-            .to_dtype(acc_dtype(self.dtype))?)
+        self.logits(&hidden)
     }
 
     /// Per-token log-probabilities `[b, s]` of `targets` (`[b, s]` u32) under
@@ -402,6 +427,18 @@ impl TrainModel {
 
     /// Embeddings, decoder layers and final norm: `[b, s, hidden]` in the compute dtype.
     fn hidden(&self, input_ids: &Tensor, batch: &BatchLayout, train: bool) -> Result<Tensor> {
+        let pass = self.begin_pass(input_ids, batch, train)?;
+        let mut x = self.embed(&pass)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &pass.pos, pass.ctx(i))?;
+        }
+        self.final_norm(&x)
+    }
+
+    /// Checks the batch and sets up what every layer of one forward shares. A training
+    /// forward draws its dropout key here, once: a recomputation of a layer
+    /// ([`recompute`]) reuses the pass and so sees the same masks.
+    fn begin_pass(&self, input_ids: &Tensor, batch: &BatchLayout, train: bool) -> Result<Pass> {
         let (b, s) = input_ids.dims2()?;
         if (b, s) != (batch.batch(), batch.seq()) {
             return Err(TrainError::InvalidArgument(format!(
@@ -413,26 +450,16 @@ impl TrainModel {
         if b == 0 || s == 0 {
             return Err(TrainError::InvalidArgument("empty batch".into()));
         }
-        let flat = input_ids.to_dtype(DType::U32)?.flatten_all()?;
+        let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
         let vocab = self.config.vocab_size as u32;
-        let max = flat.max(0)?.to_scalar::<u32>()?;
+        let max = ids.max(0)?.to_scalar::<u32>()?;
         if max >= vocab {
             return Err(TrainError::InvalidArgument(format!(
                 "token id {max} out of range (vocab size {vocab})"
             )));
         }
-        let adapters = self.adapter_enabled();
-        let dropout_key = if train && adapters {
-            let n = self.forward_count.fetch_add(1, Ordering::SeqCst);
-            Some(mix(&[self.seed, n]))
-        } else {
-            None
-        };
-        let mut x =
-            self.embed_tokens
-                .index_select(&flat, 0)?
-                .reshape((b, s, self.config.hidden_size))?;
-        let pos = if fused::applies(&x) {
+        // The embeddings have the compute dtype and device, as every activation.
+        let pos = if fused::applies(&self.embed_tokens) {
             Positions::Fused {
                 rope: self.rope.half_tables(batch.positions()),
                 mask: fused::AttentionMask::new(batch.segments(), s),
@@ -444,14 +471,49 @@ impl TrainModel {
             let bias = batch.attention_bias(acc_dtype(self.dtype), &self.device)?;
             Positions::Dense { cos, sin, bias }
         };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let ctx = Ctx {
-                adapters,
-                dropout_key: dropout_key.map(|k| mix(&[k, i as u64])),
-            };
-            x = layer.forward(&x, &pos, ctx)?;
+        let adapters = self.adapter_enabled();
+        // Drawn last, so that a batch refused above leaves the stream where it was.
+        let dropout_key = if train && adapters {
+            let n = self.forward_count.fetch_add(1, Ordering::SeqCst);
+            Some(mix(&[self.seed, n]))
+        } else {
+            None
+        };
+        Ok(Pass {
+            ids,
+            batch: b,
+            seq: s,
+            pos,
+            adapters,
+            dropout_key,
+        })
+    }
+
+    /// The token embeddings `[b, s, hidden]` of the pass's ids.
+    fn embed(&self, pass: &Pass) -> Result<Tensor> {
+        Ok(self.embed_tokens.index_select(&pass.ids, 0)?.reshape((
+            pass.batch,
+            pass.seq,
+            self.config.hidden_size,
+        ))?)
+    }
+
+    /// The final RMSNorm over the last layer's output.
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        rms_norm(x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// Logits `[b, s, vocab]` (f32, f64 for an f64 model) of the normed hidden states.
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (b, s, h) = hidden.dims3()?;
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        if fused::applies(hidden) && w.dtype() == hidden.dtype() {
+            return Ok(fused::linear(hidden, w)?); // [b, s, vocab]
         }
-        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+        let logits = mm(&hidden.reshape((b * s, h))?, &w.t()?)?;
+        Ok(logits
+            .reshape((b, s, self.config.vocab_size))?
+            .to_dtype(acc_dtype(self.dtype))?)
     }
 
     /// The base weights by HF name with their current values (the trained values for full

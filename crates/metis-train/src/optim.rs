@@ -18,7 +18,8 @@
 //!
 //! Gradients travel as [`Grads`] (name → tensor, the names of
 //! [`crate::model::TrainModel::trainable`]): [`Grads::from_backward`] picks them out of a
-//! candle `GradStore`, [`GradAccumulator`] sums micro-batches, [`clip_grad_norm`] clips in
+//! candle `GradStore` ([`Grads::add_backward`] sums several, one per layer with activation
+//! checkpointing), [`GradAccumulator`] sums micro-batches, [`clip_grad_norm`] clips in
 //! place and returns the pre-clip norm as `torch.nn.utils.clip_grad_norm_`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +46,24 @@ impl Grads {
             .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
             .collect();
         Self { map }
+    }
+
+    /// Add the gradients of `params` in a backward result to those held, in the gradients'
+    /// own dtype (as one backward sums a parameter's uses): how the per-layer backward passes
+    /// of activation checkpointing ([`crate::model::TrainModel::backward_checkpointed`])
+    /// assemble one gradient, a tied embedding getting its head and embedding shares.
+    pub fn add_backward(&mut self, store: &GradStore, params: &[(String, Var)]) -> Result<()> {
+        for (name, var) in params {
+            let Some(g) = store.get(var.as_tensor()) else {
+                continue;
+            };
+            let sum = match self.map.remove(name) {
+                Some(s) => (s + g)?,
+                None => g.clone(),
+            };
+            self.map.insert(name.clone(), sum);
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&Tensor> {

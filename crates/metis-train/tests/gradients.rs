@@ -3,12 +3,14 @@
 //!     the Llama and Qwen2 fixtures and a random Qwen3-style model (q/k norm, attention bias);
 //! (b) central finite differences in f64 agree with autograd for every parameter kind.
 
-use std::path::{Path, PathBuf};
+#[allow(dead_code)] // only the Qwen3 writer is needed here
+mod common;
+
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use metis_train::lora::{LoraConfig, SplitMix64};
 use metis_train::model::{BatchLayout, TrainModel, TrainModelOptions};
-use serde_json::json;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(concat!(
@@ -17,87 +19,6 @@ fn fixture(name: &str) -> PathBuf {
     ))
     .join(name)
     .join("f32")
-}
-
-/// A random Qwen3 model (q/k norm, attention bias, untied head) written to `dir`.
-fn write_qwen3(dir: &Path) {
-    let (v, h, inter, nh, nkv, hd, layers) =
-        (96usize, 32usize, 48usize, 4usize, 2usize, 8usize, 2usize);
-    let config = json!({
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
-        "hidden_size": h, "intermediate_size": inter, "num_hidden_layers": layers,
-        "num_attention_heads": nh, "num_key_value_heads": nkv, "head_dim": hd,
-        "rms_norm_eps": 1e-6, "vocab_size": v, "rope_theta": 1000000.0,
-        "tie_word_embeddings": false, "attention_bias": true, "hidden_act": "silu",
-        "max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 2,
-        "torch_dtype": "float32"
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let mut rng = SplitMix64::new(42);
-    let mut randn = |shape: &[usize], std: f64, mean: f64| -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                // Box-Muller
-                let u1 = rng.next_f64().max(1e-12);
-                let u2 = rng.next_f64();
-                (mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos())
-                    as f32
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    };
-    let mut t: Vec<(String, Tensor)> = vec![
-        ("model.embed_tokens.weight".into(), randn(&[v, h], 1.0, 0.0)),
-        ("model.norm.weight".into(), randn(&[h], 0.1, 1.0)),
-        (
-            "lm_head.weight".into(),
-            randn(&[v, h], 1.0 / (h as f64).sqrt(), 0.0),
-        ),
-    ];
-    for i in 0..layers {
-        let p = format!("model.layers.{i}");
-        let lin = |name: &str, out: usize, inp: usize| (format!("{p}.{name}.weight"), out, inp);
-        for (name, out, inp) in [
-            lin("self_attn.q_proj", nh * hd, h),
-            lin("self_attn.k_proj", nkv * hd, h),
-            lin("self_attn.v_proj", nkv * hd, h),
-            lin("self_attn.o_proj", h, nh * hd),
-            lin("mlp.gate_proj", inter, h),
-            lin("mlp.up_proj", inter, h),
-            lin("mlp.down_proj", h, inter),
-        ] {
-            let w = randn(&[out, inp], 1.0 / (inp as f64).sqrt(), 0.0);
-            t.push((name, w));
-        }
-        for (name, n) in [
-            ("q_proj", nh * hd),
-            ("k_proj", nkv * hd),
-            ("v_proj", nkv * hd),
-            ("o_proj", h),
-        ] {
-            t.push((format!("{p}.self_attn.{name}.bias"), randn(&[n], 0.5, 0.0)));
-        }
-        t.push((
-            format!("{p}.self_attn.q_norm.weight"),
-            randn(&[hd], 0.1, 1.0),
-        ));
-        t.push((
-            format!("{p}.self_attn.k_norm.weight"),
-            randn(&[hd], 0.1, 1.0),
-        ));
-        t.push((format!("{p}.input_layernorm.weight"), randn(&[h], 0.1, 1.0)));
-        t.push((
-            format!("{p}.post_attention_layernorm.weight"),
-            randn(&[h], 0.1, 1.0),
-        ));
-    }
-    metis_train::checkpoint::write_safetensors(
-        &dir.join("model.safetensors"),
-        &t,
-        Default::default(),
-    )
-    .unwrap();
 }
 
 fn lora_cfg() -> LoraConfig {
@@ -208,7 +129,7 @@ fn every_param_gets_a_gradient_full() {
     assert_eq!(qwen2.trainable().len(), 1 + 2 * 12 + 1);
     check_all_grads(&qwen2, "qwen2 full");
     let dir = tempfile::tempdir().unwrap();
-    write_qwen3(dir.path());
+    common::write_qwen3(dir.path());
     let qwen3 = TrainModel::load(dir.path(), &opts(DType::F32, None)).unwrap();
     // embed + 2 layers * (9 + 4 biases + 2 qk norms) + norm + lm_head
     assert_eq!(qwen3.trainable().len(), 1 + 2 * 15 + 2);
@@ -220,7 +141,7 @@ fn every_param_gets_a_gradient_lora() {
     let mut cfg = lora_cfg();
     cfg.dropout = 0.1;
     let dir = tempfile::tempdir().unwrap();
-    write_qwen3(dir.path());
+    common::write_qwen3(dir.path());
     for (what, path) in [
         ("llama lora", fixture("llama31-tiny-v512")),
         ("qwen2 lora", fixture("qwen2-tiny-v512")),
@@ -312,7 +233,7 @@ fn finite_differences_full_qwen2_tied_bias() {
 #[test]
 fn finite_differences_full_qwen3_qk_norm() {
     let dir = tempfile::tempdir().unwrap();
-    write_qwen3(dir.path());
+    common::write_qwen3(dir.path());
     let m = TrainModel::load(dir.path(), &opts(DType::F64, None)).unwrap();
     finite_difference(&m, "qwen3 full f64");
 }

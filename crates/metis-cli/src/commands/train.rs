@@ -141,6 +141,11 @@ struct GrpoArgs {
     /// Open the think block in the prompt (for templates that do not).
     #[arg(long)]
     prefill_think: bool,
+    /// Activation checkpointing per decoder layer: recompute each layer in the backward
+    /// instead of keeping every layer's activations (less memory, about one more forward of
+    /// compute; the same gradients).
+    #[arg(long)]
+    grad_checkpoint: bool,
     /// Sample rollouts from this OpenAI-compatible server (base URL with the API prefix,
     /// e.g. http://10.0.0.5:8000/v1) instead of the local engine; repeat for a fleet of
     /// replicas. The current LoRA adapter is hot-loaded on every replica each step (vLLM:
@@ -257,6 +262,11 @@ struct SftArgs {
     /// Pack several examples into each sequence (no attention across them).
     #[arg(long)]
     packing: bool,
+    /// Activation checkpointing per decoder layer: recompute each layer in the backward
+    /// instead of keeping every layer's activations (less memory, about one more forward of
+    /// compute; the same gradients).
+    #[arg(long)]
+    grad_checkpoint: bool,
     /// Continue from the latest checkpoint in --out (same flags as the interrupted run).
     #[arg(long)]
     resume: bool,
@@ -337,6 +347,7 @@ impl SftArgs {
             lora,
             save_every: self.save_every,
             keep_last: self.keep_last,
+            grad_checkpoint: self.grad_checkpoint,
             ..SftConfig::new(&self.model, &self.data, &self.out)
         }
     }
@@ -389,6 +400,7 @@ impl GrpoArgs {
             eval_every: self.eval_every,
             micro_batch: self.micro_batch,
             prefill_think: self.prefill_think,
+            grad_checkpoint: self.grad_checkpoint,
             dtype: self.dtype.unwrap_or(TrainDtype::default_for(self.device)),
             device: self.device,
             ..GrpoConfig::new(self.model, self.prompts, self.out)
@@ -512,6 +524,7 @@ mod tests {
             "cuda:1",
             "--lora-rank",
             "8",
+            "--grad-checkpoint",
         ]) else {
             panic!("not grpo")
         };
@@ -522,6 +535,7 @@ mod tests {
             (cfg.dtype, cfg.device),
             (TrainDtype::Bf16, TrainDevice::Cuda(1))
         );
+        assert!(cfg.grad_checkpoint);
         let lora = cfg.lora.unwrap();
         assert_eq!((lora.r, lora.alpha, lora.dropout), (8, 16.0, 0.0));
 
@@ -539,6 +553,7 @@ mod tests {
             "4",
             "--lora-targets",
             "q_proj,v_proj",
+            "--grad-checkpoint",
         ]) else {
             panic!("not sft")
         };
@@ -547,6 +562,7 @@ mod tests {
         // LoRA without --lr: the LoRA learning rate.
         assert_eq!(cfg.lr, SftConfig::default_lr(true));
         assert_eq!(cfg.lora.unwrap().target_modules, ["q_proj", "v_proj"]);
+        assert!(cfg.grad_checkpoint);
         assert_eq!((cfg.dtype, cfg.device), (TrainDtype::F32, TrainDevice::Cpu));
 
         // Without --dtype a GPU run trains in bf16.

@@ -71,6 +71,11 @@ pub struct GrpoConfig {
     /// Checkpoints kept, the newest ones (0 = all).
     #[serde(default = "default_keep_last")]
     pub keep_last: usize,
+    /// Activation checkpointing per decoder layer in the policy's backward: each layer is
+    /// recomputed from its saved input instead of keeping every layer's activations (less
+    /// memory, about one more forward of compute; same gradients).
+    #[serde(default)]
+    pub grad_checkpoint: bool,
     /// Stop after this many steps of this invocation (tests simulate a kill with it).
     #[serde(skip)]
     pub stop_after_steps: Option<u64>,
@@ -122,6 +127,7 @@ impl Default for GrpoConfig {
             dtype: TrainDtype::default(),
             device: TrainDevice::default(),
             keep_last: default_keep_last(),
+            grad_checkpoint: false,
             stop_after_steps: None,
         }
     }
@@ -209,11 +215,12 @@ mod tests {
     fn configs_written_before_dtype_device_and_keep_last_read_with_their_defaults() {
         let mut v = serde_json::to_value(GrpoConfig::default()).unwrap();
         let obj = v.as_object_mut().unwrap();
-        for k in ["dtype", "device", "keep_last", "remote"] {
+        for k in ["dtype", "device", "keep_last", "remote", "grad_checkpoint"] {
             obj.remove(k);
         }
         let cfg: GrpoConfig = serde_json::from_value(v).unwrap();
         assert_eq!(cfg.keep_last, 1);
+        assert!(!cfg.grad_checkpoint);
         assert_eq!(cfg.device, TrainDevice::Cpu);
     }
 

@@ -342,6 +342,7 @@ impl GrpoRun<'_> {
             temperature: f64::from(self.cfg.temperature),
             micro_batch: self.cfg.micro_batch,
             sampler_logprobs_are_old: self.source.logprobs_are_old(),
+            grad_checkpoint: self.cfg.grad_checkpoint,
             device: &self.device,
         };
         update.gradient(&samples, total_tokens)

@@ -12,7 +12,7 @@ use metis_engine::model::Model;
 
 use super::loss::{grpo_loss, per_token_logps, LossConfig, LossInputs};
 use super::rollout::Rollout;
-use crate::model::{BatchLayout, Result, TrainModel};
+use crate::model::{logprobs_from_logits, BatchLayout, Result, TrainModel};
 use crate::optim::{GradAccumulator, Grads};
 
 /// What the update works with besides the completions.
@@ -28,6 +28,8 @@ pub(super) struct PolicyUpdate<'a> {
     /// Use the rollouts' log-probabilities as the old ones (see
     /// [`super::rollout::RolloutSource::logprobs_are_old`]).
     pub sampler_logprobs_are_old: bool,
+    /// Activation checkpointing per decoder layer in the policy's backward.
+    pub grad_checkpoint: bool,
     pub device: &'a Device,
 }
 
@@ -143,7 +145,6 @@ impl PolicyUpdate<'_> {
         let chunks: Vec<&[Sample<'_>]> = samples.chunks(self.micro_batch).collect();
         let mut loss_cfg = self.loss.clone();
         loss_cfg.gradient_accumulation_steps = chunks.len();
-        let params = self.policy.trainable();
         let mut acc = GradAccumulator::default();
         let mut sums = Sums::default();
         for chunk in chunks {
@@ -153,48 +154,45 @@ impl PolicyUpdate<'_> {
                 continue;
             }
             let batch = MicroBatch::pack(&rows, self.device)?;
-            let logp = self.policy_logps(&batch)?;
-            sums.add_gap(&logp, &rows)?;
+            // Before the policy's forward, which borrows the policy for the loss below; the
+            // reference pass draws no dropout, so the order changes nothing.
             let ref_logp = self.reference_logps(&batch)?;
             let advantages: Vec<f32> = rows.iter().map(|s| s.advantage as f32).collect();
             let advantages = Tensor::from_vec(advantages, rows.len(), self.device)?;
-            let out = grpo_loss(
-                &LossInputs {
-                    logp: &logp,
-                    old_logp: self.sampler_logprobs_are_old.then_some(&batch.old),
-                    ref_logp: ref_logp.as_ref(),
-                    mask: &batch.mask,
-                    advantages: &advantages,
-                    num_items_in_batch: Some(total_tokens as f64),
+            let old_logp = self.sampler_logprobs_are_old.then_some(&batch.old);
+            let temperature = self.temperature;
+            let out = self.policy.loss_and_grads(
+                &batch.input,
+                &batch.layout,
+                true,
+                self.grad_checkpoint,
+                |logits| {
+                    let logp = completion_logps(logits, &batch, temperature)?;
+                    let out = grpo_loss(
+                        &LossInputs {
+                            logp: &logp,
+                            old_logp,
+                            ref_logp: ref_logp.as_ref(),
+                            mask: &batch.mask,
+                            advantages: &advantages,
+                            num_items_in_batch: Some(total_tokens as f64),
+                        },
+                        &loss_cfg,
+                    )?;
+                    Ok((out.loss, (logp.detach(), out.metrics)))
                 },
-                &loss_cfg,
             )?;
-            acc.add(&out.loss.backward()?, &params)?;
+            let (logp, metrics) = out.aux;
+            sums.add_gap(&logp, &rows)?;
+            acc.add_grads(&out.grads)?;
             sums.train_tokens += batch.tokens;
             sums.loss += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let n = out.metrics.num_tokens;
-            sums.kl += out.metrics.kl.unwrap_or(0.0) * n;
-            sums.clip += out.metrics.clip_region * n;
+            let n = metrics.num_tokens;
+            sums.kl += metrics.kl.unwrap_or(0.0) * n;
+            sums.clip += metrics.clip_region * n;
             sums.tokens += n;
         }
         Ok(sums.outcome(acc.finish(1.0)?))
-    }
-
-    /// The policy's log-probabilities of the completion tokens, `[b, comp]` f32, with
-    /// gradient.
-    fn policy_logps(&self, batch: &MicroBatch) -> Result<Tensor> {
-        let lp = self.policy.token_logprobs(
-            &batch.input,
-            &batch.layout,
-            &batch.target,
-            self.temperature,
-            true,
-        )?;
-        // The loss and its inputs are f32 whatever the compute dtype (a no-op for f32).
-        Ok(lp
-            .gather(&batch.gather, 1)?
-            .to_dtype(DType::F32)?
-            .contiguous()?)
     }
 
     /// The reference model's log-probabilities of the completion tokens (None without KL).
@@ -227,6 +225,17 @@ impl PolicyUpdate<'_> {
             lp.gather(&batch.gather, 1)?.to_dtype(DType::F32)?.detach(),
         ))
     }
+}
+
+/// The policy's log-probabilities of the completion tokens `[b, comp]` f32 from its logits,
+/// with gradient.
+fn completion_logps(logits: &Tensor, batch: &MicroBatch, temperature: f64) -> Result<Tensor> {
+    let lp = logprobs_from_logits(logits, &batch.target, temperature)?;
+    // The loss and its inputs are f32 whatever the compute dtype (a no-op for f32).
+    Ok(lp
+        .gather(&batch.gather, 1)?
+        .to_dtype(DType::F32)?
+        .contiguous()?)
 }
 
 impl Sums {

@@ -58,6 +58,11 @@ pub struct SftConfig {
     /// Checkpoints kept, the newest ones (0 = all).
     #[serde(default)]
     pub keep_last: usize,
+    /// Activation checkpointing per decoder layer: the backward recomputes each layer from
+    /// its saved input instead of keeping every layer's activations (less memory, about one
+    /// more forward of compute; same gradients). See [`crate::model::TrainModel::loss_and_grads`].
+    #[serde(default)]
+    pub grad_checkpoint: bool,
     /// Test hook: stop (as if killed) right after this many optimizer steps in this process,
     /// without the final save.
     #[serde(skip)]
@@ -68,7 +73,8 @@ impl Default for SftConfig {
     /// Everything but the paths (empty here; see [`SftConfig::new`]): 3 epochs, lr 2e-5
     /// ([`SftConfig::default_lr`]), cosine schedule with 3 % warmup, batch 1, no
     /// accumulation, max_len 2048, weight decay 0, clip 1.0, seed 42, f32 on CPU, full
-    /// fine-tuning, checkpoint only at the end, every checkpoint kept.
+    /// fine-tuning, checkpoint only at the end, every checkpoint kept, no activation
+    /// checkpointing.
     fn default() -> Self {
         SftConfig {
             model_dir: PathBuf::new(),
@@ -96,6 +102,7 @@ impl Default for SftConfig {
             lora: None,
             save_every: 0,
             keep_last: 0,
+            grad_checkpoint: false,
             stop_after_steps: None,
         }
     }
@@ -186,11 +193,14 @@ mod tests {
         assert_eq!(v["dtype"], "f32");
         assert_eq!(v["device"], "cpu");
         assert_eq!(v["schedule"], "cosine");
-        // Written before keep_last existed: every checkpoint kept, as then.
+        // Written before keep_last and grad_checkpoint existed: every checkpoint kept and no
+        // activation checkpointing, as then.
         let mut old = v.clone();
-        old.as_object_mut().unwrap().remove("keep_last");
+        for k in ["keep_last", "grad_checkpoint"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
         let cfg: SftConfig = serde_json::from_value(old).unwrap();
-        assert_eq!(cfg.keep_last, 0);
+        assert_eq!((cfg.keep_last, cfg.grad_checkpoint), (0, false));
     }
 
     #[test]

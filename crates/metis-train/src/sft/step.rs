@@ -11,7 +11,7 @@ use super::{SftConfig, SftError, SftSummary};
 use crate::checkpoint::TrainState;
 use crate::data::{collate, Batch, Sequence};
 use crate::metrics::{MetricsWriter, StepMetrics};
-use crate::model::{BatchLayout, TrainError, TrainModel};
+use crate::model::{logprobs_from_logits, BatchLayout, TrainError, TrainModel};
 use crate::optim::{clip_grad_norm, AdamW, GradAccumulator, Grads};
 use crate::run_dir::RunDir;
 use crate::schedule::Schedule;
@@ -147,24 +147,30 @@ impl SftRun<'_> {
                 tokens,
             });
         }
-        let params = self.model.trainable();
         let mut acc = GradAccumulator::default();
         let mut single = None;
         for b in batches {
             let (ids, layout, targets, weights) = batch_tensors(b, &self.device)?;
-            let micro = (micro_batch_loss(&self.model, &ids, &layout, &targets, &weights)?
-                / loss_tokens as f64)
-                .map_err(TrainError::from)?;
-            loss += micro
+            let out = self.model.loss_and_grads(
+                &ids,
+                &layout,
+                true,
+                self.cfg.grad_checkpoint,
+                |logits| {
+                    let summed = micro_batch_loss(logits, &targets, &weights)?;
+                    Ok(((summed / loss_tokens as f64)?, ()))
+                },
+            )?;
+            loss += out
+                .loss
                 .to_dtype(DType::F64)
                 .and_then(|l| l.to_scalar::<f64>())
                 .map_err(TrainError::from)?;
-            let store = micro.backward().map_err(TrainError::from)?;
             // One micro-batch needs no accumulator: its gradient is the step's.
             if batches.len() == 1 {
-                single = Some(Grads::from_backward(&store, &params));
+                single = Some(out.grads);
             } else {
-                acc.add(&store, &params)?;
+                acc.add_grads(&out.grads)?;
             }
         }
         let grads = match single {
@@ -206,19 +212,13 @@ fn batch_tensors(
     Ok((ids, layout, targets, weights))
 }
 
-/// Summed token cross-entropy of a micro-batch (differentiable scalar, f32).
+/// Summed token cross-entropy of a micro-batch from its logits (differentiable scalar, f32).
 fn micro_batch_loss(
-    model: &TrainModel,
-    ids: &Tensor,
-    layout: &BatchLayout,
+    logits: &Tensor,
     targets: &Tensor,
     weights: &Tensor,
-) -> Result<Tensor, SftError> {
-    let lp = model.token_logprobs(ids, layout, targets, 1.0, true)?;
-    let weights = weights.to_dtype(lp.dtype()).map_err(TrainError::from)?;
-    let loss = (lp * weights)
-        .and_then(|t| t.sum_all())
-        .and_then(|t| t.neg())
-        .map_err(TrainError::from)?;
-    Ok(loss)
+) -> Result<Tensor, TrainError> {
+    let lp = logprobs_from_logits(logits, targets, 1.0)?;
+    let weights = weights.to_dtype(lp.dtype())?;
+    Ok((lp * weights)?.sum_all()?.neg()?)
 }
