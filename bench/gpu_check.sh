@@ -13,7 +13,8 @@
 #   2. a random Llama-3.1-8B-shaped model in bf16: decode tokens/s at batch 1 and 32 after a
 #      128-token prompt, prefill tokens/s of a 2,048-token prompt; the same in transformers;
 #   3. one full SFT step (4 x 512 tokens, bf16 with f32 master weights and AdamW state) of a
-#      random Llama-3.2-1B-shaped model; the same step in PyTorch (f32 weights, bf16 autocast);
+#      random Llama-3.2-1B-shaped model, without and with --grad-checkpoint; the same step in
+#      PyTorch (f32 weights, bf16 autocast);
 #   4. one GRPO step with LoRA rank 16 (8 completions of 128 tokens) on that model; the same
 #      in PyTorch + peft;
 #   5. a table: every measurement side by side with the ratio Metis / PyTorch, and the peak
@@ -145,7 +146,7 @@ rows = [json.loads(l) for l in open(path)][1:]
 if not rows:
     sys.exit(f"{path}: fewer than two steps")
 mean = lambda f: sum(f(r) for r in rows) / len(rows)
-if bench == "sft_step":
+if bench.startswith("sft_step"):
     tokens, seconds = mean(lambda r: r["tokens"]), mean(lambda r: r["tokens"] / r["tokens_per_s"])
     extra = {}
 else:
@@ -166,6 +167,11 @@ train() {
         --out "$WORK/sft" --device "$DEVICE" --dtype bf16 --max-steps 3 --batch-size 4 \
         --max-len 512 --save-every 0 --lr 1e-5
     metrics_line "$WORK/sft/metrics.jsonl" sft_step "$TRAIN_SHAPE" "$DEVICE" | tee -a "$RESULTS"
+    # The same step with activation checkpointing per layer: its peak memory against the above.
+    measured metis-sft-ckpt "$METIS" train sft --model "$WORK/model" --data "$WORK/sft.jsonl" \
+        --out "$WORK/sft-ckpt" --device "$DEVICE" --dtype bf16 --max-steps 3 --batch-size 4 \
+        --max-len 512 --save-every 0 --lr 1e-5 --grad-checkpoint
+    metrics_line "$WORK/sft-ckpt/metrics.jsonl" sft_step_ckpt "$TRAIN_SHAPE" "$DEVICE" | tee -a "$RESULTS"
     measured torch-sft "$PY" bench/gpu_reference.py sft --shape "$PY_TRAIN_SHAPE" \
         --device "$DEVICE" --batch 4 --seq-len 512 --steps 3
     measured metis-grpo "$METIS" train grpo --model "$WORK/model" --prompts "$WORK/prompts.jsonl" \
