@@ -5,7 +5,7 @@
 #   bench/build_cuda.sh                 # here: the CUDA build and what travels with it
 #   bench/gpu_check.sh [BUNDLE]         # there, from the repository root; BUNDLE: gpu-bundle
 #
-# BUNDLE holds `metis` (built with `--features cuda`) and `fixtures/` (the shared tiny models
+# BUNDLE holds `metis.xz` (built with `--features cuda`) and `fixtures/` (the shared tiny models
 # and the Llama-3 tokenizer); the GPU machine's Python must have torch, transformers >= 5 and
 # (optionally) peft. It runs and prints:
 #   1. parity: the shared fixtures' Llama-3.1 and Qwen2 on CUDA in f32 and bf16 against the
@@ -34,6 +34,11 @@ DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 RESULTS="${OUT:-.}/gpu_check.jsonl"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+if [ ! -x "$METIS" ] && [ -f "$METIS.xz" ]; then
+    "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+        "$METIS.xz" "$WORK/metis" && chmod +x "$WORK/metis" && METIS="$WORK/metis"
+fi
+[ -x "$METIS" ] || { echo "gpu_check: no $BUNDLE/metis or metis.xz (run bench/build_cuda.sh)" >&2; exit 2; }
 : > "$RESULTS"
 failed=0
 
