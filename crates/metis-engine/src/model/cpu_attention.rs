@@ -268,16 +268,27 @@ fn decode_group(q: &[f32], kv: &KvHead, keys: usize, scale: f32, out: &mut [f32]
     // to `LocalKey::with` is compiled without the AVX2 function's target features).
     let mut scores = SCORES.with(|s| std::mem::take(&mut *s.borrow_mut()));
     scores.resize(q.len() / kv.hd * keys, 0.0);
+    decode_group_on_this_cpu(q, kv, keys, scale, &mut scores, out);
+    SCORES.with(|s| *s.borrow_mut() = scores);
+}
+
+/// [`decode_group_body`] in the build this CPU runs: AVX2 + F16C where detected, else
+/// portable.
+fn decode_group_on_this_cpu(
+    q: &[f32],
+    kv: &KvHead,
+    keys: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if quant::kernel_set() == "avx2" {
         // SAFETY: the avx2 kernel set is chosen only after AVX2, FMA and F16C are detected.
-        unsafe { decode_group_avx2(q, kv, keys, scale, &mut scores, out) };
-        SCORES.with(|s| *s.borrow_mut() = scores);
-        return;
+        return unsafe { decode_group_avx2(q, kv, keys, scale, scores, out) };
     }
     let widen = |src: &[f16], dst: &mut [f32]| src.convert_to_f32_slice(dst);
-    decode_group_body(q, kv, keys, scale, &mut scores, out, widen);
-    SCORES.with(|s| *s.borrow_mut() = scores);
+    decode_group_body(q, kv, keys, scale, scores, out, widen);
 }
 
 /// [`decode_group_body`] compiled for AVX2 (its loops vectorize eight lanes wide).
