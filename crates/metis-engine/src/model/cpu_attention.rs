@@ -277,7 +277,7 @@ fn key_splits(tasks: usize, keys: usize, threads: usize) -> usize {
     }
     let most = (keys / MIN_SPLIT_KEYS).max(1);
     (1..=most)
-        .find(|&p| tasks * p >= 2 * threads && (tasks * p).is_multiple_of(threads))
+        .find(|&p| tasks * p >= 2 * threads && (tasks * p) % threads == 0)
         .unwrap_or(most)
 }
 
