@@ -229,10 +229,7 @@ pub(crate) fn attend_cached(
 /// One decode step's attention for several sequences: `q` [n, heads, hd] holds one query per
 /// head of sequence `r`, which reads `kvs[r]` whole; `out` [n, heads, hd]. One task per
 /// (sequence, kv head) takes that head's `n_rep` query heads together, so each key and value
-/// is read once for all of them. With fewer such tasks than threads can share evenly (one
-/// sequence of a model with few kv heads: 3 tasks on 2 threads leave one idle a third of the
-/// time), each task's keys are split into parts attended separately and merged
-/// ([`attend_decode_split`]).
+/// is read once for all of them.
 pub(crate) fn attend_decode(
     q: &[f32],
     kvs: &[&CachedKv],
@@ -245,102 +242,17 @@ pub(crate) fn attend_decode(
     let group = n_rep * hd;
     let tasks = out.len() / group;
     let kv_heads = tasks / kvs.len().max(1);
-    let task_kv = |t: usize| (kvs[t / kv_heads], t % kv_heads);
-    let shortest = kvs.iter().map(|kv| kv.len).min().unwrap_or(0);
-    let splits = key_splits(tasks, shortest, rayon::current_num_threads());
-    let streamed = hd <= MAX_STREAM_HD && n_rep <= MAX_GROUP;
-    if splits > 1 && streamed {
-        return attend_decode_split(q, &task_kv, n_rep, hd, scale, splits, out);
-    }
     let bounds: Vec<usize> = (0..=tasks).map(|t| t * group).collect();
     quant::run_parts_mut(out, &bounds, &|t, rows| {
-        let (kv, h) = task_kv(t);
+        let kv = kvs[t / kv_heads];
+        let head = kv.head(t % kv_heads);
         let q = &q[t * group..][..group];
-        if streamed {
-            decode_group(q, &kv.head(h), kv.len, scale, rows);
+        if hd <= MAX_STREAM_HD {
+            decode_group(q, &head, kv.len, scale, rows);
         } else {
-            attend_rows(q, &kv.head(h), kv.len, |_| kv.len, scale, rows);
+            attend_rows(q, &head, kv.len, |_| kv.len, scale, rows);
         }
     });
-}
-
-/// Fewest keys in one part of a split decode task: below this a part's fixed costs (a pool
-/// task, the merge) outweigh the balance gained.
-const MIN_SPLIT_KEYS: usize = 128;
-
-/// Parts per decode task so that `tasks · parts` is a multiple of `threads` and at least two
-/// per thread, each part keeping at least [`MIN_SPLIT_KEYS`] of the `keys`; 1 when the tasks
-/// alone are enough (or too short to split).
-fn key_splits(tasks: usize, keys: usize, threads: usize) -> usize {
-    if tasks == 0 || threads <= 1 || tasks >= 2 * threads {
-        return 1;
-    }
-    let most = (keys / MIN_SPLIT_KEYS).max(1);
-    (1..=most)
-        .find(|&p| tasks * p >= 2 * threads && (tasks * p) % threads == 0)
-        .unwrap_or(most)
-}
-
-/// [`attend_decode`] with each task's keys in `splits` contiguous parts: every part yields,
-/// per query row, its unnormalised output `Σ e^(s − m)·v`, its max score `m` and its sum
-/// `Σ e^(s − m)` (flash-decoding's partial results); the parts of a row are then merged,
-/// each rescaled by `e^(m_part − m_row)`.
-fn attend_decode_split<'a>(
-    q: &[f32],
-    task_kv: &(dyn Fn(usize) -> (&'a CachedKv<'a>, usize) + Sync),
-    n_rep: usize,
-    hd: usize,
-    scale: f32,
-    splits: usize,
-    out: &mut [f32],
-) {
-    let group = n_rep * hd;
-    let tasks = out.len() / group;
-    // Per part: the rows' outputs [n_rep, hd], then their max scores [n_rep] and sums [n_rep].
-    let part_len = n_rep * (hd + 2);
-    let mut parts = vec![0f32; tasks * splits * part_len];
-    let bounds: Vec<usize> = (0..=tasks * splits).map(|p| p * part_len).collect();
-    quant::run_parts_mut(&mut parts, &bounds, &|p, part| {
-        let (t, i) = (p / splits, p % splits);
-        let (kv, h) = task_kv(t);
-        let keys = i * kv.len / splits..(i + 1) * kv.len / splits;
-        let (acc, stats) = part.split_at_mut(group);
-        let (maxes, sums) = stats.split_at_mut(n_rep);
-        let q = &q[t * group..][..group];
-        with_scores(n_rep * keys.len(), |scores| {
-            decode_group_on_this_cpu(q, &kv.head(h), keys, scale, scores, acc, (maxes, sums))
-        });
-    });
-    for (t, out) in out.chunks_exact_mut(group).enumerate() {
-        let task_parts = &parts[t * splits * part_len..][..splits * part_len];
-        for (r, out) in out.chunks_exact_mut(hd).enumerate() {
-            let rows = task_parts.chunks_exact(part_len).map(|p| {
-                let (acc, stats) = p.split_at(group);
-                (&acc[r * hd..][..hd], stats[r], stats[n_rep + r])
-            });
-            merge_parts(rows, out);
-        }
-    }
-}
-
-/// `out = Σ e^(m_i − M)·acc_i / Σ e^(m_i − M)·l_i` over the parts' `(acc_i, m_i, l_i)` of one
-/// query row, `M` the largest `m_i`.
-fn merge_parts<'p>(parts: impl Iterator<Item = (&'p [f32], f32, f32)> + Clone, out: &mut [f32]) {
-    let max = parts
-        .clone()
-        .fold(f32::NEG_INFINITY, |m, (_, mi, _)| m.max(mi));
-    out.fill(0.0);
-    let mut total = 0f32;
-    for (acc, m, l) in parts {
-        let w = exp_nonpositive(m - max);
-        total += w * l;
-        for (o, &a) in out.iter_mut().zip(acc) {
-            *o += w * a;
-        }
-    }
-    for o in out.iter_mut() {
-        *o /= total;
-    }
 }
 
 /// Widest head for which [`decode_group`] streams keys through a stack row.
@@ -352,55 +264,31 @@ const MAX_STREAM_HD: usize = 256;
 /// added into every output row): for a handful of rows this streams the cache once, with
 /// none of a gemm's packing.
 fn decode_group(q: &[f32], kv: &KvHead, keys: usize, scale: f32, out: &mut [f32]) {
-    let n = q.len() / kv.hd;
-    let mut sums = [0f32; MAX_GROUP];
-    let mut maxes = [0f32; MAX_GROUP];
-    let (sums, maxes) = (&mut sums[..n], &mut maxes[..n]);
-    with_scores(n * keys, |scores| {
-        decode_group_on_this_cpu(q, kv, 0..keys, scale, scores, out, (maxes, sums))
-    });
-    for (o, &total) in out.chunks_exact_mut(kv.hd).zip(sums.iter()) {
-        for x in o.iter_mut() {
-            *x /= total;
-        }
-    }
-}
-
-/// Most query heads per kv head that [`decode_group`] keeps row statistics for on the stack
-/// (grouped-query models have up to 8); larger groups go through [`attend_rows`].
-const MAX_GROUP: usize = 64;
-
-/// `f` with this thread's score scratch of `len` values (kept between calls). Taken out of
-/// the thread-local so that the kernel runs outside a closure passed to `LocalKey::with`
-/// (which is compiled without the AVX2 function's target features).
-fn with_scores(len: usize, f: impl FnOnce(&mut [f32])) {
+    // Taken out of the thread-local so that the body runs outside a closure (a closure passed
+    // to `LocalKey::with` is compiled without the AVX2 function's target features).
     let mut scores = SCORES.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    scores.resize(len, 0.0);
-    f(&mut scores);
+    scores.resize(q.len() / kv.hd * keys, 0.0);
+    decode_group_on_this_cpu(q, kv, keys, scale, &mut scores, out);
     SCORES.with(|s| *s.borrow_mut() = scores);
 }
-
-/// Per query row of a decode group, its max score and its sum of `e^(s − max)`.
-type RowStats<'s> = (&'s mut [f32], &'s mut [f32]);
 
 /// [`decode_group_body`] in the build this CPU runs: AVX2 + F16C where detected, else
 /// portable.
 fn decode_group_on_this_cpu(
     q: &[f32],
     kv: &KvHead,
-    keys: std::ops::Range<usize>,
+    keys: usize,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
-    stats: RowStats,
 ) {
     #[cfg(target_arch = "x86_64")]
     if quant::kernel_set() == "avx2" {
         // SAFETY: the avx2 kernel set is chosen only after AVX2, FMA and F16C are detected.
-        return unsafe { decode_group_avx2(q, kv, keys, scale, scores, out, stats) };
+        return unsafe { decode_group_avx2(q, kv, keys, scale, scores, out) };
     }
     let widen = |src: &[f16], dst: &mut [f32]| src.convert_to_f32_slice(dst);
-    decode_group_body(q, kv, keys, scale, scores, out, stats, widen);
+    decode_group_body(q, kv, keys, scale, scores, out, widen);
 }
 
 /// [`decode_group_body`] compiled for AVX2 (its loops vectorize eight lanes wide).
@@ -409,15 +297,14 @@ fn decode_group_on_this_cpu(
 unsafe fn decode_group_avx2(
     q: &[f32],
     kv: &KvHead,
-    keys: std::ops::Range<usize>,
+    keys: usize,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
-    stats: RowStats,
 ) {
     // SAFETY: this function runs only where F16C was detected (see `decode_group`).
     let widen = |src: &[f16], dst: &mut [f32]| unsafe { widen_f16c(src, dst) };
-    decode_group_body(q, kv, keys, scale, scores, out, stats, widen)
+    decode_group_body(q, kv, keys, scale, scores, out, widen)
 }
 
 /// f16 → f32 with F16C, eight at a time (inlined into the AVX2 decode group; `half`'s
@@ -444,39 +331,34 @@ unsafe fn widen_f16c(src: &[f16], dst: &mut [f32]) {
     }
 }
 
-/// The queries `q` [n, hd] of one kv head over `keys`, unnormalised: `out` [n, hd] gets
-/// `Σ_j e^(s_j − m)·v_j` per row and `stats` each row's max score `m` and `Σ_j e^(s_j − m)`.
-/// `scores` [n, keys.len()] is scratch; `widen` turns f16 rows into f32.
+/// `scores` [n, keys] is scratch; `widen` turns f16 rows into f32.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // the kernel's operands; callers pass them through
 fn decode_group_body(
     q: &[f32],
     kv: &KvHead,
-    keys: std::ops::Range<usize>,
+    keys: usize,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
-    (maxes, sums): RowStats,
     widen: impl Fn(&[f16], &mut [f32]),
 ) {
     let hd = kv.hd;
-    let n_keys = keys.len();
     let mut row = [0f32; MAX_STREAM_HD];
     let row = &mut row[..hd];
-    for (i, j) in keys.clone().enumerate() {
+    for j in 0..keys {
         let k = kv.k.row_f32(j * kv.k_stride, hd, row, &widen);
         for (r, qr) in q.chunks_exact(hd).enumerate() {
-            scores[r * n_keys + i] = dot(qr, k) * scale;
+            scores[r * keys + j] = dot(qr, k) * scale;
         }
     }
-    for ((p, m), l) in scores.chunks_exact_mut(n_keys).zip(maxes).zip(sums) {
-        (*m, *l) = exp_in_place(p);
+    for p in scores.chunks_exact_mut(keys) {
+        softmax_in_place(p);
     }
     out.fill(0.0);
-    for (i, j) in keys.enumerate() {
+    for j in 0..keys {
         let v = kv.v.row_f32(j * kv.v_stride, hd, row, &widen);
         for (r, o) in out.chunks_exact_mut(hd).enumerate() {
-            let p = scores[r * n_keys + i];
+            let p = scores[r * keys + j];
             for (o, &x) in o.iter_mut().zip(v) {
                 *o += p * x;
             }
@@ -594,19 +476,14 @@ fn attend_rows_f32(
 /// `x ← softmax(x)` in f32, the largest value subtracted first.
 #[inline(always)]
 fn softmax_in_place(x: &mut [f32]) {
-    let (_, total) = exp_in_place(x);
-    for v in x.iter_mut() {
-        *v /= total;
-    }
-}
-
-/// `x ← e^(x − max x)`; returns `(max x, Σ e^(x − max x))`.
-fn exp_in_place(x: &mut [f32]) -> (f32, f32) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for v in x.iter_mut() {
         *v = exp_nonpositive(*v - max);
     }
-    (max, x.iter().sum())
+    let total: f32 = x.iter().sum();
+    for v in x.iter_mut() {
+        *v /= total;
+    }
 }
 
 /// `eˣ` for `x ≤ 0` (a softmax's shifted scores) within 2 ulp, branch-free so that loops over
@@ -778,83 +655,12 @@ mod tests {
             let view = layer.view(f16);
             let head = view.head(1);
             let (mut simd, mut portable) = (vec![0f32; 3 * 24], vec![0f32; 3 * 24]);
+            decode_group(&q, &head, 90, 0.2, &mut simd);
             let mut scores = vec![0f32; 3 * 90];
-            let (mut m, mut l) = ([0f32; 3], [0f32; 3]);
-            let (mut pm, mut pl) = ([0f32; 3], [0f32; 3]);
-            decode_group_on_this_cpu(
-                &q,
-                &head,
-                0..90,
-                0.2,
-                &mut scores,
-                &mut simd,
-                (&mut m, &mut l),
-            );
             let widen = |src: &[f16], dst: &mut [f32]| src.convert_to_f32_slice(dst);
-            let stats = (&mut pm[..], &mut pl[..]);
-            decode_group_body(
-                &q,
-                &head,
-                0..90,
-                0.2,
-                &mut scores,
-                &mut portable,
-                stats,
-                widen,
-            );
-            assert_eq!((simd, m, l), (portable, pm, pl), "f16 cache: {f16}");
+            decode_group_body(&q, &head, 90, 0.2, &mut scores, &mut portable, widen);
+            assert_eq!(simd, portable, "f16 cache: {f16}");
         }
-    }
-
-    /// A decode step with its keys split into parts (merged by their max scores and sums)
-    /// against the f64 definition, over f32 and f16 caches, including parts of unequal length.
-    #[test]
-    fn split_decode_matches_the_definition() {
-        let (heads, kv_heads, hd, cap) = (6, 2, 16, 700);
-        let scale = (hd as f32).powf(-0.5);
-        for len in [130, 641] {
-            let layer = Layer::new(kv_heads, cap, hd, len);
-            let q = random(heads * hd, 11 + len as u64);
-            let want = layer.reference(&q, heads, 1, scale);
-            for f16 in [false, true] {
-                let view = layer.view(f16);
-                for splits in [1, 2, 3, 5] {
-                    let mut got = vec![0f32; heads * hd];
-                    let task_kv = |t: usize| (&view, t);
-                    attend_decode_split(
-                        &q,
-                        &task_kv,
-                        heads / kv_heads,
-                        hd,
-                        scale,
-                        splits,
-                        &mut got,
-                    );
-                    let worst = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(&g, &w)| (g as f64 - w).abs())
-                        .fold(0.0, f64::max);
-                    assert!(
-                        worst < 2e-5,
-                        "len {len}, f16 {f16}, {splits} parts: {worst}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn keys_are_split_only_to_balance_few_tasks() {
-        // One sequence of a model with 3 kv heads on 2 threads: 6 parts, 3 per thread.
-        assert_eq!(key_splits(3, 576, 2), 2);
-        // Enough tasks already, too few keys to split, one thread.
-        assert_eq!(key_splits(8, 576, 2), 1);
-        assert_eq!(key_splits(3, 100, 2), 1);
-        assert_eq!(key_splits(3, 576, 1), 1);
-        // One task over many threads: as many parts as the keys allow.
-        assert_eq!(key_splits(1, 1000, 2), 4);
-        assert_eq!(key_splits(1, 300, 16), 2);
     }
 
     /// The softmax's exponential against f64 over its whole domain, in relative error.
