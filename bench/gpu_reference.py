@@ -215,6 +215,15 @@ def run_engine(args, device):
     return ok
 
 
+def update(loss, optimizer, device):
+    """backward, optimizer step and zero_grad, finished on the device; the loss must be finite."""
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    assert math.isfinite(loss.item())
+
+
 def run_sft(args, device):
     model = build_model(args.shape, torch.float32, device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -225,11 +234,7 @@ def run_sft(args, device):
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        assert math.isfinite(loss.item())
+        update(loss, optimizer, device)
         return time.perf_counter() - start
 
     def measure():
@@ -330,11 +335,7 @@ def run_grpo(args, device):
         with torch.no_grad(), adapters_disabled():
             ref_logp = completion_logprobs(model, seqs, n)
         loss = grpo_loss(completion_logprobs(model, seqs, n), ref_logp, advantages)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        assert math.isfinite(loss.item())
+        update(loss, optimizer, device)
         return time.perf_counter() - start
 
     def measure():

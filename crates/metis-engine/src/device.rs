@@ -51,10 +51,22 @@ impl ComputeDevice {
     }
 }
 
-/// [`ComputeDevice::default_dtype`] for a device already open: what [`crate::model::Model::load`]
-/// computes in when no dtype is given.
+/// [`ComputeDevice::default_dtype`] for a device already open.
 pub fn default_dtype(device: &Device) -> Option<DType> {
     default_dtype_on_gpu(!device.is_cpu())
+}
+
+/// The dtype a model on `device` computes in: the one `requested`, else the device's default
+/// (bf16 on a GPU), else the checkpoint's own, else f32.
+pub fn compute_dtype(
+    requested: Option<DType>,
+    device: &Device,
+    checkpoint: Option<DType>,
+) -> DType {
+    requested
+        .or_else(|| default_dtype(device))
+        .or(checkpoint)
+        .unwrap_or(DType::F32)
 }
 
 fn default_dtype_on_gpu(gpu: bool) -> Option<DType> {
@@ -135,6 +147,13 @@ mod tests {
         assert_eq!(ComputeDevice::Cpu.default_dtype(), None);
         assert_eq!(ComputeDevice::Cuda(1).default_dtype(), Some(DType::BF16));
         assert_eq!(default_dtype(&Device::Cpu), None);
+        let cpu = &Device::Cpu;
+        assert_eq!(compute_dtype(None, cpu, Some(DType::BF16)), DType::BF16);
+        assert_eq!(compute_dtype(None, cpu, None), DType::F32);
+        assert_eq!(
+            compute_dtype(Some(DType::F16), cpu, Some(DType::BF16)),
+            DType::F16
+        );
     }
 
     #[cfg(not(feature = "cuda"))]

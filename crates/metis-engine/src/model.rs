@@ -73,8 +73,7 @@ pub struct Model {
 impl Model {
     /// Load `dir/config.json` and `dir/model.safetensors` (or the shards listed in
     /// `dir/model.safetensors.index.json`). `dtype` None = the device's default
-    /// ([`crate::device::default_dtype`]: bf16 on a GPU), else the config's dtype (f32 if
-    /// absent).
+    /// (bf16 on a GPU), else the config's dtype, else f32 ([`crate::device::compute_dtype`]).
     ///
     /// A path to a `.gguf` file loads it with [`Model::load_gguf`] instead (`dtype` must then be
     /// None or f32: GGUF models compute in f32).
@@ -88,10 +87,7 @@ impl Model {
             return Self::load_gguf(dir, device);
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
-        let dtype = dtype
-            .or_else(|| crate::device::default_dtype(device))
-            .or(config.dtype)
-            .unwrap_or(DType::F32);
+        let dtype = crate::device::compute_dtype(dtype, device, config.dtype);
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(EngineError::InvalidArgument(format!(
                 "unsupported compute dtype {dtype:?} (f32, bf16, f16)"

@@ -152,10 +152,7 @@ fn load_measured(
             Ok((loaded.model, path.display().to_string()))
         }
         (None, Some(shape)) => {
-            let dtype = dtype
-                .or_else(|| metis_engine::device::default_dtype(device))
-                .unwrap_or(DType::F32);
-            eprintln!("drawing a random {shape} model ({dtype:?}) on {device:?}");
+            eprintln!("drawing a random {shape} model on {device:?}");
             Ok((Model::random(shape, dtype, device)?, shape.to_string()))
         }
         (None, None) => bail!("give --model or --shape"),
@@ -254,24 +251,40 @@ fn parity(a: &ParityArgs) -> anyhow::Result<()> {
     let reference = load(&Device::Cpu, DType::F32)?;
     let device = a.device.open()?;
     let vocab = reference.config().vocab_size;
-    let prompts = a
+    // The CPU's outputs once per prompt; each dtype on the device is compared with them.
+    let expected = a
         .prompt_lens
         .iter()
-        .map(|&n| random_ids(1, n.max(1), vocab, &Device::Cpu))
+        .map(|&n| {
+            Outputs::of(
+                &reference,
+                &random_ids(1, n.max(1), vocab, &Device::Cpu)?,
+                a.decode_tokens,
+            )
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut failed = 0;
     for (dtype, bound) in [(DType::F32, F32_BOUND), (DType::BF16, BF16_BOUND)] {
         let model = load(&device, dtype)?;
-        for prompt in &prompts {
-            let check = compare(&reference, &model, prompt, a.decode_tokens)?;
-            let pass = check.max_abs_diff <= bound;
+        for want in &expected {
+            let got = Outputs::of(&model, &want.prompt, a.decode_tokens)?;
+            let max_abs_diff = (&want.logits - &got.logits)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            let greedy_agree = want
+                .greedy
+                .iter()
+                .zip(&got.greedy)
+                .take_while(|(a, b)| a == b)
+                .count();
+            let pass = max_abs_diff <= bound;
             failed += usize::from(!pass);
+            let prompt_len = want.prompt.dim(1)?;
             eprintln!(
-                "{dtype:?} prompt {:>4}: max |Δlogit| {:.2e} (bound {bound:.0e}) {}; greedy agrees {}/{}",
-                prompt.dim(1)?,
-                check.max_abs_diff,
+                "{dtype:?} prompt {prompt_len:>4}: max |Δlogit| {max_abs_diff:.2e} (bound {bound:.0e}) {}; greedy agrees {greedy_agree}/{}",
                 if pass { "ok" } else { "FAIL" },
-                check.greedy_agree,
                 a.decode_tokens
             );
             emit(&json!({
@@ -280,10 +293,10 @@ fn parity(a: &ParityArgs) -> anyhow::Result<()> {
                 "model": a.model.display().to_string(),
                 "device": a.device.to_string(),
                 "dtype": format!("{dtype:?}").to_lowercase(),
-                "prompt_len": prompt.dim(1)?,
-                "max_abs_logit_diff": check.max_abs_diff,
+                "prompt_len": prompt_len,
+                "max_abs_logit_diff": max_abs_diff,
                 "bound": bound,
-                "greedy_agree": check.greedy_agree,
+                "greedy_agree": greedy_agree,
                 "greedy_len": a.decode_tokens,
                 "pass": pass,
             }))?;
@@ -295,54 +308,36 @@ fn parity(a: &ParityArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How one prompt's outputs on a device compare with the CPU reference's.
-struct Comparison {
-    /// Over the logits of every prompt position.
-    max_abs_diff: f32,
-    /// Leading greedy tokens (through the KV cache) equal to the reference's.
-    greedy_agree: usize,
+/// What a parity check compares of one model on one prompt.
+struct Outputs {
+    /// [1, len] u32 on the CPU.
+    prompt: Tensor,
+    /// Logits of every prompt position, f32 on the CPU.
+    logits: Tensor,
+    /// Greedy tokens after the prompt, decoded one at a time through the KV cache.
+    greedy: Vec<u32>,
 }
 
-fn compare(
-    reference: &Model,
-    model: &Model,
-    prompt: &Tensor,
-    decode_tokens: usize,
-) -> anyhow::Result<Comparison> {
-    let logits = |m: &Model| -> anyhow::Result<Tensor> {
-        let ids = prompt.to_device(m.device())?;
-        Ok(m.forward(&ids, &mut m.new_cache(1))?
+impl Outputs {
+    fn of(model: &Model, prompt: &Tensor, decode_tokens: usize) -> anyhow::Result<Outputs> {
+        let ids = prompt.to_device(model.device())?;
+        let logits = model
+            .forward(&ids, &mut model.new_cache(1))?
             .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?)
-    };
-    let max_abs_diff = (logits(reference)? - logits(model)?)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?;
-    let expected = greedy_tokens(reference, prompt, decode_tokens)?;
-    let got = greedy_tokens(model, prompt, decode_tokens)?;
-    let greedy_agree = expected
-        .iter()
-        .zip(&got)
-        .take_while(|(a, b)| a == b)
-        .count();
-    Ok(Comparison {
-        max_abs_diff,
-        greedy_agree,
-    })
-}
-
-/// `n` greedy tokens after `prompt`, decoded one at a time through the KV cache.
-fn greedy_tokens(model: &Model, prompt: &Tensor, n: usize) -> anyhow::Result<Vec<u32>> {
-    let mut cache = model.new_cache(1);
-    let mut next = greedy(&model.forward_last(&prompt.to_device(model.device())?, &mut cache)?)?;
-    let mut tokens = Vec::with_capacity(n);
-    for _ in 0..n {
-        tokens.push(next.flatten_all()?.to_vec1::<u32>()?[0]);
-        next = greedy(&model.forward_last(&next, &mut cache)?)?;
+            .to_device(&Device::Cpu)?;
+        let mut cache = model.new_cache(1);
+        let mut next = greedy(&model.forward_last(&ids, &mut cache)?)?;
+        let mut tokens = Vec::with_capacity(decode_tokens);
+        for _ in 0..decode_tokens {
+            tokens.push(next.flatten_all()?.to_vec1::<u32>()?[0]);
+            next = greedy(&model.forward_last(&next, &mut cache)?)?;
+        }
+        Ok(Outputs {
+            prompt: prompt.clone(),
+            logits,
+            greedy: tokens,
+        })
     }
-    Ok(tokens)
 }
 
 fn init_model(a: &InitModelArgs) -> anyhow::Result<()> {

@@ -134,8 +134,10 @@ pub fn random_weights(
 }
 
 impl Model {
-    /// A model of `shape` with random weights on `device`, computing in `dtype`.
-    pub fn random(shape: ModelShape, dtype: DType, device: &Device) -> Result<Model> {
+    /// A model of `shape` with random weights on `device`, computing in `dtype` (None: the
+    /// device's default, else f32: [`crate::device::compute_dtype`] without a checkpoint).
+    pub fn random(shape: ModelShape, dtype: Option<DType>, device: &Device) -> Result<Model> {
+        let dtype = crate::device::compute_dtype(dtype, device, None);
         let config = shape.config()?;
         let weights = random_weights(&config, dtype, device)?;
         Model::from_tensors(config, weights, dtype, device)
@@ -168,7 +170,7 @@ mod tests {
 
     #[test]
     fn a_random_model_runs_and_its_weights_are_not_degenerate() {
-        let model = Model::random(ModelShape::Tiny, DType::F32, &Device::Cpu).unwrap();
+        let model = Model::random(ModelShape::Tiny, None, &Device::Cpu).unwrap();
         let ids = Tensor::new(&[[1u32, 5, 9, 200]], &Device::Cpu).unwrap();
         let mut cache = model.new_cache(1);
         let logits = model.forward_last(&ids, &mut cache).unwrap();
