@@ -283,8 +283,8 @@ fn decode_group_on_this_cpu(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if quant::kernel_set() == "avx2" {
-        // SAFETY: the avx2 kernel set is chosen only after AVX2, FMA and F16C are detected.
+    if quant::kernels::chosen_has_avx2() {
+        // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected.
         return unsafe { decode_group_avx2(q, kv, keys, scale, scores, out) };
     }
     let widen = |src: &[f16], dst: &mut [f32]| src.convert_to_f32_slice(dst);
@@ -646,7 +646,7 @@ mod tests {
     /// bit: same partial sums in the same order, and widening is exact.
     #[test]
     fn simd_decode_group_equals_the_portable_one() {
-        if crate::quant::kernel_set() != "avx2" {
+        if !crate::quant::kernels::chosen_has_avx2() {
             return;
         }
         let layer = Layer::new(2, 96, 24, 90);

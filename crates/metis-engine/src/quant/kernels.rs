@@ -1,8 +1,8 @@
 //! Run-time kernel dispatch: one table of dot-product functions per instruction set, chosen
-//! once per process (as the `gemm` crate does), so one binary runs fast on AVX2 machines and
-//! correctly everywhere else.
+//! once per process (as the `gemm` crate does), so one binary runs fast on AVX-512 VNNI and
+//! AVX2 machines and correctly everywhere else.
 //!
-//! `METIS_KERNELS=portable` forces the portable table (for comparisons and bug reports).
+//! `METIS_KERNELS=portable` (or `avx2`) forces that table, for comparisons and bug reports.
 
 use std::sync::OnceLock;
 
@@ -48,92 +48,133 @@ pub(crate) static PORTABLE: Kernels = Kernels {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::avx2;
+    use super::super::x86::{avx2, vnni};
     use super::{Kernels, Q8KRow, Q8Row};
 
-    /// Safe wrappers: each checks that the activation row covers every block of `w` (the
-    /// kernels read both through raw pointers) and calls the AVX2 kernel.
-    macro_rules! wrap {
-        ($name:ident, $kernel:path, Q8, $bytes:expr) => {
-            fn $name(w: &[u8], a: Q8Row) -> f32 {
-                let nb = w.len() / $bytes;
-                assert!(a.qs.len() >= nb * 32 && a.d.len() >= nb && a.s.len() >= nb);
-                // SAFETY: this function is only reachable through `AVX2`, which `chosen()`
-                // selects after detecting AVX2, FMA and F16C; lengths checked above.
-                unsafe { $kernel(w, a) }
-            }
-        };
-        ($name:ident, $kernel:path, Q8K, $bytes:expr) => {
-            fn $name(w: &[u8], a: Q8KRow) -> f32 {
-                let nb = w.len() / $bytes;
-                assert!(a.qs.len() >= nb * 256 && a.d.len() >= nb && a.bsums.len() >= nb * 16);
-                // SAFETY: as above (AVX2 table only; lengths checked).
-                unsafe { $kernel(w, a) }
-            }
-        };
-        ($name:ident, $kernel:path, Float) => {
-            fn $name(w: &[u8], x: &[f32]) -> f32 {
-                // SAFETY: AVX2 table only; the kernel bounds its reads by min(w, x) lengths.
-                unsafe { $kernel(w, x) }
-            }
+    /// One table over the kernels of `$isa`, as safe wrappers: each checks that the activation
+    /// row covers every block of `w` (the kernels read both through raw pointers) and calls
+    /// the kernel.
+    macro_rules! table {
+        ($table:ident, $name:literal, $isa:ident) => {
+            pub(crate) static $table: Kernels = {
+                macro_rules! wrap {
+                    ($kernel:ident, Q8, $bytes:expr) => {{
+                        fn f(w: &[u8], a: Q8Row) -> f32 {
+                            let nb = w.len() / $bytes;
+                            assert!(a.qs.len() >= nb * 32 && a.d.len() >= nb && a.s.len() >= nb);
+                            // SAFETY: only reachable through this table, which `simd()` offers
+                            // after detecting its features; lengths checked above.
+                            unsafe { $isa::$kernel(w, a) }
+                        }
+                        f
+                    }};
+                    ($kernel:ident, Q8K, $bytes:expr) => {{
+                        fn f(w: &[u8], a: Q8KRow) -> f32 {
+                            let nb = w.len() / $bytes;
+                            assert!(
+                                a.qs.len() >= nb * 256
+                                    && a.d.len() >= nb
+                                    && a.bsums.len() >= nb * 16
+                            );
+                            // SAFETY: as above (this table only; lengths checked).
+                            unsafe { $isa::$kernel(w, a) }
+                        }
+                        f
+                    }};
+                    ($kernel:ident, Float) => {{
+                        fn f(w: &[u8], x: &[f32]) -> f32 {
+                            // SAFETY: this table only; the kernel bounds its reads by
+                            // min(w, x) lengths.
+                            unsafe { $isa::$kernel(w, x) }
+                        }
+                        f
+                    }};
+                }
+                Kernels {
+                    name: $name,
+                    q8_0: wrap!(dot_q8_0, Q8, 34),
+                    q4_0: wrap!(dot_q4_0, Q8, 18),
+                    q4_1: wrap!(dot_q4_1, Q8, 20),
+                    q5_0: wrap!(dot_q5_0, Q8, 22),
+                    q5_1: wrap!(dot_q5_1, Q8, 24),
+                    q4_k: wrap!(dot_q4_k, Q8K, 144),
+                    q5_k: wrap!(dot_q5_k, Q8K, 176),
+                    q6_k: wrap!(dot_q6_k, Q8K, 210),
+                    f32: wrap!(dot_f32, Float),
+                    f16: wrap!(dot_f16, Float),
+                    bf16: wrap!(dot_bf16, Float),
+                }
+            };
         };
     }
 
-    wrap!(q8_0, avx2::dot_q8_0, Q8, 34);
-    wrap!(q4_0, avx2::dot_q4_0, Q8, 18);
-    wrap!(q4_1, avx2::dot_q4_1, Q8, 20);
-    wrap!(q5_0, avx2::dot_q5_0, Q8, 22);
-    wrap!(q5_1, avx2::dot_q5_1, Q8, 24);
-    wrap!(q4_k, avx2::dot_q4_k, Q8K, 144);
-    wrap!(q5_k, avx2::dot_q5_k, Q8K, 176);
-    wrap!(q6_k, avx2::dot_q6_k, Q8K, 210);
-    wrap!(f32_, avx2::dot_f32, Float);
-    wrap!(f16_, avx2::dot_f16, Float);
-    wrap!(bf16_, avx2::dot_bf16, Float);
+    table!(AVX2, "avx2", avx2);
+    table!(VNNI, "avx512vnni", vnni);
 
-    pub(crate) static AVX2: Kernels = Kernels {
-        name: "avx2",
-        q8_0,
-        q4_0,
-        q4_1,
-        q5_0,
-        q5_1,
-        q4_k,
-        q5_k,
-        q6_k,
-        f32: f32_,
-        f16: f16_,
-        bf16: bf16_,
-    };
-
-    pub(crate) fn supported() -> bool {
+    pub(crate) fn has_avx2() -> bool {
         is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
     }
-}
 
-/// The SIMD table if this CPU supports it (None elsewhere); for tests against the portable one.
-pub(crate) fn simd() -> Option<&'static Kernels> {
-    #[cfg(target_arch = "x86_64")]
-    if x86::supported() {
-        return Some(&x86::AVX2);
+    pub(crate) fn has_vnni() -> bool {
+        has_avx2()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
     }
-    None
 }
 
-/// The fastest table this CPU runs, unless `METIS_KERNELS=portable`.
+/// The SIMD tables this CPU runs, fastest first (empty elsewhere); tests compare each with
+/// the portable one. Every x86 table includes AVX2, FMA and F16C.
+pub(crate) fn simd() -> Vec<&'static Kernels> {
+    #[allow(unused_mut)]
+    let mut tables = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x86::has_vnni() {
+            tables.push(&x86::VNNI);
+        }
+        if x86::has_avx2() {
+            tables.push(&x86::AVX2);
+        }
+    }
+    tables
+}
+
+/// Whether the chosen table is an x86 SIMD one, so that AVX2, FMA and F16C are known to be
+/// present (other kernels dispatch on this rather than detect again).
+pub(crate) fn chosen_has_avx2() -> bool {
+    !std::ptr::eq(chosen(), &PORTABLE)
+}
+
+/// The fastest table this CPU runs, or the one `METIS_KERNELS` names (`portable`, `avx2`,
+/// `avx512vnni`) if this CPU runs it; a name it cannot run is reported once and ignored.
 pub(crate) fn chosen() -> &'static Kernels {
     static CHOSEN: OnceLock<&'static Kernels> = OnceLock::new();
     CHOSEN.get_or_init(|| {
-        if std::env::var("METIS_KERNELS").is_ok_and(|v| v == "portable") {
-            return &PORTABLE;
-        }
-        simd().unwrap_or(&PORTABLE)
+        let tables = simd();
+        let fastest = tables.first().copied().unwrap_or(&PORTABLE);
+        let Ok(wanted) = std::env::var("METIS_KERNELS") else {
+            return fastest;
+        };
+        let runnable = tables.into_iter().chain([&PORTABLE]);
+        runnable
+            .clone()
+            .find(|k| k.name == wanted)
+            .unwrap_or_else(|| {
+                let names: Vec<&str> = runnable.map(|k| k.name).collect();
+                tracing::warn!(
+                    "METIS_KERNELS={wanted}: this CPU runs {}; using {}",
+                    names.join(", "),
+                    fastest.name
+                );
+                fastest
+            })
     })
 }
 
-/// Name of the kernel table in use ("avx2" or "portable"), for benchmark logs.
+/// Name of the kernel table in use ("avx512vnni", "avx2" or "portable"), for benchmark logs.
 pub fn kernel_set() -> &'static str {
     chosen().name
 }

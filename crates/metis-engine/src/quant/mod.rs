@@ -8,8 +8,8 @@
 //!
 //! * **few rows** (decode, ragged batches; `m < GEMM_MIN_ROWS`): the activations are quantized
 //!   once ([`act`]: 32-value blocks for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, 256-value blocks for the
-//!   k-quants), and each weight row is dotted with them by an integer kernel (`kernels`: AVX2
-//!   chosen at run time, portable scalar otherwise). Float weights are dotted with f32
+//!   k-quants), and each weight row is dotted with them by an integer kernel (`kernels`: AVX-512
+//!   VNNI or AVX2 chosen at run time, portable scalar otherwise). Float weights are dotted with f32
 //!   activations directly; Q2_K/Q3_K rows are dequantized one at a time into a scratch row.
 //! * **many rows** (prefill): weight rows are dequantized a chunk at a time into an f32
 //!   scratch (F32 weights are used where they lie) and multiplied with the `gemm` crate.
@@ -19,11 +19,11 @@
 //! step runs ~120 short products), the gemm path over rayon.
 
 pub mod act;
-mod avx2;
 pub(crate) mod f32_gemm;
 pub(crate) mod kernels;
 mod pool;
 mod portable;
+mod x86;
 
 use std::cell::RefCell;
 use std::sync::Arc;

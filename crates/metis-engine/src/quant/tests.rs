@@ -108,35 +108,47 @@ fn every_type_matches_the_dequantized_reference() {
 
 #[test]
 fn simd_kernels_equal_the_portable_ones() {
-    let Some(simd) = kernels::simd() else {
+    let tables = kernels::simd();
+    if tables.is_empty() {
         eprintln!("no SIMD kernel table on this CPU; the portable table is the only one");
-        return;
-    };
-    // 40 columns of 32 would not fill a k-quant block; 768 = 3 k-blocks = 24 q8 blocks, and
-    // 776 leaves a float tail that is not a multiple of 8.
+    }
+    for simd in tables {
+        simd_table_equals_the_portable_one(simd);
+    }
+}
+
+fn simd_table_equals_the_portable_one(simd: &kernels::Kernels) {
+    // Floats: 776 leaves a tail that is not a multiple of 8. 32-value types: 7 blocks (only
+    // the one-block tail path) and 25 (three groups of eight, then one). k-quants: 3 blocks.
     for &dtype in &TYPES {
-        let cols = if dtype == GgmlDType::F32 || dtype == GgmlDType::F16 || dtype == GgmlDType::BF16
-        {
-            776
-        } else {
-            768
+        let widths: &[usize] = match dtype.block_size() {
+            32 => &[224, 800],
+            256 => &[768],
+            _ => &[776],
         };
-        let rows = 33;
-        let w = QMatrix::quantize(&random(rows * cols, 7), rows, cols, dtype).unwrap();
-        for m in [1, 5] {
-            let x = random(m * cols, 9 + m as u64);
-            let mut a = vec![0f32; m * rows];
-            let mut b = vec![0f32; m * rows];
-            w.matmul_dots(&x, m, &mut a, simd);
-            w.matmul_dots(&x, m, &mut b, &kernels::PORTABLE);
-            let scale: f32 = x.iter().map(|v| v.abs()).sum::<f32>() / m as f32;
-            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
-                // Integer block sums are exact on both paths; only the f32 order differs.
-                assert!(
-                    (p - q).abs() <= 1e-5 * scale,
-                    "{dtype:?} m={m} out {i}: simd {p} vs portable {q}"
-                );
-            }
+        for &cols in widths {
+            simd_product_equals_the_portable_one(simd, dtype, cols);
+        }
+    }
+}
+
+fn simd_product_equals_the_portable_one(simd: &kernels::Kernels, dtype: GgmlDType, cols: usize) {
+    let rows = 33;
+    let w = QMatrix::quantize(&random(rows * cols, 7), rows, cols, dtype).unwrap();
+    for m in [1, 5] {
+        let x = random(m * cols, 9 + m as u64);
+        let mut a = vec![0f32; m * rows];
+        let mut b = vec![0f32; m * rows];
+        w.matmul_dots(&x, m, &mut a, simd);
+        w.matmul_dots(&x, m, &mut b, &kernels::PORTABLE);
+        let scale: f32 = x.iter().map(|v| v.abs()).sum::<f32>() / m as f32;
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            // Integer block sums are exact on both paths; only the f32 order differs.
+            assert!(
+                (p - q).abs() <= 1e-5 * scale,
+                "{} {dtype:?} m={m} out {i}: simd {p} vs portable {q}",
+                simd.name
+            );
         }
     }
 }
