@@ -57,4 +57,39 @@ fn main() {
             );
         }
     }
+    from_memory(&types);
+}
+
+/// The same products over ~160 MB of distinct 1536x576 matrices, cycled, so that the weights
+/// come from memory as in a decode step rather than from cache.
+fn from_memory(types: &[GgmlDType]) {
+    let (rows, cols) = (1536usize, 576usize);
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 5000.0)
+        .collect();
+    let x: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
+    let mut y = vec![0f32; rows];
+    for &dtype in types {
+        let one = QMatrix::quantize(&values, rows, cols, dtype).expect("quantize");
+        let count = (160 << 20) / one.size_bytes();
+        let ws: Vec<QMatrix> = (0..count)
+            .map(|_| QMatrix::quantize(&values, rows, cols, dtype).expect("quantize"))
+            .collect();
+        for w in &ws {
+            w.matmul(&x, 1, &mut y);
+        }
+        let t = Instant::now();
+        for _ in 0..3 {
+            for w in &ws {
+                w.matmul(&x, 1, &mut y);
+            }
+        }
+        let per = t.elapsed().as_secs_f64() / (3 * count) as f64;
+        println!(
+            "memory {rows}x{cols} x{count:<4} {:<5} {:8.1} µs  {:6.2} GB/s",
+            format!("{dtype:?}"),
+            per * 1e6,
+            one.size_bytes() as f64 / per / 1e9
+        );
+    }
 }
