@@ -2,16 +2,18 @@
 //! step ([`super::host_step`]) and for prompts under the plain causal mask
 //! ([`super::layers::Attention`]).
 //!
-//! [`CachedKv`] views one layer of a sequence's cache without copying. Every attention here
-//! is two `gemm` calls over a group of query rows that share a kv head (scores `Q Kᵀ`, an f32
-//! softmax per row, then `P V`), so each cached key and value is read once per group rather
-//! than once per query: [`attend_decode`] groups a decode step's query heads by kv head (one
-//! task per sequence and kv head), [`attend_cached`] a prompt's queries in blocks of
-//! [`PROMPT_BLOCK`] positions per head. Tasks run on the product pool.
+//! [`CachedKv`] views one layer of a sequence's cache without copying. A group of query rows
+//! that share a kv head is attended together (scores `Q Kᵀ`, an f32 softmax per row, then
+//! `P V`), so each cached key and value is read once per group rather than once per query:
+//! * [`attend_cached`] (prompts): blocks of [`PROMPT_BLOCK`] positions per head, two `gemm`
+//!   calls each;
+//! * [`attend_decode`] (a decode step): per sequence and kv head, the keys in parts of
+//!   [`PART_KEYS`] cut at fixed positions, each part streamed once by a decode kernel (explicit
+//!   AVX2 in [`x86`], portable in [`decode_group_body`]) into an unnormalised output, a max
+//!   score and a sum, then merged (flash-decoding).
 //!
-//! An f16 cache (GGUF models' default, as in llama.cpp) halves the bytes a decode step reads
-//! from memory, which at a few hundred positions is a fifth of the step; its rows are widened
-//! to f32 into a per-thread scratch right before each gemm.
+//! Tasks run on the product pool. An f16 cache (GGUF models' default, as in llama.cpp) halves
+//! the bytes a decode step reads from memory; its rows are widened to f32 right before use.
 
 use std::cell::RefCell;
 
@@ -136,6 +138,8 @@ thread_local! {
     static WIDE: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     /// A decode group's scores, per thread.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A decode group's values widened from f16, per thread.
+    static VALUES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl<'a> CachedKv<'a> {
@@ -227,9 +231,11 @@ pub(crate) fn attend_cached(
 }
 
 /// One decode step's attention for several sequences: `q` [n, heads, hd] holds one query per
-/// head of sequence `r`, which reads `kvs[r]` whole; `out` [n, heads, hd]. One task per
-/// (sequence, kv head) takes that head's `n_rep` query heads together, so each key and value
-/// is read once for all of them.
+/// head of sequence `r`, which reads `kvs[r]` whole; `out` [n, heads, hd]. Each (sequence,
+/// kv head) takes that head's `n_rep` query heads together, so each key and value is read
+/// once for all of them, and its keys are cut into parts of [`PART_KEYS`] attended as
+/// separate tasks and merged ([`attend_decode_parts`]): a model with few kv heads would
+/// otherwise leave threads idle (3 kv heads on 2 threads: one idle a third of the time).
 pub(crate) fn attend_decode(
     q: &[f32],
     kvs: &[&CachedKv],
@@ -242,123 +248,174 @@ pub(crate) fn attend_decode(
     let group = n_rep * hd;
     let tasks = out.len() / group;
     let kv_heads = tasks / kvs.len().max(1);
+    let task_kv = |t: usize| (kvs[t / kv_heads], t % kv_heads);
+    if hd <= MAX_STREAM_HD {
+        return attend_decode_parts(q, &task_kv, n_rep, hd, scale, PART_KEYS, out);
+    }
     let bounds: Vec<usize> = (0..=tasks).map(|t| t * group).collect();
     quant::run_parts_mut(out, &bounds, &|t, rows| {
-        let kv = kvs[t / kv_heads];
-        let head = kv.head(t % kv_heads);
+        let (kv, h) = task_kv(t);
         let q = &q[t * group..][..group];
-        if hd <= MAX_STREAM_HD {
-            decode_group(q, &head, kv.len, scale, rows);
-        } else {
-            attend_rows(q, &head, kv.len, |_| kv.len, scale, rows);
-        }
+        attend_rows(q, &kv.head(h), kv.len, |_| kv.len, scale, rows);
     });
 }
 
-/// Widest head for which [`decode_group`] streams keys through a stack row.
+/// Keys per part of a decode task. The cut points are fixed multiples of this, never chosen
+/// from the thread count or from how many sequences share the step, so that a sequence's
+/// answer does not depend on either (batched serving and evaluation give each request the
+/// tokens it would get alone).
+const PART_KEYS: usize = 128;
+
+/// [`attend_decode`] with each task's keys in parts `[i·part_keys, (i+1)·part_keys)`: every
+/// part yields, per query row, its unnormalised output `Σ e^(s − m)·v`, its max score `m` and
+/// its sum `Σ e^(s − m)` (flash-decoding's partial results); the parts of a row are then
+/// merged in order, each rescaled by `e^(m_part − m_row)`.
+fn attend_decode_parts<'a>(
+    q: &[f32],
+    task_kv: &(dyn Fn(usize) -> (&'a CachedKv<'a>, usize) + Sync),
+    n_rep: usize,
+    hd: usize,
+    scale: f32,
+    part_keys: usize,
+    out: &mut [f32],
+) {
+    let group = n_rep * hd;
+    let tasks = out.len() / group;
+    // (task, keys) of every part, tasks in order.
+    let parts: Vec<(usize, std::ops::Range<usize>)> = (0..tasks)
+        .flat_map(|t| {
+            let len = task_kv(t).0.len;
+            (0..len.div_ceil(part_keys).max(1))
+                .map(move |i| (t, i * part_keys..((i + 1) * part_keys).min(len)))
+        })
+        .collect();
+    // Per part: the rows' outputs [n_rep, hd], then their max scores [n_rep] and sums [n_rep].
+    let part_len = n_rep * (hd + 2);
+    let mut results = vec![0f32; parts.len() * part_len];
+    let bounds: Vec<usize> = (0..=parts.len()).map(|p| p * part_len).collect();
+    quant::run_parts_mut(&mut results, &bounds, &|p, part| {
+        let (t, keys) = parts[p].clone();
+        let (kv, h) = task_kv(t);
+        let (acc, stats) = part.split_at_mut(group);
+        let (maxes, sums) = stats.split_at_mut(n_rep);
+        let q = &q[t * group..][..group];
+        with_scores(n_rep * keys.len(), |scores| {
+            decode_group_on_this_cpu(q, &kv.head(h), keys, scale, scores, acc, (maxes, sums))
+        });
+    });
+    let mut first = 0;
+    for (t, out) in out.chunks_exact_mut(group).enumerate() {
+        let count = parts[first..].iter().take_while(|(pt, _)| *pt == t).count();
+        let task_parts = &results[first * part_len..][..count * part_len];
+        first += count;
+        for (r, out) in out.chunks_exact_mut(hd).enumerate() {
+            let rows = task_parts.chunks_exact(part_len).map(|p| {
+                let (acc, stats) = p.split_at(group);
+                (&acc[r * hd..][..hd], stats[r], stats[n_rep + r])
+            });
+            merge_parts(rows, out);
+        }
+    }
+}
+
+/// `out = Σ e^(m_i − M)·acc_i / Σ e^(m_i − M)·l_i` over the parts' `(acc_i, m_i, l_i)` of one
+/// query row, `M` the largest `m_i`.
+fn merge_parts<'p>(parts: impl Iterator<Item = (&'p [f32], f32, f32)> + Clone, out: &mut [f32]) {
+    let max = parts
+        .clone()
+        .fold(f32::NEG_INFINITY, |m, (_, mi, _)| m.max(mi));
+    out.fill(0.0);
+    let mut total = 0f32;
+    for (acc, m, l) in parts {
+        let w = exp_nonpositive(m - max);
+        total += w * l;
+        for (o, &a) in out.iter_mut().zip(acc) {
+            *o += w * a;
+        }
+    }
+    for o in out.iter_mut() {
+        *o /= total;
+    }
+}
+
+/// Widest head for which the decode kernel ([`decode_group_body`]) streams keys through a
+/// stack row; wider heads go through [`attend_rows`].
 const MAX_STREAM_HD: usize = 256;
 
-/// A decode step's attention for the `n = q.len() / hd` query heads sharing one kv head, all
-/// seeing keys `0..keys`, into `out` [n, hd]. One pass over the keys (each widened once into
-/// a stack row, then dotted with every query) and one over the values (each widened once and
-/// added into every output row): for a handful of rows this streams the cache once, with
-/// none of a gemm's packing.
-fn decode_group(q: &[f32], kv: &KvHead, keys: usize, scale: f32, out: &mut [f32]) {
-    // Taken out of the thread-local so that the body runs outside a closure (a closure passed
-    // to `LocalKey::with` is compiled without the AVX2 function's target features).
+/// `f` with this thread's score scratch of `len` values (kept between calls). Taken out of
+/// the thread-local so that the kernel runs outside a closure passed to `LocalKey::with`
+/// (which is compiled without the AVX2 function's target features).
+fn with_scores(len: usize, f: impl FnOnce(&mut [f32])) {
     let mut scores = SCORES.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    scores.resize(q.len() / kv.hd * keys, 0.0);
-    decode_group_on_this_cpu(q, kv, keys, scale, &mut scores, out);
+    scores.resize(len, 0.0);
+    f(&mut scores);
     SCORES.with(|s| *s.borrow_mut() = scores);
 }
 
-/// [`decode_group_body`] in the build this CPU runs: AVX2 + F16C where detected, else
-/// portable.
+/// Per query row of a decode group, its max score and its sum of `e^(s − max)`.
+type RowStats<'s> = (&'s mut [f32], &'s mut [f32]);
+
+/// The decode kernel this CPU runs: [`x86::decode_group`] where AVX2, FMA and F16C were
+/// detected and the head width is a multiple of 64, else the portable [`decode_group_body`].
 fn decode_group_on_this_cpu(
     q: &[f32],
     kv: &KvHead,
-    keys: usize,
+    keys: std::ops::Range<usize>,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
+    stats: RowStats,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if quant::kernels::chosen_has_avx2() {
-        // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected.
-        return unsafe { decode_group_avx2(q, kv, keys, scale, scores, out) };
+    if quant::kernels::chosen_has_avx2() && kv.hd.is_multiple_of(64) {
+        // Taken out of the thread-local for the call (see `with_scores`).
+        let mut values = VALUES.with(|v| std::mem::take(&mut *v.borrow_mut()));
+        // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected; the
+        // head width is a multiple of 64 (checked above).
+        unsafe { x86::decode_group(q, kv, keys, scale, scores, out, stats, &mut values) };
+        VALUES.with(|v| *v.borrow_mut() = values);
+        return;
     }
     let widen = |src: &[f16], dst: &mut [f32]| src.convert_to_f32_slice(dst);
-    decode_group_body(q, kv, keys, scale, scores, out, widen);
+    decode_group_body(q, kv, keys, scale, scores, out, stats, widen);
 }
 
-/// [`decode_group_body`] compiled for AVX2 (its loops vectorize eight lanes wide).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn decode_group_avx2(
-    q: &[f32],
-    kv: &KvHead,
-    keys: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    // SAFETY: this function runs only where F16C was detected (see `decode_group`).
-    let widen = |src: &[f16], dst: &mut [f32]| unsafe { widen_f16c(src, dst) };
-    decode_group_body(q, kv, keys, scale, scores, out, widen)
-}
-
-/// f16 → f32 with F16C, eight at a time (inlined into the AVX2 decode group; `half`'s
-/// slice conversion dispatches per call and per eight values, which costs as much as the
-/// attention arithmetic).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx,f16c")]
-unsafe fn widen_f16c(src: &[f16], dst: &mut [f32]) {
-    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
-    let n = src.len().min(dst.len());
-    let whole = n - n % 8;
-    let mut i = 0;
-    while i < whole {
-        // SAFETY: i + 8 <= n, inside both slices.
-        unsafe {
-            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
-            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
-        }
-        i += 8;
-    }
-    for j in whole..n {
-        dst[j] = src[j].to_f32();
-    }
-}
-
-/// `scores` [n, keys] is scratch; `widen` turns f16 rows into f32.
+/// The queries `q` [n, hd] of one kv head over `keys`, unnormalised: `out` [n, hd] gets
+/// `Σ_j e^(s_j − m)·v_j` per row and `stats` each row's max score `m` and `Σ_j e^(s_j − m)`.
+/// One pass over the keys (each widened once into a stack row, then dotted with every query)
+/// and one over the values (each widened once and added into every output row): for a
+/// handful of rows this streams the cache once, with none of a gemm's packing. `scores`
+/// [n, keys.len()] is scratch; `widen` turns f16 rows into f32.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the kernel's operands; callers pass them through
 fn decode_group_body(
     q: &[f32],
     kv: &KvHead,
-    keys: usize,
+    keys: std::ops::Range<usize>,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
+    (maxes, sums): RowStats,
     widen: impl Fn(&[f16], &mut [f32]),
 ) {
     let hd = kv.hd;
+    let n_keys = keys.len();
     let mut row = [0f32; MAX_STREAM_HD];
     let row = &mut row[..hd];
-    for j in 0..keys {
+    for (i, j) in keys.clone().enumerate() {
         let k = kv.k.row_f32(j * kv.k_stride, hd, row, &widen);
         for (r, qr) in q.chunks_exact(hd).enumerate() {
-            scores[r * keys + j] = dot(qr, k) * scale;
+            scores[r * n_keys + i] = dot(qr, k) * scale;
         }
     }
-    for p in scores.chunks_exact_mut(keys) {
-        softmax_in_place(p);
+    for ((p, m), l) in scores.chunks_exact_mut(n_keys).zip(maxes).zip(sums) {
+        (*m, *l) = exp_in_place(p);
     }
     out.fill(0.0);
-    for j in 0..keys {
+    for (i, j) in keys.enumerate() {
         let v = kv.v.row_f32(j * kv.v_stride, hd, row, &widen);
         for (r, o) in out.chunks_exact_mut(hd).enumerate() {
-            let p = scores[r * keys + j];
+            let p = scores[r * n_keys + i];
             for (o, &x) in o.iter_mut().zip(v) {
                 *o += p * x;
             }
@@ -476,14 +533,19 @@ fn attend_rows_f32(
 /// `x ← softmax(x)` in f32, the largest value subtracted first.
 #[inline(always)]
 fn softmax_in_place(x: &mut [f32]) {
+    let (_, total) = exp_in_place(x);
+    for v in x.iter_mut() {
+        *v /= total;
+    }
+}
+
+/// `x ← e^(x − max x)`; returns `(max x, Σ e^(x − max x))`.
+fn exp_in_place(x: &mut [f32]) -> (f32, f32) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for v in x.iter_mut() {
         *v = exp_nonpositive(*v - max);
     }
-    let total: f32 = x.iter().sum();
-    for v in x.iter_mut() {
-        *v /= total;
-    }
+    (max, x.iter().sum())
 }
 
 /// `eˣ` for `x ≤ 0` (a softmax's shifted scores) within 2 ulp, branch-free so that loops over
@@ -507,6 +569,184 @@ fn exp_nonpositive(x: f32) -> f32 {
     let e_r = p * r * r + r + 1.0;
     let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
     e_r * two_n
+}
+
+/// The decode kernel with explicit AVX2 + FMA + F16C, for head widths that are multiples of
+/// 64: the same arithmetic as [`decode_group_body`] in another order (tested against it
+/// within rounding).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::{exp_in_place, KvHead, RowStats, Rows, MAX_STREAM_HD};
+
+    /// [`super::decode_group_body`]'s contract, with `values` a scratch for widened f16 values.
+    /// Scores: four keys at a time against each query row (four FMA chains, one combined
+    /// horizontal sum), keys widened once into a stack buffer. Values: all widened once, then
+    /// per query row and 64 dimensions, eight register accumulators over every key.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C, and `kv.hd` must be a multiple of 64 (at most
+    /// `MAX_STREAM_HD`); the cache views must hold every key in `keys`.
+    #[allow(clippy::too_many_arguments)] // the kernel's operands, as decode_group_body's
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn decode_group(
+        q: &[f32],
+        kv: &KvHead,
+        keys: std::ops::Range<usize>,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+        (maxes, sums): RowStats,
+        values: &mut Vec<f32>,
+    ) {
+        let (hd, n, nk) = (kv.hd, q.len() / kv.hd, keys.len());
+        assert!(hd.is_multiple_of(64) && hd <= MAX_STREAM_HD && scores.len() >= n * nk);
+        assert!(out.len() >= n * hd && maxes.len() >= n && sums.len() >= n);
+        if nk > 0 {
+            let last = keys.end - 1;
+            assert!(last * kv.k_stride + hd <= kv.k.len() && last * kv.v_stride + hd <= kv.v.len());
+        }
+        scores_of(q, kv, keys.clone(), scale, scores);
+        for ((p, m), l) in scores
+            .chunks_exact_mut(nk.max(1))
+            .zip(maxes)
+            .zip(sums)
+            .take(n)
+        {
+            (*m, *l) = exp_in_place(&mut p[..nk]);
+        }
+        let (v, v_stride) = match kv.v {
+            Rows::F32(v) => (&v[keys.start * kv.v_stride..], kv.v_stride),
+            Rows::F16(v) => {
+                values.resize(nk * hd, 0.0);
+                for (i, j) in keys.clone().enumerate() {
+                    widen(&v[j * kv.v_stride..][..hd], &mut values[i * hd..][..hd]);
+                }
+                (&values[..], hd)
+            }
+        };
+        weighted_values(scores, nk, v, v_stride, hd, out, n);
+    }
+
+    /// `scores[r·nk + i] = scale · q_r · k_(keys.start + i)`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_of(
+        q: &[f32],
+        kv: &KvHead,
+        keys: std::ops::Range<usize>,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        let (hd, n, nk) = (kv.hd, q.len() / kv.hd, keys.len());
+        let mut buf = [0f32; 4 * MAX_STREAM_HD];
+        let key = |j: usize, buf: &mut [f32]| -> *const f32 {
+            match kv.k {
+                Rows::F32(k) => k[j * kv.k_stride..][..hd].as_ptr(),
+                Rows::F16(k) => {
+                    // SAFETY: F16C is enabled for this function (and so for its closures).
+                    unsafe { widen(&k[j * kv.k_stride..][..hd], &mut buf[..hd]) };
+                    buf.as_ptr()
+                }
+            }
+        };
+        let scale4 = _mm_set1_ps(scale);
+        let mut i = 0;
+        while i + 4 <= nk {
+            let (b01, b23) = buf.split_at_mut(2 * MAX_STREAM_HD);
+            let (b0, b1) = b01.split_at_mut(MAX_STREAM_HD);
+            let (b2, b3) = b23.split_at_mut(MAX_STREAM_HD);
+            let j = keys.start + i;
+            let k = [key(j, b0), key(j + 1, b1), key(j + 2, b2), key(j + 3, b3)];
+            for r in 0..n {
+                let qr = q.as_ptr().add(r * hd);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for c in (0..hd).step_by(8) {
+                    let qc = _mm256_loadu_ps(qr.add(c));
+                    for (a, kp) in acc.iter_mut().zip(k) {
+                        *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kp.add(c)), *a);
+                    }
+                }
+                let s = _mm_mul_ps(hsum4(acc), scale4);
+                _mm_storeu_ps(scores.as_mut_ptr().add(r * nk + i), s);
+            }
+            i += 4;
+        }
+        while i < nk {
+            let kp = key(keys.start + i, &mut buf);
+            for r in 0..n {
+                let qr = q.as_ptr().add(r * hd);
+                let mut acc = _mm256_setzero_ps();
+                for c in (0..hd).step_by(8) {
+                    acc = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(qr.add(c)),
+                        _mm256_loadu_ps(kp.add(c)),
+                        acc,
+                    );
+                }
+                let s = hsum4([
+                    acc,
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                ]);
+                scores[r * nk + i] = _mm_cvtss_f32(s) * scale;
+            }
+            i += 1;
+        }
+    }
+
+    /// `out[r] = Σ_i scores[r·nk + i] · v_i`, value `i` at `v[i·v_stride..][..hd]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weighted_values(
+        scores: &[f32],
+        nk: usize,
+        v: &[f32],
+        v_stride: usize,
+        hd: usize,
+        out: &mut [f32],
+        n: usize,
+    ) {
+        for d0 in (0..hd).step_by(64) {
+            for r in 0..n {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for i in 0..nk {
+                    let p = _mm256_set1_ps(*scores.get_unchecked(r * nk + i));
+                    let vp = v.as_ptr().add(i * v_stride + d0);
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(p, _mm256_loadu_ps(vp.add(8 * c)), *a);
+                    }
+                }
+                let op = out.as_mut_ptr().add(r * hd + d0);
+                for (c, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(op.add(8 * c), *a);
+                }
+            }
+        }
+    }
+
+    /// The sums of four vectors' lanes, as four lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum4([a, b, c, d]: [__m256; 4]) -> __m128 {
+        let t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+        _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t))
+    }
+
+    /// f16 → f32, eight at a time (`src.len()` a multiple of 8, `dst` at least as long).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen(src: &[f16], dst: &mut [f32]) {
+        assert!(src.len().is_multiple_of(8) && dst.len() >= src.len());
+        for i in (0..src.len()).step_by(8) {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -642,24 +882,108 @@ mod tests {
         }
     }
 
-    /// The AVX2 decode group (F16C widening, eight-lane loops) equals the portable one bit for
-    /// bit: same partial sums in the same order, and widening is exact.
+    /// The x86 decode kernel against the portable one: scores, sums and outputs within
+    /// rounding (the same products summed in another order; widening is exact), over f32 and
+    /// f16 caches, 4-key blocks and a tail, head widths 64 and 128.
     #[test]
-    fn simd_decode_group_equals_the_portable_one() {
+    fn simd_decode_group_matches_the_portable_one() {
         if !crate::quant::kernels::chosen_has_avx2() {
             return;
         }
-        let layer = Layer::new(2, 96, 24, 90);
-        let q = random(3 * 24, 7);
+        for (hd, keys) in [(64, 90), (128, 7), (64, 1)] {
+            let layer = Layer::new(2, 96, hd, keys);
+            let q = random(3 * hd, 7);
+            for f16 in [false, true] {
+                let view = layer.view(f16);
+                let head = view.head(1);
+                let (mut simd, mut portable) = (vec![0f32; 3 * hd], vec![0f32; 3 * hd]);
+                let mut scores = vec![0f32; 3 * keys];
+                let (mut m, mut l) = ([0f32; 3], [0f32; 3]);
+                let (mut pm, mut pl) = ([0f32; 3], [0f32; 3]);
+                let stats = (&mut m[..], &mut l[..]);
+                decode_group_on_this_cpu(&q, &head, 0..keys, 0.2, &mut scores, &mut simd, stats);
+                let widen = |src: &[f16], dst: &mut [f32]| src.convert_to_f32_slice(dst);
+                let stats = (&mut pm[..], &mut pl[..]);
+                let out = &mut portable;
+                decode_group_body(&q, &head, 0..keys, 0.2, &mut scores, out, stats, widen);
+                let close = |a: &[f32], b: &[f32]| {
+                    a.iter()
+                        .zip(b)
+                        .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
+                };
+                let what = format!("hd {hd}, {keys} keys, f16 {f16}");
+                assert!(
+                    close(&m, &pm) && close(&l, &pl),
+                    "{what}: {m:?} {l:?} vs {pm:?} {pl:?}"
+                );
+                assert!(close(&simd, &portable), "{what}");
+            }
+        }
+    }
+
+    /// A decode step with its keys in parts (merged by their max scores and sums) against the
+    /// f64 definition, over f32 and f16 caches, with one part, equal parts and a short last one.
+    #[test]
+    fn decode_in_parts_matches_the_definition() {
+        let (heads, kv_heads, hd, cap) = (6, 2, 16, 700);
+        let scale = (hd as f32).powf(-0.5);
+        for len in [130, 641] {
+            let layer = Layer::new(kv_heads, cap, hd, len);
+            let q = random(heads * hd, 11 + len as u64);
+            let want = layer.reference(&q, heads, 1, scale);
+            for f16 in [false, true] {
+                let view = layer.view(f16);
+                for part_keys in [1000, 130, 128, 64, 7] {
+                    let mut got = vec![0f32; heads * hd];
+                    let task_kv = |t: usize| (&view, t);
+                    let n_rep = heads / kv_heads;
+                    attend_decode_parts(&q, &task_kv, n_rep, hd, scale, part_keys, &mut got);
+                    let worst = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(&g, &w)| (g as f64 - w).abs())
+                        .fold(0.0, f64::max);
+                    assert!(
+                        worst < 2e-5,
+                        "len {len}, f16 {f16}, parts of {part_keys}: {worst}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A sequence's decode attention is the same, bit for bit, alone or in a step with other
+    /// sequences of other lengths (the parts are cut at fixed key positions).
+    #[test]
+    fn decode_of_a_sequence_does_not_depend_on_its_batch() {
+        let (heads, kv_heads, hd, cap) = (6, 3, 16, 700);
+        let scale = (hd as f32).powf(-0.5);
+        let (mine, other) = (
+            Layer::new(kv_heads, cap, hd, 641),
+            Layer::new(kv_heads, cap, hd, 97),
+        );
         for f16 in [false, true] {
-            let view = layer.view(f16);
-            let head = view.head(1);
-            let (mut simd, mut portable) = (vec![0f32; 3 * 24], vec![0f32; 3 * 24]);
-            decode_group(&q, &head, 90, 0.2, &mut simd);
-            let mut scores = vec![0f32; 3 * 90];
-            let widen = |src: &[f16], dst: &mut [f32]| src.convert_to_f32_slice(dst);
-            decode_group_body(&q, &head, 90, 0.2, &mut scores, &mut portable, widen);
-            assert_eq!(simd, portable, "f16 cache: {f16}");
+            let (mv, ov) = (mine.view(f16), other.view(f16));
+            let q1 = random(heads * hd, 5);
+            let mut alone = vec![0f32; heads * hd];
+            attend_decode(&q1, &[&mv], heads / kv_heads, hd, scale, &mut alone);
+            let mut q3 = random(heads * hd, 6);
+            q3.extend_from_slice(&q1);
+            q3.extend(random(heads * hd, 7));
+            let mut batched = vec![0f32; 3 * heads * hd];
+            attend_decode(
+                &q3,
+                &[&ov, &mv, &ov],
+                heads / kv_heads,
+                hd,
+                scale,
+                &mut batched,
+            );
+            assert_eq!(
+                alone,
+                batched[heads * hd..2 * heads * hd],
+                "f16 cache: {f16}"
+            );
         }
     }
 
