@@ -60,10 +60,11 @@ fn main() {
     from_memory(&types);
 }
 
-/// The same products over ~160 MB of distinct 1536x576 matrices, cycled, so that the weights
-/// come from memory as in a decode step rather than from cache.
+/// The same products over ~160 MB of distinct 576x1536 matrices (a ~135M model's down
+/// projection), cycled, so that the weights come from memory as in a decode step rather than
+/// from cache.
 fn from_memory(types: &[GgmlDType]) {
-    let (rows, cols) = (1536usize, 576usize);
+    let (rows, cols) = (576usize, 1536usize);
     let values: Vec<f32> = (0..rows * cols)
         .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 5000.0)
         .collect();

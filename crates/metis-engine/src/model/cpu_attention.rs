@@ -512,7 +512,7 @@ fn attend_rows_f32(
     }
     for (r, row) in p.chunks_exact_mut(keys).enumerate() {
         let seen = visible(r).min(keys);
-        softmax_in_place(&mut row[..seen]);
+        softmax_on_this_cpu(&mut row[..seen]);
         row[seen..].fill(0.0);
     }
     // SAFETY: p is [n, keys] (cs 1, rs keys); value j is v[j·v_stride ..][..hd], read at
@@ -539,7 +539,24 @@ fn softmax_in_place(x: &mut [f32]) {
     }
 }
 
+/// [`softmax_in_place`] compiled for AVX2 where the kernel set has it (eight exponentials per
+/// instruction instead of SSE2's four; the same operations, so the same bits: Rust never
+/// fuses a multiply and an add on its own).
+fn softmax_on_this_cpu(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if quant::kernels::chosen_has_avx2() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn softmax_avx2(x: &mut [f32]) {
+            softmax_in_place(x)
+        }
+        // SAFETY: a SIMD kernel set is chosen only after AVX2 and FMA are detected.
+        return unsafe { softmax_avx2(x) };
+    }
+    softmax_in_place(x)
+}
+
 /// `x ← e^(x − max x)`; returns `(max x, Σ e^(x − max x))`.
+#[inline(always)]
 fn exp_in_place(x: &mut [f32]) -> (f32, f32) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for v in x.iter_mut() {

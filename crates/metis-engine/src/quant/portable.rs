@@ -52,6 +52,25 @@ pub(crate) fn scale_min_k4(s: &[u8], j: usize) -> (u8, u8) {
     }
 }
 
+/// All eight (scale, min) pairs of a Q4_K/Q5_K block's 12 scale bytes at once, as the
+/// little-endian bytes of two u64 (scales, mins): [`scale_min_k4`] for j = 0..8, done on u32
+/// words (ggml's `utmp` shuffle).
+pub(crate) fn scales_mins_k4(s: &[u8]) -> (u64, u64) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let (u0, u1, u2) = (word(0), word(4), word(8));
+    let scales_lo = u0 & LOW6;
+    let scales_hi = (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4);
+    let mins_lo = u1 & LOW6;
+    let mins_hi = ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4);
+    (
+        scales_lo as u64 | (scales_hi as u64) << 32,
+        mins_lo as u64 | (mins_hi as u64) << 32,
+    )
+}
+
 pub(crate) fn dot_q8_0(w: &[u8], a: Q8Row) -> f32 {
     let mut acc = 0f32;
     for (i, bw) in w.chunks_exact(34).enumerate() {
@@ -212,4 +231,32 @@ pub(crate) fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
         .zip(x)
         .map(|(b, &x)| bf16::from_le_bytes([b[0], b[1]]).to_f32() * x)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_scales_and_mins_at_once_equal_one_at_a_time() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..1000 {
+            let bytes: Vec<u8> = (0..12)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng as u8
+                })
+                .collect();
+            let (sc, mn) = scales_mins_k4(&bytes);
+            for j in 0..8 {
+                let (want_sc, want_m) = scale_min_k4(&bytes, j);
+                assert_eq!(
+                    ((sc >> (8 * j)) as u8, (mn >> (8 * j)) as u8),
+                    (want_sc, want_m)
+                );
+            }
+        }
+    }
 }

@@ -46,7 +46,7 @@ macro_rules! x86_kernels {
     (features: $features:literal, mul_sum_us8($u:ident, $s:ident) = $mul_sum:expr) => {
         use std::arch::x86_64::*;
 
-        use super::super::portable::{scale_min_k4, Q8KRow, Q8Row};
+        use super::super::portable::{scales_mins_k4, Q8KRow, Q8Row};
 
         /// The f16 at `p`, as f32. Written as inline assembly because the compiler, seeing one
         /// lane of the conversion used, turns the zero-extending move into an insert into
@@ -280,17 +280,15 @@ macro_rules! x86_kernels {
             let mut mins = 0f32;
             for i in 0..nb {
                 let b = wp.add(i * bytes);
-                let scales = std::slice::from_raw_parts(b.add(4), 12);
-                let bsums = a.bsums.get_unchecked(i * 16..i * 16 + 16);
+                let (sc, mn) = scales_mins_k4(std::slice::from_raw_parts(b.add(4), 12));
+                // The eight scales as i16 in both 128-bit lanes, for broadcasting by shuffle.
+                let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
                 let mut hbits = match qh_off {
                     Some(o) => _mm256_loadu_si256(b.add(o) as *const __m256i),
                     None => _mm256_setzero_si256(),
                 };
                 let mut sumi = _mm256_setzero_si256();
-                let mut summ = 0i32;
                 for c in 0..4 {
-                    let (sc_lo, m_lo) = scale_min_k4(scales, 2 * c);
-                    let (sc_hi, m_hi) = scale_min_k4(scales, 2 * c + 1);
                     let raw = _mm256_loadu_si256(b.add(qs_off + 32 * c) as *const __m256i);
                     let mut lo = _mm256_and_si256(raw, m4);
                     let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
@@ -304,18 +302,26 @@ macro_rules! x86_kernels {
                     }
                     let y_lo = _mm256_loadu_si256(yp.add(i * 256 + 64 * c) as *const __m256i);
                     let y_hi = _mm256_loadu_si256(yp.add(i * 256 + 64 * c + 32) as *const __m256i);
-                    let p_lo = _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(lo, y_lo),
-                        _mm256_set1_epi16(sc_lo as i16),
-                    );
-                    let p_hi = _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(hi, y_hi),
-                        _mm256_set1_epi16(sc_hi as i16),
-                    );
+                    // Scale of sub-block s in every i16 lane: bytes 2s and 2s + 1 of sc16.
+                    let (s_lo, s_hi) = (4 * c as i16, 4 * c as i16 + 2);
+                    let sc_lo = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(s_lo | (s_lo + 1) << 8));
+                    let sc_hi = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(s_hi | (s_hi + 1) << 8));
+                    let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y_lo), sc_lo);
+                    let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y_hi), sc_hi);
                     sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
-                    summ += m_lo as i32 * (bsums[4 * c] + bsums[4 * c + 1])
-                        + m_hi as i32 * (bsums[4 * c + 2] + bsums[4 * c + 3]);
                 }
+                // Σ_s min_s · (Σ of activation sub-block s), sub-block sums from pairs of the
+                // 16-value sums (hadd leaves them in the order 0 1 4 5 2 3 6 7).
+                let bsums = a.bsums.as_ptr().add(i * 16);
+                let pairs = _mm256_hadd_epi32(
+                    _mm256_loadu_si256(bsums as *const __m256i),
+                    _mm256_loadu_si256(bsums.add(8) as *const __m256i),
+                );
+                let mins32 = _mm256_permutevar8x32_epi32(
+                    _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64)),
+                    _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7),
+                );
+                let summ = hsum_i32(_mm256_mullo_epi32(pairs, mins32));
                 let dy = *a.d.get_unchecked(i);
                 acc = _mm256_fmadd_ps(
                     _mm256_set1_ps(dy * f16_at(b)),
@@ -347,6 +353,7 @@ macro_rules! x86_kernels {
             for i in 0..nb {
                 let b = wp.add(i * 210);
                 let scales = b.add(192) as *const i8;
+                let sc8 = _mm_loadu_si128(scales as *const __m128i);
                 let mut sumi = _mm256_setzero_si256();
                 for h in 0..2 {
                     let ql0 = _mm256_loadu_si256(b.add(64 * h) as *const __m256i);
@@ -371,17 +378,27 @@ macro_rules! x86_kernels {
                     ];
                     for (k, &qk) in q.iter().enumerate() {
                         let y = _mm256_loadu_si256(yp.add(i * 256 + 128 * h + 32 * k) as *const __m256i);
-                        let s0 = *scales.add(8 * h + 2 * k) as i16;
-                        let s1 = *scales.add(8 * h + 2 * k + 1) as i16;
-                        let sc = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                        // Scales g and g + 1 of this chunk's two 16-value halves, as i16
+                        // lanes: the 16 scale bytes shuffled, then widened.
+                        let g = (8 * h + 2 * k) as i64;
+                        let pick = _mm_set_epi64x((g + 1) * 0x0101_0101_0101_0101, g * 0x0101_0101_0101_0101);
+                        let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
                         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(qk, y), sc));
                     }
                 }
-                let bsums = a.bsums.get_unchecked(i * 16..i * 16 + 16);
-                let mut offset = 0i32;
-                for (g, &bs) in bsums.iter().enumerate() {
-                    offset += *scales.add(g) as i32 * bs;
-                }
+                // Σ_g scale_g · (Σ of activation group g): the −32 of every value, applied
+                // once per 16-value group.
+                let bsums = a.bsums.as_ptr().add(i * 16);
+                let offset = hsum_i32(_mm256_add_epi32(
+                    _mm256_mullo_epi32(
+                        _mm256_cvtepi8_epi32(sc8),
+                        _mm256_loadu_si256(bsums as *const __m256i),
+                    ),
+                    _mm256_mullo_epi32(
+                        _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc8)),
+                        _mm256_loadu_si256(bsums.add(8) as *const __m256i),
+                    ),
+                ));
                 let total = hsum_i32(sumi) - 32 * offset;
                 acc += f16_at(b.add(208)) * *a.d.get_unchecked(i) * total as f32;
             }
