@@ -235,7 +235,9 @@ impl QMatrix {
         (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
             let j0 = c * chunk;
             let n = chunk.min(rows - j0);
-            let mut scratch = Vec::new();
+            // This thread's dequantization buffer, kept between chunks and products (zeroing a
+            // fresh one per chunk cost more than a percent of a prefill).
+            let mut scratch = DEQUANTIZED.with(|d| std::mem::take(&mut *d.borrow_mut()));
             let w: *const f32 = if in_place {
                 // 4-byte alignment checked in `new`.
                 self.row(j0).as_ptr() as *const f32
@@ -260,6 +262,7 @@ impl QMatrix {
                     1.0,
                 );
             }
+            DEQUANTIZED.with(|d| *d.borrow_mut() = scratch);
         });
     }
 }
@@ -477,6 +480,8 @@ struct Scratch {
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Dequantized weight rows for the prompt path's gemm.
+    static DEQUANTIZED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f(t, part_t)` on the product pool for every part `out[bounds[t]..bounds[t + 1]]`
@@ -551,6 +556,25 @@ fn blocks_to_float<T: GgmlType>(bytes: &[u8], out: &mut [f32]) {
     T::to_float(blocks, out);
 }
 
+/// `dequantize(bytes, out)` compiled for AVX2 where the kernel set has it: Q4_K_M's prompt
+/// products dequantize every weight once per prompt, which through candle's baseline-x86
+/// build cost about a tenth of a 1.2B prefill. The same operations either way, so the same
+/// bits (tested against candle's).
+/// (Generic over the function item so that its `#[inline(always)]` body is compiled inside the
+/// AVX2 wrapper; a function pointer would be called at the baseline build.)
+fn dequantize_on_this_cpu<F: Fn(&[u8], &mut [f32])>(dequantize: F, bytes: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernels::chosen_has_avx2() {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn wide<F: Fn(&[u8], &mut [f32])>(dequantize: F, bytes: &[u8], out: &mut [f32]) {
+            dequantize(bytes, out)
+        }
+        // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected.
+        return unsafe { wide(dequantize, bytes, out) };
+    }
+    dequantize(bytes, out)
+}
+
 /// Dequantize one row of `dtype` bytes into `out`.
 pub(crate) fn dequantize(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
     use GgmlDType as T;
@@ -569,9 +593,9 @@ pub(crate) fn dequantize(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
         T::Q8_0 => blocks_to_float::<k_quants::BlockQ8_0>(bytes, out),
         T::Q2K => blocks_to_float::<k_quants::BlockQ2K>(bytes, out),
         T::Q3K => blocks_to_float::<k_quants::BlockQ3K>(bytes, out),
-        T::Q4K => blocks_to_float::<k_quants::BlockQ4K>(bytes, out),
+        T::Q4K => dequantize_on_this_cpu(portable::dequantize_q4_k, bytes, out),
         T::Q5K => blocks_to_float::<k_quants::BlockQ5K>(bytes, out),
-        T::Q6K => blocks_to_float::<k_quants::BlockQ6K>(bytes, out),
+        T::Q6K => dequantize_on_this_cpu(portable::dequantize_q6_k, bytes, out),
         other => unreachable!("QMatrix::new rejects {other:?}"),
     }
 }

@@ -71,6 +71,59 @@ pub(crate) fn scales_mins_k4(s: &[u8]) -> (u64, u64) {
     )
 }
 
+/// Dequantize Q4_K blocks (144 bytes each) into `out`: ggml's `dequantize_row_q4_K`, the same
+/// operations in the same order as candle's, so the same bits; written so that the inner
+/// loops vectorize when compiled for a wider instruction set (see `super::dequantize`).
+#[inline(always)]
+pub(crate) fn dequantize_q4_k(w: &[u8], out: &mut [f32]) {
+    for (bw, y) in w.chunks_exact(144).zip(out.chunks_exact_mut(256)) {
+        let (d, min) = (f16_at(bw, 0), f16_at(bw, 2));
+        let (sc, mn) = scales_mins_k4(&bw[4..16]);
+        for (c, (q, y)) in bw[16..]
+            .chunks_exact(32)
+            .zip(y.chunks_exact_mut(64))
+            .enumerate()
+        {
+            let (sc_lo, sc_hi) = ((sc >> (16 * c)) as u8, (sc >> (16 * c + 8)) as u8);
+            let (m_lo, m_hi) = ((mn >> (16 * c)) as u8, (mn >> (16 * c + 8)) as u8);
+            let (d1, m1) = (d * sc_lo as f32, min * m_lo as f32);
+            let (d2, m2) = (d * sc_hi as f32, min * m_hi as f32);
+            let (y_lo, y_hi) = y.split_at_mut(32);
+            for (y, &q) in y_lo.iter_mut().zip(q) {
+                *y = d1 * (q & 0xF) as f32 - m1;
+            }
+            for (y, &q) in y_hi.iter_mut().zip(q) {
+                *y = d2 * (q >> 4) as f32 - m2;
+            }
+        }
+    }
+}
+
+/// Dequantize Q6_K blocks (210 bytes each) into `out`: ggml's `dequantize_row_q6_K`, same
+/// operations and order as candle's (see [`dequantize_q4_k`]).
+#[inline(always)]
+pub(crate) fn dequantize_q6_k(w: &[u8], out: &mut [f32]) {
+    for (bw, y) in w.chunks_exact(210).zip(out.chunks_exact_mut(256)) {
+        let d = f16_at(bw, 208);
+        for (h, y) in y.chunks_exact_mut(128).enumerate() {
+            let ql = &bw[64 * h..64 * h + 64];
+            let qh = &bw[128 + 32 * h..128 + 32 * h + 32];
+            let sc = &bw[192 + 8 * h..192 + 8 * h + 8];
+            for l in 0..32 {
+                let is = l / 16;
+                let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
+                let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                y[l] = d * sc[is] as i8 as f32 * q1 as f32;
+                y[l + 32] = d * sc[is + 2] as i8 as f32 * q2 as f32;
+                y[l + 64] = d * sc[is + 4] as i8 as f32 * q3 as f32;
+                y[l + 96] = d * sc[is + 6] as i8 as f32 * q4 as f32;
+            }
+        }
+    }
+}
+
 pub(crate) fn dot_q8_0(w: &[u8], a: Q8Row) -> f32 {
     let mut acc = 0f32;
     for (i, bw) in w.chunks_exact(34).enumerate() {

@@ -153,6 +153,45 @@ fn simd_product_equals_the_portable_one(simd: &kernels::Kernels, dtype: GgmlDTyp
     }
 }
 
+/// Metis's own Q4_K and Q6_K dequantizers (on this CPU's kernel set and portable) equal
+/// candle's bit for bit.
+#[test]
+fn own_k_quant_dequantizers_equal_candles() {
+    let (rows, cols) = (5, 768);
+    for (dtype, own) in [
+        (
+            GgmlDType::Q4K,
+            portable::dequantize_q4_k as fn(&[u8], &mut [f32]),
+        ),
+        (GgmlDType::Q6K, portable::dequantize_q6_k),
+    ] {
+        let w = QMatrix::quantize(&random(rows * cols, 21), rows, cols, dtype).unwrap();
+        let bytes = &(*w.data).as_ref()[..w.size_bytes()];
+        let mut candle = vec![0f32; rows * cols];
+        match dtype {
+            GgmlDType::Q4K => blocks_to_float::<k_quants::BlockQ4K>(bytes, &mut candle),
+            _ => blocks_to_float::<k_quants::BlockQ6K>(bytes, &mut candle),
+        }
+        let (mut chosen, mut plain) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+        dequantize(dtype, bytes, &mut chosen);
+        own(bytes, &mut plain);
+        assert!(
+            candle
+                .iter()
+                .zip(&chosen)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{dtype:?}"
+        );
+        assert!(
+            candle
+                .iter()
+                .zip(&plain)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{dtype:?}"
+        );
+    }
+}
+
 #[test]
 fn row_order_reads_rows_in_the_given_order() {
     let (rows, cols) = (8, 64);
