@@ -58,6 +58,34 @@ fn main() {
         }
     }
     from_memory(&types);
+    prompt_sized(&types);
+}
+
+/// Prompt-sized products (512 activation rows: dequantize + f32 gemm), in GFLOP/s.
+fn prompt_sized(types: &[GgmlDType]) {
+    let (m, rows, cols) = (512usize, 2048usize, 2048usize);
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 5000.0)
+        .collect();
+    let x: Vec<f32> = (0..m * cols)
+        .map(|i| (i % 13) as f32 / 13.0 - 0.5)
+        .collect();
+    let mut y = vec![0f32; m * rows];
+    for &dtype in types {
+        let w = QMatrix::quantize(&values, rows, cols, dtype).expect("quantize");
+        w.matmul(&x, m, &mut y);
+        let t = Instant::now();
+        for _ in 0..3 {
+            w.matmul(&x, m, &mut y);
+        }
+        let per = t.elapsed().as_secs_f64() / 3.0;
+        println!(
+            "prompt {m}x{rows}x{cols} {:<5} {:8.2} ms  {:6.1} GFLOP/s",
+            format!("{dtype:?}"),
+            per * 1e3,
+            2.0 * (m * rows * cols) as f64 / per / 1e9
+        );
+    }
 }
 
 /// The same products over ~160 MB of distinct 576x1536 matrices (a ~135M model's down

@@ -14,9 +14,9 @@
 //! * **many rows** (prefill): weight rows are dequantized a chunk at a time into an f32
 //!   scratch (F32 weights are used where they lie) and multiplied with the `gemm` crate.
 //!
-//! Both paths split the weight rows into tasks, each writing its own output columns: the dot
-//! path over a small persistent pool whose workers poll between products (`pool`; a decode
-//! step runs ~120 short products), the gemm path over rayon.
+//! Both paths split the weight rows into tasks, each writing its own output columns, over a
+//! small persistent pool whose workers poll between products (`pool`; a decode step runs ~120
+//! short products).
 
 pub mod act;
 pub(crate) mod f32_gemm;
@@ -30,7 +30,6 @@ use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{self, GgmlType};
 use candle_core::quantized::GgmlDType;
-use rayon::prelude::*;
 
 pub use act::{Q8Acts, Q8KActs};
 use f32_gemm::{gemm_f32, Strided};
@@ -232,7 +231,9 @@ impl QMatrix {
         let chunk = self.chunk_rows(2, 16, 512);
         let in_place = self.dtype == GgmlDType::F32 && self.row_order.is_none();
         let y_ptr = SyncPtr(y.as_mut_ptr());
-        (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        // On the product pool rather than rayon's: the pool's workers poll between products,
+        // and on few cores a polling worker beside busy rayon workers takes their time.
+        pool::global().run(rows.div_ceil(chunk), &|c| {
             let j0 = c * chunk;
             let n = chunk.min(rows - j0);
             // This thread's dequantization buffer, kept between chunks and products (zeroing a
