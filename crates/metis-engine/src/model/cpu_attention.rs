@@ -318,8 +318,8 @@ fn attend_decode_parts<'a>(
     }
 }
 
-/// `out = Σ e^(m_i − M)·acc_i / Σ e^(m_i − M)·l_i` over the parts' `(acc_i, m_i, l_i)` of one
-/// query row, `M` the largest `m_i`.
+/// `out = Σ e^(m_i − M)·acc_i / Σ e^(m_i − M)·l_i` over the parts' `(acc_i, m_i, l_i)` of
+/// one query row, `M` the largest `m_i`.
 fn merge_parts<'p>(parts: impl Iterator<Item = (&'p [f32], f32, f32)> + Clone, out: &mut [f32]) {
     let max = parts
         .clone()
@@ -664,7 +664,7 @@ mod x86 {
             match kv.k {
                 Rows::F32(k) => k[j * kv.k_stride..][..hd].as_ptr(),
                 Rows::F16(k) => {
-                    // SAFETY: F16C is enabled for this function (and so for its closures).
+                    // SAFETY: this kernel runs only where F16C was detected (see the caller).
                     unsafe { widen(&k[j * kv.k_stride..][..hd], &mut buf[..hd]) };
                     buf.as_ptr()
                 }

@@ -120,7 +120,10 @@ macro_rules! x86_kernels {
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn f16x8(p: *const u8, stride: i32) -> __m256 {
-            let at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
+            let at = _mm256_mullo_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_set1_epi32(stride),
+            );
             let v = _mm256_i32gather_epi32::<1>(p as *const i32, at);
             let v = _mm256_and_si256(v, _mm256_set1_epi32(0xffff));
             let h = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
@@ -282,7 +285,8 @@ macro_rules! x86_kernels {
                 let b = wp.add(i * bytes);
                 let (sc, mn) = scales_mins_k4(std::slice::from_raw_parts(b.add(4), 12));
                 // The eight scales as i16 in both 128-bit lanes, for broadcasting by shuffle.
-                let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+                let sc8 = _mm_cvtsi64_si128(sc as i64);
+                let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc8));
                 let mut hbits = match qh_off {
                     Some(o) => _mm256_loadu_si256(b.add(o) as *const __m256i),
                     None => _mm256_setzero_si256(),
@@ -295,7 +299,8 @@ macro_rules! x86_kernels {
                     if qh_off.is_some() {
                         // Bits 0 and 1 of each byte are this chunk's fifth bits; shifting the i16
                         // lanes by 2 per chunk never reads across a byte (at most bit 7 is used).
-                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hbits, one), 4));
+                        let h0 = _mm256_and_si256(hbits, one);
+                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(h0, 4));
                         let h1 = _mm256_and_si256(_mm256_srli_epi16(hbits, 1), one);
                         hi = _mm256_or_si256(hi, _mm256_slli_epi16(h1, 4));
                         hbits = _mm256_srli_epi16(hbits, 2);
@@ -304,8 +309,10 @@ macro_rules! x86_kernels {
                     let y_hi = _mm256_loadu_si256(yp.add(i * 256 + 64 * c + 32) as *const __m256i);
                     // Scale of sub-block s in every i16 lane: bytes 2s and 2s + 1 of sc16.
                     let (s_lo, s_hi) = (4 * c as i16, 4 * c as i16 + 2);
-                    let sc_lo = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(s_lo | (s_lo + 1) << 8));
-                    let sc_hi = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(s_hi | (s_hi + 1) << 8));
+                    let pick_lo = _mm256_set1_epi16(s_lo | (s_lo + 1) << 8);
+                    let pick_hi = _mm256_set1_epi16(s_hi | (s_hi + 1) << 8);
+                    let sc_lo = _mm256_shuffle_epi8(sc16, pick_lo);
+                    let sc_hi = _mm256_shuffle_epi8(sc16, pick_hi);
                     let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y_lo), sc_lo);
                     let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y_hi), sc_hi);
                     sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
@@ -377,13 +384,16 @@ macro_rules! x86_kernels {
                         ),
                     ];
                     for (k, &qk) in q.iter().enumerate() {
-                        let y = _mm256_loadu_si256(yp.add(i * 256 + 128 * h + 32 * k) as *const __m256i);
+                        let y = yp.add(i * 256 + 128 * h + 32 * k);
+                        let y = _mm256_loadu_si256(y as *const __m256i);
                         // Scales g and g + 1 of this chunk's two 16-value halves, as i16
                         // lanes: the 16 scale bytes shuffled, then widened.
                         let g = (8 * h + 2 * k) as i64;
-                        let pick = _mm_set_epi64x((g + 1) * 0x0101_0101_0101_0101, g * 0x0101_0101_0101_0101);
+                        const EVERY_BYTE: i64 = 0x0101_0101_0101_0101;
+                        let pick = _mm_set_epi64x((g + 1) * EVERY_BYTE, g * EVERY_BYTE);
                         let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
-                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(qk, y), sc));
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qk, y), sc);
+                        sumi = _mm256_add_epi32(sumi, p);
                     }
                 }
                 // Σ_g scale_g · (Σ of activation group g): the −32 of every value, applied
