@@ -13,15 +13,23 @@
 
 #![cfg(target_arch = "x86_64")]
 
-/// Dot of the first `n` (a multiple of 8) weights at `wp` with `x`, 32 at a time in four
-/// accumulators; `$load(wp, j)` turns the 8 weights at element offset `j` into f32. A macro,
+/// Dot of the first `n` (a multiple of 8) weights at `wp` (`$size` bytes each) with `x`, 32 at
+/// a time in four accumulators; `$load(wp, j)` turns the 8 weights at element offset `j` into
+/// f32. Float rows are long (8–32 KiB on a 1B model), so the weights `FLOAT_PREFETCH` bytes
+/// ahead are requested as the loop goes, rather than a row at a time by the caller. A macro,
 /// not a closure, so that the loads are compiled with this module's target features.
 macro_rules! dot_float {
-    ($n:expr, $wp:expr, $x:expr, $load:ident) => {{
+    ($n:expr, $wp:expr, $size:expr, $x:expr, $load:ident) => {{
         let (n, wp, xp) = ($n, $wp, $x.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut j = 0;
         while j + 32 <= n {
+            // One request per 64-byte line of the 32 weights this iteration reads; a prefetch
+            // past the end of the row is a hint, never a fault.
+            let ahead = wp.wrapping_add(j * $size + super::super::FLOAT_PREFETCH);
+            for line in 0..$size / 2 {
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
+            }
             for (k, a) in acc.iter_mut().enumerate() {
                 *a = _mm256_fmadd_ps($load(wp, j + 8 * k), _mm256_loadu_ps(xp.add(j + 8 * k)), *a);
             }
@@ -455,7 +463,7 @@ macro_rules! x86_kernels {
         pub(crate) unsafe fn dot_f32(w: &[u8], x: &[f32]) -> f32 {
             let n = (w.len() / 4).min(x.len());
             let whole = n - n % 8;
-            let head = dot_float!(whole, w.as_ptr(), x, load_f32);
+            let head = dot_float!(whole, w.as_ptr(), 4, x, load_f32);
             head + super::super::portable::dot_f32(&w[whole * 4..n * 4], &x[whole..n])
         }
 
@@ -463,7 +471,7 @@ macro_rules! x86_kernels {
         pub(crate) unsafe fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
             let n = (w.len() / 2).min(x.len());
             let whole = n - n % 8;
-            let head = dot_float!(whole, w.as_ptr(), x, load_f16);
+            let head = dot_float!(whole, w.as_ptr(), 2, x, load_f16);
             head + super::super::portable::dot_f16(&w[whole * 2..n * 2], &x[whole..n])
         }
 
@@ -471,7 +479,7 @@ macro_rules! x86_kernels {
         pub(crate) unsafe fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
             let n = (w.len() / 2).min(x.len());
             let whole = n - n % 8;
-            let head = dot_float!(whole, w.as_ptr(), x, load_bf16);
+            let head = dot_float!(whole, w.as_ptr(), 2, x, load_bf16);
             head + super::super::portable::dot_bf16(&w[whole * 2..n * 2], &x[whole..n])
         }
     };
