@@ -886,17 +886,21 @@ mod tests {
             let want = layer.reference(&q, heads, s, scale);
             for f16 in [false, true] {
                 let got = attend_cached(&q, heads, s, hd, &layer.view(f16), scale);
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(&g, &w)| (g as f64 - w).abs())
-                    .fold(0.0, f64::max);
+                let worst = max_abs_error(&got, &want);
                 assert!(
                     worst < 2e-5,
                     "s {s}, cached {len}, f16 {f16}: max abs error {worst}"
                 );
             }
         }
+    }
+
+    /// Largest |got − want| over two same-length outputs.
+    fn max_abs_error(got: &[f32], want: &[f64]) -> f64 {
+        got.iter()
+            .zip(want)
+            .map(|(&g, &w)| (g as f64 - w).abs())
+            .fold(0.0, f64::max)
     }
 
     /// The x86 decode kernel against the portable one: scores, sums and outputs within
@@ -955,11 +959,7 @@ mod tests {
                     let task_kv = |t: usize| (&view, t);
                     let n_rep = heads / kv_heads;
                     attend_decode_parts(&q, &task_kv, n_rep, hd, scale, part_keys, &mut got);
-                    let worst = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(&g, &w)| (g as f64 - w).abs())
-                        .fold(0.0, f64::max);
+                    let worst = max_abs_error(&got, &want);
                     assert!(
                         worst < 2e-5,
                         "len {len}, f16 {f16}, parts of {part_keys}: {worst}"

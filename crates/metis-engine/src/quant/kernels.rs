@@ -18,6 +18,9 @@ pub(crate) type FloatDot = fn(&[u8], &[f32]) -> f32;
 /// The kernels of one instruction set.
 pub(crate) struct Kernels {
     pub name: &'static str,
+    /// Whether `f32`/`f16`/`bf16` prefetch their weights ahead themselves, so that the caller
+    /// need not ask for whole rows.
+    pub float_dots_prefetch: bool,
     pub q8_0: Q8Dot,
     pub q4_0: Q8Dot,
     pub q4_1: Q8Dot,
@@ -33,6 +36,7 @@ pub(crate) struct Kernels {
 
 pub(crate) static PORTABLE: Kernels = Kernels {
     name: "portable",
+    float_dots_prefetch: false,
     q8_0: portable::dot_q8_0,
     q4_0: portable::dot_q4_0,
     q4_1: portable::dot_q4_1,
@@ -92,6 +96,7 @@ mod x86 {
                 }
                 Kernels {
                     name: $name,
+                    float_dots_prefetch: true,
                     q8_0: wrap!(dot_q8_0, Q8, 34),
                     q4_0: wrap!(dot_q4_0, Q8, 18),
                     q4_1: wrap!(dot_q4_1, Q8, 20),

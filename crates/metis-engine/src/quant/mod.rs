@@ -413,9 +413,8 @@ fn dots_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], k: &k
         let w = ws[i];
         let mut row_out = [0f32; GEMM_MIN_ROWS];
         let ahead = PREFETCH_BYTES.div_ceil(w.row_bytes);
-        // The SIMD float kernels prefetch within the row (`FLOAT_PREFETCH`).
         let float = matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        let by_row = !float || std::ptr::eq(k, &kernels::PORTABLE);
+        let by_row = !(float && k.float_dots_prefetch);
         for j in j0..j0 + n {
             if by_row && j + ahead < j0 + n {
                 prefetch(w.row(j + ahead));
@@ -437,13 +436,9 @@ fn dots_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], k: &k
 /// hardware prefetcher alone keeps too few lines in flight for a stream that each core
 /// consumes at 10+ GB/s. Measured with `benches/quant_kernels.rs` over weights not in cache
 /// (2 threads): Q8_0 12 → 19 GB/s, Q4_0 9 → 14, F32 21 → 28; 4 KiB ahead into L2 beat 1, 2,
-/// 8 and 16 KiB and beat prefetching into L1.
+/// 8 and 16 KiB and beat prefetching into L1. The SIMD float kernels, whose rows are long,
+/// keep the same distance themselves as they read (`Kernels::float_dots_prefetch`).
 const PREFETCH_BYTES: usize = 4096;
-
-/// How far ahead of the weights being read the float dot kernels ask for weights (into L2),
-/// within and across rows: their rows are long, and asking for a whole row at once puts
-/// hundreds of requests in flight at the start of each.
-const FLOAT_PREFETCH: usize = 4096;
 
 /// Hint that `bytes` will be read soon (a no-op off x86).
 #[inline]

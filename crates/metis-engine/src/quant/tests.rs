@@ -175,20 +175,14 @@ fn own_k_quant_dequantizers_equal_candles() {
         let (mut chosen, mut plain) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
         dequantize(dtype, bytes, &mut chosen);
         own(bytes, &mut plain);
-        assert!(
+        let same_bits = |x: &[f32]| {
             candle
                 .iter()
-                .zip(&chosen)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{dtype:?}"
-        );
-        assert!(
-            candle
-                .iter()
-                .zip(&plain)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{dtype:?}"
-        );
+                .zip(x)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        };
+        assert!(same_bits(&chosen), "{dtype:?}");
+        assert!(same_bits(&plain), "{dtype:?}");
     }
 }
 

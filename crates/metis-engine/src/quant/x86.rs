@@ -15,8 +15,9 @@
 
 /// Dot of the first `n` (a multiple of 8) weights at `wp` (`$size` bytes each) with `x`, 32 at
 /// a time in four accumulators; `$load(wp, j)` turns the 8 weights at element offset `j` into
-/// f32. Float rows are long (8–32 KiB on a 1B model), so the weights `FLOAT_PREFETCH` bytes
-/// ahead are requested as the loop goes, rather than a row at a time by the caller. A macro,
+/// f32. Float rows are long (8–32 KiB on a 1B model), so the weights `PREFETCH_BYTES` bytes
+/// ahead are requested as the loop goes, rather than a row at a time by the caller (asking
+/// for a whole long row at once puts hundreds of requests in flight at its start). A macro,
 /// not a closure, so that the loads are compiled with this module's target features.
 macro_rules! dot_float {
     ($n:expr, $wp:expr, $size:expr, $x:expr, $load:ident) => {{
@@ -26,7 +27,7 @@ macro_rules! dot_float {
         while j + 32 <= n {
             // One request per 64-byte line of the 32 weights this iteration reads; a prefetch
             // past the end of the row is a hint, never a fault.
-            let ahead = wp.wrapping_add(j * $size + super::super::FLOAT_PREFETCH);
+            let ahead = wp.wrapping_add(j * $size + super::super::PREFETCH_BYTES);
             for line in 0..$size / 2 {
                 _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
             }
