@@ -560,23 +560,30 @@ fn blocks_to_float<T: GgmlType>(bytes: &[u8], out: &mut [f32]) {
     T::to_float(blocks, out);
 }
 
-/// `dequantize(bytes, out)` compiled for AVX2 where the kernel set has it: Q4_K_M's prompt
-/// products dequantize every weight once per prompt, which through candle's baseline-x86
-/// build cost about a tenth of a 1.2B prefill. The same operations either way, so the same
-/// bits (tested against candle's).
-/// (Generic over the function item so that its `#[inline(always)]` body is compiled inside the
-/// AVX2 wrapper; a function pointer would be called at the baseline build.)
-fn dequantize_on_this_cpu<F: Fn(&[u8], &mut [f32])>(dequantize: F, bytes: &[u8], out: &mut [f32]) {
+/// Q4_K or Q6_K bytes into `out` by Metis's own loops, compiled for AVX2 where the kernel
+/// set has it: Q4_K_M's prompt products dequantize every weight once per prompt, which
+/// through candle's baseline-x86 build cost about a tenth of a 1.2B prefill. The same
+/// operations as candle's either way, so the same bits (tested). The loops are called
+/// directly from the AVX2 copy: through a generic or a function pointer they would be a
+/// separate function compiled for the baseline.
+fn dequantize_k_on_this_cpu(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
+    #[inline(always)]
+    fn loops(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
+        match dtype {
+            GgmlDType::Q4K => portable::dequantize_q4_k(bytes, out),
+            _ => portable::dequantize_q6_k(bytes, out),
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if kernels::chosen_has_avx2() {
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn wide<F: Fn(&[u8], &mut [f32])>(dequantize: F, bytes: &[u8], out: &mut [f32]) {
-            dequantize(bytes, out)
+        unsafe fn wide(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
+            loops(dtype, bytes, out)
         }
         // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected.
-        return unsafe { wide(dequantize, bytes, out) };
+        return unsafe { wide(dtype, bytes, out) };
     }
-    dequantize(bytes, out)
+    loops(dtype, bytes, out)
 }
 
 /// Dequantize one row of `dtype` bytes into `out`.
@@ -597,9 +604,8 @@ pub(crate) fn dequantize(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
         T::Q8_0 => blocks_to_float::<k_quants::BlockQ8_0>(bytes, out),
         T::Q2K => blocks_to_float::<k_quants::BlockQ2K>(bytes, out),
         T::Q3K => blocks_to_float::<k_quants::BlockQ3K>(bytes, out),
-        T::Q4K => dequantize_on_this_cpu(portable::dequantize_q4_k, bytes, out),
+        T::Q4K | T::Q6K => dequantize_k_on_this_cpu(dtype, bytes, out),
         T::Q5K => blocks_to_float::<k_quants::BlockQ5K>(bytes, out),
-        T::Q6K => dequantize_on_this_cpu(portable::dequantize_q6_k, bytes, out),
         other => unreachable!("QMatrix::new rejects {other:?}"),
     }
 }
