@@ -6,6 +6,7 @@
 
 use std::sync::OnceLock;
 
+use super::kq_prompt::KqPrompt;
 use super::portable::{self, Q8KRow, Q8Row};
 
 /// Dot of one weight row (raw GGML bytes) with one quantized activation row.
@@ -32,6 +33,9 @@ pub(crate) struct Kernels {
     pub f32: FloatDot,
     pub f16: FloatDot,
     pub bf16: FloatDot,
+    /// Prompt-sized Q4_K/Q6_K products in int8, where this instruction set makes them faster
+    /// than dequantize + f32 gemm.
+    pub kq_prompt: Option<KqPrompt>,
 }
 
 pub(crate) static PORTABLE: Kernels = Kernels {
@@ -48,6 +52,7 @@ pub(crate) static PORTABLE: Kernels = Kernels {
     f32: portable::dot_f32,
     f16: portable::dot_f16,
     bf16: portable::dot_bf16,
+    kq_prompt: None,
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -59,7 +64,7 @@ mod x86 {
     /// row covers every block of `w` (the kernels read both through raw pointers) and calls
     /// the kernel.
     macro_rules! table {
-        ($table:ident, $name:literal, $isa:ident) => {
+        ($table:ident, $name:literal, $isa:ident, $kq_prompt:expr) => {
             pub(crate) static $table: Kernels = {
                 macro_rules! wrap {
                     ($kernel:ident, Q8, $bytes:expr) => {{
@@ -108,13 +113,19 @@ mod x86 {
                     f32: wrap!(dot_f32, Float),
                     f16: wrap!(dot_f16, Float),
                     bf16: wrap!(dot_bf16, Float),
+                    kq_prompt: $kq_prompt,
                 }
             };
         };
     }
 
-    table!(AVX2, "avx2", avx2);
-    table!(VNNI, "avx512vnni", vnni);
+    table!(AVX2, "avx2", avx2, None);
+    table!(
+        VNNI,
+        "avx512vnni",
+        vnni,
+        Some(super::super::kq_prompt::avx512::KQ_PROMPT)
+    );
 
     pub(crate) fn has_avx2() -> bool {
         is_x86_feature_detected!("avx2")

@@ -21,6 +21,7 @@
 pub mod act;
 pub(crate) mod f32_gemm;
 pub(crate) mod kernels;
+mod kq_prompt;
 mod pool;
 mod portable;
 mod x86;
@@ -34,6 +35,7 @@ use candle_core::quantized::GgmlDType;
 pub use act::{Q8Acts, Q8KActs};
 use f32_gemm::{gemm_f32, Strided};
 pub use kernels::kernel_set;
+use kq_prompt::{KqPrompt, PromptActs, Unpacked, LANES};
 use portable::{Q8KRow, Q8Row};
 
 /// Activation rows from which a product goes through dequantize + f32 gemm instead of the
@@ -268,6 +270,51 @@ impl QMatrix {
     }
 }
 
+impl QMatrix {
+    /// The int8 prefill path (Q4_K/Q6_K): per chunk of weight rows, unpack them and run the
+    /// table's product with the prepared activations, then copy into the chunk's columns of y.
+    fn matmul_int8(&self, acts: &PromptActs, kq: &KqPrompt, y: &mut [f32]) {
+        let (rows, cols, m) = (self.rows, self.cols, acts.m);
+        let width = acts.groups * LANES;
+        let y_ptr = SyncPtr(y.as_mut_ptr());
+        pool::global().run(rows.div_ceil(kq_prompt::CHUNK_ROWS), &|c| {
+            let j0 = c * kq_prompt::CHUNK_ROWS;
+            let n = kq_prompt::CHUNK_ROWS.min(rows - j0);
+            let (mut w, mut out) = UNPACKED.with(|u| std::mem::take(&mut *u.borrow_mut()));
+            w.reset(self.dtype, n.next_multiple_of(kq.row_multiple), cols);
+            for j in 0..n {
+                unpack_on_this_cpu(&mut w, self.dtype, j, self.row(j0 + j));
+            }
+            out.resize(w.rows * width, 0.0);
+            (kq.product)(&w, acts, &mut out);
+            let y_ptr = &y_ptr;
+            for r in 0..m {
+                for j in 0..n {
+                    // SAFETY: y is [m, rows]; r < m and j0 + j < rows, and columns
+                    // j0..j0+n belong to this task alone.
+                    unsafe { *y_ptr.0.add(r * rows + j0 + j) = out[j * width + r] };
+                }
+            }
+            UNPACKED.with(|u| *u.borrow_mut() = (w, out));
+        });
+    }
+}
+
+/// [`Unpacked::unpack_row`], compiled for AVX2 where the kernel table has it (see
+/// [`dequantize_k_on_this_cpu`] for why it is called directly from the AVX2 copy).
+fn unpack_on_this_cpu(w: &mut Unpacked, dtype: GgmlDType, r: usize, bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernels::chosen_has_avx2() {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn wide(w: &mut Unpacked, dtype: GgmlDType, r: usize, bytes: &[u8]) {
+            w.unpack_row(dtype, r, bytes)
+        }
+        // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected.
+        return unsafe { wide(w, dtype, r, bytes) };
+    }
+    w.unpack_row(dtype, r, bytes)
+}
+
 /// `ys[i] = x W_iᵀ` for several matrices with the same number of columns (Q/K/V, gate/up):
 /// the activations are prepared once per layout and all rows go through one fork-join.
 /// `x` is [m, cols]; `ys[i]` is [m, ws[i].rows()].
@@ -284,11 +331,34 @@ pub fn matmul_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]])
         return;
     }
     if m >= GEMM_MIN_ROWS {
-        for (w, y) in ws.iter().zip(ys.iter_mut()) {
-            w.matmul_gemm(x, m, y);
-        }
+        prompt_group(ws, x, m, ys, kernels::chosen());
     } else {
         dots_group(ws, x, m, ys, kernels::chosen());
+    }
+}
+
+/// The prefill path of [`matmul_group`]: Q4_K/Q6_K matrices in int8 where the kernel table
+/// has that product (the activations quantized once for all of them), the others through
+/// dequantize + f32 gemm.
+fn prompt_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], k: &kernels::Kernels) {
+    let int8 = k
+        .kq_prompt
+        .as_ref()
+        .filter(|_| ws.iter().any(|w| kq_prompt::handles(w.dtype)));
+    let mut acts = None;
+    if let Some(kq) = int8 {
+        let mut a = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().prompt));
+        a.quantize(x, m, ws[0].cols, kq.group_multiple);
+        acts = Some(a);
+    }
+    for (w, y) in ws.iter().zip(ys.iter_mut()) {
+        match (int8, &acts) {
+            (Some(kq), Some(a)) if kq_prompt::handles(w.dtype) => w.matmul_int8(a, kq, y),
+            _ => w.matmul_gemm(x, m, y),
+        }
+    }
+    if let Some(a) = acts {
+        SCRATCH.with(|s| s.borrow_mut().prompt = a);
     }
 }
 
@@ -456,7 +526,8 @@ fn prefetch(bytes: &[u8]) {
 
 /// A raw output pointer shared by tasks that write disjoint parts of it.
 struct SyncPtr(*mut f32);
-// SAFETY: only used in `matmul_gemm`, where every task writes its own columns.
+// SAFETY: only used in `matmul_gemm` and `matmul_int8`, where every task writes its own
+// columns.
 unsafe impl Sync for SyncPtr {}
 
 /// An output matrix written by the pool's tasks, each its own columns.
@@ -479,6 +550,8 @@ unsafe impl Send for OutPtr {}
 struct Scratch {
     q8: Q8Acts,
     q8k: Q8KActs,
+    /// Activations of the int8 prompt path.
+    prompt: PromptActs,
 }
 
 thread_local! {
@@ -486,6 +559,8 @@ thread_local! {
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Dequantized weight rows for the prompt path's gemm.
     static DEQUANTIZED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Unpacked weight rows and their products, for the int8 prompt path.
+    static UNPACKED: RefCell<(Unpacked, Vec<f32>)> = RefCell::new(Default::default());
 }
 
 /// Runs `f(t, part_t)` on the product pool for every part `out[bounds[t]..bounds[t + 1]]`

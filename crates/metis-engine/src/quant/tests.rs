@@ -93,7 +93,8 @@ fn every_type_matches_the_dequantized_reference() {
             let (want, bound) = reference(&wd, &x, m, rows, cols, act_block(dtype).unwrap_or(cols));
             let mut y = vec![0f32; m * rows];
             w.matmul(&x, m, &mut y);
-            let quantized_acts = m < GEMM_MIN_ROWS && act_block(dtype).is_some();
+            let int8_prompt = kernels::chosen().kq_prompt.is_some() && kq_prompt::handles(dtype);
+            let quantized_acts = (m < GEMM_MIN_ROWS || int8_prompt) && act_block(dtype).is_some();
             for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
                 // f32 accumulation over 512 products, plus the activation rounding if any.
                 let slack = 1e-4 * (1.0 + want.abs()) + if quantized_acts { bound[i] } else { 0.0 };
@@ -267,6 +268,68 @@ fn a_group_equals_its_products_one_by_one() {
             let mut alone = vec![0f32; m * w.rows()];
             w.matmul(&x, m, &mut alone);
             assert_eq!(got, &alone, "{:?} m={m}", w.dtype());
+        }
+    }
+}
+
+/// The portable table with the scalar int8 prompt product, so that the int8 path's unpacking,
+/// interleaving and arithmetic are tested on every CPU.
+static PORTABLE_INT8: kernels::Kernels = kernels::Kernels {
+    name: "portable+int8",
+    kq_prompt: Some(kq_prompt::KqPrompt {
+        product: kq_prompt::chunk_product_portable,
+        row_multiple: 1,
+        group_multiple: 1,
+    }),
+    ..kernels::PORTABLE
+};
+
+/// The int8 prompt products (portable and each SIMD table that has one) against the dot path
+/// on the same quantized activations: equal up to f32 rounding of the scaling. Shapes cover
+/// partial groups of 16 activation rows, partial row tiles and chunks, and block counts that
+/// are not a multiple of a kernel's range.
+#[test]
+fn int8_prompt_products_equal_the_dot_path() {
+    let tables: Vec<&kernels::Kernels> = std::iter::once(&PORTABLE_INT8)
+        .chain(
+            kernels::simd()
+                .into_iter()
+                .filter(|k| k.kq_prompt.is_some()),
+        )
+        .collect();
+    if tables.len() == 1 {
+        eprintln!("no SIMD int8 prompt product on this CPU; testing the portable one only");
+    }
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        for (rows, cols) in [(70, 768), (130, 256)] {
+            let w = QMatrix::quantize(&random(rows * cols, 11), rows, cols, dtype).unwrap();
+            for m in [GEMM_MIN_ROWS, 37, 50] {
+                let x = random(m * cols, 20 + m as u64);
+                // The dot path takes fewer than GEMM_MIN_ROWS rows at a time.
+                let mut dots = vec![0f32; m * rows];
+                for (xs, ys) in x.chunks(8 * cols).zip(dots.chunks_mut(8 * rows)) {
+                    dots_group(&[&w], xs, xs.len() / cols, &mut [ys], &kernels::PORTABLE);
+                }
+                let scale: f32 = x.iter().map(|v| v.abs()).sum::<f32>() / m as f32;
+                let mut portable = vec![0f32; m * rows];
+                for table in &tables {
+                    let mut y = vec![0f32; m * rows];
+                    prompt_group(&[&w], &x, m, &mut [&mut y], table);
+                    for (i, (p, q)) in y.iter().zip(&dots).enumerate() {
+                        assert!(
+                            (p - q).abs() <= 1e-5 * scale,
+                            "{} {dtype:?} {rows}x{cols} m={m} out {i}: int8 {p} vs dots {q}",
+                            table.name
+                        );
+                    }
+                    if std::ptr::eq(*table, &PORTABLE_INT8) {
+                        portable = y;
+                    } else {
+                        // Same integer sums, same f32 operations in the same order.
+                        assert_eq!(y, portable, "{} {dtype:?} m={m}", table.name);
+                    }
+                }
+            }
         }
     }
 }

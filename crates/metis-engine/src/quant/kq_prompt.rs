@@ -1,0 +1,458 @@
+//! Prompt-sized products of Q4_K and Q6_K weights in int8: the prefill path's alternative to
+//! dequantize + f32 gemm for the k-quants (llama.cpp multiplies them in int8 too), on CPUs
+//! whose kernel table has it (AVX-512 VNNI: `vpdpbusd` does 64 byte products per instruction
+//! where an f32 FMA does 16).
+//!
+//! Data flow for `y = x Wᵀ` (`x` [m, cols]):
+//!
+//! * [`PromptActs`]: `x` quantized per 256-value block exactly as for the dot kernels
+//!   (`Q8KActs`: `d = amax / 127`, sums per 16), then interleaved 16 rows at a time, so that
+//!   one 64-byte line holds 4 consecutive values of 16 rows: the 16 lanes of a register are
+//!   16 activation rows. Done once per product group.
+//! * [`Unpacked`]: per task, a chunk of weight rows unpacked to one byte per value (Q4_K 0..16,
+//!   Q6_K 0..64) and, per sub-block (32 values for Q4_K, 16 for Q6_K), an f32 `scale` and
+//!   `offset` with value = scale·q − offset for both types (Q6_K's offset is its −32).
+//! * the kernel ([`ChunkProduct`], in the kernel table): a register tile of a few weight rows ×
+//!   a few groups of 16 activation rows. Per 4 values, each weight row's 4 bytes are broadcast
+//!   and multiplied into each group's line; per sub-block the exact i32 sums are converted and
+//!   scaled (activation block scale × weight sub-block scale), and the offset is taken through
+//!   the activations' sub-block sums. Same arithmetic as the portable dot kernels up to f32
+//!   rounding of the scaling ([`chunk_product_portable`] is the reference the tests hold it to).
+
+use candle_core::quantized::GgmlDType;
+
+use std::sync::Mutex;
+
+use super::act::QKK;
+use super::portable::{f16_at, scales_mins_k4};
+
+/// Activation rows per group: the lanes of one 512-bit register of i32.
+pub(crate) const LANES: usize = 16;
+/// Weight rows per task.
+pub(crate) const CHUNK_ROWS: usize = 64;
+
+/// One interleaved line: values 4t..4t+4 of 16 activation rows, row-major by lane.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Line(pub(crate) [i8; 64]);
+
+/// Activations quantized and interleaved for [`ChunkProduct`], `groups` groups of 16 rows
+/// (rows past `m` are zero).
+#[derive(Default)]
+pub(crate) struct PromptActs {
+    pub(crate) m: usize,
+    pub(crate) cols: usize,
+    pub(crate) groups: usize,
+    /// [groups][cols / 4] lines.
+    pub(crate) qs: Vec<Line>,
+    /// Block scales, [groups][cols / 256][16 lanes].
+    pub(crate) d: Vec<f32>,
+    /// `d` × the sum of each 16 values, [groups][cols / 16][16 lanes] (Q6_K's sub-blocks).
+    pub(crate) sums16: Vec<f32>,
+    /// `d` × the sum of each 32 values, [groups][cols / 32][16 lanes] (Q4_K's sub-blocks).
+    pub(crate) sums32: Vec<f32>,
+}
+
+impl PromptActs {
+    /// Quantize and interleave `x` [m, cols] (`cols` a multiple of 256), padding the rows to a
+    /// whole number of `group_multiple` groups; the groups are quantized on the product pool.
+    pub(crate) fn quantize(&mut self, x: &[f32], m: usize, cols: usize, group_multiple: usize) {
+        assert!(cols.is_multiple_of(QKK) && x.len() == m * cols);
+        let groups = m.div_ceil(LANES).next_multiple_of(group_multiple.max(1));
+        (self.m, self.cols, self.groups) = (m, cols, groups);
+        let nb = cols / QKK;
+        refill(&mut self.qs, groups * cols / 4, Line([0; 64]));
+        refill(&mut self.d, groups * nb * LANES, 0.0);
+        refill(&mut self.sums16, groups * cols / 16 * LANES, 0.0);
+        refill(&mut self.sums32, groups * cols / 32 * LANES, 0.0);
+        // One part per group that has rows; each task fills its own group's slices.
+        let parts: Vec<Mutex<GroupParts>> = self
+            .qs
+            .chunks_mut(cols / 4)
+            .zip(self.d.chunks_mut(nb * LANES))
+            .zip(self.sums16.chunks_mut(cols / 16 * LANES))
+            .zip(self.sums32.chunks_mut(cols / 32 * LANES))
+            .zip(x.chunks(LANES * cols))
+            .map(|((((lines, d), sums16), sums32), x)| {
+                Mutex::new(GroupParts {
+                    lines,
+                    d,
+                    sums16,
+                    sums32,
+                    x,
+                })
+            })
+            .collect();
+        super::pool::global().run(parts.len(), &|g| {
+            let mut part = parts[g].lock().unwrap_or_else(|e| e.into_inner());
+            quantize_group_on_this_cpu(&mut part, cols);
+        });
+    }
+
+    /// The sub-block sums for sub-blocks of `sub` values (16 or 32).
+    pub(crate) fn sums(&self, sub: usize) -> &[f32] {
+        if sub == 16 {
+            &self.sums16
+        } else {
+            &self.sums32
+        }
+    }
+}
+
+/// `v` as `len` copies of `fill`, keeping its allocation.
+fn refill<T: Copy>(v: &mut Vec<T>, len: usize, fill: T) {
+    v.clear();
+    v.resize(len, fill);
+}
+
+/// One group's share of [`PromptActs`] and its (up to 16) rows of `x`.
+struct GroupParts<'a> {
+    lines: &'a mut [Line],
+    d: &'a mut [f32],
+    sums16: &'a mut [f32],
+    sums32: &'a mut [f32],
+    x: &'a [f32],
+}
+
+/// [`quantize_group`], compiled for AVX2 where the kernel table has it (the loops vectorize).
+fn quantize_group_on_this_cpu(part: &mut GroupParts, cols: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if super::kernels::chosen_has_avx2() {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn wide(part: &mut GroupParts, cols: usize) {
+            quantize_group(part, cols)
+        }
+        // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected.
+        return unsafe { wide(part, cols) };
+    }
+    quantize_group(part, cols)
+}
+
+/// Quantize each row of the group per 256-value block (as `Q8KActs` does) into its lane.
+#[inline(always)]
+fn quantize_group(part: &mut GroupParts, cols: usize) {
+    let mut q = [0i8; QKK];
+    for (lane, row) in part.x.chunks_exact(cols).enumerate() {
+        for (b, xb) in row.chunks_exact(QKK).enumerate() {
+            let d = quantize_block_k(xb.try_into().expect("256 values"), &mut q);
+            part.d[b * LANES + lane] = d;
+            let lines = &mut part.lines[b * QKK / 4..(b + 1) * QKK / 4];
+            for (line, q4) in lines.iter_mut().zip(q.chunks_exact(4)) {
+                line.0[4 * lane..4 * lane + 4].copy_from_slice(q4);
+            }
+            let mut sums = [0i32; 16];
+            for (s, q16) in sums.iter_mut().zip(q.chunks_exact(16)) {
+                *s = q16.iter().map(|&v| v as i32).sum();
+            }
+            for (s, &sum) in sums.iter().enumerate() {
+                part.sums16[(b * 16 + s) * LANES + lane] = d * sum as f32;
+            }
+            for (s, pair) in sums.chunks_exact(2).enumerate() {
+                part.sums32[(b * 8 + s) * LANES + lane] = d * (pair[0] + pair[1]) as f32;
+            }
+        }
+    }
+}
+
+/// [`super::act`]'s block quantization (`d = amax / 127`, `q = round(x / d)`), written so that
+/// it vectorizes; the same operations, so the same bits.
+#[inline(always)]
+fn quantize_block_k(x: &[f32; QKK], q: &mut [i8; QKK]) -> f32 {
+    let mut lanes = [0f32; 16];
+    for chunk in x.chunks_exact(16) {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(v.abs());
+        }
+    }
+    let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+    if amax == 0.0 || !amax.is_finite() {
+        q.fill(0);
+        return if amax.is_finite() { 0.0 } else { amax };
+    }
+    let d = amax / 127.0;
+    let id = 1.0 / d;
+    for (qi, &v) in q.iter_mut().zip(x) {
+        *qi = (v * id).round().clamp(-127.0, 127.0) as i8;
+    }
+    d
+}
+
+/// Weight rows unpacked for [`ChunkProduct`]: `rows` rows (a multiple of the kernel's row
+/// tile; rows past the matrix's are zero) of `cols` bytes, and per sub-block of `sub` values
+/// a scale and an offset.
+#[derive(Default)]
+pub(crate) struct Unpacked {
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    /// Values per sub-block: 32 (Q4_K) or 16 (Q6_K).
+    pub(crate) sub: usize,
+    /// [rows][cols], 0..64.
+    pub(crate) q: Vec<u8>,
+    /// [rows][cols / sub].
+    pub(crate) scale: Vec<f32>,
+    /// [rows][cols / sub].
+    pub(crate) offset: Vec<f32>,
+}
+
+/// Whether [`Unpacked`] reads this type.
+pub(crate) fn handles(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K)
+}
+
+impl Unpacked {
+    /// Make room for `rows` rows of `cols` values of `dtype` (Q4_K or Q6_K), zeroed.
+    pub(crate) fn reset(&mut self, dtype: GgmlDType, rows: usize, cols: usize) {
+        self.sub = if dtype == GgmlDType::Q4K { 32 } else { 16 };
+        (self.rows, self.cols) = (rows, cols);
+        let subs = rows * cols / self.sub;
+        for (v, n) in [(&mut self.scale, subs), (&mut self.offset, subs)] {
+            v.clear();
+            v.resize(n, 0.0);
+        }
+        self.q.clear();
+        self.q.resize(rows * cols, 0);
+    }
+
+    /// Unpack stored row `bytes` of `dtype` into row `r`.
+    #[inline(always)]
+    pub(crate) fn unpack_row(&mut self, dtype: GgmlDType, r: usize, bytes: &[u8]) {
+        let (cols, subs) = (self.cols, self.cols / self.sub);
+        let q = &mut self.q[r * cols..(r + 1) * cols];
+        let scale = &mut self.scale[r * subs..(r + 1) * subs];
+        let offset = &mut self.offset[r * subs..(r + 1) * subs];
+        if dtype == GgmlDType::Q4K {
+            unpack_q4_k(bytes, q, scale, offset);
+        } else {
+            unpack_q6_k(bytes, q, scale, offset);
+        }
+    }
+}
+
+/// Q4_K blocks: x = d·sc·q − dmin·m per 32 values.
+#[inline(always)]
+fn unpack_q4_k(w: &[u8], q: &mut [u8], scale: &mut [f32], offset: &mut [f32]) {
+    let blocks = w.chunks_exact(144).zip(q.chunks_exact_mut(256));
+    for (b, (bw, q)) in blocks.enumerate() {
+        let (d, dmin) = (f16_at(bw, 0), f16_at(bw, 2));
+        let (sc, mn) = scales_mins_k4(&bw[4..16]);
+        for s in 0..8 {
+            scale[8 * b + s] = d * (sc >> (8 * s)) as u8 as f32;
+            offset[8 * b + s] = dmin * (mn >> (8 * s)) as u8 as f32;
+        }
+        for (qs, q) in bw[16..].chunks_exact(32).zip(q.chunks_exact_mut(64)) {
+            let (lo, hi) = q.split_at_mut(32);
+            for l in 0..32 {
+                lo[l] = qs[l] & 15;
+                hi[l] = qs[l] >> 4;
+            }
+        }
+    }
+}
+
+/// Q6_K blocks: x = d·sc·(q − 32) per 16 values.
+#[inline(always)]
+fn unpack_q6_k(w: &[u8], q: &mut [u8], scale: &mut [f32], offset: &mut [f32]) {
+    let blocks = w.chunks_exact(210).zip(q.chunks_exact_mut(256));
+    for (b, (bw, q)) in blocks.enumerate() {
+        let d = f16_at(bw, 208);
+        for s in 0..16 {
+            let sc = d * bw[192 + s] as i8 as f32;
+            scale[16 * b + s] = sc;
+            offset[16 * b + s] = 32.0 * sc;
+        }
+        for (h, q) in q.chunks_exact_mut(128).enumerate() {
+            let ql = &bw[64 * h..64 * h + 64];
+            let qh = &bw[128 + 32 * h..128 + 32 * h + 32];
+            for l in 0..32 {
+                q[l] = (ql[l] & 15) | ((qh[l] & 3) << 4);
+                q[l + 32] = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
+                q[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+            }
+        }
+    }
+}
+
+/// `out[r][c] = Σ_k w[r][k] · x[c][k]` for every unpacked weight row r and every activation row
+/// c of every group (`out` is [w.rows][acts.groups · 16], previous contents overwritten).
+pub(crate) type ChunkProduct = fn(&Unpacked, &PromptActs, &mut [f32]);
+
+/// A kernel table's int8 prompt product and the shapes it needs.
+pub(crate) struct KqPrompt {
+    pub product: ChunkProduct,
+    /// [`Unpacked::rows`] must be a multiple of this.
+    pub row_multiple: usize,
+    /// [`PromptActs::groups`] must be a multiple of this.
+    pub group_multiple: usize,
+}
+
+/// The scalar reference: per sub-block the exact integer sum, then the same scaling as the
+/// SIMD kernels in the same order.
+#[cfg(test)]
+pub(crate) fn chunk_product_portable(w: &Unpacked, a: &PromptActs, out: &mut [f32]) {
+    let (cols, sub) = (w.cols, w.sub);
+    let (subs, nb, width) = (cols / sub, cols / QKK, a.groups * LANES);
+    assert!(a.cols == cols && out.len() >= w.rows * width);
+    let sums = a.sums(sub);
+    for r in 0..w.rows {
+        let q = &w.q[r * cols..(r + 1) * cols];
+        for g in 0..a.groups {
+            for lane in 0..LANES {
+                let mut acc = 0f32;
+                for s in 0..subs {
+                    let b = s * sub / QKK;
+                    let dot: i32 = (s * sub..(s + 1) * sub)
+                        .map(|k| {
+                            q[k] as i32 * a.qs[g * cols / 4 + k / 4].0[4 * lane + k % 4] as i32
+                        })
+                        .sum();
+                    let da = a.d[(g * nb + b) * LANES + lane];
+                    let prod = dot as f32 * da;
+                    acc = prod.mul_add(w.scale[r * subs + s], acc);
+                    acc =
+                        (-w.offset[r * subs + s]).mul_add(sums[(g * subs + s) * LANES + lane], acc);
+                }
+                out[r * width + g * LANES + lane] = acc;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    //! The VNNI kernel: a tile of `R` weight rows × `G` groups of 16 activation rows, whose
+    //! 2·R·G accumulators (i32 per sub-block, f32 across it) stay in the 32 zmm registers.
+    //! Values are taken `K_RANGE` at a time over every tile, so that the tile's activation
+    //! lines (G × 16 rows × K_RANGE bytes) stay in L1 while the weight tiles pass over them.
+
+    use std::arch::x86_64::*;
+
+    use super::{PromptActs, Unpacked, LANES, QKK};
+
+    /// Weight rows per register tile.
+    const R: usize = 4;
+    /// Groups of 16 activation rows per register tile.
+    const G: usize = 3;
+
+    /// The VNNI table's int8 prompt product.
+    pub(crate) const KQ_PROMPT: super::KqPrompt = super::KqPrompt {
+        product: chunk_product,
+        row_multiple: R,
+        group_multiple: G,
+    };
+    /// 256-value blocks per pass over the tiles.
+    const K_RANGE: usize = 2;
+
+    /// The [`super::ChunkProduct`] of the VNNI table.
+    fn chunk_product(w: &Unpacked, a: &PromptActs, out: &mut [f32]) {
+        let width = a.groups * LANES;
+        assert!(
+            a.cols == w.cols
+                && w.rows.is_multiple_of(R)
+                && a.groups.is_multiple_of(G)
+                && matches!(w.sub, 16 | 32)
+                && out.len() >= w.rows * width
+                && w.q.len() >= w.rows * w.cols
+                && w.scale.len() >= w.rows * w.cols / w.sub
+                && w.offset.len() >= w.rows * w.cols / w.sub
+                && a.qs.len() >= a.groups * a.cols / 4,
+            "operands of the int8 prompt product disagree in shape"
+        );
+        // SAFETY: this function is only reachable through the VNNI kernel table, offered
+        // after AVX-512 F/VL/VNNI were detected; the shapes the kernel reads through raw
+        // pointers are checked above.
+        unsafe {
+            if w.sub == 32 {
+                product::<32>(w, a, out)
+            } else {
+                product::<16>(w, a, out)
+            }
+        }
+    }
+
+    /// Every tile, `K_RANGE` blocks at a time; `out` holds the running sums between ranges.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn product<const S: usize>(w: &Unpacked, a: &PromptActs, out: &mut [f32]) {
+        let nb = a.cols / QKK;
+        let width = a.groups * LANES;
+        out[..w.rows * width].fill(0.0);
+        for g0 in (0..a.groups).step_by(G) {
+            for b0 in (0..nb).step_by(K_RANGE) {
+                let blocks = b0..(b0 + K_RANGE).min(nb);
+                for r0 in (0..w.rows).step_by(R) {
+                    tile::<S>(w, r0, a, g0, blocks.clone(), out.as_mut_ptr(), width);
+                }
+            }
+        }
+    }
+
+    /// Adds blocks `blocks` of weight rows r0..r0+R × groups g0..g0+G into `out`
+    /// ([rows][width] f32).
+    // Indexed loops over the fixed tile, so that the accumulator arrays are plainly R × G
+    // registers.
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn tile<const S: usize>(
+        w: &Unpacked,
+        r0: usize,
+        a: &PromptActs,
+        g0: usize,
+        blocks: std::ops::Range<usize>,
+        out: *mut f32,
+        width: usize,
+    ) {
+        let cols = a.cols;
+        let nb = cols / QKK;
+        let subs_per_block = QKK / S;
+        let subs_row = cols / S;
+        let sums = a.sums(S).as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); G]; R];
+        for r in 0..R {
+            for g in 0..G {
+                acc[r][g] = _mm512_loadu_ps(out.add((r0 + r) * width + (g0 + g) * LANES));
+            }
+        }
+        let q = w.q.as_ptr().add(r0 * cols);
+        let scale = w.scale.as_ptr().add(r0 * subs_row);
+        let offset = w.offset.as_ptr().add(r0 * subs_row);
+        let lines = a.qs.as_ptr();
+        for b in blocks {
+            for s in 0..subs_per_block {
+                let k0 = b * QKK + s * S;
+                let mut dots = [[_mm512_setzero_si512(); G]; R];
+                for t in 0..S / 4 {
+                    let k = k0 + 4 * t;
+                    let mut x = [_mm512_setzero_si512(); G];
+                    for g in 0..G {
+                        x[g] =
+                            _mm512_load_si512(lines.add((g0 + g) * cols / 4 + k / 4) as *const _);
+                    }
+                    for r in 0..R {
+                        let wv = (q.add(r * cols + k) as *const i32).read_unaligned();
+                        let wv = _mm512_set1_epi32(wv);
+                        for g in 0..G {
+                            dots[r][g] = _mm512_dpbusd_epi32(dots[r][g], wv, x[g]);
+                        }
+                    }
+                }
+                let sub = b * subs_per_block + s;
+                for g in 0..G {
+                    let d = _mm512_loadu_ps(a.d.as_ptr().add(((g0 + g) * nb + b) * LANES));
+                    let sum = _mm512_loadu_ps(sums.add(((g0 + g) * subs_row + sub) * LANES));
+                    for r in 0..R {
+                        let sc = _mm512_set1_ps(*scale.add(r * subs_row + sub));
+                        let off = _mm512_set1_ps(*offset.add(r * subs_row + sub));
+                        let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dots[r][g]), d);
+                        acc[r][g] = _mm512_fmadd_ps(prod, sc, acc[r][g]);
+                        acc[r][g] = _mm512_fnmadd_ps(off, sum, acc[r][g]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for g in 0..G {
+                _mm512_storeu_ps(out.add((r0 + r) * width + (g0 + g) * LANES), acc[r][g]);
+            }
+        }
+    }
+}
