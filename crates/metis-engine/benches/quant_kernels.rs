@@ -61,7 +61,8 @@ fn main() {
     prompt_sized(&types);
 }
 
-/// Prompt-sized products (512 activation rows: dequantize + f32 gemm), in GFLOP/s.
+/// Prompt-sized products (512 activation rows: int8 for the k-quants where the kernel table has
+/// it, dequantize + f32 gemm otherwise), in GFLOP/s.
 fn prompt_sized(types: &[GgmlDType]) {
     let (m, rows, cols) = (512usize, 2048usize, 2048usize);
     let values: Vec<f32> = (0..rows * cols)

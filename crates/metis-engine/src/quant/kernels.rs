@@ -33,7 +33,7 @@ pub(crate) struct Kernels {
     pub f32: FloatDot,
     pub f16: FloatDot,
     pub bf16: FloatDot,
-    /// Prompt-sized Q4_K/Q6_K products in int8, where this instruction set makes them faster
+    /// Prompt-sized Q4_K/Q5_K/Q6_K products in int8, where this instruction set makes them faster
     /// than dequantize + f32 gemm.
     pub kq_prompt: Option<KqPrompt>,
 }

@@ -1,4 +1,4 @@
-//! Prompt-sized products of Q4_K and Q6_K weights in int8: the prefill path's alternative to
+//! Prompt-sized products of Q4_K, Q5_K and Q6_K weights in int8: the prefill path's alternative to
 //! dequantize + f32 gemm for the k-quants (llama.cpp multiplies them in int8 too), on CPUs
 //! whose kernel table has it (AVX-512 VNNI: `vpdpbusd` does 64 byte products per instruction
 //! where an f32 FMA does 16).
@@ -10,8 +10,9 @@
 //!   one 64-byte line holds 4 consecutive values of 16 rows: the 16 lanes of a register are
 //!   16 activation rows. Done once per product group.
 //! * [`Unpacked`]: per task, a chunk of weight rows unpacked to one byte per value (Q4_K 0..16,
-//!   Q6_K 0..64) and, per sub-block (32 values for Q4_K, 16 for Q6_K), an f32 `scale` and
-//!   `offset` with value = scale·q − offset for both types (Q6_K's offset is its −32).
+//!   Q5_K 0..32, Q6_K 0..64) and, per sub-block (32 values for Q4_K/Q5_K, 16 for Q6_K), an f32
+//!   `scale` and `offset` with value = scale·q − offset for every type (Q6_K's offset is its
+//!   −32).
 //! * the kernel ([`ChunkProduct`], in the kernel table): a register tile of a few weight rows ×
 //!   a few groups of 16 activation rows. Per 4 values, each weight row's 4 bytes are broadcast
 //!   and multiplied into each group's line; per sub-block the exact i32 sums are converted and
@@ -196,13 +197,13 @@ pub(crate) struct Unpacked {
 
 /// Whether [`Unpacked`] reads this type.
 pub(crate) fn handles(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K)
+    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K)
 }
 
 impl Unpacked {
-    /// Make room for `rows` rows of `cols` values of `dtype` (Q4_K or Q6_K), zeroed.
+    /// Make room for `rows` rows of `cols` values of `dtype` (one [`handles`]), zeroed.
     pub(crate) fn reset(&mut self, dtype: GgmlDType, rows: usize, cols: usize) {
-        self.sub = if dtype == GgmlDType::Q4K { 32 } else { 16 };
+        self.sub = if dtype == GgmlDType::Q6K { 16 } else { 32 };
         (self.rows, self.cols) = (rows, cols);
         let subs = rows * cols / self.sub;
         for (v, n) in [(&mut self.scale, subs), (&mut self.offset, subs)] {
@@ -220,18 +221,20 @@ impl Unpacked {
         let q = &mut self.q[r * cols..(r + 1) * cols];
         let scale = &mut self.scale[r * subs..(r + 1) * subs];
         let offset = &mut self.offset[r * subs..(r + 1) * subs];
-        if dtype == GgmlDType::Q4K {
-            unpack_q4_k(bytes, q, scale, offset);
-        } else {
-            unpack_q6_k(bytes, q, scale, offset);
+        match dtype {
+            GgmlDType::Q4K => unpack_k4::<false>(bytes, q, scale, offset),
+            GgmlDType::Q5K => unpack_k4::<true>(bytes, q, scale, offset),
+            _ => unpack_q6_k(bytes, q, scale, offset),
         }
     }
 }
 
-/// Q4_K blocks: x = d·sc·q − dmin·m per 32 values.
+/// Q4_K blocks (`FIFTH_BIT` false) or Q5_K blocks: x = d·sc·q − dmin·m per 32 values, q 4 bits,
+/// or 5 with the fifth from `qh` (bit 2c / 2c+1 of qh[l] tops value 64c+l / 64c+32+l).
 #[inline(always)]
-fn unpack_q4_k(w: &[u8], q: &mut [u8], scale: &mut [f32], offset: &mut [f32]) {
-    let blocks = w.chunks_exact(144).zip(q.chunks_exact_mut(256));
+fn unpack_k4<const FIFTH_BIT: bool>(w: &[u8], q: &mut [u8], scale: &mut [f32], offset: &mut [f32]) {
+    let (block_bytes, qs_at) = if FIFTH_BIT { (176, 48) } else { (144, 16) };
+    let blocks = w.chunks_exact(block_bytes).zip(q.chunks_exact_mut(256));
     for (b, (bw, q)) in blocks.enumerate() {
         let (d, dmin) = (f16_at(bw, 0), f16_at(bw, 2));
         let (sc, mn) = scales_mins_k4(&bw[4..16]);
@@ -239,11 +242,20 @@ fn unpack_q4_k(w: &[u8], q: &mut [u8], scale: &mut [f32], offset: &mut [f32]) {
             scale[8 * b + s] = d * (sc >> (8 * s)) as u8 as f32;
             offset[8 * b + s] = dmin * (mn >> (8 * s)) as u8 as f32;
         }
-        for (qs, q) in bw[16..].chunks_exact(32).zip(q.chunks_exact_mut(64)) {
+        let qh = &bw[16..48];
+        for (c, (qs, q)) in bw[qs_at..]
+            .chunks_exact(32)
+            .zip(q.chunks_exact_mut(64))
+            .enumerate()
+        {
             let (lo, hi) = q.split_at_mut(32);
             for l in 0..32 {
                 lo[l] = qs[l] & 15;
                 hi[l] = qs[l] >> 4;
+                if FIFTH_BIT {
+                    lo[l] |= ((qh[l] >> (2 * c)) & 1) << 4;
+                    hi[l] |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                }
             }
         }
     }

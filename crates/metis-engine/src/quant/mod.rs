@@ -11,8 +11,11 @@
 //!   k-quants), and each weight row is dotted with them by an integer kernel (`kernels`: AVX-512
 //!   VNNI or AVX2 chosen at run time, portable scalar otherwise). Float weights are dotted with f32
 //!   activations directly; Q2_K/Q3_K rows are dequantized one at a time into a scratch row.
-//! * **many rows** (prefill): weight rows are dequantized a chunk at a time into an f32
-//!   scratch (F32 weights are used where they lie) and multiplied with the `gemm` crate.
+//! * **many rows** (prefill): on kernel tables that have it (AVX-512 VNNI), Q4_K/Q5_K/Q6_K
+//!   matrices are multiplied in int8 ([`kq_prompt`]: activations quantized and interleaved once,
+//!   weights unpacked to bytes a chunk at a time, a `vpdpbusd` register tile). Other types, and
+//!   every type elsewhere, are dequantized a chunk of rows at a time into an f32 scratch (F32
+//!   weights are used where they lie) and multiplied with the `gemm` crate.
 //!
 //! Both paths split the weight rows into tasks, each writing its own output columns, over a
 //! small persistent pool whose workers poll between products (`pool`; a decode step runs ~120
@@ -271,7 +274,7 @@ impl QMatrix {
 }
 
 impl QMatrix {
-    /// The int8 prefill path (Q4_K/Q6_K): per chunk of weight rows, unpack them and run the
+    /// The int8 prefill path (k-quants): per chunk of weight rows, unpack them and run the
     /// table's product with the prepared activations, then copy into the chunk's columns of y.
     fn matmul_int8(&self, acts: &PromptActs, kq: &KqPrompt, y: &mut [f32]) {
         let (rows, cols, m) = (self.rows, self.cols, acts.m);
@@ -337,7 +340,7 @@ pub fn matmul_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]])
     }
 }
 
-/// The prefill path of [`matmul_group`]: Q4_K/Q6_K matrices in int8 where the kernel table
+/// The prefill path of [`matmul_group`]: k-quant matrices in int8 where the kernel table
 /// has that product (the activations quantized once for all of them), the others through
 /// dequantize + f32 gemm.
 fn prompt_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], k: &kernels::Kernels) {

@@ -300,7 +300,7 @@ fn int8_prompt_products_equal_the_dot_path() {
     if tables.len() == 1 {
         eprintln!("no SIMD int8 prompt product on this CPU; testing the portable one only");
     }
-    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
         for (rows, cols) in [(70, 768), (130, 256)] {
             let w = QMatrix::quantize(&random(rows * cols, 11), rows, cols, dtype).unwrap();
             for m in [GEMM_MIN_ROWS, 37, 50] {
