@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use super::kq_prompt::KqPrompt;
+use super::int8_prompt::Int8Prompt;
 use super::portable::{self, Q8KRow, Q8Row};
 
 /// Dot of one weight row (raw GGML bytes) with one quantized activation row.
@@ -35,7 +35,7 @@ pub(crate) struct Kernels {
     pub bf16: FloatDot,
     /// Prompt-sized Q4_K/Q5_K/Q6_K products in int8, where this instruction set makes them faster
     /// than dequantize + f32 gemm.
-    pub kq_prompt: Option<KqPrompt>,
+    pub int8_prompt: Option<Int8Prompt>,
 }
 
 pub(crate) static PORTABLE: Kernels = Kernels {
@@ -52,7 +52,7 @@ pub(crate) static PORTABLE: Kernels = Kernels {
     f32: portable::dot_f32,
     f16: portable::dot_f16,
     bf16: portable::dot_bf16,
-    kq_prompt: None,
+    int8_prompt: None,
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -64,7 +64,7 @@ mod x86 {
     /// row covers every block of `w` (the kernels read both through raw pointers) and calls
     /// the kernel.
     macro_rules! table {
-        ($table:ident, $name:literal, $isa:ident, $kq_prompt:expr) => {
+        ($table:ident, $name:literal, $isa:ident, $int8_prompt:expr) => {
             pub(crate) static $table: Kernels = {
                 macro_rules! wrap {
                     ($kernel:ident, Q8, $bytes:expr) => {{
@@ -113,7 +113,7 @@ mod x86 {
                     f32: wrap!(dot_f32, Float),
                     f16: wrap!(dot_f16, Float),
                     bf16: wrap!(dot_bf16, Float),
-                    kq_prompt: $kq_prompt,
+                    int8_prompt: $int8_prompt,
                 }
             };
         };
@@ -124,7 +124,7 @@ mod x86 {
         VNNI,
         "avx512vnni",
         vnni,
-        Some(super::super::kq_prompt::avx512::KQ_PROMPT)
+        Some(super::super::int8_prompt::avx512::INT8_PROMPT)
     );
 
     pub(crate) fn has_avx2() -> bool {

@@ -11,10 +11,10 @@
 //!   k-quants), and each weight row is dotted with them by an integer kernel (`kernels`: AVX-512
 //!   VNNI or AVX2 chosen at run time, portable scalar otherwise). Float weights are dotted with f32
 //!   activations directly; Q2_K/Q3_K rows are dequantized one at a time into a scratch row.
-//! * **many rows** (prefill): on kernel tables that have it (AVX-512 VNNI), Q4_K/Q5_K/Q6_K
-//!   matrices are multiplied in int8 ([`kq_prompt`]: activations quantized and interleaved once,
-//!   weights unpacked to bytes a chunk at a time, a `vpdpbusd` register tile). Other types, and
-//!   every type elsewhere, are dequantized a chunk of rows at a time into an f32 scratch (F32
+//! * **many rows** (prefill): on kernel tables that have it (AVX-512 VNNI), the quantized types
+//!   of the dot path are multiplied in int8 ([`int8_prompt`]: activations quantized and
+//!   interleaved once, weights unpacked to bytes a chunk at a time, a `vpdpbusd` register
+//!   tile). Other types (floats, Q2_K, Q3_K), and every type elsewhere, are dequantized a chunk of rows at a time into an f32 scratch (F32
 //!   weights are used where they lie) and multiplied with the `gemm` crate.
 //!
 //! Both paths split the weight rows into tasks, each writing its own output columns, over a
@@ -23,8 +23,8 @@
 
 pub mod act;
 pub(crate) mod f32_gemm;
+mod int8_prompt;
 pub(crate) mod kernels;
-mod kq_prompt;
 mod pool;
 mod portable;
 mod x86;
@@ -37,8 +37,8 @@ use candle_core::quantized::GgmlDType;
 
 pub use act::{Q8Acts, Q8KActs};
 use f32_gemm::{gemm_f32, Strided};
+use int8_prompt::{Int8Prompt, PromptActs, Unpacked, LANES};
 pub use kernels::kernel_set;
-use kq_prompt::{KqPrompt, PromptActs, Unpacked, LANES};
 use portable::{Q8KRow, Q8Row};
 
 /// Activation rows from which a product goes through dequantize + f32 gemm instead of the
@@ -274,15 +274,15 @@ impl QMatrix {
 }
 
 impl QMatrix {
-    /// The int8 prefill path (k-quants): per chunk of weight rows, unpack them and run the
+    /// The int8 prefill path: per chunk of weight rows, unpack them and run the
     /// table's product with the prepared activations, then copy into the chunk's columns of y.
-    fn matmul_int8(&self, acts: &PromptActs, kq: &KqPrompt, y: &mut [f32]) {
+    fn matmul_int8(&self, acts: &PromptActs, kq: &Int8Prompt, y: &mut [f32]) {
         let (rows, cols, m) = (self.rows, self.cols, acts.m);
         let width = acts.groups * LANES;
         let y_ptr = SyncPtr(y.as_mut_ptr());
-        pool::global().run(rows.div_ceil(kq_prompt::CHUNK_ROWS), &|c| {
-            let j0 = c * kq_prompt::CHUNK_ROWS;
-            let n = kq_prompt::CHUNK_ROWS.min(rows - j0);
+        pool::global().run(rows.div_ceil(int8_prompt::CHUNK_ROWS), &|c| {
+            let j0 = c * int8_prompt::CHUNK_ROWS;
+            let n = int8_prompt::CHUNK_ROWS.min(rows - j0);
             let (mut w, mut out) = UNPACKED.with(|u| std::mem::take(&mut *u.borrow_mut()));
             w.reset(self.dtype, n.next_multiple_of(kq.row_multiple), cols);
             for j in 0..n {
@@ -340,29 +340,34 @@ pub fn matmul_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]])
     }
 }
 
-/// The prefill path of [`matmul_group`]: k-quant matrices in int8 where the kernel table
-/// has that product (the activations quantized once for all of them), the others through
-/// dequantize + f32 gemm.
+/// The prefill path of [`matmul_group`]: quantized matrices in int8 where the kernel table
+/// has that product (the activations quantized once per block size for all of them), the
+/// others through dequantize + f32 gemm.
 fn prompt_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], k: &kernels::Kernels) {
-    let int8 = k
-        .kq_prompt
-        .as_ref()
-        .filter(|_| ws.iter().any(|w| kq_prompt::handles(w.dtype)));
-    let mut acts = None;
-    if let Some(kq) = int8 {
-        let mut a = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().prompt));
-        a.quantize(x, m, ws[0].cols, kq.group_multiple);
-        acts = Some(a);
+    let cols = ws[0].cols;
+    // The activations in each block size some matrix of the group reads in int8.
+    let mut acts: Vec<PromptActs> = Vec::new();
+    if let Some(int8) = &k.int8_prompt {
+        for w in ws {
+            let Some(block) = int8_prompt::act_block(w.dtype) else {
+                continue;
+            };
+            if acts.iter().any(|a| a.block == block) {
+                continue;
+            }
+            let mut a = SCRATCH.with(|s| s.borrow_mut().prompt.pop().unwrap_or_default());
+            a.quantize(x, (m, cols), block, int8.group_multiple);
+            acts.push(a);
+        }
     }
     for (w, y) in ws.iter().zip(ys.iter_mut()) {
-        match (int8, &acts) {
-            (Some(kq), Some(a)) if kq_prompt::handles(w.dtype) => w.matmul_int8(a, kq, y),
+        let block = int8_prompt::act_block(w.dtype);
+        match (&k.int8_prompt, acts.iter().find(|a| Some(a.block) == block)) {
+            (Some(int8), Some(a)) => w.matmul_int8(a, int8, y),
             _ => w.matmul_gemm(x, m, y),
         }
     }
-    if let Some(a) = acts {
-        SCRATCH.with(|s| s.borrow_mut().prompt = a);
-    }
+    SCRATCH.with(|s| s.borrow_mut().prompt.extend(acts));
 }
 
 /// Activations prepared for the dot kernels: quantized in the layouts the group needs.
@@ -553,8 +558,8 @@ unsafe impl Send for OutPtr {}
 struct Scratch {
     q8: Q8Acts,
     q8k: Q8KActs,
-    /// Activations of the int8 prompt path.
-    prompt: PromptActs,
+    /// Activations of the int8 prompt path (one per block size in use).
+    prompt: Vec<PromptActs>,
 }
 
 thread_local! {

@@ -36,6 +36,7 @@ pub(crate) struct Q8KRow<'a> {
     pub qs: &'a [i8],
 }
 
+#[inline(always)]
 pub(crate) fn f16_at(b: &[u8], off: usize) -> f32 {
     f16::from_le_bytes([b[off], b[off + 1]]).to_f32()
 }
@@ -55,6 +56,7 @@ pub(crate) fn scale_min_k4(s: &[u8], j: usize) -> (u8, u8) {
 /// All eight (scale, min) pairs of a Q4_K/Q5_K block's 12 scale bytes at once, as the
 /// little-endian bytes of two u64 (scales, mins): [`scale_min_k4`] for j = 0..8, done on u32
 /// words (ggml's `utmp` shuffle).
+#[inline(always)]
 pub(crate) fn scales_mins_k4(s: &[u8]) -> (u64, u64) {
     const LOW6: u32 = 0x3f3f_3f3f;
     const LOW4: u32 = 0x0f0f_0f0f;

@@ -93,7 +93,8 @@ fn every_type_matches_the_dequantized_reference() {
             let (want, bound) = reference(&wd, &x, m, rows, cols, act_block(dtype).unwrap_or(cols));
             let mut y = vec![0f32; m * rows];
             w.matmul(&x, m, &mut y);
-            let int8_prompt = kernels::chosen().kq_prompt.is_some() && kq_prompt::handles(dtype);
+            let int8_prompt =
+                kernels::chosen().int8_prompt.is_some() && int8_prompt::act_block(dtype).is_some();
             let quantized_acts = (m < GEMM_MIN_ROWS || int8_prompt) && act_block(dtype).is_some();
             for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
                 // f32 accumulation over 512 products, plus the activation rounding if any.
@@ -276,16 +277,16 @@ fn a_group_equals_its_products_one_by_one() {
 /// interleaving and arithmetic are tested on every CPU.
 static PORTABLE_INT8: kernels::Kernels = kernels::Kernels {
     name: "portable+int8",
-    kq_prompt: Some(kq_prompt::KqPrompt {
-        product: kq_prompt::chunk_product_portable,
+    int8_prompt: Some(int8_prompt::Int8Prompt {
+        product: int8_prompt::chunk_product_portable,
         row_multiple: 1,
         group_multiple: 1,
     }),
     ..kernels::PORTABLE
 };
 
-/// The int8 prompt products (portable and each SIMD table that has one) against the dot path
-/// on the same quantized activations: equal up to f32 rounding of the scaling. Shapes cover
+/// The int8 prompt products (portable and each SIMD table that has one) of every type that has
+/// one, against the dot path on the same quantized activations: equal up to f32 rounding of the scaling. Shapes cover
 /// partial groups of 16 activation rows, partial row tiles and chunks, and block counts that
 /// are not a multiple of a kernel's range.
 #[test]
@@ -294,14 +295,20 @@ fn int8_prompt_products_equal_the_dot_path() {
         .chain(
             kernels::simd()
                 .into_iter()
-                .filter(|k| k.kq_prompt.is_some()),
+                .filter(|k| k.int8_prompt.is_some()),
         )
         .collect();
     if tables.len() == 1 {
         eprintln!("no SIMD int8 prompt product on this CPU; testing the portable one only");
     }
-    for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
-        for (rows, cols) in [(70, 768), (130, 256)] {
+    for dtype in TYPES {
+        let shapes: &[(usize, usize)] = match int8_prompt::act_block(dtype) {
+            None => continue,
+            // 800 values: one and a half of the VNNI kernel's 512-value passes.
+            Some(32) => &[(70, 800), (130, 224)],
+            Some(_) => &[(70, 768), (130, 256)],
+        };
+        for &(rows, cols) in shapes {
             let w = QMatrix::quantize(&random(rows * cols, 11), rows, cols, dtype).unwrap();
             for m in [GEMM_MIN_ROWS, 37, 50] {
                 let x = random(m * cols, 20 + m as u64);

@@ -1,18 +1,19 @@
-//! Prompt-sized products of Q4_K, Q5_K and Q6_K weights in int8: the prefill path's alternative to
-//! dequantize + f32 gemm for the k-quants (llama.cpp multiplies them in int8 too), on CPUs
-//! whose kernel table has it (AVX-512 VNNI: `vpdpbusd` does 64 byte products per instruction
-//! where an f32 FMA does 16).
+//! Prompt-sized products of quantized weights in int8: the prefill path's alternative to
+//! dequantize + f32 gemm (llama.cpp multiplies quantized weights in int8 too), on CPUs whose
+//! kernel table has it (AVX-512 VNNI: `vpdpbusd` does 64 byte products per instruction where
+//! an f32 FMA does 16). Every type of the dot path has it: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+//! Q5_K, Q6_K.
 //!
 //! Data flow for `y = x Wᵀ` (`x` [m, cols]):
 //!
-//! * [`PromptActs`]: `x` quantized per 256-value block exactly as for the dot kernels
-//!   (`Q8KActs`: `d = amax / 127`, sums per 16), then interleaved 16 rows at a time, so that
-//!   one 64-byte line holds 4 consecutive values of 16 rows: the 16 lanes of a register are
-//!   16 activation rows. Done once per product group.
-//! * [`Unpacked`]: per task, a chunk of weight rows unpacked to one byte per value (Q4_K 0..16,
-//!   Q5_K 0..32, Q6_K 0..64) and, per sub-block (32 values for Q4_K/Q5_K, 16 for Q6_K), an f32
-//!   `scale` and `offset` with value = scale·q − offset for every type (Q6_K's offset is its
-//!   −32).
+//! * [`PromptActs`]: `x` quantized exactly as for the dot kernels (per 32 values for the
+//!   32-value types, as `Q8Acts`; per 256 for the k-quants, as `Q8KActs`; `d = amax / 127`),
+//!   then interleaved 16 rows at a time, so that one 64-byte line holds 4 consecutive values of
+//!   16 rows: the 16 lanes of a register are 16 activation rows. Done once per product group.
+//! * [`Unpacked`]: per task, a chunk of weight rows unpacked to one unsigned byte per value
+//!   and, per sub-block (16 values for Q6_K, 32 for the others), an f32 `scale` and `offset`
+//!   with value = scale·q − offset for every type (Q4_0's −8 and Q6_K's −32 are offsets; so is
+//!   Q8_0's sign, its bytes read as q + 128).
 //! * the kernel ([`ChunkProduct`], in the kernel table): a register tile of a few weight rows ×
 //!   a few groups of 16 activation rows. Per 4 values, each weight row's 4 bytes are broadcast
 //!   and multiplied into each group's line; per sub-block the exact i32 sums are converted and
@@ -26,6 +27,23 @@ use std::sync::Mutex;
 
 use super::act::QKK;
 use super::portable::{f16_at, scales_mins_k4};
+
+/// Blocks of a 32-value type, `$bytes` bytes each: `$block(bytes, q)` writes a block's 32
+/// unsigned values and returns its (scale, offset). A macro rather than a function taking
+/// `$block`, so that the call is inlined into the caller's target features rather than reached
+/// through a shim compiled for the baseline.
+macro_rules! unpack_32 {
+    ($w:expr, $q:expr, $scale:expr, $offset:expr, $block:ident, $bytes:literal) => {{
+        let blocks = $w.chunks_exact($bytes).zip($q.chunks_exact_mut(32));
+        for (b, (bw, q)) in blocks.enumerate() {
+            let (bw, q) = (
+                bw.try_into().expect("a block"),
+                q.try_into().expect("32 values"),
+            );
+            ($scale[b], $offset[b]) = $block(bw, q);
+        }
+    }};
+}
 
 /// Activation rows per group: the lanes of one 512-bit register of i32.
 pub(crate) const LANES: usize = 16;
@@ -44,33 +62,41 @@ pub(crate) struct PromptActs {
     pub(crate) m: usize,
     pub(crate) cols: usize,
     pub(crate) groups: usize,
+    /// Values per quantization block: 32 or 256 ([`act_block`]).
+    pub(crate) block: usize,
     /// [groups][cols / 4] lines.
     pub(crate) qs: Vec<Line>,
-    /// Block scales, [groups][cols / 256][16 lanes].
+    /// The scale of the block that holds each 32 values, [groups][cols / 32][16 lanes].
     pub(crate) d: Vec<f32>,
     /// `d` × the sum of each 16 values, [groups][cols / 16][16 lanes] (Q6_K's sub-blocks).
     pub(crate) sums16: Vec<f32>,
-    /// `d` × the sum of each 32 values, [groups][cols / 32][16 lanes] (Q4_K's sub-blocks).
+    /// `d` × the sum of each 32 values, [groups][cols / 32][16 lanes] (the other types').
     pub(crate) sums32: Vec<f32>,
 }
 
 impl PromptActs {
-    /// Quantize and interleave `x` [m, cols] (`cols` a multiple of 256), padding the rows to a
-    /// whole number of `group_multiple` groups; the groups are quantized on the product pool.
-    pub(crate) fn quantize(&mut self, x: &[f32], m: usize, cols: usize, group_multiple: usize) {
-        assert!(cols.is_multiple_of(QKK) && x.len() == m * cols);
+    /// Quantize and interleave `x` [m, cols] (`cols` a multiple of `block`, 32 or 256) in
+    /// blocks of `block` values, padding the rows to a whole number of `group_multiple`
+    /// groups; the groups are quantized on the product pool.
+    pub(crate) fn quantize(
+        &mut self,
+        x: &[f32],
+        (m, cols): (usize, usize),
+        block: usize,
+        group_multiple: usize,
+    ) {
+        assert!(matches!(block, 32 | QKK) && cols.is_multiple_of(block) && x.len() == m * cols);
         let groups = m.div_ceil(LANES).next_multiple_of(group_multiple.max(1));
-        (self.m, self.cols, self.groups) = (m, cols, groups);
-        let nb = cols / QKK;
+        (self.m, self.cols, self.groups, self.block) = (m, cols, groups, block);
         refill(&mut self.qs, groups * cols / 4, Line([0; 64]));
-        refill(&mut self.d, groups * nb * LANES, 0.0);
+        refill(&mut self.d, groups * cols / 32 * LANES, 0.0);
         refill(&mut self.sums16, groups * cols / 16 * LANES, 0.0);
         refill(&mut self.sums32, groups * cols / 32 * LANES, 0.0);
         // One part per group that has rows; each task fills its own group's slices.
         let parts: Vec<Mutex<GroupParts>> = self
             .qs
             .chunks_mut(cols / 4)
-            .zip(self.d.chunks_mut(nb * LANES))
+            .zip(self.d.chunks_mut(cols / 32 * LANES))
             .zip(self.sums16.chunks_mut(cols / 16 * LANES))
             .zip(self.sums32.chunks_mut(cols / 32 * LANES))
             .zip(x.chunks(LANES * cols))
@@ -86,7 +112,7 @@ impl PromptActs {
             .collect();
         super::pool::global().run(parts.len(), &|g| {
             let mut part = parts[g].lock().unwrap_or_else(|e| e.into_inner());
-            quantize_group_on_this_cpu(&mut part, cols);
+            quantize_group_on_this_cpu(&mut part, cols, block);
         });
     }
 
@@ -116,49 +142,62 @@ struct GroupParts<'a> {
 }
 
 /// [`quantize_group`], compiled for AVX2 where the kernel table has it (the loops vectorize).
-fn quantize_group_on_this_cpu(part: &mut GroupParts, cols: usize) {
+fn quantize_group_on_this_cpu(part: &mut GroupParts, cols: usize, block: usize) {
+    #[inline(always)]
+    fn by_block(part: &mut GroupParts, cols: usize, block: usize) {
+        if block == QKK {
+            quantize_group::<QKK>(part, cols)
+        } else {
+            quantize_group::<32>(part, cols)
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if super::kernels::chosen_has_avx2() {
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn wide(part: &mut GroupParts, cols: usize) {
-            quantize_group(part, cols)
+        unsafe fn wide(part: &mut GroupParts, cols: usize, block: usize) {
+            by_block(part, cols, block)
         }
         // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected.
-        return unsafe { wide(part, cols) };
+        return unsafe { wide(part, cols, block) };
     }
-    quantize_group(part, cols)
+    by_block(part, cols, block)
 }
 
-/// Quantize each row of the group per 256-value block (as `Q8KActs` does) into its lane.
+/// Quantize each row of the group per `N`-value block (as `Q8Acts` / `Q8KActs` do) into its
+/// lane.
 #[inline(always)]
-fn quantize_group(part: &mut GroupParts, cols: usize) {
-    let mut q = [0i8; QKK];
+fn quantize_group<const N: usize>(part: &mut GroupParts, cols: usize) {
+    let mut q = [0i8; N];
     for (lane, row) in part.x.chunks_exact(cols).enumerate() {
-        for (b, xb) in row.chunks_exact(QKK).enumerate() {
-            let d = quantize_block_k(xb.try_into().expect("256 values"), &mut q);
-            part.d[b * LANES + lane] = d;
-            let lines = &mut part.lines[b * QKK / 4..(b + 1) * QKK / 4];
+        for (b, xb) in row.chunks_exact(N).enumerate() {
+            let d = quantize_block(xb.try_into().expect("N values"), &mut q);
+            let k0 = b * N;
+            let lines = &mut part.lines[k0 / 4..(k0 + N) / 4];
             for (line, q4) in lines.iter_mut().zip(q.chunks_exact(4)) {
                 line.0[4 * lane..4 * lane + 4].copy_from_slice(q4);
             }
-            let mut sums = [0i32; 16];
-            for (s, q16) in sums.iter_mut().zip(q.chunks_exact(16)) {
-                *s = q16.iter().map(|&v| v as i32).sum();
-            }
-            for (s, &sum) in sums.iter().enumerate() {
-                part.sums16[(b * 16 + s) * LANES + lane] = d * sum as f32;
-            }
-            for (s, pair) in sums.chunks_exact(2).enumerate() {
-                part.sums32[(b * 8 + s) * LANES + lane] = d * (pair[0] + pair[1]) as f32;
+            for (s, q32) in q.chunks_exact(32).enumerate() {
+                let at = (k0 / 32 + s) * LANES + lane;
+                part.d[at] = d;
+                let (lo, hi) = q32.split_at(16);
+                let (lo, hi) = (sum_i8(lo), sum_i8(hi));
+                part.sums32[at] = d * (lo + hi) as f32;
+                part.sums16[(k0 / 16 + 2 * s) * LANES + lane] = d * lo as f32;
+                part.sums16[(k0 / 16 + 2 * s + 1) * LANES + lane] = d * hi as f32;
             }
         }
     }
+}
+
+#[inline(always)]
+fn sum_i8(q: &[i8]) -> i32 {
+    q.iter().map(|&v| v as i32).sum()
 }
 
 /// [`super::act`]'s block quantization (`d = amax / 127`, `q = round(x / d)`), written so that
 /// it vectorizes; the same operations, so the same bits.
 #[inline(always)]
-fn quantize_block_k(x: &[f32; QKK], q: &mut [i8; QKK]) -> f32 {
+fn quantize_block<const N: usize>(x: &[f32; N], q: &mut [i8; N]) -> f32 {
     let mut lanes = [0f32; 16];
     for chunk in x.chunks_exact(16) {
         for (m, &v) in lanes.iter_mut().zip(chunk) {
@@ -195,13 +234,19 @@ pub(crate) struct Unpacked {
     pub(crate) offset: Vec<f32>,
 }
 
-/// Whether [`Unpacked`] reads this type.
-pub(crate) fn handles(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K)
+/// The activation block size for weights of `dtype` (that of the dot path), or `None` for
+/// types the int8 product does not read (floats, Q2_K, Q3_K).
+pub(crate) fn act_block(dtype: GgmlDType) -> Option<usize> {
+    use GgmlDType as T;
+    match dtype {
+        T::Q4_0 | T::Q4_1 | T::Q5_0 | T::Q5_1 | T::Q8_0 => Some(32),
+        T::Q4K | T::Q5K | T::Q6K => Some(QKK),
+        _ => None,
+    }
 }
 
 impl Unpacked {
-    /// Make room for `rows` rows of `cols` values of `dtype` (one [`handles`]), zeroed.
+    /// Make room for `rows` rows of `cols` values of `dtype` (one with an [`act_block`]), zeroed.
     pub(crate) fn reset(&mut self, dtype: GgmlDType, rows: usize, cols: usize) {
         self.sub = if dtype == GgmlDType::Q6K { 16 } else { 32 };
         (self.rows, self.cols) = (rows, cols);
@@ -221,12 +266,74 @@ impl Unpacked {
         let q = &mut self.q[r * cols..(r + 1) * cols];
         let scale = &mut self.scale[r * subs..(r + 1) * subs];
         let offset = &mut self.offset[r * subs..(r + 1) * subs];
+        use GgmlDType as T;
         match dtype {
-            GgmlDType::Q4K => unpack_k4::<false>(bytes, q, scale, offset),
-            GgmlDType::Q5K => unpack_k4::<true>(bytes, q, scale, offset),
-            _ => unpack_q6_k(bytes, q, scale, offset),
+            T::Q4_0 => unpack_32!(bytes, q, scale, offset, q4_0, 18),
+            T::Q4_1 => unpack_32!(bytes, q, scale, offset, q4_1, 20),
+            T::Q5_0 => unpack_32!(bytes, q, scale, offset, q5_0, 22),
+            T::Q5_1 => unpack_32!(bytes, q, scale, offset, q5_1, 24),
+            T::Q8_0 => unpack_32!(bytes, q, scale, offset, q8_0, 34),
+            T::Q4K => unpack_k4::<false>(bytes, q, scale, offset),
+            T::Q5K => unpack_k4::<true>(bytes, q, scale, offset),
+            T::Q6K => unpack_q6_k(bytes, q, scale, offset),
+            other => unreachable!("{other:?} has no int8 prompt product"),
         }
     }
+}
+
+/// The 16 nibbles at `qs` as values j (low) and j + 16 (high), each plus the `qh` bit of its
+/// index shifted to 16.
+#[inline(always)]
+fn nibbles(qs: &[u8], qh: u32, q: &mut [u8; 32]) {
+    for j in 0..16 {
+        q[j] = (qs[j] & 15) | (((qh >> j) & 1) << 4) as u8;
+        q[j + 16] = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+    }
+}
+
+#[inline(always)]
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Q4_0: d, qs[16]; x = d·(q − 8).
+#[inline(always)]
+fn q4_0(b: &[u8; 18], q: &mut [u8; 32]) -> (f32, f32) {
+    nibbles(&b[2..], 0, q);
+    let d = f16_at(b, 0);
+    (d, 8.0 * d)
+}
+
+/// Q4_1: d, m, qs[16]; x = d·q + m.
+#[inline(always)]
+fn q4_1(b: &[u8; 20], q: &mut [u8; 32]) -> (f32, f32) {
+    nibbles(&b[4..], 0, q);
+    (f16_at(b, 0), -f16_at(b, 2))
+}
+
+/// Q5_0: d, qh, qs[16]; x = d·(q − 16).
+#[inline(always)]
+fn q5_0(b: &[u8; 22], q: &mut [u8; 32]) -> (f32, f32) {
+    nibbles(&b[6..], u32_at(b, 2), q);
+    let d = f16_at(b, 0);
+    (d, 16.0 * d)
+}
+
+/// Q5_1: d, m, qh, qs[16]; x = d·q + m.
+#[inline(always)]
+fn q5_1(b: &[u8; 24], q: &mut [u8; 32]) -> (f32, f32) {
+    nibbles(&b[8..], u32_at(b, 4), q);
+    (f16_at(b, 0), -f16_at(b, 2))
+}
+
+/// Q8_0: d, qs[32] (i8); x = d·q = d·((q + 128) − 128), the byte read as unsigned q + 128.
+#[inline(always)]
+fn q8_0(b: &[u8; 34], q: &mut [u8; 32]) -> (f32, f32) {
+    for (q, &v) in q.iter_mut().zip(&b[2..]) {
+        *q = v ^ 0x80;
+    }
+    let d = f16_at(b, 0);
+    (d, 128.0 * d)
 }
 
 /// Q4_K blocks (`FIFTH_BIT` false) or Q5_K blocks: x = d·sc·q − dmin·m per 32 values, q 4 bits,
@@ -290,7 +397,7 @@ fn unpack_q6_k(w: &[u8], q: &mut [u8], scale: &mut [f32], offset: &mut [f32]) {
 pub(crate) type ChunkProduct = fn(&Unpacked, &PromptActs, &mut [f32]);
 
 /// A kernel table's int8 prompt product and the shapes it needs.
-pub(crate) struct KqPrompt {
+pub(crate) struct Int8Prompt {
     pub product: ChunkProduct,
     /// [`Unpacked::rows`] must be a multiple of this.
     pub row_multiple: usize,
@@ -303,7 +410,7 @@ pub(crate) struct KqPrompt {
 #[cfg(test)]
 pub(crate) fn chunk_product_portable(w: &Unpacked, a: &PromptActs, out: &mut [f32]) {
     let (cols, sub) = (w.cols, w.sub);
-    let (subs, nb, width) = (cols / sub, cols / QKK, a.groups * LANES);
+    let (subs, width) = (cols / sub, a.groups * LANES);
     assert!(a.cols == cols && out.len() >= w.rows * width);
     let sums = a.sums(sub);
     for r in 0..w.rows {
@@ -312,13 +419,12 @@ pub(crate) fn chunk_product_portable(w: &Unpacked, a: &PromptActs, out: &mut [f3
             for lane in 0..LANES {
                 let mut acc = 0f32;
                 for s in 0..subs {
-                    let b = s * sub / QKK;
                     let dot: i32 = (s * sub..(s + 1) * sub)
                         .map(|k| {
                             q[k] as i32 * a.qs[g * cols / 4 + k / 4].0[4 * lane + k % 4] as i32
                         })
                         .sum();
-                    let da = a.d[(g * nb + b) * LANES + lane];
+                    let da = a.d[(g * cols / 32 + s * sub / 32) * LANES + lane];
                     let prod = dot as f32 * da;
                     acc = prod.mul_add(w.scale[r * subs + s], acc);
                     acc =
@@ -339,7 +445,7 @@ pub(crate) mod avx512 {
 
     use std::arch::x86_64::*;
 
-    use super::{PromptActs, Unpacked, LANES, QKK};
+    use super::{PromptActs, Unpacked, LANES};
 
     /// Weight rows per register tile.
     const R: usize = 4;
@@ -347,13 +453,13 @@ pub(crate) mod avx512 {
     const G: usize = 3;
 
     /// The VNNI table's int8 prompt product.
-    pub(crate) const KQ_PROMPT: super::KqPrompt = super::KqPrompt {
+    pub(crate) const INT8_PROMPT: super::Int8Prompt = super::Int8Prompt {
         product: chunk_product,
         row_multiple: R,
         group_multiple: G,
     };
-    /// 256-value blocks per pass over the tiles.
-    const K_RANGE: usize = 2;
+    /// Values per pass over the tiles.
+    const K_RANGE: usize = 512;
 
     /// The [`super::ChunkProduct`] of the VNNI table.
     fn chunk_product(w: &Unpacked, a: &PromptActs, out: &mut [f32]) {
@@ -382,23 +488,23 @@ pub(crate) mod avx512 {
         }
     }
 
-    /// Every tile, `K_RANGE` blocks at a time; `out` holds the running sums between ranges.
+    /// Every tile, `K_RANGE` values at a time; `out` holds the running sums between ranges.
     #[target_feature(enable = "avx512f,avx512vnni")]
     unsafe fn product<const S: usize>(w: &Unpacked, a: &PromptActs, out: &mut [f32]) {
-        let nb = a.cols / QKK;
+        let subs = a.cols / S;
         let width = a.groups * LANES;
         out[..w.rows * width].fill(0.0);
         for g0 in (0..a.groups).step_by(G) {
-            for b0 in (0..nb).step_by(K_RANGE) {
-                let blocks = b0..(b0 + K_RANGE).min(nb);
+            for s0 in (0..subs).step_by(K_RANGE / S) {
+                let range = s0..(s0 + K_RANGE / S).min(subs);
                 for r0 in (0..w.rows).step_by(R) {
-                    tile::<S>(w, r0, a, g0, blocks.clone(), out.as_mut_ptr(), width);
+                    tile::<S>(w, r0, a, g0, range.clone(), out.as_mut_ptr(), width);
                 }
             }
         }
     }
 
-    /// Adds blocks `blocks` of weight rows r0..r0+R × groups g0..g0+G into `out`
+    /// Adds sub-blocks `subs` of weight rows r0..r0+R × groups g0..g0+G into `out`
     /// ([rows][width] f32).
     // Indexed loops over the fixed tile, so that the accumulator arrays are plainly R × G
     // registers.
@@ -409,13 +515,11 @@ pub(crate) mod avx512 {
         r0: usize,
         a: &PromptActs,
         g0: usize,
-        blocks: std::ops::Range<usize>,
+        subs: std::ops::Range<usize>,
         out: *mut f32,
         width: usize,
     ) {
         let cols = a.cols;
-        let nb = cols / QKK;
-        let subs_per_block = QKK / S;
         let subs_row = cols / S;
         let sums = a.sums(S).as_ptr();
         let mut acc = [[_mm512_setzero_ps(); G]; R];
@@ -428,36 +532,32 @@ pub(crate) mod avx512 {
         let scale = w.scale.as_ptr().add(r0 * subs_row);
         let offset = w.offset.as_ptr().add(r0 * subs_row);
         let lines = a.qs.as_ptr();
-        for b in blocks {
-            for s in 0..subs_per_block {
-                let k0 = b * QKK + s * S;
-                let mut dots = [[_mm512_setzero_si512(); G]; R];
-                for t in 0..S / 4 {
-                    let k = k0 + 4 * t;
-                    let mut x = [_mm512_setzero_si512(); G];
+        for sub in subs {
+            let k0 = sub * S;
+            let mut dots = [[_mm512_setzero_si512(); G]; R];
+            for t in 0..S / 4 {
+                let k = k0 + 4 * t;
+                let mut x = [_mm512_setzero_si512(); G];
+                for g in 0..G {
+                    x[g] = _mm512_load_si512(lines.add((g0 + g) * cols / 4 + k / 4) as *const _);
+                }
+                for r in 0..R {
+                    let wv = (q.add(r * cols + k) as *const i32).read_unaligned();
+                    let wv = _mm512_set1_epi32(wv);
                     for g in 0..G {
-                        x[g] =
-                            _mm512_load_si512(lines.add((g0 + g) * cols / 4 + k / 4) as *const _);
-                    }
-                    for r in 0..R {
-                        let wv = (q.add(r * cols + k) as *const i32).read_unaligned();
-                        let wv = _mm512_set1_epi32(wv);
-                        for g in 0..G {
-                            dots[r][g] = _mm512_dpbusd_epi32(dots[r][g], wv, x[g]);
-                        }
+                        dots[r][g] = _mm512_dpbusd_epi32(dots[r][g], wv, x[g]);
                     }
                 }
-                let sub = b * subs_per_block + s;
-                for g in 0..G {
-                    let d = _mm512_loadu_ps(a.d.as_ptr().add(((g0 + g) * nb + b) * LANES));
-                    let sum = _mm512_loadu_ps(sums.add(((g0 + g) * subs_row + sub) * LANES));
-                    for r in 0..R {
-                        let sc = _mm512_set1_ps(*scale.add(r * subs_row + sub));
-                        let off = _mm512_set1_ps(*offset.add(r * subs_row + sub));
-                        let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dots[r][g]), d);
-                        acc[r][g] = _mm512_fmadd_ps(prod, sc, acc[r][g]);
-                        acc[r][g] = _mm512_fnmadd_ps(off, sum, acc[r][g]);
-                    }
+            }
+            for g in 0..G {
+                let d = _mm512_loadu_ps(a.d.as_ptr().add(((g0 + g) * cols / 32 + k0 / 32) * LANES));
+                let sum = _mm512_loadu_ps(sums.add(((g0 + g) * subs_row + sub) * LANES));
+                for r in 0..R {
+                    let sc = _mm512_set1_ps(*scale.add(r * subs_row + sub));
+                    let off = _mm512_set1_ps(*offset.add(r * subs_row + sub));
+                    let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dots[r][g]), d);
+                    acc[r][g] = _mm512_fmadd_ps(prod, sc, acc[r][g]);
+                    acc[r][g] = _mm512_fnmadd_ps(off, sum, acc[r][g]);
                 }
             }
         }
