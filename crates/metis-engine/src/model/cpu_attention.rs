@@ -140,6 +140,8 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A decode group's values widened from f16, per thread.
     static VALUES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The parts of a decode step's attention and their results, kept between steps.
+    static PARTS: RefCell<DecodeParts> = RefCell::new(DecodeParts::default());
 }
 
 impl<'a> CachedKv<'a> {
@@ -266,6 +268,15 @@ pub(crate) fn attend_decode(
 /// tokens it would get alone).
 const PART_KEYS: usize = 128;
 
+/// [`attend_decode_parts`]'s buffers: (task, keys) of every part, the parts' results, and the
+/// results' bounds.
+#[derive(Default)]
+struct DecodeParts {
+    parts: Vec<(usize, std::ops::Range<usize>)>,
+    results: Vec<f32>,
+    bounds: Vec<usize>,
+}
+
 /// [`attend_decode`] with each task's keys in parts `[i·part_keys, (i+1)·part_keys)`: every
 /// part yields, per query row, its unnormalised output `Σ e^(s − m)·v`, its max score `m` and
 /// its sum `Σ e^(s − m)` (flash-decoding's partial results); the parts of a row are then
@@ -281,19 +292,29 @@ fn attend_decode_parts<'a>(
 ) {
     let group = n_rep * hd;
     let tasks = out.len() / group;
+    // Taken out of the thread-local for the call (as the products' scratch is), so that no
+    // step allocates once the buffers have grown to the longest context seen.
+    let mut buffers = PARTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let DecodeParts {
+        parts,
+        results,
+        bounds,
+    } = &mut buffers;
     // (task, keys) of every part, tasks in order.
-    let parts: Vec<(usize, std::ops::Range<usize>)> = (0..tasks)
-        .flat_map(|t| {
-            let len = task_kv(t).0.len;
-            (0..len.div_ceil(part_keys).max(1))
-                .map(move |i| (t, i * part_keys..((i + 1) * part_keys).min(len)))
-        })
-        .collect();
+    parts.clear();
+    parts.extend((0..tasks).flat_map(|t| {
+        let len = task_kv(t).0.len;
+        (0..len.div_ceil(part_keys).max(1))
+            .map(move |i| (t, i * part_keys..((i + 1) * part_keys).min(len)))
+    }));
     // Per part: the rows' outputs [n_rep, hd], then their max scores [n_rep] and sums [n_rep].
     let part_len = n_rep * (hd + 2);
-    let mut results = vec![0f32; parts.len() * part_len];
-    let bounds: Vec<usize> = (0..=parts.len()).map(|p| p * part_len).collect();
-    quant::run_parts_mut(&mut results, &bounds, &|p, part| {
+    results.clear();
+    results.resize(parts.len() * part_len, 0.0);
+    bounds.clear();
+    bounds.extend((0..=parts.len()).map(|p| p * part_len));
+    let parts = &*parts;
+    quant::run_parts_mut(results, bounds, &|p, part| {
         let (t, keys) = parts[p].clone();
         let (kv, h) = task_kv(t);
         let (acc, stats) = part.split_at_mut(group);
@@ -316,6 +337,7 @@ fn attend_decode_parts<'a>(
             merge_parts(rows, out);
         }
     }
+    PARTS.with(|p| *p.borrow_mut() = buffers);
 }
 
 /// `out = Σ e^(m_i − M)·acc_i / Σ e^(m_i − M)·l_i` over the parts' `(acc_i, m_i, l_i)` of
