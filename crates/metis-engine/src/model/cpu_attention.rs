@@ -5,8 +5,8 @@
 //! [`CachedKv`] views one layer of a sequence's cache without copying. A group of query rows
 //! that share a kv head is attended together (scores `Q Kᵀ`, an f32 softmax per row, then
 //! `P V`), so each cached key and value is read once per group rather than once per query:
-//! * [`attend_cached`] (prompts): blocks of [`PROMPT_BLOCK`] positions per head, two `gemm`
-//!   calls each;
+//! * [`attend_cached`] (prompts): blocks of [`PROMPT_BLOCK`] positions of all the query heads
+//!   of one kv head, two `gemm` calls each;
 //! * [`attend_decode`] (a decode step): per sequence and kv head, the keys in parts of
 //!   [`PART_KEYS`] cut at fixed positions, each part streamed once by a decode kernel (explicit
 //!   AVX2 in [`x86`], portable in [`decode_group_body`]) into an unnormalised output, a max
@@ -140,6 +140,10 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A decode group's values widened from f16, per thread.
     static VALUES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A prompt block's queries gathered from its heads, per thread.
+    static BLOCK_QUERIES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A prompt block's scores, per thread.
+    static BLOCK_SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The parts of a decode step's attention and their results, kept between steps.
     static PARTS: RefCell<DecodeParts> = RefCell::new(DecodeParts::default());
 }
@@ -206,30 +210,59 @@ pub(crate) fn attend_cached(
     }
     let _timer = quant::profile::Timer::start(quant::profile::Phase::Attention);
     let offset = kv.len - s;
-    // Blocks of up to PROMPT_BLOCK queries of one head: (head, first query, queries).
-    let blocks: Vec<(usize, usize, usize)> = (0..heads)
-        .flat_map(|h| {
+    // Blocks of up to PROMPT_BLOCK queries of every query head of one kv head, attended as
+    // one set of rows, so that the block's keys and values are packed once for all n_rep
+    // heads and each gemm has n_rep times the rows: (kv head, first query, queries).
+    let blocks: Vec<(usize, usize, usize)> = (0..kv.heads)
+        .flat_map(|g| {
             (0..s)
                 .step_by(PROMPT_BLOCK)
-                .map(move |i0| (h, i0, PROMPT_BLOCK.min(s - i0)))
+                .map(move |i0| (g, i0, PROMPT_BLOCK.min(s - i0)))
         })
         .collect();
-    let mut bounds: Vec<usize> = blocks.iter().map(|&(h, i0, _)| (h * s + i0) * hd).collect();
-    bounds.push(out.len());
-    quant::run_parts_mut(&mut out, &bounds, &|t, rows| {
-        let (h, i0, n) = blocks[t];
-        let qb = &q[(h * s + i0) * hd..][..n * hd];
+    // The blocks' outputs, each [n_rep, queries, hd] and contiguous, in block order; scattered
+    // into `out` [heads, s, hd] afterwards.
+    let mut by_block = vec![0f32; out.len()];
+    let mut bounds: Vec<usize> = blocks
+        .iter()
+        .map(|&(g, i0, _)| (g * s + i0) * n_rep * hd)
+        .collect();
+    bounds.push(by_block.len());
+    let head_rows = |g: usize, j: usize, i0: usize, n: usize| {
+        ((g * n_rep + j) * s + i0) * hd..((g * n_rep + j) * s + i0 + n) * hd
+    };
+    quant::run_parts_mut(&mut by_block, &bounds, &|t, rows| {
+        let (g, i0, n) = blocks[t];
         let first = offset + i0;
-        attend_rows(
-            qb,
-            &kv.head(h / n_rep),
-            first + n,
-            |r| first + r + 1,
-            scale,
-            rows,
-        );
+        with_block_queries(n_rep * n * hd, |qb| {
+            for (j, qj) in qb.chunks_exact_mut(n * hd).enumerate() {
+                qj.copy_from_slice(&q[head_rows(g, j, i0, n)]);
+            }
+            attend_rows(
+                qb,
+                &kv.head(g),
+                first + n,
+                |r| first + r % n + 1,
+                scale,
+                rows,
+            );
+        });
     });
+    for (&(g, i0, n), block) in blocks.iter().zip(bounds.windows(2)) {
+        let block = &by_block[block[0]..block[1]];
+        for (j, rows) in block.chunks_exact(n * hd).enumerate() {
+            out[head_rows(g, j, i0, n)].copy_from_slice(rows);
+        }
+    }
     out
+}
+
+/// Runs `f` on this thread's buffer for a prompt block's gathered queries, `len` values.
+fn with_block_queries(len: usize, f: impl FnOnce(&mut [f32])) {
+    let mut qb = BLOCK_QUERIES.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    qb.resize(len, 0.0);
+    f(&mut qb);
+    BLOCK_QUERIES.with(|b| *b.borrow_mut() = qb);
 }
 
 /// One decode step's attention for several sequences: `q` [n, heads, hd] holds one query per
@@ -518,7 +551,10 @@ fn attend_rows_f32(
         (keys - 1) * k_stride + hd <= k.len() && (keys - 1) * v_stride + hd <= v.len(),
         "key and value rows cover every visible position"
     );
-    let mut p = vec![0f32; n * keys];
+    // This thread's score buffer, kept between blocks (a block of several heads' rows over a
+    // long prompt's keys is past the allocator's threshold for mapping fresh pages).
+    let mut p = BLOCK_SCORES.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    p.resize(n * keys, 0.0);
     // SAFETY: q is [n, hd] (cs 1, rs hd); key j is k[j·k_stride ..][..hd], so Kᵀ is read at
     // (d, j) = d + j·k_stride, inside k for j < keys (asserted above); the destination p is
     // [n, keys] (cs 1, rs keys), owned here.
@@ -550,6 +586,7 @@ fn attend_rows_f32(
             1.0,
         );
     }
+    BLOCK_SCORES.with(|b| *b.borrow_mut() = p);
 }
 
 /// `x ← softmax(x)` in f32, the largest value subtracted first.

@@ -473,7 +473,11 @@ pub(crate) mod avx512 {
                 && w.q.len() >= w.rows * w.cols
                 && w.scale.len() >= w.rows * w.cols / w.sub
                 && w.offset.len() >= w.rows * w.cols / w.sub
-                && a.qs.len() >= a.groups * a.cols / 4,
+                && a.cols.is_multiple_of(w.sub)
+                && a.cols.is_multiple_of(32)
+                && a.qs.len() >= a.groups * a.cols / 4
+                && a.d.len() >= a.groups * a.cols / 32 * LANES
+                && a.sums(w.sub).len() >= a.groups * a.cols / w.sub * LANES,
             "operands of the int8 prompt product disagree in shape"
         );
         // SAFETY: this function is only reachable through the VNNI kernel table, offered

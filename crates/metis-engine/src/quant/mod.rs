@@ -347,7 +347,7 @@ fn prompt_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], k: 
     let cols = ws[0].cols;
     // The activations in each block size some matrix of the group reads in int8.
     let mut acts: Vec<PromptActs> = Vec::new();
-    if let Some(int8) = &k.int8_prompt {
+    if let Some(int8) = k.int8_prompt.as_ref().filter(|_| cols > 0) {
         for w in ws {
             let Some(block) = int8_prompt::act_block(w.dtype) else {
                 continue;
