@@ -119,7 +119,12 @@ mod x86 {
         };
     }
 
-    table!(AVX2, "avx2", avx2, None);
+    table!(
+        AVX2,
+        "avx2",
+        avx2,
+        Some(super::super::int8_prompt::avx2::INT8_PROMPT)
+    );
     table!(
         VNNI,
         "avx512vnni",

@@ -347,9 +347,13 @@ fn prompt_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], k: 
     let cols = ws[0].cols;
     // The activations in each block size some matrix of the group reads in int8.
     let mut acts: Vec<PromptActs> = Vec::new();
-    if let Some(int8) = k.int8_prompt.as_ref().filter(|_| cols > 0) {
+    let int8 = k
+        .int8_prompt
+        .as_ref()
+        .filter(|int8| cols > 0 && (int8.pays)());
+    if let Some(int8) = int8 {
         for w in ws {
-            let Some(block) = int8_prompt::act_block(w.dtype) else {
+            let Some(block) = int8.act_block(w.dtype) else {
                 continue;
             };
             if acts.iter().any(|a| a.block == block) {
@@ -361,8 +365,8 @@ fn prompt_group(ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], k: 
         }
     }
     for (w, y) in ws.iter().zip(ys.iter_mut()) {
-        let block = int8_prompt::act_block(w.dtype);
-        match (&k.int8_prompt, acts.iter().find(|a| Some(a.block) == block)) {
+        let block = int8.and_then(|int8| int8.act_block(w.dtype));
+        match (int8, acts.iter().find(|a| Some(a.block) == block)) {
             (Some(int8), Some(a)) => w.matmul_int8(a, int8, y),
             _ => w.matmul_gemm(x, m, y),
         }

@@ -93,8 +93,10 @@ fn every_type_matches_the_dequantized_reference() {
             let (want, bound) = reference(&wd, &x, m, rows, cols, act_block(dtype).unwrap_or(cols));
             let mut y = vec![0f32; m * rows];
             w.matmul(&x, m, &mut y);
-            let int8_prompt =
-                kernels::chosen().int8_prompt.is_some() && int8_prompt::act_block(dtype).is_some();
+            let int8_prompt = kernels::chosen()
+                .int8_prompt
+                .as_ref()
+                .is_some_and(|int8| (int8.pays)() && int8.act_block(dtype).is_some());
             let quantized_acts = (m < GEMM_MIN_ROWS || int8_prompt) && act_block(dtype).is_some();
             for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
                 // f32 accumulation over 512 products, plus the activation rounding if any.
@@ -279,25 +281,36 @@ static PORTABLE_INT8: kernels::Kernels = kernels::Kernels {
     name: "portable+int8",
     int8_prompt: Some(int8_prompt::Int8Prompt {
         product: int8_prompt::chunk_product_portable,
+        reads: int8_prompt::reads_all,
+        pays: || true,
         row_multiple: 1,
         group_multiple: 1,
     }),
     ..kernels::PORTABLE
 };
 
-/// The int8 prompt products (portable and each SIMD table that has one) of every type that has
-/// one, against the dot path on the same quantized activations: equal up to f32 rounding of the scaling. Shapes cover
-/// partial groups of 16 activation rows, partial row tiles and chunks, and block counts that
-/// are not a multiple of a kernel's range.
+/// The int8 prompt products (portable, and each SIMD table's) of every type each reads, against
+/// the dot path on the same quantized activations: equal up to f32 rounding of the scaling,
+/// and the SIMD ones equal to the portable one. Shapes cover partial groups of 16 activation
+/// rows, partial row tiles and chunks, and value counts that are not a multiple of a kernel's
+/// pass.
 #[test]
 fn int8_prompt_products_equal_the_dot_path() {
-    let tables: Vec<&kernels::Kernels> = std::iter::once(&PORTABLE_INT8)
-        .chain(
-            kernels::simd()
-                .into_iter()
-                .filter(|k| k.int8_prompt.is_some()),
-        )
+    // Each SIMD table's product, whether or not it pays on this CPU.
+    let simd: Vec<kernels::Kernels> = kernels::simd()
+        .into_iter()
+        .filter_map(|k| {
+            let int8 = k.int8_prompt?;
+            Some(kernels::Kernels {
+                int8_prompt: Some(int8_prompt::Int8Prompt {
+                    pays: || true,
+                    ..int8
+                }),
+                ..*k
+            })
+        })
         .collect();
+    let tables: Vec<&kernels::Kernels> = std::iter::once(&PORTABLE_INT8).chain(&simd).collect();
     if tables.len() == 1 {
         eprintln!("no SIMD int8 prompt product on this CPU; testing the portable one only");
     }
@@ -320,6 +333,10 @@ fn int8_prompt_products_equal_the_dot_path() {
                 let scale: f32 = x.iter().map(|v| v.abs()).sum::<f32>() / m as f32;
                 let mut portable = vec![0f32; m * rows];
                 for table in &tables {
+                    let int8 = table.int8_prompt.as_ref().expect("tables with one");
+                    if int8.act_block(dtype).is_none() {
+                        continue;
+                    }
                     let mut y = vec![0f32; m * rows];
                     prompt_group(&[&w], &x, m, &mut [&mut y], table);
                     for (i, (p, q)) in y.iter().zip(&dots).enumerate() {
