@@ -86,9 +86,19 @@ impl Q8KActs {
 }
 
 /// Quantize one block symmetrically: `q = round(x / d)` with `d = max|x| / 127`. Returns
-/// `(d, Σ q)`.
-fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+/// `(d, Σ q)`. Written so that it vectorizes where it is inlined into a wider instruction set
+/// (the int8 prompt path's quantization); the maximum is exact in any order.
+#[inline(always)]
+pub(crate) fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
+    for chunk in chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(v.abs());
+        }
+    }
+    let amax = lanes.iter().fold(tail, |m, &v| m.max(v));
     if amax == 0.0 || !amax.is_finite() {
         // An all-zero block; a non-finite one would poison every product anyway, and is
         // caught upstream by the logits check.

@@ -1,8 +1,10 @@
 //! Prompt-sized products of quantized weights in int8: the prefill path's alternative to
-//! dequantize + f32 gemm (llama.cpp multiplies quantized weights in int8 too), on CPUs whose
-//! kernel table has it (AVX-512 VNNI: `vpdpbusd` does 64 byte products per instruction where
-//! an f32 FMA does 16). Every type of the dot path has it: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
-//! Q5_K, Q6_K.
+//! dequantize + f32 gemm (llama.cpp multiplies quantized weights in int8 too). Two kernels,
+//! each in its kernel table:
+//! * [`avx512`] (AVX-512 VNNI): `vpdpbusd` does 64 byte products per instruction where an f32
+//!   FMA does 16; every type of the dot path (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K);
+//! * [`avx2`]: `maddubs` + `madd`, every type but Q8_0, used only where the CPU has no
+//!   AVX-512F (with it, the f32 gemm is as fast: [`Int8Prompt::pays`]).
 //!
 //! Data flow for `y = x Wᵀ` (`x` [m, cols]):
 //!
@@ -21,11 +23,11 @@
 //!   the activations' sub-block sums. Same arithmetic as the portable dot kernels up to f32
 //!   rounding of the scaling ([`chunk_product_portable`] is the reference the tests hold it to).
 
-use candle_core::quantized::GgmlDType;
-
 use std::sync::Mutex;
 
-use super::act::QKK;
+use candle_core::quantized::GgmlDType;
+
+use super::act::{quantize_block, QKK};
 use super::portable::{f16_at, scales_mins_k4};
 
 /// Blocks of a 32-value type, `$bytes` bytes each: `$block(bytes, q)` writes a block's 32
@@ -170,7 +172,7 @@ fn quantize_group<const N: usize>(part: &mut GroupParts, cols: usize) {
     let mut q = [0i8; N];
     for (lane, row) in part.x.chunks_exact(cols).enumerate() {
         for (b, xb) in row.chunks_exact(N).enumerate() {
-            let d = quantize_block(xb.try_into().expect("N values"), &mut q);
+            let (d, _) = quantize_block(xb, &mut q);
             let k0 = b * N;
             let lines = &mut part.lines[k0 / 4..(k0 + N) / 4];
             for (line, q4) in lines.iter_mut().zip(q.chunks_exact(4)) {
@@ -194,29 +196,6 @@ fn sum_i8(q: &[i8]) -> i32 {
     q.iter().map(|&v| v as i32).sum()
 }
 
-/// [`super::act`]'s block quantization (`d = amax / 127`, `q = round(x / d)`), written so that
-/// it vectorizes; the same operations, so the same bits.
-#[inline(always)]
-fn quantize_block<const N: usize>(x: &[f32; N], q: &mut [i8; N]) -> f32 {
-    let mut lanes = [0f32; 16];
-    for chunk in x.chunks_exact(16) {
-        for (m, &v) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(v.abs());
-        }
-    }
-    let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
-    if amax == 0.0 || !amax.is_finite() {
-        q.fill(0);
-        return if amax.is_finite() { 0.0 } else { amax };
-    }
-    let d = amax / 127.0;
-    let id = 1.0 / d;
-    for (qi, &v) in q.iter_mut().zip(x) {
-        *qi = (v * id).round().clamp(-127.0, 127.0) as i8;
-    }
-    d
-}
-
 /// Weight rows unpacked for [`ChunkProduct`]: `rows` rows (a multiple of the kernel's row
 /// tile; rows past the matrix's are zero) of `cols` bytes, and per sub-block of `sub` values
 /// a scale and an offset.
@@ -224,9 +203,9 @@ fn quantize_block<const N: usize>(x: &[f32; N], q: &mut [i8; N]) -> f32 {
 pub(crate) struct Unpacked {
     pub(crate) rows: usize,
     pub(crate) cols: usize,
-    /// Values per sub-block: 32 (Q4_K) or 16 (Q6_K).
+    /// Values per sub-block: 16 (Q6_K) or 32 (the others).
     pub(crate) sub: usize,
-    /// [rows][cols], 0..64.
+    /// [rows][cols]: below 64 for every type but Q8_0.
     pub(crate) q: Vec<u8>,
     /// [rows][cols / sub].
     pub(crate) scale: Vec<f32>,
