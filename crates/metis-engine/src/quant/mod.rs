@@ -11,11 +11,12 @@
 //!   k-quants), and each weight row is dotted with them by an integer kernel (`kernels`: AVX-512
 //!   VNNI or AVX2 chosen at run time, portable scalar otherwise). Float weights are dotted with f32
 //!   activations directly; Q2_K/Q3_K rows are dequantized one at a time into a scratch row.
-//! * **many rows** (prefill): on kernel tables that have it (AVX-512 VNNI), the quantized types
-//!   of the dot path are multiplied in int8 ([`int8_prompt`]: activations quantized and
-//!   interleaved once, weights unpacked to bytes a chunk at a time, a `vpdpbusd` register
-//!   tile). Other types (floats, Q2_K, Q3_K), and every type elsewhere, are dequantized a chunk of rows at a time into an f32 scratch (F32
-//!   weights are used where they lie) and multiplied with the `gemm` crate.
+//! * **many rows** (prefill): the quantized types of the dot path are multiplied in int8 where
+//!   the kernel table has a product that beats the f32 gemm on this CPU ([`int8_prompt`]:
+//!   activations quantized and interleaved once, weights unpacked to bytes a chunk at a time,
+//!   a register tile; AVX-512 VNNI, or AVX2 on CPUs without AVX-512F). Everything else (floats,
+//!   Q2_K, Q3_K; every type on other CPUs) is dequantized a chunk of rows at a time into an
+//!   f32 scratch (F32 weights are used where they lie) and multiplied with the `gemm` crate.
 //!
 //! Both paths split the weight rows into tasks, each writing its own output columns, over a
 //! small persistent pool whose workers poll between products (`pool`; a decode step runs ~120
@@ -271,12 +272,10 @@ impl QMatrix {
             DEQUANTIZED.with(|d| *d.borrow_mut() = scratch);
         });
     }
-}
 
-impl QMatrix {
     /// The int8 prefill path: per chunk of weight rows, unpack them and run the
     /// table's product with the prepared activations, then copy into the chunk's columns of y.
-    fn matmul_int8(&self, acts: &PromptActs, kq: &Int8Prompt, y: &mut [f32]) {
+    fn matmul_int8(&self, acts: &PromptActs, int8: &Int8Prompt, y: &mut [f32]) {
         let (rows, cols, m) = (self.rows, self.cols, acts.m);
         let width = acts.groups * LANES;
         let y_ptr = SyncPtr(y.as_mut_ptr());
@@ -284,12 +283,12 @@ impl QMatrix {
             let j0 = c * int8_prompt::CHUNK_ROWS;
             let n = int8_prompt::CHUNK_ROWS.min(rows - j0);
             let (mut w, mut out) = UNPACKED.with(|u| std::mem::take(&mut *u.borrow_mut()));
-            w.reset(self.dtype, n.next_multiple_of(kq.row_multiple), cols);
+            w.reset(self.dtype, n.next_multiple_of(int8.row_multiple), cols);
             for j in 0..n {
                 unpack_on_this_cpu(&mut w, self.dtype, j, self.row(j0 + j));
             }
             out.resize(w.rows * width, 0.0);
-            (kq.product)(&w, acts, &mut out);
+            (int8.product)(&w, acts, &mut out);
             let y_ptr = &y_ptr;
             for r in 0..m {
                 for j in 0..n {
