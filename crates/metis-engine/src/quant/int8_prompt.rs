@@ -402,6 +402,29 @@ pub(crate) fn reads_all(dtype: GgmlDType) -> bool {
     act_block(dtype).is_some()
 }
 
+/// Panics unless every slice a SIMD product reads through raw pointers has the length the
+/// shapes say, and the shapes are whole tiles of `kernel`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn assert_operands(w: &Unpacked, a: &PromptActs, out: &[f32], kernel: &Int8Prompt) {
+    let width = a.groups * LANES;
+    assert!(
+        a.cols == w.cols
+            && w.rows.is_multiple_of(kernel.row_multiple)
+            && a.groups.is_multiple_of(kernel.group_multiple)
+            && matches!(w.sub, 16 | 32)
+            && out.len() >= w.rows * width
+            && w.q.len() >= w.rows * w.cols
+            && w.scale.len() >= w.rows * w.cols / w.sub
+            && w.offset.len() >= w.rows * w.cols / w.sub
+            && a.cols.is_multiple_of(w.sub)
+            && a.cols.is_multiple_of(32)
+            && a.qs.len() >= a.groups * a.cols / 4
+            && a.d.len() >= a.groups * a.cols / 32 * LANES
+            && a.sums(w.sub).len() >= a.groups * a.cols / w.sub * LANES,
+        "operands of the int8 prompt product disagree in shape"
+    );
+}
+
 /// The scalar reference: per sub-block the exact integer sum, then the same scaling as the
 /// SIMD kernels in the same order.
 #[cfg(test)]
@@ -442,7 +465,7 @@ pub(crate) mod avx512 {
 
     use std::arch::x86_64::*;
 
-    use super::{PromptActs, Unpacked, LANES};
+    use super::{assert_operands, PromptActs, Unpacked, LANES};
 
     /// Weight rows per register tile.
     const R: usize = 4;
@@ -462,23 +485,7 @@ pub(crate) mod avx512 {
 
     /// The [`super::ChunkProduct`] of the VNNI table.
     fn chunk_product(w: &Unpacked, a: &PromptActs, out: &mut [f32]) {
-        let width = a.groups * LANES;
-        assert!(
-            a.cols == w.cols
-                && w.rows.is_multiple_of(R)
-                && a.groups.is_multiple_of(G)
-                && matches!(w.sub, 16 | 32)
-                && out.len() >= w.rows * width
-                && w.q.len() >= w.rows * w.cols
-                && w.scale.len() >= w.rows * w.cols / w.sub
-                && w.offset.len() >= w.rows * w.cols / w.sub
-                && a.cols.is_multiple_of(w.sub)
-                && a.cols.is_multiple_of(32)
-                && a.qs.len() >= a.groups * a.cols / 4
-                && a.d.len() >= a.groups * a.cols / 32 * LANES
-                && a.sums(w.sub).len() >= a.groups * a.cols / w.sub * LANES,
-            "operands of the int8 prompt product disagree in shape"
-        );
+        assert_operands(w, a, out, &INT8_PROMPT);
         // SAFETY: this function is only reachable through the VNNI kernel table, offered
         // after AVX-512 F/VL/VNNI were detected; the shapes the kernel reads through raw
         // pointers are checked above.
@@ -585,7 +592,7 @@ pub(crate) mod avx2 {
 
     use candle_core::quantized::GgmlDType;
 
-    use super::{PromptActs, Unpacked, LANES};
+    use super::{assert_operands, PromptActs, Unpacked, LANES};
 
     /// Weight rows per register tile (the tile is R × one group of 16 activation rows).
     const R: usize = 4;
@@ -615,22 +622,7 @@ pub(crate) mod avx2 {
     }
 
     fn chunk_product(w: &Unpacked, a: &PromptActs, out: &mut [f32]) {
-        let width = a.groups * LANES;
-        assert!(
-            a.cols == w.cols
-                && w.rows.is_multiple_of(R)
-                && matches!(w.sub, 16 | 32)
-                && out.len() >= w.rows * width
-                && w.q.len() >= w.rows * w.cols
-                && w.scale.len() >= w.rows * w.cols / w.sub
-                && w.offset.len() >= w.rows * w.cols / w.sub
-                && a.cols.is_multiple_of(w.sub)
-                && a.cols.is_multiple_of(32)
-                && a.qs.len() >= a.groups * a.cols / 4
-                && a.d.len() >= a.groups * a.cols / 32 * LANES
-                && a.sums(w.sub).len() >= a.groups * a.cols / w.sub * LANES,
-            "operands of the int8 prompt product disagree in shape"
-        );
+        assert_operands(w, a, out, &INT8_PROMPT);
         // The i16 sums of two steps are exact only below 64 (see the module): true of every
         // type `reads` lets through, by their unpacking.
         debug_assert!(
