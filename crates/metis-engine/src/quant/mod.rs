@@ -42,9 +42,9 @@ use int8_prompt::{Int8Prompt, PromptActs, Unpacked, LANES};
 pub use kernels::kernel_set;
 use portable::{Q8KRow, Q8Row};
 
-/// Activation rows from which a product goes through dequantize + f32 gemm instead of the
-/// integer dot kernels (the dots re-read nothing, but a gemm reuses each weight across rows
-/// from registers).
+/// Activation rows from which a product goes through the prompt path (an int8 register tile,
+/// or dequantize + f32 gemm) instead of the dot kernels: the dots re-read nothing, but a tile
+/// reuses each weight across rows from registers.
 pub const GEMM_MIN_ROWS: usize = 16;
 
 /// Bytes shared by every matrix of a file: the file's memory map, or a buffer in memory.
