@@ -16,6 +16,7 @@
 //! the bytes a decode step reads from memory; its rows are widened to f32 right before use.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -234,7 +235,7 @@ pub(crate) fn attend_cached(
     quant::run_parts_mut(&mut by_block, &bounds, &|t, rows| {
         let (g, i0, n) = blocks[t];
         let first = offset + i0;
-        with_block_queries(n_rep * n * hd, |qb| {
+        with_buffer(&BLOCK_QUERIES, n_rep * n * hd, |qb| {
             for (j, qj) in qb.chunks_exact_mut(n * hd).enumerate() {
                 qj.copy_from_slice(&q[head_rows(g, j, i0, n)]);
             }
@@ -255,14 +256,6 @@ pub(crate) fn attend_cached(
         }
     }
     out
-}
-
-/// Runs `f` on this thread's buffer for a prompt block's gathered queries, `len` values.
-fn with_block_queries(len: usize, f: impl FnOnce(&mut [f32])) {
-    let mut qb = BLOCK_QUERIES.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    qb.resize(len, 0.0);
-    f(&mut qb);
-    BLOCK_QUERIES.with(|b| *b.borrow_mut() = qb);
 }
 
 /// One decode step's attention for several sequences: `q` [n, heads, hd] holds one query per
@@ -353,7 +346,7 @@ fn attend_decode_parts<'a>(
         let (acc, stats) = part.split_at_mut(group);
         let (maxes, sums) = stats.split_at_mut(n_rep);
         let q = &q[t * group..][..group];
-        with_scores(n_rep * keys.len(), |scores| {
+        with_buffer(&SCORES, n_rep * keys.len(), |scores| {
             decode_group_on_this_cpu(q, &kv.head(h), keys, scale, scores, acc, (maxes, sums))
         });
     });
@@ -397,14 +390,15 @@ fn merge_parts<'p>(parts: impl Iterator<Item = (&'p [f32], f32, f32)> + Clone, o
 /// stack row; wider heads go through [`attend_rows`].
 const MAX_STREAM_HD: usize = 256;
 
-/// `f` with this thread's score scratch of `len` values (kept between calls). Taken out of
-/// the thread-local so that the kernel runs outside a closure passed to `LocalKey::with`
-/// (which is compiled without the AVX2 function's target features).
-fn with_scores(len: usize, f: impl FnOnce(&mut [f32])) {
-    let mut scores = SCORES.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    scores.resize(len, 0.0);
-    f(&mut scores);
-    SCORES.with(|s| *s.borrow_mut() = scores);
+/// `f` with this thread's buffer `key` as `len` values (kept between calls; its contents are
+/// whatever the last use left). Taken out of the thread-local for the call, so that `f` runs
+/// outside a closure passed to `LocalKey::with` (which is compiled without the AVX2
+/// function's target features) and a nested use on this thread finds a fresh buffer.
+fn with_buffer(key: &'static LocalKey<RefCell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32])) {
+    let mut buffer = key.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    buffer.resize(len, 0.0);
+    f(&mut buffer);
+    key.with(|b| *b.borrow_mut() = buffer);
 }
 
 /// Per query row of a decode group, its max score and its sum of `e^(s − max)`.
@@ -423,7 +417,7 @@ fn decode_group_on_this_cpu(
 ) {
     #[cfg(target_arch = "x86_64")]
     if quant::kernels::chosen_has_avx2() && kv.hd.is_multiple_of(64) {
-        // Taken out of the thread-local for the call (see `with_scores`).
+        // Taken out of the thread-local for the call (see `with_buffer`).
         let mut values = VALUES.with(|v| std::mem::take(&mut *v.borrow_mut()));
         // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected; the
         // head width is a multiple of 64 (checked above).
@@ -553,40 +547,39 @@ fn attend_rows_f32(
     );
     // This thread's score buffer, kept between blocks (a block of several heads' rows over a
     // long prompt's keys is past the allocator's threshold for mapping fresh pages).
-    let mut p = BLOCK_SCORES.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    p.resize(n * keys, 0.0);
-    // SAFETY: q is [n, hd] (cs 1, rs hd); key j is k[j·k_stride ..][..hd], so Kᵀ is read at
-    // (d, j) = d + j·k_stride, inside k for j < keys (asserted above); the destination p is
-    // [n, keys] (cs 1, rs keys), owned here.
-    unsafe {
-        gemm_f32(
-            (n, keys, hd),
-            p.as_mut_ptr(),
-            keys,
-            Strided::rows(q.as_ptr(), hd),
-            Strided::transposed(k.as_ptr(), k_stride),
-            scale,
-        );
-    }
-    for (r, row) in p.chunks_exact_mut(keys).enumerate() {
-        let seen = visible(r).min(keys);
-        softmax_on_this_cpu(&mut row[..seen]);
-        row[seen..].fill(0.0);
-    }
-    // SAFETY: p is [n, keys] (cs 1, rs keys); value j is v[j·v_stride ..][..hd], read at
-    // (j, d) = j·v_stride + d, inside v for j < keys (asserted above); out is [n, hd]
-    // (cs 1, rs hd), the caller's exclusive slice.
-    unsafe {
-        gemm_f32(
-            (n, hd, keys),
-            out.as_mut_ptr(),
-            hd,
-            Strided::rows(p.as_ptr(), keys),
-            Strided::rows(v.as_ptr(), v_stride),
-            1.0,
-        );
-    }
-    BLOCK_SCORES.with(|b| *b.borrow_mut() = p);
+    with_buffer(&BLOCK_SCORES, n * keys, |p| {
+        // SAFETY: q is [n, hd] (cs 1, rs hd); key j is k[j·k_stride ..][..hd], so Kᵀ is read at
+        // (d, j) = d + j·k_stride, inside k for j < keys (asserted above); the destination p is
+        // [n, keys] (cs 1, rs keys), owned here.
+        unsafe {
+            gemm_f32(
+                (n, keys, hd),
+                p.as_mut_ptr(),
+                keys,
+                Strided::rows(q.as_ptr(), hd),
+                Strided::transposed(k.as_ptr(), k_stride),
+                scale,
+            );
+        }
+        for (r, row) in p.chunks_exact_mut(keys).enumerate() {
+            let seen = visible(r).min(keys);
+            softmax_on_this_cpu(&mut row[..seen]);
+            row[seen..].fill(0.0);
+        }
+        // SAFETY: p is [n, keys] (cs 1, rs keys); value j is v[j·v_stride ..][..hd], read at
+        // (j, d) = j·v_stride + d, inside v for j < keys (asserted above); out is [n, hd]
+        // (cs 1, rs hd), the caller's exclusive slice.
+        unsafe {
+            gemm_f32(
+                (n, hd, keys),
+                out.as_mut_ptr(),
+                hd,
+                Strided::rows(p.as_ptr(), keys),
+                Strided::rows(v.as_ptr(), v_stride),
+                1.0,
+            );
+        }
+    });
 }
 
 /// `x ← softmax(x)` in f32, the largest value subtracted first.
@@ -598,20 +591,13 @@ fn softmax_in_place(x: &mut [f32]) {
     }
 }
 
-/// [`softmax_in_place`] compiled for AVX2 where the kernel set has it (eight exponentials per
-/// instruction instead of SSE2's four; the same operations, so the same bits: Rust never
-/// fuses a multiply and an add on its own).
-fn softmax_on_this_cpu(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if quant::kernels::chosen_has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn softmax_avx2(x: &mut [f32]) {
-            softmax_in_place(x)
-        }
-        // SAFETY: a SIMD kernel set is chosen only after AVX2 and FMA are detected.
-        return unsafe { softmax_avx2(x) };
+quant::kernels::on_this_cpu! {
+    /// [`softmax_in_place`] compiled for AVX2 where the kernel set has it (eight exponentials
+    /// per instruction instead of SSE2's four; the same operations, so the same bits: Rust
+    /// never fuses a multiply and an add on its own).
+    fn softmax_on_this_cpu(x: &mut [f32]) {
+        softmax_in_place(x)
     }
-    softmax_in_place(x)
 }
 
 /// `x ← e^(x − max x)`; returns `(max x, Σ e^(x − max x))`.

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use candle_core::quantized::GgmlDType;
 
 use super::act::{quantize_block, QKK};
-use super::portable::{f16_at, scales_mins_k4};
+use super::portable::{f16_at, q6_k_values, scales_mins_k4, u32_at};
 
 /// Blocks of a 32-value type, `$bytes` bytes each: `$block(bytes, q)` writes a block's 32
 /// unsigned values and returns its (scale, offset). A macro rather than a function taking
@@ -143,26 +143,16 @@ struct GroupParts<'a> {
     x: &'a [f32],
 }
 
-/// [`quantize_group`], compiled for AVX2 where the kernel table has it (the loops vectorize).
-fn quantize_group_on_this_cpu(part: &mut GroupParts, cols: usize, block: usize) {
-    #[inline(always)]
-    fn by_block(part: &mut GroupParts, cols: usize, block: usize) {
+super::kernels::on_this_cpu! {
+    /// [`quantize_group`], compiled for AVX2 where the kernel table has it (the loops
+    /// vectorize).
+    fn quantize_group_on_this_cpu(part: &mut GroupParts, cols: usize, block: usize) {
         if block == QKK {
             quantize_group::<QKK>(part, cols)
         } else {
             quantize_group::<32>(part, cols)
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    if super::kernels::chosen_has_avx2() {
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn wide(part: &mut GroupParts, cols: usize, block: usize) {
-            by_block(part, cols, block)
-        }
-        // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected.
-        return unsafe { wide(part, cols, block) };
-    }
-    by_block(part, cols, block)
 }
 
 /// Quantize each row of the group per `N`-value block (as `Q8Acts` / `Q8KActs` do) into its
@@ -230,12 +220,9 @@ impl Unpacked {
         self.sub = if dtype == GgmlDType::Q6K { 16 } else { 32 };
         (self.rows, self.cols) = (rows, cols);
         let subs = rows * cols / self.sub;
-        for (v, n) in [(&mut self.scale, subs), (&mut self.offset, subs)] {
-            v.clear();
-            v.resize(n, 0.0);
-        }
-        self.q.clear();
-        self.q.resize(rows * cols, 0);
+        refill(&mut self.scale, subs, 0.0);
+        refill(&mut self.offset, subs, 0.0);
+        refill(&mut self.q, rows * cols, 0);
     }
 
     /// Unpack stored row `bytes` of `dtype` into row `r`.
@@ -268,11 +255,6 @@ fn nibbles(qs: &[u8], qh: u32, q: &mut [u8; 32]) {
         q[j] = (qs[j] & 15) | (((qh >> j) & 1) << 4) as u8;
         q[j + 16] = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
     }
-}
-
-#[inline(always)]
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// Q4_0: d, qs[16]; x = d·(q − 8).
@@ -362,10 +344,7 @@ fn unpack_q6_k(w: &[u8], q: &mut [u8], scale: &mut [f32], offset: &mut [f32]) {
             let ql = &bw[64 * h..64 * h + 64];
             let qh = &bw[128 + 32 * h..128 + 32 * h + 32];
             for l in 0..32 {
-                q[l] = (ql[l] & 15) | ((qh[l] & 3) << 4);
-                q[l + 32] = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
-                q[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-                q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                [q[l], q[l + 32], q[l + 64], q[l + 96]] = q6_k_values(ql, qh, l);
             }
         }
     }

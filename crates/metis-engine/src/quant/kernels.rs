@@ -195,6 +195,34 @@ pub(crate) fn chosen() -> &'static Kernels {
     })
 }
 
+/// `fn $name($args) $body`, with `$body` compiled for AVX2 + FMA + F16C where the chosen
+/// kernel table is an x86 SIMD one (so those are known to be present) and for the baseline
+/// elsewhere: for plain loops that vectorize well at 256 bits (dequantization, activation
+/// quantization, softmax). The body becomes a nested `#[inline(always)]` function called
+/// directly from the wide copy: passed as a closure or a generic function item instead, it is
+/// compiled separately, for the baseline (seen in the disassembly).
+macro_rules! on_this_cpu {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            if $crate::quant::kernels::chosen_has_avx2() {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn wide($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                // SAFETY: a SIMD kernel table is chosen only after AVX2, FMA and F16C are
+                // detected.
+                return unsafe { wide($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use on_this_cpu;
+
 /// Name of the kernel table in use ("avx512vnni", "avx2" or "portable"), for benchmark logs.
 pub fn kernel_set() -> &'static str {
     chosen().name

@@ -302,19 +302,11 @@ impl QMatrix {
     }
 }
 
-/// [`Unpacked::unpack_row`], compiled for AVX2 where the kernel table has it (see
-/// [`dequantize_k_on_this_cpu`] for why it is called directly from the AVX2 copy).
-fn unpack_on_this_cpu(w: &mut Unpacked, dtype: GgmlDType, r: usize, bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if kernels::chosen_has_avx2() {
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn wide(w: &mut Unpacked, dtype: GgmlDType, r: usize, bytes: &[u8]) {
-            w.unpack_row(dtype, r, bytes)
-        }
-        // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected.
-        return unsafe { wide(w, dtype, r, bytes) };
+kernels::on_this_cpu! {
+    /// [`Unpacked::unpack_row`], compiled for AVX2 where the kernel table has it.
+    fn unpack_on_this_cpu(w: &mut Unpacked, dtype: GgmlDType, r: usize, bytes: &[u8]) {
+        w.unpack_row(dtype, r, bytes)
     }
-    w.unpack_row(dtype, r, bytes)
 }
 
 /// `ys[i] = x W_iᵀ` for several matrices with the same number of columns (Q/K/V, gate/up):
@@ -646,30 +638,17 @@ fn blocks_to_float<T: GgmlType>(bytes: &[u8], out: &mut [f32]) {
     T::to_float(blocks, out);
 }
 
-/// Q4_K or Q6_K bytes into `out` by Metis's own loops, compiled for AVX2 where the kernel
-/// set has it: Q4_K_M's prompt products dequantize every weight once per prompt, which
-/// through candle's baseline-x86 build cost about a tenth of a 1.2B prefill. The same
-/// operations as candle's either way, so the same bits (tested). The loops are called
-/// directly from the AVX2 copy: through a generic or a function pointer they would be a
-/// separate function compiled for the baseline.
-fn dequantize_k_on_this_cpu(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
-    #[inline(always)]
-    fn loops(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
+kernels::on_this_cpu! {
+    /// Q4_K or Q6_K bytes into `out` by Metis's own loops, compiled for AVX2 where the kernel
+    /// set has it: Q4_K_M's prompt products dequantize every weight once per prompt, which
+    /// through candle's baseline-x86 build cost about a tenth of a 1.2B prefill. The same
+    /// operations as candle's either way, so the same bits (tested).
+    fn dequantize_k_on_this_cpu(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
         match dtype {
             GgmlDType::Q4K => portable::dequantize_q4_k(bytes, out),
             _ => portable::dequantize_q6_k(bytes, out),
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    if kernels::chosen_has_avx2() {
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn wide(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
-            loops(dtype, bytes, out)
-        }
-        // SAFETY: a SIMD kernel set is chosen only after AVX2, FMA and F16C are detected.
-        return unsafe { wide(dtype, bytes, out) };
-    }
-    loops(dtype, bytes, out)
 }
 
 /// Dequantize one row of `dtype` bytes into `out`.

@@ -101,6 +101,18 @@ pub(crate) fn dequantize_q4_k(w: &[u8], out: &mut [f32]) {
     }
 }
 
+/// The four 6-bit values (0..64, before Q6_K's −32) that byte `l` (0..32) of a Q6_K half-block's
+/// `ql[64]` / `qh[32]` holds the bits of: values l, l + 32, l + 64 and l + 96 of the half.
+#[inline(always)]
+pub(crate) fn q6_k_values(ql: &[u8], qh: &[u8], l: usize) -> [u8; 4] {
+    [
+        (ql[l] & 15) | ((qh[l] & 3) << 4),
+        (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4),
+        (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+        (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+    ]
+}
+
 /// Dequantize Q6_K blocks (210 bytes each) into `out`: ggml's `dequantize_row_q6_K`, same
 /// operations and order as candle's (see [`dequantize_q4_k`]).
 #[inline(always)]
@@ -113,10 +125,8 @@ pub(crate) fn dequantize_q6_k(w: &[u8], out: &mut [f32]) {
             let sc = &bw[192 + 8 * h..192 + 8 * h + 8];
             for l in 0..32 {
                 let is = l / 16;
-                let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
-                let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
-                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
-                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                let [q1, q2, q3, q4] = q6_k_values(ql, qh, l);
+                let [q1, q2, q3, q4] = [q1 as i8 - 32, q2 as i8 - 32, q3 as i8 - 32, q4 as i8 - 32];
                 y[l] = d * sc[is] as i8 as f32 * q1 as f32;
                 y[l + 32] = d * sc[is + 2] as i8 as f32 * q2 as f32;
                 y[l + 64] = d * sc[is + 4] as i8 as f32 * q3 as f32;
@@ -151,7 +161,8 @@ fn sum_q4(qs: &[u8], qh: u32, y: &[i8]) -> i32 {
     sumi
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
+#[inline(always)]
+pub(crate) fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
@@ -245,12 +256,7 @@ pub(crate) fn dot_q6_k(w: &[u8], a: Q8KRow) -> f32 {
             let y = &y[128 * h..128 * h + 128];
             let sc = &scales[8 * h..8 * h + 8];
             for l in 0..32 {
-                let q = [
-                    (ql[l] & 15) | ((qh[l] & 3) << 4),
-                    (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4),
-                    (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
-                    (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
-                ];
+                let q = q6_k_values(ql, qh, l);
                 for (k, &qk) in q.iter().enumerate() {
                     let s = sc[2 * k + l / 16] as i8 as i32;
                     sumi += s * qk as i32 * y[32 * k + l] as i32;
